@@ -1,0 +1,101 @@
+"""The in-memory candle set every kernel reads: one contiguous array per column, grouped by mint.
+
+Candles of mint `k` are rows `offsets[k]:offsets[k+1]`, sorted by `ts_ms`, validated and
+de-duplicated (see `core.inputs`). Kernels receive plain NumPy arrays plus per-alert
+`[start, stop)` row bounds, so no Python runs per candle.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numba
+import numpy as np
+import polars as pl
+
+
+@numba.njit(cache=True, nogil=True)
+def _bounds(offsets, ts, mint_idx, lo_ts, hi_ts, start, stop):
+    for i in range(mint_idx.shape[0]):
+        k = mint_idx[i]
+        if k < 0:
+            start[i] = 0
+            stop[i] = 0
+            continue
+        a = offsets[k]
+        b = offsets[k + 1]
+        seg = ts[a:b]
+        start[i] = a + np.searchsorted(seg, lo_ts[i], side="left")
+        stop[i] = max(start[i], a + np.searchsorted(seg, hi_ts[i], side="left"))
+
+
+@dataclass(frozen=True)
+class Candles:
+    """Validated candles for a set of mints, in contiguous column arrays."""
+
+    mints: tuple[str, ...]
+    offsets: np.ndarray  # int64, len(mints) + 1
+    ts: np.ndarray  # int64 candle open time, epoch ms
+    open: np.ndarray  # float64
+    high: np.ndarray
+    low: np.ndarray
+    close: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.ts.shape[0])
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the column arrays (the in-memory size of the candles)."""
+        return sum(a.nbytes for a in (self.offsets, self.ts, self.open, self.high, self.low, self.close))
+
+    def mint_index(self, mints: Sequence[str] | pl.Series) -> np.ndarray:
+        """Row index into `offsets` for each mint; -1 where the mint has no candles."""
+        lookup = {m: i for i, m in enumerate(self.mints)}
+        return np.fromiter((lookup.get(m, -1) for m in mints), dtype=np.int64, count=len(mints))
+
+    def window_bounds(
+        self, mints: Sequence[str] | pl.Series, lo_ts: np.ndarray, hi_ts: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Per row, the `[start, stop)` candle rows of that mint with `lo_ts <= ts < hi_ts`."""
+        idx = self.mint_index(mints)
+        start = np.empty(idx.shape[0], dtype=np.int64)
+        stop = np.empty(idx.shape[0], dtype=np.int64)
+        _bounds(
+            self.offsets,
+            self.ts,
+            idx,
+            np.ascontiguousarray(lo_ts, dtype=np.int64),
+            np.ascontiguousarray(hi_ts, dtype=np.int64),
+            start,
+            stop,
+        )
+        return start, stop
+
+    @classmethod
+    def from_frame(cls, frame: pl.DataFrame) -> "Candles":
+        """Build from clean rows (`mint, ts_ms, open, high, low, close`); sorts, does not validate."""
+        frame = frame.sort("mint", "ts_ms")
+        groups = frame.group_by("mint", maintain_order=True).len()
+        mints, counts = groups.get_column("mint").to_list(), groups.get_column("len").to_numpy()
+        offsets = np.zeros(len(mints) + 1, dtype=np.int64)
+        np.cumsum(counts, out=offsets[1:])
+
+        def col(name: str, dtype) -> np.ndarray:
+            return np.ascontiguousarray(frame.get_column(name).to_numpy(), dtype=dtype)
+
+        return cls(
+            mints=tuple(mints),
+            offsets=offsets,
+            ts=col("ts_ms", np.int64),
+            open=col("open", np.float64),
+            high=col("high", np.float64),
+            low=col("low", np.float64),
+            close=col("close", np.float64),
+        )
+
+    @classmethod
+    def empty(cls) -> "Candles":
+        z = np.zeros(0, dtype=np.float64)
+        return cls((), np.zeros(1, dtype=np.int64), np.zeros(0, dtype=np.int64), z, z.copy(), z.copy(), z.copy())

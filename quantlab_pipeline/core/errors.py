@@ -1,0 +1,48 @@
+"""Error types shared by every layer, and the record of a bad row.
+
+`QuantlabError` is the one-line, user-facing failure (bad file, table, column, flag): the CLI
+prints its message and exits 2. Bad *rows* are never exceptions; they become `ErrorRecord`s that
+the run directory writes to `errors/errors.parquet` (DESIGN §2, §4).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Level = Literal["error", "warning", "info"]
+Phase = Literal["inputs", "truth", "policy", "summary", "frontier", "finalize"]
+Reason = Literal[
+    "null_field",
+    "duplicate_call",
+    "no_entry",
+    "bad_price",
+    "bad_candle",
+    "duplicate_candle",
+    "failure",
+]
+
+
+class QuantlabError(Exception):
+    """A failure the user can fix: the message is one line naming the file, table, column or flag."""
+
+
+class InputError(QuantlabError):
+    """A missing or malformed input source (file, table, column, type)."""
+
+
+class SpecError(QuantlabError):
+    """An invalid run spec, policy, sweep or CLI value."""
+
+
+@dataclass(frozen=True)
+class ErrorRecord:
+    """One row of `errors/errors.parquet`, before the run directory adds `run_id` and `ts`."""
+
+    level: Level
+    phase: Phase
+    reason: Reason
+    message: str
+    call_id: str | None = None
+    mint: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)

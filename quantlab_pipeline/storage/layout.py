@@ -1,0 +1,74 @@
+"""Where everything lives on disk (DESIGN §4) and which artifacts complete which run type (§3)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from quantlab_pipeline.core.spec import RUN_ID_RE, validate_month, validate_run_id
+
+MANIFEST_SCHEMA_VERSION = "1.0.0"
+ARTIFACT_SCHEMA_VERSION = "1.0.0"
+SUPPORTED_MANIFEST_VERSIONS = frozenset({MANIFEST_SCHEMA_VERSION})
+
+MANIFEST = "run.json"
+SUCCESS_MARKER = "_SUCCESS"
+STDOUT_LOG = "logs/stdout.txt"
+STDERR_LOG = "logs/stderr.txt"
+SPECS_DIR = "_specs"
+
+ARTIFACT_PATHS: dict[str, str] = {
+    "alerts": "inputs/alerts.parquet",
+    "paths": "truth/paths.parquet",
+    "features": "features/features.parquet",
+    "trades": "policy/trades.parquet",
+    "summary": "results/summary.parquet",
+    "frontier": "results/frontier.parquet",
+    "errors": "errors/errors.parquet",
+}
+
+# The upstream artifacts each artifact is computed from; a recorded input that no longer matches
+# the upstream's current sha256 makes the artifact stale and blocks completion.
+ARTIFACT_INPUTS: dict[str, tuple[str, ...]] = {
+    "alerts": (),
+    "paths": ("alerts",),
+    "trades": ("alerts", "paths"),
+    "summary": ("alerts", "paths", "trades"),
+    "frontier": ("alerts", "paths"),
+    "errors": (),
+}
+
+REQUIRED_ARTIFACTS: dict[str, tuple[str, ...]] = {
+    "path-only": ("alerts", "paths"),
+    "policy": ("alerts", "paths", "trades", "summary"),
+    "optimization": ("alerts", "paths", "frontier"),
+}
+
+RUN_DIR_RE = re.compile(r"^run_id=(?P<run_id>.+)$")
+MONTH_DIR_RE = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
+
+
+def run_dir_path(runs_dir: str | Path, month: str, run_id: str) -> Path:
+    """`runs/YYYY-MM/run_id=<uuid>`; both parts are validated before they touch a path."""
+    return Path(runs_dir) / validate_month(month) / f"run_id={validate_run_id(run_id)}"
+
+
+def spec_path(runs_dir: str | Path, run_id: str) -> Path:
+    return Path(runs_dir) / SPECS_DIR / f"{validate_run_id(run_id)}.json"
+
+
+def iter_run_dirs(runs_dir: str | Path):
+    """Yield `(month, run_id, path)` for every directory named `YYYY-MM/run_id=<uuid>`.
+
+    Anything else under `runs_dir` (specs, locks, stray folders) is ignored.
+    """
+    root = Path(runs_dir)
+    if not root.is_dir():
+        return
+    for month_dir in sorted(root.iterdir()):
+        if not (month_dir.is_dir() and MONTH_DIR_RE.match(month_dir.name)):
+            continue
+        for run_dir in sorted(month_dir.iterdir()):
+            m = RUN_DIR_RE.match(run_dir.name)
+            if m and run_dir.is_dir() and RUN_ID_RE.match(m.group("run_id")):
+                yield month_dir.name, m.group("run_id"), run_dir
