@@ -171,7 +171,7 @@ class RunSpec(_Strict):
     policy_id: str | None = None
     policy: dict[str, Any] | None = None
     execution: Execution = Execution()
-    sweep: dict[str, Any] | None = None
+    sweep: dict[str, Any] | list[Any] | None = None
     provenance: Provenance = Provenance()
 
     @field_validator("run_id")

@@ -6,6 +6,7 @@ A reader (or a crash) never sees a half-written file: it sees the old version or
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import tempfile
@@ -56,13 +57,17 @@ def atomic_write_json(path: str | Path, obj: Any) -> bytes:
     return data
 
 
-def atomic_write_parquet(path: str | Path, table: pa.Table, metadata: dict[str, str]) -> Path:
-    """Write a Parquet file carrying `metadata` as key-value metadata (uncompressed pages are not
-    worth it for narrow tables; zstd keeps files small at negligible CPU cost)."""
+def parquet_bytes(table: pa.Table, metadata: dict[str, str]) -> bytes:
+    """Serialize `table` to Parquet in memory with `metadata` as key-value metadata.
+
+    Serializing first lets the caller hash the exact bytes it then writes atomically. zstd keeps
+    the narrow artifact tables small at negligible CPU cost.
+    """
     existing = table.schema.metadata or {}
-    merged = {**existing, **{k.encode(): v.encode() for k, v in metadata.items()}}
-    table = table.replace_schema_metadata(merged)
-    return atomic_write(path, lambda fh: pq.write_table(table, fh, compression="zstd"))
+    table = table.replace_schema_metadata({**existing, **{k.encode(): v.encode() for k, v in metadata.items()}})
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    return buf.getvalue()
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

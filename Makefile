@@ -1,0 +1,37 @@
+# quantlab_pipeline — `make demo` sets up and runs a backtest on sample data; `make test` runs the suite.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+export DAGSTER_HOME ?= $(CURDIR)
+
+.PHONY: install demo test bench dev clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/quantlab sample-data --out data/alerts.duckdb --months 2024-01..2024-03
+	$(BIN)/quantlab backtest path-only --calls-from-duckdb data/alerts.duckdb \
+		--interval 5m --from 2024-01-01 --to 2024-01-31
+	$(BIN)/quantlab backtest policy --calls-from-duckdb data/alerts.duckdb \
+		--policy-id fixed-stop-5pct --policy '{"kind":"fixed_stop","stop_loss_bps":500}' \
+		--interval 5m --from 2024-01-01 --to 2024-01-31
+	$(BIN)/quantlab backtest catalog-sync --stats
+
+test: install
+	$(BIN)/python -m pytest -q
+
+bench: install
+	$(BIN)/python bench/run.py
+
+dev: install
+	$(BIN)/dagster dev
+
+clean:
+	rm -rf runs data .dagster

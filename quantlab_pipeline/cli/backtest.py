@@ -1,0 +1,249 @@
+"""`quantlab backtest path-only|policy|optimize` and `quantlab runs create`.
+
+Each builds a run spec from flags, checks the sources (bad input → one line, exit 2, nothing
+created), registers the run in the Dagster instance, and — for backtests — materializes every
+month of the window through Dagster.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any, Callable
+
+import click
+from rich.markup import escape
+from rich.table import Table
+
+from quantlab_pipeline.cli.console import console, err_console, user_errors
+from quantlab_pipeline.core.errors import SpecError
+
+RUNS_DIR_OPTION = click.option(
+    "--runs-dir",
+    default=lambda: os.environ.get("QUANTLAB_RUNS_DIR", "runs"),
+    show_default="runs (env QUANTLAB_RUNS_DIR)",
+    help="Root of the run directories.",
+)
+
+
+def _run_options(fn: Callable) -> Callable:
+    """Flags shared by every command that creates a run."""
+    options = [
+        click.option("--calls-from-duckdb", "alerts", default="data/alerts.duckdb", show_default=True, help="DuckDB database with the alerts table."),
+        click.option("--alerts-table", default="alerts", show_default=True, help="Alerts table name."),
+        click.option("--candles-from", "candles", default=None, help="Candles: DuckDB database (table ohlcv_candles) or Parquet file/dir/glob. Default: the alerts database."),
+        click.option("--interval", default="5m", show_default=True, help="Candle interval."),
+        click.option("--from", "date_from", required=True, help="First day of the window (YYYY-MM-DD, UTC, inclusive)."),
+        click.option("--to", "date_to", required=True, help="Last day of the window (YYYY-MM-DD, UTC, inclusive)."),
+        click.option("--horizon", default="5d", show_default=True, help="How long after the alert the path is followed."),
+        click.option("--caller", "callers", multiple=True, help="Only these callers (repeatable)."),
+        click.option("--chain", "chains", multiple=True, help="Only these chains (repeatable)."),
+        RUNS_DIR_OPTION,
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _execution_options(fn: Callable) -> Callable:
+    fn = click.option("--slippage-bps", type=float, default=10.0, show_default=True, help="Slippage per side, bps.")(fn)
+    return click.option("--fee-bps", type=float, default=30.0, show_default=True, help="Fee per side, bps.")(fn)
+
+
+def _policy_options(fn: Callable) -> Callable:
+    fn = click.option("--policy", "policy", default=None, help="Policy JSON, inline or @file.json.")(fn)
+    return click.option("--policy-id", default=None, help="Name of the policy (stored with the run).")(fn)
+
+
+def _sweep_options(fn: Callable) -> Callable:
+    fn = click.option("--per-caller", is_flag=True, help="Also rank policies for each caller.")(fn)
+    return click.option("--sweep", default=None, help="Policy grid JSON, inline or @grid.json (default: the built-in grid).")(fn)
+
+
+def _spec_fields(run_type: str, opts: dict[str, Any]) -> dict[str, Any]:
+    fields: dict[str, Any] = {
+        "run_type": run_type,
+        "interval": opts["interval"],
+        "window": {"from": opts["date_from"], "to": opts["date_to"]},
+        "horizon": opts["horizon"],
+        "source": {"alerts": os.path.abspath(opts["alerts"]), "alerts_table": opts["alerts_table"]},
+        "filters": {"callers": list(opts["callers"]), "chains": list(opts["chains"])},
+        "execution": {"fee_bps": opts.get("fee_bps", 30.0), "slippage_bps": opts.get("slippage_bps", 10.0)},
+    }
+    if opts.get("candles"):
+        fields["source"]["candles"] = os.path.abspath(opts["candles"]) if "*" not in opts["candles"] else opts["candles"]
+    if run_type == "policy":
+        if not opts.get("policy"):
+            raise SpecError("--policy: required for a policy backtest (JSON inline or @file.json)")
+        if not opts.get("policy_id"):
+            raise SpecError("--policy-id: required for a policy backtest")
+        fields["policy_id"], fields["policy"] = opts["policy_id"], opts["policy"]
+    if run_type == "optimization":
+        sweep = opts.get("sweep")
+        if opts.get("per_caller"):
+            from quantlab_pipeline.core.run_creation import load_json_arg
+
+            body = load_json_arg(sweep, field="--sweep") if sweep else {}
+            sweep = {"templates": body} if isinstance(body, list) else dict(body)
+            sweep["per_caller"] = True
+        fields["sweep"] = sweep
+    return fields
+
+
+def _create(run_type: str, opts: dict[str, Any]):
+    """Validate flags and sources, then register the run (spec + partition + run_spec)."""
+    from quantlab_pipeline.core.inputs import check_alerts_source, check_candles_source
+    from quantlab_pipeline.core.run_creation import create_run_spec
+    from quantlab_pipeline.orchestration.launch import create_run, get_instance
+
+    spec = create_run_spec(_spec_fields(run_type, opts))
+    check_alerts_source(spec.source.alerts, spec.source.alerts_table)
+    check_candles_source(spec.source.candles_source, interval=spec.interval)
+    months = spec.months()
+    instance = get_instance()
+    create_run(spec, runs_dir=opts["runs_dir"], instance=instance)
+    return spec, months, instance
+
+
+class _ProgressHandler(logging.Handler):
+    """Prints the steps' progress lines (`quantlab_pipeline.progress`) as they happen."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        month = getattr(record, "month", "")
+        step = getattr(record, "step", "")
+        console.print(f"  [dim]{month}[/dim] [cyan]{step:<8}[/cyan] {escape(record.getMessage())}")
+
+
+def _fmt(value: Any, kind: str = "num") -> str:
+    if value is None:
+        return "—"
+    if kind == "pct":
+        return f"{100 * value:.1f}%"
+    if kind == "bps":
+        return f"{value:,.0f}"
+    if isinstance(value, float):
+        return f"{value:,.2f}"
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def _headline_table(run_type: str, results) -> Table:
+    table = Table(title="Headline numbers", title_justify="left")
+    columns: list[tuple[str, str, str, str]] = [
+        ("Calls", "paths", "calls_processed", "num"),
+        ("Excluded", "paths", "excluded", "num"),
+        ("Hit 2x", "paths", "hit_2x_rate", "pct"),
+        ("Median peak ×", "paths", "median_peak_multiple", "num"),
+    ]
+    if run_type == "policy":
+        columns += [
+            ("Trades", "summary", "trades_count", "num"),
+            ("Avg ret bps", "summary", "avg_return_bps", "bps"),
+            ("Median ret bps", "summary", "median_return_bps", "bps"),
+            ("Stop-out", "summary", "stop_out_rate", "pct"),
+            ("Win rate", "summary", "win_rate", "pct"),
+        ]
+    if run_type == "optimization":
+        columns += [
+            ("Policies", "frontier", "policies", "num"),
+            ("Best policy", "frontier", "best_policy_id", "str"),
+            ("Best score", "frontier", "best_objective_score", "bps"),
+        ]
+    table.add_column("Month")
+    table.add_column("Status")
+    for title, *_ in columns:
+        table.add_column(title, justify="right")
+    for r in results:
+        status = "[green]completed[/green]" if r.status == "completed" else f"[red]{r.status}[/red]"
+        table.add_row(
+            r.month,
+            status,
+            *(_fmt(r.headline.get(asset, {}).get(key), kind) for _, asset, key, kind in columns),
+        )
+    return table
+
+
+def _backtest(run_type: str, opts: dict[str, Any]) -> None:
+    from quantlab_pipeline.orchestration.launch import materialize_month
+    from quantlab_pipeline.orchestration.steps import progress_logger
+
+    spec, months, instance = _create(run_type, opts)
+    console.print(f"[bold]Run[/bold] {spec.run_id} ({run_type}, {len(months)} month(s): {months[0]}..{months[-1]})")
+    handler = _ProgressHandler()
+    progress_logger.addHandler(handler)
+    progress_logger.setLevel(logging.INFO)
+    progress_logger.propagate = False
+    results = []
+    try:
+        for month in months:
+            started = time.perf_counter()
+            console.print(f"[bold]{month}[/bold] materializing…")
+            result = materialize_month(spec, month, runs_dir=opts["runs_dir"], instance=instance)
+            elapsed = time.perf_counter() - started
+            if result.status == "completed":
+                console.print(f"[green]✓[/green] {month} completed in {elapsed:.1f} s")
+            else:
+                err_console.print(f"[red]✗[/red] {month} {result.status}: {escape(result.error or 'incomplete')}")
+            results.append(result)
+    finally:
+        progress_logger.removeHandler(handler)
+    console.print()
+    console.print(f"[bold]run_id[/bold]: {spec.run_id}")
+    for r in results:
+        console.print(f"  {r.month}: {r.run_dir}")
+    console.print(_headline_table(run_type, results))
+    if any(r.status != "completed" for r in results):
+        raise SystemExit(1)
+
+
+@click.command("path-only")
+@_run_options
+@user_errors
+def path_only(**opts: Any) -> None:
+    """Truth layer only: per call, entry, multiples hit, peak and drawdowns."""
+    _backtest("path-only", opts)
+
+
+@click.command("policy")
+@_run_options
+@_policy_options
+@_execution_options
+@user_errors
+def policy(**opts: Any) -> None:
+    """Simulate an exit policy for every entry: trades and a summary per month."""
+    _backtest("policy", opts)
+
+
+@click.command("optimize")
+@_run_options
+@_sweep_options
+@_execution_options
+@user_errors
+def optimize(**opts: Any) -> None:
+    """Sweep a grid of policies over the same entries: a ranked frontier per month."""
+    _backtest("optimization", opts)
+
+
+@click.command("create")
+@click.option("--run-type", type=click.Choice(["path-only", "policy", "optimization"]), default="path-only", show_default=True)
+@_run_options
+@_policy_options
+@_execution_options
+@_sweep_options
+@user_errors
+def runs_create(run_type: str, **opts: Any) -> None:
+    """Create a run (spec + partition) for `dagster asset materialize`; prints the commands to run."""
+    from quantlab_pipeline.storage.layout import REQUIRED_ARTIFACTS
+
+    spec, months, _ = _create(run_type, opts)
+    console.print(spec.run_id)
+    selection = ",".join(REQUIRED_ARTIFACTS[run_type])
+    err_console.print(f"[dim]Created {run_type} run {spec.run_id}; materialize each month with:[/dim]")
+    for month in months:
+        err_console.print(
+            f"[dim]  dagster asset materialize -m quantlab_pipeline.definitions "
+            f"--select {selection} --partition '{month}|{spec.run_id}'[/dim]"
+        )
+
+
+BACKTEST_COMMANDS = [path_only, policy, optimize]

@@ -1,0 +1,38 @@
+"""Shared rich consoles and the one-line error convention of every command."""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+import click
+from rich.console import Console
+from rich.markup import escape
+
+from quantlab_pipeline.core.errors import QuantlabError
+
+console = Console(highlight=False, soft_wrap=True)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def fail(message: str) -> None:
+    """Print a one-line error and exit 2 (bad input, bad flag)."""
+    err_console.print(f"[bold red]error:[/bold red] {escape(message)}")
+    raise SystemExit(2)
+
+
+def user_errors(fn: Callable) -> Callable:
+    """Turn `QuantlabError`s raised by a command into a one-line error with exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except QuantlabError as exc:
+            fail(str(exc))
+
+    return wrapper
+
+
+def ok(message: str) -> None:
+    console.print(f"[green]✓[/green] {escape(message)}")

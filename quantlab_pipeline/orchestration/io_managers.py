@@ -1,0 +1,92 @@
+"""IO managers: the only place Dagster touches the run directory layout (via `storage`)."""
+
+from __future__ import annotations
+
+import time
+
+from dagster import (
+    ConfigurableIOManager,
+    InputContext,
+    MetadataValue,
+    OutputContext,
+    TableColumn,
+    TableSchema,
+)
+
+from quantlab_pipeline.core.spec import RunSpec, validate_run_id
+from quantlab_pipeline.orchestration.partitions import split_month_run_key
+from quantlab_pipeline.orchestration.resources import RunStoreResource
+from quantlab_pipeline.orchestration.steps import ArtifactOutput, progress_logger
+from quantlab_pipeline.storage.layout import spec_path
+from quantlab_pipeline.storage.run_dir import LoadedArtifact
+from quantlab_pipeline.storage.specs import read_spec, write_spec
+
+
+def _column_schema(frame) -> TableSchema:
+    return TableSchema(columns=[TableColumn(name, str(dtype)) for name, dtype in frame.schema.items()])
+
+
+class RunDirectoryIOManager(ConfigurableIOManager):
+    """Writes month × run artifacts into `runs/YYYY-MM/run_id=<uuid>/` and reads them back."""
+
+    run_store: RunStoreResource
+
+    def handle_output(self, context: OutputContext, obj: ArtifactOutput) -> None:
+        month, run_id = split_month_run_key(context.partition_key)
+        artifact = context.asset_key.path[-1]
+        spec = read_spec(self.run_store.root, run_id)
+        run_dir = self.run_store.directory(month, run_id)
+        started = time.perf_counter()
+        try:
+            record = run_dir.write_artifact(
+                artifact,
+                obj.frame,
+                spec,
+                inputs=obj.inputs,
+                dagster_run_id=context.run_id,
+                elapsed_ms=obj.compute_ms,
+                parquet_metadata=obj.parquet_metadata,
+                errors=(obj.phase, obj.errors),
+            )
+        except Exception as exc:
+            run_dir.record_failure(spec, phase=obj.phase, exc=exc, dagster_run_id=context.run_id)
+            raise
+        write_ms = int((time.perf_counter() - started) * 1000)
+        manifest = run_dir.manifest() or {}
+        line = f"wrote {record['path']}: {record['rows']} rows, {record['bytes']} bytes in {write_ms} ms"
+        run_dir.append_stdout([line])
+        progress_logger.info(line, extra={"month": month, "step": artifact})
+        context.add_output_metadata(
+            {
+                "dagster/row_count": record["rows"],
+                "path": MetadataValue.path(str((run_dir.path / record["path"]).resolve())),
+                "dagster/column_schema": _column_schema(obj.frame),
+                "sha256": record["sha256"],
+                "bytes": record["bytes"],
+                "run_status": manifest.get("status", "running"),
+                **obj.headline,
+            }
+        )
+
+    def load_input(self, context: InputContext) -> LoadedArtifact:
+        month, run_id = split_month_run_key(context.asset_partition_key)
+        return self.run_store.directory(month, run_id).read_artifact(context.asset_key.path[-1])
+
+
+class RunSpecIOManager(ConfigurableIOManager):
+    """Stores run specs as immutable JSON at `runs/_specs/<run_id>.json`."""
+
+    run_store: RunStoreResource
+
+    def handle_output(self, context: OutputContext, obj: RunSpec) -> None:
+        stored = write_spec(self.run_store.root, obj)
+        context.add_output_metadata(
+            {
+                "path": MetadataValue.path(str(spec_path(self.run_store.root, stored.run_id).resolve())),
+                "run_type": stored.run_type,
+                "spec": MetadataValue.json(stored.to_dict()),
+            }
+        )
+
+    def load_input(self, context: InputContext) -> RunSpec:
+        return read_spec(self.run_store.root, validate_run_id(context.asset_partition_key))

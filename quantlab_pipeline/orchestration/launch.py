@@ -1,0 +1,113 @@
+"""Driving Dagster from the CLI: the instance, run creation, and per-month materialization.
+
+Everything goes through the same `DAGSTER_HOME` instance the UI shows, so CLI runs, their
+partitions and materializations appear in `dagster dev`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dagster import DagsterInstance
+
+from quantlab_pipeline.core.spec import RunSpec
+from quantlab_pipeline.orchestration.partitions import RUN_PARTITIONS_NAME, month_run_key
+from quantlab_pipeline.storage.run_dir import RunDirectory
+from quantlab_pipeline.storage.specs import write_spec
+
+# Dagster's own console logs would drown the progress lines; warnings and errors still show.
+_QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+
+def project_root() -> Path | None:
+    """The nearest folder above the cwd (or above this package) holding `dagster.yaml` + `workspace.yaml`."""
+    starts = [Path.cwd(), Path(__file__).resolve().parent]
+    for start in starts:
+        for folder in (start, *start.parents):
+            if (folder / "dagster.yaml").is_file() and (folder / "workspace.yaml").is_file():
+                return folder
+    return None
+
+
+def ensure_dagster_home() -> str:
+    """Point `DAGSTER_HOME` at the project's `dagster.yaml` folder when unset.
+
+    Dagster's fallback is a temporary instance that is deleted on exit, taking the registered
+    run partitions and the materialization history with it.
+    """
+    home = os.environ.get("DAGSTER_HOME")
+    if not home:
+        root = project_root()
+        if root is None:
+            raise RuntimeError("DAGSTER_HOME is unset and no project dagster.yaml was found; set DAGSTER_HOME")
+        home = str(root)
+        os.environ["DAGSTER_HOME"] = home
+    Path(home).mkdir(parents=True, exist_ok=True)
+    return home
+
+
+def _definitions(runs_dir: str):
+    """Import the definitions with the run store pointed at `runs_dir`."""
+    os.environ["QUANTLAB_RUNS_DIR"] = str(runs_dir)
+    from quantlab_pipeline.definitions import defs
+
+    return defs
+
+
+def get_instance() -> DagsterInstance:
+    ensure_dagster_home()
+    return DagsterInstance.get()
+
+
+def create_run(spec: RunSpec, *, runs_dir: str, instance: DagsterInstance) -> None:
+    """Store the spec, register the run partition, and materialize `run_spec` for it."""
+    write_spec(runs_dir, spec)
+    instance.add_dynamic_partitions(RUN_PARTITIONS_NAME, [spec.run_id])
+    job = _definitions(runs_dir).resolve_job_def("run_spec_job")
+    result = job.execute_in_process(instance=instance, partition_key=spec.run_id, run_config=_QUIET, raise_on_error=False)
+    if not result.success:
+        raise RuntimeError(f"materializing run_spec for run {spec.run_id} failed; see the Dagster UI run {result.run_id}")
+
+
+@dataclass
+class MonthResult:
+    month: str
+    status: str
+    run_dir: Path
+    dagster_run_id: str
+    error: str | None = None
+    headline: dict[str, Any] = field(default_factory=dict)
+
+
+def materialize_month(spec: RunSpec, month: str, *, runs_dir: str, instance: DagsterInstance) -> MonthResult:
+    """Materialize the run type's job for partition `month|run_id`; report the run directory state."""
+    from quantlab_pipeline.orchestration.jobs import JOB_BY_RUN_TYPE
+
+    job = _definitions(runs_dir).resolve_job_def(JOB_BY_RUN_TYPE[spec.run_type])
+    result = job.execute_in_process(
+        instance=instance,
+        partition_key=month_run_key(month, spec.run_id),
+        run_config=_QUIET,
+        raise_on_error=False,
+    )
+    run_dir = RunDirectory(runs_dir, month, spec.run_id)
+    manifest = run_dir.manifest() or {}
+    headline: dict[str, Any] = {}
+    for event in result.get_asset_materialization_events():
+        mat = event.asset_materialization
+        headline[mat.asset_key.path[-1]] = {k: v.value for k, v in mat.metadata.items()}
+    error = (manifest.get("error") or {}).get("message")
+    if error is None and not result.success:
+        failure = next((e for e in result.all_events if e.is_step_failure), None)
+        error = failure.step_failure_data.error.message.strip().splitlines()[0] if failure else "run failed"
+    return MonthResult(
+        month=month,
+        status=manifest.get("status", "failed" if not result.success else "missing"),
+        run_dir=run_dir.path,
+        dagster_run_id=result.run_id,
+        error=error,
+        headline=headline,
+    )
