@@ -1,0 +1,24 @@
+"""quantlab_pipeline: Dagster-orchestrated backtests of calls against OHLCV candles.
+
+The Python API (DESIGN §10) is importable from here; the heavy parts load on first use:
+
+    from quantlab_pipeline import query_runs, get_artifact_path, RunDirectory
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["query_runs", "get_artifact_path", "RunDirectory"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("query_runs", "get_artifact_path"):
+        from quantlab_pipeline.storage import catalog
+
+        return getattr(catalog, name)
+    if name == "RunDirectory":
+        from quantlab_pipeline.storage.run_dir import RunDirectory
+
+        return RunDirectory
+    raise AttributeError(f"module 'quantlab_pipeline' has no attribute {name!r}")

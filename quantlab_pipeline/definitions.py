@@ -13,20 +13,20 @@ from quantlab_pipeline.orchestration.catalog import (
 )
 from quantlab_pipeline.orchestration.io_managers import RunDirectoryIOManager, RunSpecIOManager
 from quantlab_pipeline.orchestration.jobs import BACKTEST_JOBS
-from quantlab_pipeline.orchestration.resources import CandleStoreResource, RunStoreResource, default_runs_dir
+from quantlab_pipeline.orchestration.resources import CandleStoreResource, RunStoreResource
 
-run_store = RunStoreResource(runs_dir=default_runs_dir())
+run_store = RunStoreResource()
 
 defs = Definitions(
     assets=[*BACKTEST_ASSETS, backtest_catalog],
     jobs=[*BACKTEST_JOBS, catalog_sync_job],
     sensors=[catalog_sync_sensor],
     resources={
+        **catalog_resources(),
         "run_store": run_store,
         "candle_store": CandleStoreResource(),
         "run_io_manager": RunDirectoryIOManager(run_store=run_store),
         "spec_io_manager": RunSpecIOManager(run_store=run_store),
-        **catalog_resources(),
     },
     # One process per run: steps share the candles read for a partition (CandleStoreResource)
     # and no step pays a process start-up.

@@ -50,7 +50,7 @@ def ensure_dagster_home() -> str:
 
 
 def _definitions(runs_dir: str):
-    """Import the definitions with the run store pointed at `runs_dir`."""
+    """The project's definitions, with the run store pointed at `runs_dir` (read at execution)."""
     os.environ["QUANTLAB_RUNS_DIR"] = str(runs_dir)
     from quantlab_pipeline.definitions import defs
 

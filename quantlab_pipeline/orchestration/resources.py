@@ -27,13 +27,17 @@ def default_catalog_path() -> str:
 
 
 class RunStoreResource(ConfigurableResource):
-    """Where run directories and run specs live (`runs/`, env `QUANTLAB_RUNS_DIR`)."""
+    """Where run directories and run specs live.
 
-    runs_dir: str = DEFAULT_RUNS_DIR
+    Unset `runs_dir` means env `QUANTLAB_RUNS_DIR` (default `runs`), read at execution time so the
+    CLI's `--runs-dir` reaches runs launched from an already-loaded `Definitions`.
+    """
+
+    runs_dir: str | None = None
 
     @property
     def root(self) -> Path:
-        return Path(self.runs_dir)
+        return Path(self.runs_dir or default_runs_dir())
 
     def directory(self, month: str, run_id: str) -> RunDirectory:
         return RunDirectory(self.root, month, run_id)
