@@ -27,5 +27,7 @@ def runs_dir(tmp_path, monkeypatch) -> Path:
 
 @pytest.fixture
 def dagster_instance(tmp_path):
-    with instance_for_test(temp_dir=str(tmp_path / "dagster_home")) as instance:
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    with instance_for_test(temp_dir=str(home)) as instance:
         yield instance

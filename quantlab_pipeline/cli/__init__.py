@@ -12,24 +12,23 @@ def main() -> None:
     """Backtest calls against OHLCV candles, orchestrated by Dagster."""
 
 
-@main.group()
-def backtest() -> None:
+@main.group("backtest")
+def backtest_group() -> None:
     """Run backtests and manage the run catalog."""
 
 
-@main.group()
-def runs() -> None:
+@main.group("runs")
+def runs_group() -> None:
     """Create runs for `dagster asset materialize`."""
 
 
 def _register() -> None:
-    from quantlab_pipeline.cli import backtest as backtest_commands
-    from quantlab_pipeline.cli import catalog, sample_data
+    from quantlab_pipeline.cli import backtest, catalog, sample_data
 
     main.add_command(sample_data.sample_data)
-    for command in [*backtest_commands.BACKTEST_COMMANDS, *catalog.COMMANDS]:
-        backtest.add_command(command)
-    runs.add_command(backtest_commands.runs_create)
+    for command in [*backtest.BACKTEST_COMMANDS, *catalog.COMMANDS]:
+        backtest_group.add_command(command)
+    runs_group.add_command(backtest.runs_create)
 
 
 _register()

@@ -17,14 +17,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from quantlab_pipeline.cli.console import console, err_console, user_errors
+from quantlab_pipeline.cli.options import runs_dir_option
 from quantlab_pipeline.core.errors import SpecError
 
-RUNS_DIR_OPTION = click.option(
-    "--runs-dir",
-    default=lambda: os.environ.get("QUANTLAB_RUNS_DIR", "runs"),
-    show_default="runs (env QUANTLAB_RUNS_DIR)",
-    help="Root of the run directories.",
-)
 
 
 def _run_options(fn: Callable) -> Callable:
@@ -39,7 +34,7 @@ def _run_options(fn: Callable) -> Callable:
         click.option("--horizon", default="5d", show_default=True, help="How long after the alert the path is followed."),
         click.option("--caller", "callers", multiple=True, help="Only these callers (repeatable)."),
         click.option("--chain", "chains", multiple=True, help="Only these chains (repeatable)."),
-        RUNS_DIR_OPTION,
+        runs_dir_option,
     ]
     for option in reversed(options):
         fn = option(fn)

@@ -224,19 +224,31 @@ def _run_policy(ts, op, hi, lo, cl, a, b, p0, entry_ts, interval_ms, leaf_lo, le
 
 
 @numba.njit(cache=True, nogil=True)
+def _simulate_path(
+    t, ts, op, hi, lo, cl, start, stop, p0, entry_ts, interval_ms,
+    leaf_offsets, leaf_prices, leaf_rules, levels, out_ts, out_px, out_reason, out_low,
+):  # fmt: skip
+    """Every policy over path `t`, written to column `t` of the outputs (left as `_NO_TRADE`
+    when the window has no candle)."""
+    if start[t] >= stop[t]:
+        return
+    for p in range(leaf_offsets.shape[0] - 1):
+        out_ts[p, t], out_px[p, t], out_reason[p, t], out_low[p, t] = _run_policy(
+            ts, op, hi, lo, cl, start[t], stop[t], p0[t], entry_ts[t], interval_ms,
+            leaf_offsets[p], leaf_offsets[p + 1], leaf_prices, leaf_rules, levels,
+        )  # fmt: skip
+
+
+@numba.njit(cache=True, nogil=True)
 def _simulate_serial(
     ts, op, hi, lo, cl, start, stop, p0, entry_ts, interval_ms,
     leaf_offsets, leaf_prices, leaf_rules, levels, out_ts, out_px, out_reason, out_low,
 ):  # fmt: skip
     for t in range(start.shape[0]):
-        for p in range(leaf_offsets.shape[0] - 1):
-            if start[t] >= stop[t]:
-                out_reason[p, t] = _NO_TRADE
-                continue
-            out_ts[p, t], out_px[p, t], out_reason[p, t], out_low[p, t] = _run_policy(
-                ts, op, hi, lo, cl, start[t], stop[t], p0[t], entry_ts[t], interval_ms,
-                leaf_offsets[p], leaf_offsets[p + 1], leaf_prices, leaf_rules, levels,
-            )  # fmt: skip
+        _simulate_path(
+            t, ts, op, hi, lo, cl, start, stop, p0, entry_ts, interval_ms,
+            leaf_offsets, leaf_prices, leaf_rules, levels, out_ts, out_px, out_reason, out_low,
+        )  # fmt: skip
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
@@ -244,17 +256,12 @@ def _simulate_parallel(
     ts, op, hi, lo, cl, start, stop, p0, entry_ts, interval_ms,
     leaf_offsets, leaf_prices, leaf_rules, levels, out_ts, out_px, out_reason, out_low,
 ):  # fmt: skip
-    """`_simulate_serial` with trades spread over cores; each trade's candles stay hot in cache
-    while every policy runs over them."""
+    """Paths spread over cores; each path's candles stay hot in cache while every policy runs."""
     for t in numba.prange(start.shape[0]):
-        for p in range(leaf_offsets.shape[0] - 1):
-            if start[t] >= stop[t]:
-                out_reason[p, t] = _NO_TRADE
-                continue
-            out_ts[p, t], out_px[p, t], out_reason[p, t], out_low[p, t] = _run_policy(
-                ts, op, hi, lo, cl, start[t], stop[t], p0[t], entry_ts[t], interval_ms,
-                leaf_offsets[p], leaf_offsets[p + 1], leaf_prices, leaf_rules, levels,
-            )  # fmt: skip
+        _simulate_path(
+            t, ts, op, hi, lo, cl, start, stop, p0, entry_ts, interval_ms,
+            leaf_offsets, leaf_prices, leaf_rules, levels, out_ts, out_px, out_reason, out_low,
+        )  # fmt: skip
 
 
 # -- frames ------------------------------------------------------------------------------------

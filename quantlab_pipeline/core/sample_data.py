@@ -21,7 +21,7 @@ import pyarrow as pa
 
 from quantlab_pipeline.core.durations import interval_ms
 from quantlab_pipeline.core.errors import SpecError
-from quantlab_pipeline.core.spec import date_to_ms, month_bounds
+from quantlab_pipeline.core.spec import date_to_ms, month_bounds, validate_month
 
 # name, share of calls, probabilities of (runner, pump_dump, chop, bleed, rug): a few good callers
 # (runners), a few bad ones (rugs and bleeds).
@@ -119,9 +119,14 @@ def _alerts_and_tokens(
     recall_caller = (fresh_caller[recall_tok] + rng.integers(1, n_callers, size=recall_tok.size)) % n_callers
 
     # Repeated call ids: half are the same row ingested twice, half a later repost (up to 10 days
-    # later, so some land in the next month).
-    dup_src = rng.choice(tok_ids, size=n_dup * len(months), replace=False)
+    # later); the first repeat of the first month is always reposted in the next month.
+    dup_src = np.concatenate(
+        [rng.choice(np.arange(i * n_fresh, (i + 1) * n_fresh), size=n_dup, replace=False) for i in range(len(months))]
+    )
     dup_delay = np.where(rng.random(dup_src.size) < 0.5, 0, rng.integers(3_600_000, 864_000_000, size=dup_src.size))
+    if len(months) > 1:
+        first_month_end = _month_ranges(months[:1])[0][1]
+        dup_delay[0] = first_month_end - fresh_ts[dup_src[0]] + rng.integers(3_600_000, 172_800_000)
 
     null_mint_ts = np.concatenate([rng.integers(lo, hi, size=n_null_mint) for lo, hi in _month_ranges(months)])
 
@@ -311,6 +316,7 @@ def generate_sample_data(
 
     The same arguments always produce the same rows.
     """
+    months = sorted({validate_month(m) for m in months})
     if not months:
         raise SpecError("months: give at least one month")
     if alerts_per_month < 10:
@@ -321,7 +327,7 @@ def generate_sample_data(
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    alerts, tokens = _alerts_and_tokens(rng, list(months), alerts_per_month, step_ms)
+    alerts, tokens = _alerts_and_tokens(rng, months, alerts_per_month, step_ms)
 
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     for leftover in (tmp, Path(f"{tmp}.wal")):

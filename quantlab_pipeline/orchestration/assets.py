@@ -2,7 +2,6 @@
 and paths → frontier. Each body calls `core` and returns an `ArtifactOutput`; the IO manager writes it.
 """
 
-from __future__ import annotations
 
 from typing import Any
 

@@ -97,7 +97,7 @@ def materialize_month(spec: RunSpec, month: str, *, runs_dir: str, instance: Dag
     manifest = run_dir.manifest() or {}
     headline: dict[str, Any] = {}
     for event in result.get_asset_materialization_events():
-        mat = event.asset_materialization
+        mat = event.materialization
         headline[mat.asset_key.path[-1]] = {k: v.value for k, v in mat.metadata.items()}
     error = (manifest.get("error") or {}).get("message")
     if error is None and not result.success:

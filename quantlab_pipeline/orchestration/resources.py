@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import polars as pl
@@ -12,19 +11,8 @@ from pydantic import PrivateAttr
 from quantlab_pipeline.core.candles import Candles
 from quantlab_pipeline.core.inputs import CandlesInput, read_candles
 from quantlab_pipeline.core.spec import RunSpec
+from quantlab_pipeline.storage.layout import default_runs_dir
 from quantlab_pipeline.storage.run_dir import RunDirectory
-
-DEFAULT_RUNS_DIR = "runs"
-DEFAULT_CATALOG = "data/backtest_catalog.duckdb"
-
-
-def default_runs_dir() -> str:
-    return os.environ.get("QUANTLAB_RUNS_DIR", DEFAULT_RUNS_DIR)
-
-
-def default_catalog_path() -> str:
-    return os.environ.get("QUANTLAB_CATALOG", DEFAULT_CATALOG)
-
 
 class RunStoreResource(ConfigurableResource):
     """Where run directories and run specs live.

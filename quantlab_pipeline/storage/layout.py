@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
 from quantlab_pipeline.core.spec import RUN_ID_RE, validate_month, validate_run_id
+
+DEFAULT_RUNS_DIR = "runs"
+DEFAULT_CATALOG = "data/backtest_catalog.duckdb"
 
 MANIFEST_SCHEMA_VERSION = "1.0.0"
 ARTIFACT_SCHEMA_VERSION = "1.0.0"
@@ -46,6 +50,16 @@ REQUIRED_ARTIFACTS: dict[str, tuple[str, ...]] = {
 
 RUN_DIR_RE = re.compile(r"^run_id=(?P<run_id>.+)$")
 MONTH_DIR_RE = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
+
+
+def default_runs_dir() -> str:
+    """`QUANTLAB_RUNS_DIR`, else `runs` (relative to the working directory)."""
+    return os.environ.get("QUANTLAB_RUNS_DIR", DEFAULT_RUNS_DIR)
+
+
+def default_catalog_path() -> str:
+    """`QUANTLAB_CATALOG`, else `data/backtest_catalog.duckdb`."""
+    return os.environ.get("QUANTLAB_CATALOG", DEFAULT_CATALOG)
 
 
 def run_dir_path(runs_dir: str | Path, month: str, run_id: str) -> Path:

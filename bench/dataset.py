@@ -1,0 +1,86 @@
+"""The benchmark month: generated once per (size, seed) into `bench/.cache/`, then loaded the way
+the pipeline loads it (same readers, same pushed-down query), so kernels see the pipeline's arrays.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+from measure import summarize, timed
+
+from quantlab_pipeline.core.candles import Candles
+from quantlab_pipeline.core.durations import interval_ms, parse_duration_ms
+from quantlab_pipeline.core.inputs import read_alerts, read_candles
+from quantlab_pipeline.core.sample_data import generate_sample_data
+from quantlab_pipeline.core.spec import TruthParams, date_to_ms, month_bounds
+
+REFERENCE_ALERTS = 20_000  # DESIGN §12: 20,000 alerts × 1,440 five-minute candles a month
+MONTH = "2024-01"
+INTERVAL = "5m"
+HORIZON = "5d"
+FIRST_DAY, LAST_DAY = (day.isoformat() for day in month_bounds(MONTH))
+
+
+def alerts_for_scale(scale: float) -> int:
+    return max(10, round(REFERENCE_ALERTS * scale))
+
+
+def ensure_database(cache_dir: Path, alerts_per_month: int, seed: int) -> tuple[Path, float | None]:
+    """The cached sample database for this size and seed; generation seconds, or None when cached.
+
+    The generator writes atomically (temp file + rename), so an interrupted run never leaves a
+    truncated cache entry behind.
+    """
+    path = Path(cache_dir) / f"month-{MONTH}-a{alerts_per_month}-s{seed}-{INTERVAL}.duckdb"
+    if path.is_file():
+        return path, None
+    started = time.perf_counter()
+    generate_sample_data(path, months=[MONTH], alerts_per_month=alerts_per_month, seed=seed, interval=INTERVAL)
+    return path, time.perf_counter() - started
+
+
+@dataclass(frozen=True)
+class MonthInputs:
+    """The month as the pipeline's `paths` step sees it: alerts, their candles, and the query bounds."""
+
+    db: Path
+    alerts: pl.DataFrame
+    candles: Candles
+    mints: tuple[str, ...]  # the alerts' distinct mints, as `CandleStoreResource` asks for them
+    start_ms: int
+    end_ms: int
+
+    @property
+    def interval_ms(self) -> int:
+        return interval_ms(INTERVAL)
+
+    @property
+    def horizon_ms(self) -> int:
+        return parse_duration_ms(HORIZON)
+
+    @property
+    def truth_params(self) -> TruthParams:
+        return TruthParams()
+
+
+def load_month(db: Path) -> MonthInputs:
+    """Read the month with the pipeline's readers and the bounds `CandleStoreResource.for_alerts` uses."""
+    first, last = month_bounds(MONTH)
+    horizon_ms = parse_duration_ms(HORIZON)
+    alerts = read_alerts(str(db), start_ms=date_to_ms(first), end_ms=date_to_ms(last) + 86_400_000).frame
+    mints = tuple(sorted(alerts.get_column("mint").unique().to_list()))
+    ts = alerts.get_column("alert_ts_ms")
+    start_ms, end_ms = int(ts.min()), int(ts.max()) + horizon_ms
+    candles = read_candles(str(db), mints=mints, interval=INTERVAL, start_ms=start_ms, end_ms=end_ms).candles
+    return MonthInputs(db, alerts, candles, mints, start_ms, end_ms)
+
+
+def read_candles_seconds(month: MonthInputs, repeat: int) -> dict:
+    """The pipeline's candle reader on the month (query, counting sort, validation), `repeat` times."""
+    def read() -> None:
+        read_candles(str(month.db), mints=month.mints, interval=INTERVAL, start_ms=month.start_ms, end_ms=month.end_ms)
+
+    return {"seconds": summarize(timed(read, repeat), "s")}

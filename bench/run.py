@@ -1,0 +1,197 @@
+"""`make bench`: the DESIGN §12 performance figures of this machine, as a table and as JSON.
+
+Builds the reference month with the sample generator (20,000 alerts × 1,440 five-minute candles,
+cached in `bench/.cache/` by size and seed) and measures, at each requested scale, the streaming
+floor, the truth kernel, one policy of each kind, a 100-policy sweep, the bare DuckDB scan, and
+`quantlab backtest path-only|policy` end to end (wall, Dagster overhead, peak memory); once, the
+cold start. Every figure is the median of `--repeat` runs with min and max.
+
+    .venv/bin/python bench/run.py                      # scales 0.25 and 1, 3 runs each
+    .venv/bin/python bench/run.py --scales 0.25,1,4    # 4× is ~110 M candles: minutes, ~10 GB
+    .venv/bin/python bench/run.py --quick              # tiny smoke run (the test suite's)
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import gc
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+
+import numba
+from rich.console import Console
+
+import dataset
+import endtoend
+import kernels
+import report
+from measure import ratio
+
+BENCH_DIR = Path(__file__).resolve().parent
+QUICK_SCALE = 0.005  # 100 alerts × 1,440 candles
+COLD_START_ALERTS = 50  # enough alerts that every kernel runs at least once
+SINGLE_THREAD = 1
+
+
+def _parse_scales(text: str) -> list[float]:
+    try:
+        scales = sorted({float(part) for part in text.split(",") if part.strip()})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--scales: expected comma-separated numbers like 0.25,1,4, got {text!r}") from None
+    if not scales or any(s <= 0 for s in scales):
+        raise argparse.ArgumentTypeError(f"--scales: expected positive numbers, got {text!r}")
+    return scales
+
+
+def _args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scales", type=_parse_scales, default=[0.25, 1.0], help="sizes relative to the reference month (default 0.25,1)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per figure (default 3; median, min and max are reported)")
+    parser.add_argument("--quick", action="store_true", help=f"tiny smoke run: scale {QUICK_SCALE:g}, one run per figure")
+    parser.add_argument("--seed", type=int, default=20240101, help="sample generator seed (default 20240101)")
+    parser.add_argument("--cache-dir", type=Path, default=BENCH_DIR / ".cache", help="generated data and numba cache (default bench/.cache)")
+    parser.add_argument("--json", type=Path, default=BENCH_DIR / "results" / "latest.json", help="where to write the results (default bench/results/latest.json)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.scales, args.repeat = [QUICK_SCALE], 1
+    if args.repeat < 1:
+        parser.error("--repeat: must be at least 1")
+    return args
+
+
+def _meta(args: argparse.Namespace) -> dict:
+    def git(*cmd: str) -> str | None:
+        try:
+            out = subprocess.run(["git", *cmd], cwd=BENCH_DIR, capture_output=True, text=True, timeout=10)
+        except OSError:
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    versions = {name: metadata.version(name) for name in ("quantlab_pipeline", "dagster", "duckdb", "numba", "numpy", "polars", "pyarrow")}
+    return {
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "host": platform.node(),
+        "machine": platform.machine(),
+        "processor": _cpu_model(),
+        "cpus": os.cpu_count(),
+        "numba_threads": numba.config.NUMBA_NUM_THREADS,
+        "python": platform.python_version(),
+        "versions": versions,
+        "git_commit": git("rev-parse", "HEAD"),
+        "git_dirty": bool(git("status", "--porcelain")),
+        "seed": args.seed,
+        "repeat": args.repeat,
+        "scales": args.scales,
+        "quick": args.quick,
+    }
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _measure_scale(scale: float, args: argparse.Namespace, work_dir: Path, console: Console) -> dict:
+    alerts_per_month = dataset.alerts_for_scale(scale)
+    say = lambda msg: console.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] scale {report.scale_key(scale)}: {msg}")  # noqa: E731
+    say(f"sample month ({alerts_per_month:,} alerts)")
+    db, generation_s = dataset.ensure_database(args.cache_dir, alerts_per_month, args.seed)
+    numba_cache = args.cache_dir / "numba"
+
+    # End to end first, while this process holds no candles: the children get the memory.
+    e2e = {}
+    for run_type in ("path-only", "policy"):
+        say(f"quantlab backtest {run_type} × {args.repeat}")
+        e2e[run_type] = endtoend.end_to_end(run_type, db, repeat=args.repeat, numba_cache=numba_cache, work_dir=work_dir)
+
+    say("reading the month in process")
+    month = dataset.load_month(db)
+    say("read_candles, streaming floor, truth kernel")
+    read = dataset.read_candles_seconds(month, args.repeat)
+    numba.set_num_threads(SINGLE_THREAD)
+    try:
+        floor = kernels.streaming_floor(month.candles, args.repeat)
+        floor_rate = floor["candles_per_s"]["median"]
+        truth, paths = kernels.truth_kernel(month, args.repeat, floor_rate)
+        say("single policies")
+        policies = kernels.single_policies(month, paths, args.repeat, floor_rate)
+    finally:
+        numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    say(f"sweep of {kernels.SWEEP_SIZE} policies")
+    sweep = kernels.sweep(month, paths, args.repeat, threads=numba.config.NUMBA_NUM_THREADS)
+    say("bare DuckDB scan")
+    scan = endtoend.bare_scan(month, args.repeat)
+
+    candle_bytes = month.candles.nbytes
+    for figures in e2e.values():
+        figures["ratio_to_bare_scan"] = ratio(figures["wall_s"], scan["seconds"]["median"])
+        figures["ratio_to_numeric_scan"] = ratio(figures["wall_s"], scan["numeric_seconds"]["median"])
+        figures["peak_rss_to_candles"] = ratio(figures["peak_rss_bytes"], candle_bytes)
+    result = {
+        "scale": scale,
+        "alerts_per_month": alerts_per_month,
+        "database": str(db),
+        "generation_s": generation_s,
+        "dataset": {
+            "alerts": month.alerts.height,
+            "paths": paths.height,
+            "mints": len(month.mints),
+            "candles": len(month.candles),
+            "candle_bytes": candle_bytes,
+            "window_candles": truth["window_candles"],
+        },
+        "read_candles": read,
+        "floor": floor,
+        "truth": truth,
+        "policies": policies,
+        "sweep": sweep,
+        "bare_scan": scan,
+        "e2e": e2e,
+    }
+    del month, paths
+    gc.collect()
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _args(argv)
+    console = Console()
+    args.cache_dir.mkdir(parents=True, exist_ok=True)
+    work_dir = Path(tempfile.mkdtemp(prefix="quantlab-bench-"))
+    started = time.perf_counter()
+    try:
+        results: dict = {"meta": _meta(args)}
+        console.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] cold start × {args.repeat} (cold and warm numba cache)")
+        tiny_db, _ = dataset.ensure_database(args.cache_dir, COLD_START_ALERTS, args.seed)
+        results["cold_start"] = endtoend.cold_start(tiny_db, repeat=args.repeat, numba_cache=args.cache_dir / "numba", work_dir=work_dir)
+        results["scales"] = {report.scale_key(s): _measure_scale(s, args, work_dir, console) for s in args.scales}
+        results["scaling"] = report.scaling(results["scales"])
+        results["checks"] = report.checks(results["scales"])
+        results["meta"]["elapsed_s"] = time.perf_counter() - started
+    finally:
+        shutil.rmtree(work_dir, ignore_errors=True)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.json.with_name(f".{args.json.name}.tmp")
+    tmp.write_text(json.dumps(results, indent=2) + "\n")
+    os.replace(tmp, args.json)
+    report.render(results, console)
+    console.print(f"results: {args.json} ({results['meta']['elapsed_s']:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,208 @@
+"""`quantlab backtest catalog-sync | catalog-query | catalog-archive` (DESIGN §9, §10).
+
+Thin: flags in, `storage.catalog` does the work, the seed's output style out. Every bad value
+is a one-line error with exit code 2 (values are validated by the storage layer, not by click
+choices, whose errors span several lines).
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.markup import escape
+from rich.table import Table
+
+from quantlab_pipeline.cli.console import console, fail, ok, user_errors
+from quantlab_pipeline.cli.options import catalog_option, runs_dir_option
+from quantlab_pipeline.storage.catalog import (
+    OUTPUT_FORMATS,
+    PUBLIC_ARTIFACT_COLUMNS,
+    PUBLIC_RUN_COLUMNS,
+    CatalogStats,
+    SyncReport,
+    archive_month,
+    query_artifacts,
+    query_runs,
+    sync_catalog,
+)
+
+DEFAULT_LIMIT = 10
+
+
+
+def _plural(n: int, word: str = "run", plural: str | None = None) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {plural or word + 's'}"
+
+
+def _counts(counts: dict[str, int]) -> str:
+    """The seed's `{ "path-only": 1 }`."""
+    if not counts:
+        return "{}"
+    return "{ " + ", ".join(f"{json.dumps(k)}: {v}" for k, v in counts.items()) + " }"
+
+
+def print_sync_report(report: SyncReport, *, stats: bool) -> None:
+    if report.initialized:
+        ok("Initialized catalog tables")
+    ok(f"Registered {_plural(len(report.registered))}")
+    ok(f"Updated {_plural(len(report.updated))}")
+    ok(f"Removed {_plural(len(report.removed))}")
+    ok(f"Rejected {_plural(len(report.rejected))}")
+    for run_dir, reason in report.rejected:
+        shown = Path(run_dir).relative_to(report.runs_dir) if Path(run_dir).is_relative_to(report.runs_dir) else run_dir
+        console.print(f"    [yellow]{escape(str(shown))}[/yellow]: {escape(reason)}")
+    ok(f"Skipped {_plural(len(report.skipped))}")
+    if stats and report.stats is not None:
+        print_stats(report.stats)
+
+
+def print_stats(stats: CatalogStats) -> None:
+    lines = [
+        "",
+        "Catalog Statistics:",
+        f"  Total runs: {stats.total_runs}",
+        f"  Completed: {stats.runs_by_status['completed']}",
+        f"  Failed: {stats.runs_by_status['failed']}",
+        f"  By type: {_counts(stats.runs_by_type)}",
+        f"  Total artifacts: {stats.total_artifacts}",
+        f"  By type: {_counts(stats.artifacts_by_type)}",
+    ]
+    for line in lines:
+        console.print(line, markup=False)
+
+
+@click.command("catalog-sync")
+@runs_dir_option
+@catalog_option
+@click.option("--stats", is_flag=True, help="Print catalog statistics after the sync.")
+@click.option("--verify", is_flag=True, help="Re-examine every run directory, sha256 of every artifact included.")
+@user_errors
+def catalog_sync(runs_dir: str, catalog_path: str, stats: bool, verify: bool) -> None:
+    """Reconcile the catalog with the run directories: register completed and failed runs,
+    update re-materialized ones, remove incomplete or deleted ones, reject invalid ones."""
+    print_sync_report(sync_catalog(catalog_path, runs_dir, verify=verify), stats=stats)
+
+
+def _parse_limit(value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        limit = int(value)
+    except ValueError:
+        limit = 0
+    if limit <= 0:
+        fail(f"--limit: expected a positive integer, got {value!r}")
+    return limit
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dt.datetime):
+        return value.isoformat().replace("+00:00", "Z")
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    return value
+
+
+def _emit(rows: list[dict[str, Any]], columns: tuple[str, ...], fmt: str) -> None:
+    if fmt == "json":
+        click.echo(json.dumps([{c: _plain(r[c]) for c in columns} for r in rows], indent=2))
+    else:
+        writer = csv.DictWriter(sys.stdout, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows({c: _plain(r[c]) for c in columns} for r in rows)
+
+
+def _runs_table(rows: list[dict[str, Any]]) -> Table:
+    table = Table(title=f"{_plural(len(rows))}", title_justify="left")
+    table.add_column("run_id", no_wrap=True, min_width=36)
+    for name in ("month", "run_type", "status", "policy_id", "calls", "created_at (UTC)", "git_branch"):
+        table.add_column(name, no_wrap=name != "policy_id")
+    for r in rows:
+        created = r["created_at"].strftime("%Y-%m-%d %H:%M") if r["created_at"] else ""
+        calls = "" if r["calls_count"] is None else str(r["calls_count"])
+        table.add_row(
+            *(escape(v or "") for v in (r["run_id"], r["month"], r["run_type"], r["status"], r["policy_id"])),
+            calls,
+            created,
+            escape(r["git_branch"] or ""),
+        )
+    return table
+
+
+@click.command("catalog-query")
+@catalog_option
+@click.option("--run-id", default=None, help="Only this run.")
+@click.option("--run-type", default=None, help="path-only | policy | optimization.")
+@click.option("--status", default=None, help="completed | failed.")
+@click.option("--month", default=None, help="Data month YYYY-MM.")
+@click.option("--policy-id", default=None, help="Only runs of this policy id.")
+@click.option("--git-branch", default=None, help="Only runs created on this git branch.")
+@click.option("--from-date", default=None, help="Created on or after this UTC date (YYYY-MM-DD).")
+@click.option("--to-date", default=None, help="Created on or before this UTC date (YYYY-MM-DD).")
+@click.option("--artifact-type", default=None, help="Print this artifact's path(s) instead of runs, one per line.")
+@click.option(
+    "--limit",
+    default=None,
+    help=f"At most this many rows [default: {DEFAULT_LIMIT}; with --run-id and --artifact-type: every month].",
+)
+@click.option("--format", "fmt", default="table", show_default=True, help="table | json | csv.")
+@user_errors
+def catalog_query(
+    catalog_path: str, run_id, run_type, status, month, policy_id, git_branch, from_date, to_date,
+    artifact_type, limit, fmt,
+) -> None:
+    """List runs of the catalog (newest first), or the paths of one artifact type."""
+    if fmt not in OUTPUT_FORMATS:
+        fail(f"--format: expected one of {', '.join(OUTPUT_FORMATS)}, got {fmt!r}")
+    n = _parse_limit(limit)
+    filters = dict(
+        run_type=run_type, status=status, from_date=from_date, to_date=to_date, month=month,
+        policy_id=policy_id, git_branch=git_branch, run_id=run_id,
+    )
+    if artifact_type is not None:
+        # one run's artifact: every month it covers, unless --limit says otherwise
+        n = n if n is not None or run_id is not None else DEFAULT_LIMIT
+        rows = query_artifacts(catalog_path, artifact_type, limit=n, **filters)
+        if not rows and run_id is not None:
+            fail(f"run {run_id} has no {artifact_type!r} artifact in catalog {catalog_path}")
+        if fmt == "table":
+            for row in rows:
+                click.echo(row["path"])
+        else:
+            _emit(rows, PUBLIC_ARTIFACT_COLUMNS, fmt)
+        return
+    rows = query_runs(catalog_path, limit=n or DEFAULT_LIMIT, **filters)
+    if fmt != "table":
+        _emit(rows, PUBLIC_RUN_COLUMNS, fmt)
+    elif rows:
+        console.print(_runs_table(rows))
+    else:
+        console.print("No runs match.")
+
+
+@click.command("catalog-archive")
+@click.option("--month", required=True, help="Data month to archive (YYYY-MM).")
+@click.option("--to", "dest", required=True, help="Archive file to create (.tar.gz); never overwritten.")
+@runs_dir_option
+@catalog_option
+@user_errors
+def catalog_archive(month: str, dest: str, runs_dir: str, catalog_path: str) -> None:
+    """Archive a month of run directories to a verified .tar.gz, remove them, then reconcile
+    the catalog. Restore with `tar -xzf FILE -C <runs dir>` and `catalog-sync`."""
+    report = archive_month(runs_dir, month, dest, catalog_path)
+    ok(
+        f"Archived {_plural(len(report.run_dirs), 'run directory', 'run directories')} "
+        f"of {report.month} to {report.archive} ({_plural(report.files, 'file')}, {report.bytes:,} bytes)"
+    )
+    ok("Verified archive: member list and sizes match")
+    ok(f"Removed {Path(runs_dir) / report.month}")
+    print_sync_report(report.sync, stats=False)
+
+
+COMMANDS = [catalog_sync, catalog_query, catalog_archive]

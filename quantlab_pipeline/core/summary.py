@@ -1,0 +1,83 @@
+"""Aggregate metrics over trades (DESIGN §7), shared by `results/summary.parquet` and the frontier.
+
+Medians are true medians (the mean of the two middle values for an even count); quartiles and
+the 5th percentile use linear interpolation between the closest ranks (numpy's default "linear"
+method: position q·(n−1)). Tail-capture statistics ignore null values. Over zero trades every
+average, median and rate is null — never a fake 0.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+SUMMARY_SCHEMA = pl.Schema(
+    {
+        "run_id": pl.String,
+        "calls_processed": pl.Int64,
+        "calls_excluded": pl.Int64,
+        "trades_count": pl.Int64,
+        "avg_return_bps": pl.Float64,
+        "median_return_bps": pl.Float64,
+        "stop_out_rate": pl.Float64,
+        "avg_max_adverse_excursion_bps": pl.Float64,
+        "avg_time_exposed_ms": pl.Float64,
+        "avg_tail_capture": pl.Float64,
+        "median_tail_capture": pl.Float64,
+        "month": pl.String,
+        "policy_id": pl.String,
+        "win_rate": pl.Float64,
+        "p25_return_bps": pl.Float64,
+        "p75_return_bps": pl.Float64,
+    }
+)
+
+
+def metric_exprs(*names: str) -> list[pl.Expr]:
+    """Aggregations over trade columns (`realized_return_bps`, `stop_out`, …), aliased by name.
+
+    `win_rate` counts trades whose net return (after fees and slippage) is above 0;
+    `p95_mae_bps` is the 5th percentile of the adverse excursion, the 5 % worst trades.
+    """
+    ret = pl.col("realized_return_bps")
+    mae = pl.col("max_adverse_excursion_bps")
+    tail = pl.col("tail_capture")
+    exprs = {
+        "trades_count": pl.len().cast(pl.Int64),
+        "avg_return_bps": ret.mean(),
+        "median_return_bps": ret.median(),
+        "p25_return_bps": ret.quantile(0.25, interpolation="linear"),
+        "p75_return_bps": ret.quantile(0.75, interpolation="linear"),
+        "win_rate": (ret > 0).cast(pl.Float64).mean(),
+        "stop_out_rate": pl.col("stop_out").cast(pl.Float64).mean(),
+        "avg_max_adverse_excursion_bps": mae.mean(),
+        "p95_mae_bps": mae.quantile(0.05, interpolation="linear"),
+        "avg_time_exposed_ms": pl.col("time_exposed_ms").cast(pl.Float64).mean(),
+        "avg_tail_capture": tail.mean(),
+        "median_tail_capture": tail.median(),
+    }
+    return [exprs[name].alias(name) for name in names]
+
+
+def summarize_trades(
+    trades: pl.DataFrame,
+    *,
+    run_id: str,
+    month: str,
+    policy_id: str,
+    calls_processed: int,
+    calls_excluded: int,
+) -> pl.DataFrame:
+    """The one-row `results/summary.parquet`, columns exactly `SUMMARY_SCHEMA`."""
+    given = ("run_id", "calls_processed", "calls_excluded", "month", "policy_id")
+    metrics = trades.select(metric_exprs(*(n for n in SUMMARY_SCHEMA.names() if n not in given)))
+    return (
+        metrics.with_columns(
+            pl.lit(run_id, dtype=pl.String).alias("run_id"),
+            pl.lit(calls_processed, dtype=pl.Int64).alias("calls_processed"),
+            pl.lit(calls_excluded, dtype=pl.Int64).alias("calls_excluded"),
+            pl.lit(month, dtype=pl.String).alias("month"),
+            pl.lit(policy_id, dtype=pl.String).alias("policy_id"),
+        )
+        .select(SUMMARY_SCHEMA.names())
+        .cast(dict(SUMMARY_SCHEMA))
+    )

@@ -1,0 +1,163 @@
+"""The catalog's Dagster surface: `backtest_catalog` asset, `catalog_sync_job`, `catalog_sync_sensor`."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from dagster_duckdb import DuckDBResource
+
+from quantlab_pipeline.core.errors import QuantlabError
+from quantlab_pipeline.orchestration import catalog as orch
+from quantlab_pipeline.orchestration.catalog import (
+    backtest_catalog,
+    catalog_resources,
+    catalog_sensor_interval,
+    catalog_sync_job,
+    catalog_sync_sensor,
+)
+from quantlab_pipeline.orchestration.resources import RunStoreResource
+from quantlab_pipeline.storage.catalog import query_runs
+from quantlab_pipeline_tests.test_catalog import key, load, make_run, write_manifest
+
+
+@pytest.fixture
+def runs(tmp_path: Path) -> Path:
+    path = tmp_path / "runs"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def resources(tmp_path: Path, runs: Path) -> dict:
+    return {
+        "catalog_duckdb": DuckDBResource(database=str(tmp_path / "data" / "catalog.duckdb")),
+        "run_store": RunStoreResource(runs_dir=str(runs)),
+    }
+
+
+def materialize(resources, instance):
+    result = dg.materialize([backtest_catalog], resources=resources, instance=instance)
+    assert result.success
+    [event] = result.asset_materializations_for_node("backtest_catalog")
+    return {k: v.value for k, v in event.metadata.items()}
+
+
+def test_asset_syncs_and_reports_counts_and_totals(runs, resources):
+    completed = make_run(runs, "2024-01")
+    make_run(runs, "2024-01", run_type="policy", policy_id="p1")
+    make_run(runs, "2024-02", status="failed")
+    make_run(runs, "2024-02", status="running")
+    with dg.instance_for_test() as instance:
+        meta = materialize(resources, instance)
+        # 2 completed + 1 failed registered; 1 running skipped; artifacts: path-only 2 + policy 4
+        assert (meta["registered"], meta["updated"], meta["removed"], meta["skipped"], meta["rejected"]) == (3, 0, 0, 1, 0)
+        assert meta["runs_by_status"] == {"completed": 2, "failed": 1}
+        assert meta["runs_by_type"] == {"path-only": 2, "policy": 1}
+        assert (meta["total_runs"], meta["total_artifacts"]) == (3, 6)
+        assert meta["artifacts_by_type"] == {"alerts": 2, "paths": 2, "trades": 1, "summary": 1}
+        assert meta["path"] == resources["catalog_duckdb"].database
+
+        shutil.rmtree(completed)
+        meta = materialize(resources, instance)
+        assert (meta["registered"], meta["removed"], meta["total_runs"]) == (0, 1, 2)
+        meta = materialize(resources, instance)  # nothing changed
+        assert (meta["registered"], meta["updated"], meta["removed"], meta["unchanged"]) == (0, 0, 0, 2)
+    assert len(query_runs(resources["catalog_duckdb"].database)) == 2
+
+
+def test_asset_uses_the_catalog_pool_and_the_job_selects_it():
+    assert backtest_catalog.op.pool == orch.CATALOG_POOL == "catalog"
+    assert {"catalog_duckdb", "run_store"} <= backtest_catalog.required_resource_keys
+    defs = dg.Definitions(
+        assets=[backtest_catalog], jobs=[catalog_sync_job], sensors=[catalog_sync_sensor], resources=catalog_resources()
+    )
+    job = defs.resolve_job_def("catalog_sync_job")
+    assert job.asset_layer.executable_asset_keys == {dg.AssetKey("backtest_catalog")}
+    dg.Definitions.validate_loadable(defs)
+
+
+def test_catalog_resources_follow_the_environment(monkeypatch):
+    monkeypatch.delenv("QUANTLAB_CATALOG", raising=False)
+    monkeypatch.delenv("QUANTLAB_RUNS_DIR", raising=False)
+    res = catalog_resources()
+    assert (res["catalog_duckdb"].database, str(res["run_store"].root)) == ("data/backtest_catalog.duckdb", "runs")
+    monkeypatch.setenv("QUANTLAB_CATALOG", "/x/c.duckdb")
+    monkeypatch.setenv("QUANTLAB_RUNS_DIR", "/x/runs")
+    res = catalog_resources()
+    assert (res["catalog_duckdb"].database, str(res["run_store"].root)) == ("/x/c.duckdb", "/x/runs")
+
+
+def test_sensor_interval_comes_from_the_environment(monkeypatch):
+    assert catalog_sync_sensor.default_status == dg.DefaultSensorStatus.RUNNING
+    monkeypatch.delenv(orch.SENSOR_INTERVAL_ENV, raising=False)
+    assert catalog_sensor_interval() == 30
+    monkeypatch.setenv(orch.SENSOR_INTERVAL_ENV, "5")
+    assert catalog_sensor_interval() == 5
+    for bad in ("0", "-3", "soon"):
+        monkeypatch.setenv(orch.SENSOR_INTERVAL_ENV, bad)
+        with pytest.raises(QuantlabError, match=orch.SENSOR_INTERVAL_ENV):
+            catalog_sensor_interval()
+
+
+def tick(instance, resources, cursor):
+    context = dg.build_sensor_context(instance=instance, cursor=cursor, resources={"run_store": resources["run_store"]})
+    return catalog_sync_sensor(context), context.cursor
+
+
+def test_sensor_requests_a_sync_only_when_terminal_directories_change(runs, resources):
+    catalog_file = Path(resources["catalog_duckdb"].database)
+    with dg.instance_for_test() as instance:
+        first, cursor = tick(instance, resources, None)  # no cursor yet: one initial sync
+        assert isinstance(first, dg.RunRequest) and first.run_key.startswith("catalog-sync-1-")
+
+        running = make_run(runs, status="running")
+        skip, same = tick(instance, resources, cursor)
+        assert isinstance(skip, dg.SkipReason) and same == cursor  # a running run is not terminal
+
+        done = make_run(runs)
+        new, cursor2 = tick(instance, resources, cursor)
+        assert isinstance(new, dg.RunRequest) and new.run_key.startswith("catalog-sync-2-")
+        assert isinstance(tick(instance, resources, cursor2)[0], dg.SkipReason)
+
+        write_manifest(done, load(done), marker=True)  # re-finalized: new run.json and _SUCCESS
+        rewritten, cursor3 = tick(instance, resources, cursor2)
+        assert isinstance(rewritten, dg.RunRequest)
+
+        shutil.rmtree(done)  # back to a state seen before (no terminal run)
+        removed, cursor4 = tick(instance, resources, cursor3)
+        assert isinstance(removed, dg.RunRequest)
+        assert json.loads(cursor4)["fingerprint"] == json.loads(cursor)["fingerprint"]
+        assert removed.run_key != first.run_key  # the sequence keeps run keys unique
+
+        manifest = load(running)
+        manifest["status"] = "failed"
+        write_manifest(running, manifest, marker=False)
+        failed, _ = tick(instance, resources, cursor4)
+        assert isinstance(failed, dg.RunRequest)
+        keys = [r.run_key for r in (first, new, rewritten, removed, failed)]
+        assert len(set(keys)) == 5
+    assert not catalog_file.exists()  # the tick never touches the catalog
+
+
+def test_sensor_skips_when_the_runs_dir_does_not_exist(tmp_path):
+    missing = {"run_store": RunStoreResource(runs_dir=str(tmp_path / "nope"))}
+    with dg.instance_for_test() as instance:
+        result, cursor = tick(instance, missing, None)
+    assert isinstance(result, dg.SkipReason) and "does not exist" in result.skip_message
+    assert cursor is None
+
+
+def test_sensor_request_runs_the_job_that_fills_the_catalog(runs, resources):
+    done = make_run(runs)
+    defs = dg.Definitions(
+        assets=[backtest_catalog], jobs=[catalog_sync_job], sensors=[catalog_sync_sensor], resources=resources
+    )
+    with dg.instance_for_test() as instance:
+        request, _ = tick(instance, resources, None)
+        result = defs.resolve_job_def("catalog_sync_job").execute_in_process(instance=instance, tags=request.tags)
+        assert result.success
+    assert [r["run_id"] for r in query_runs(resources["catalog_duckdb"].database)] == [key(done).run_id]
