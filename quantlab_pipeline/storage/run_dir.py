@@ -85,9 +85,21 @@ class Completion:
         return "; ".join(parts) or "complete"
 
 
+# Alert times are stored unsigned: DuckDB multiplies an INTERVAL only by an integer that fits
+# 32 bits or by UBIGINT, and the seed's analysis SQL does `alert_ts_ms * INTERVAL '1 millisecond'`.
+# In memory (kernels, joins) every timestamp stays Int64.
+_STORED_AS = {"alert_ts_ms": pl.UInt64}
+
+
 def frame_to_arrow(frame: pl.DataFrame) -> pa.Table:
-    """Plain Arrow types (string, not string_view) so every Parquet reader opens the files."""
-    return frame.to_arrow(compat_level=pl.CompatLevel.oldest())
+    """The on-disk form: plain Arrow types (string, not string_view) so every reader opens it."""
+    casts = [pl.col(c).cast(t) for c, t in _STORED_AS.items() if c in frame.columns]
+    return frame.with_columns(casts).to_arrow(compat_level=pl.CompatLevel.oldest())
+
+
+def frame_from_arrow(table: pa.Table) -> pl.DataFrame:
+    frame = pl.from_arrow(table)
+    return frame.with_columns(pl.col(c).cast(pl.Int64) for c in _STORED_AS if c in frame.columns)
 
 
 class RunDirectory:
@@ -138,7 +150,7 @@ class RunDirectory:
             ) from None
         table = pq.read_table(pa.BufferReader(data))
         meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
-        return LoadedArtifact(artifact, pl.from_arrow(table), sha256_bytes(data), meta)
+        return LoadedArtifact(artifact, frame_from_arrow(table), sha256_bytes(data), meta)
 
     # -- lifecycle -------------------------------------------------------------------------------
 
