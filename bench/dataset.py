@@ -1,21 +1,24 @@
-"""The benchmark month: generated once per (size, seed) into `bench/.cache/`, then loaded the way
-the pipeline loads it (same readers, same pushed-down query), so kernels see the pipeline's arrays.
+"""The benchmark month: generated once per size, seed and generator version into `bench/.cache/`,
+then loaded the way the pipeline loads it (same readers, same pushed-down query), so kernels see
+the pipeline's arrays.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
-from measure import summarize, timed
 
+from quantlab_pipeline.core import sample_data
 from quantlab_pipeline.core.candles import Candles
 from quantlab_pipeline.core.durations import interval_ms, parse_duration_ms
 from quantlab_pipeline.core.inputs import read_alerts, read_candles
-from quantlab_pipeline.core.sample_data import generate_sample_data
 from quantlab_pipeline.core.spec import TruthParams, date_to_ms, month_bounds
+
+from measure import summarize, timed
 
 REFERENCE_ALERTS = 20_000  # DESIGN §12: 20,000 alerts × 1,440 five-minute candles a month
 MONTH = "2024-01"
@@ -28,17 +31,27 @@ def alerts_for_scale(scale: float) -> int:
     return max(10, round(REFERENCE_ALERTS * scale))
 
 
+def _generator_version() -> str:
+    """A short hash of the generator's source: a changed generator never reuses stale data."""
+    return hashlib.sha256(Path(sample_data.__file__).read_bytes()).hexdigest()[:10]
+
+
 def ensure_database(cache_dir: Path, alerts_per_month: int, seed: int) -> tuple[Path, float | None]:
-    """The cached sample database for this size and seed; generation seconds, or None when cached.
+    """The cached sample database for this size, seed and generator version; generation seconds,
+    or None when it was cached. Entries of older generator versions of this size and seed are
+    deleted (the reference month is over 1 GB).
 
     The generator writes atomically (temp file + rename), so an interrupted run never leaves a
     truncated cache entry behind.
     """
-    path = Path(cache_dir) / f"month-{MONTH}-a{alerts_per_month}-s{seed}-{INTERVAL}.duckdb"
+    stem = f"month-{MONTH}-{INTERVAL}-a{alerts_per_month}-s{seed}"
+    path = Path(cache_dir) / f"{stem}-g{_generator_version()}.duckdb"
     if path.is_file():
         return path, None
+    for stale in Path(cache_dir).glob(f"{stem}-g*.duckdb"):
+        stale.unlink()
     started = time.perf_counter()
-    generate_sample_data(path, months=[MONTH], alerts_per_month=alerts_per_month, seed=seed, interval=INTERVAL)
+    sample_data.generate_sample_data(path, months=[MONTH], alerts_per_month=alerts_per_month, seed=seed, interval=INTERVAL)
     return path, time.perf_counter() - started
 
 

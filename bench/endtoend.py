@@ -97,8 +97,8 @@ def end_to_end(run_type: str, db: Path, *, repeat: int, numba_cache: Path, work_
     own run, step and event machinery.
     """
     walls, rss, overheads = [], [], []
-    steps: dict[str, list[int]] = {}
-    for i in range(repeat):
+    steps: dict[str, list[float]] = {}
+    for _ in range(repeat):
         scratch = Path(tempfile.mkdtemp(prefix=f"e2e-{run_type}-", dir=work_dir))
         try:
             runs_dir, home = scratch / "runs", scratch / "dagster_home"

@@ -99,6 +99,7 @@ def _rows(s: dict) -> list[tuple[str, str, str]]:
         ("alerts / paths / mints", f"{d['alerts']:,} / {d['paths']:,} / {d['mints']:,}", ""),
         ("candles (M) / in memory (GB)", f"{d['candles'] / 1e6:,.2f} / {d['candle_bytes'] / 1e9:,.2f}", ""),
         ("window candles (M)", f"{d['window_candles'] / 1e6:,.2f}", ""),
+        ("load average 1 min, start → end", f"{s['load_average_1m']['start']:.1f} → {s['load_average_1m']['end']:.1f}", ""),
         ("read_candles (s)", _fmt(s["read_candles"]["seconds"]), ""),
         ("streaming floor (GB/s)", _fmt(s["floor"]["gb_per_s"]), ""),
         ("streaming floor (M candles/s)", _fmt(s["floor"]["candles_per_s"], 1e6, 0), ""),

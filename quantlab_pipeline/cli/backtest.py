@@ -123,15 +123,16 @@ def _fmt(value: Any, kind: str = "num") -> str:
 
 
 def _headline_table(run_type: str, results) -> Table:
+    """One row per metric, one column per month: fits any terminal width."""
     table = Table(title="Headline numbers", title_justify="left")
-    columns: list[tuple[str, str, str, str]] = [
+    metrics: list[tuple[str, str, str, str]] = [
         ("Calls", "paths", "calls_processed", "num"),
         ("Excluded", "paths", "excluded", "num"),
         ("Hit 2x", "paths", "hit_2x_rate", "pct"),
         ("Median peak ×", "paths", "median_peak_multiple", "num"),
     ]
     if run_type == "policy":
-        columns += [
+        metrics += [
             ("Trades", "summary", "trades_count", "num"),
             ("Avg ret bps", "summary", "avg_return_bps", "bps"),
             ("Median ret bps", "summary", "median_return_bps", "bps"),
@@ -139,22 +140,19 @@ def _headline_table(run_type: str, results) -> Table:
             ("Win rate", "summary", "win_rate", "pct"),
         ]
     if run_type == "optimization":
-        columns += [
+        metrics += [
             ("Policies", "frontier", "policies", "num"),
             ("Best policy", "frontier", "best_policy_id", "str"),
             ("Best score", "frontier", "best_objective_score", "bps"),
         ]
-    table.add_column("Month")
-    table.add_column("Status")
-    for title, *_ in columns:
-        table.add_column(title, justify="right")
+    table.add_column("")
     for r in results:
-        status = "[green]completed[/green]" if r.status == "completed" else f"[red]{r.status}[/red]"
-        table.add_row(
-            r.month,
-            status,
-            *(_fmt(r.headline.get(asset, {}).get(key), kind) for _, asset, key, kind in columns),
-        )
+        table.add_column(r.month, justify="right")
+    table.add_row(
+        "Status", *("[green]completed[/green]" if r.status == "completed" else f"[red]{r.status}[/red]" for r in results)
+    )
+    for title, asset, key, kind in metrics:
+        table.add_row(title, *(_fmt(r.headline.get(asset, {}).get(key), kind) for r in results))
     return table
 
 

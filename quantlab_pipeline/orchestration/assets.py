@@ -3,10 +3,19 @@ and paths → frontier. Each body calls `core` and returns an `ArtifactOutput`; 
 """
 
 
+import warnings
 from typing import Any
 
 import polars as pl
-from dagster import AssetExecutionContext, AssetIn, Config, Failure, MultiToSingleDimensionPartitionMapping, asset
+from dagster import (
+    AssetExecutionContext,
+    AssetIn,
+    BetaWarning,
+    Config,
+    Failure,
+    MultiToSingleDimensionPartitionMapping,
+    asset,
+)
 
 from quantlab_pipeline.core.errors import QuantlabError, SpecError
 from quantlab_pipeline.core.inputs import check_alerts_source, check_candles_source, read_alerts
@@ -24,7 +33,9 @@ from quantlab_pipeline.storage.run_dir import LoadedArtifact
 from quantlab_pipeline.storage.specs import read_spec
 
 GROUP = "backtest"
-SPEC_INPUT = AssetIn(partition_mapping=MultiToSingleDimensionPartitionMapping(partition_dimension_name="run"))
+with warnings.catch_warnings():  # the mapping is beta; its use here is the documented one
+    warnings.simplefilter("ignore", BetaWarning)
+    SPEC_INPUT = AssetIn(partition_mapping=MultiToSingleDimensionPartitionMapping(partition_dimension_name="run"))
 
 
 class RunSpecConfig(Config):
@@ -172,7 +183,10 @@ def paths(
         )
         frame = result.paths
         excluded = len(result.errors)
-        step.log(f"{frame.height} paths, {excluded} alerts excluded")
+        step.log(
+            f"{frame.height} paths, {excluded} alerts excluded; hit 2x {_pct(_mean(frame, 'hit_2x'))}, "
+            f"median peak {_num(_median(frame, 'peak_multiple'))}x"
+        )
         return step.output(
             frame,
             inputs=(alerts,),
@@ -259,8 +273,8 @@ def summary(
         )
         row = frame.row(0, named=True)
         step.log(
-            f"{row['trades_count']} trades, median return {row['median_return_bps']} bps, "
-            f"stop-out rate {row['stop_out_rate']}"
+            f"{row['trades_count']} trades, median return {_num(row['median_return_bps'])} bps, "
+            f"stop-out {_pct(row['stop_out_rate'])}, win rate {_pct(row['win_rate'])}"
         )
         return step.output(
             frame,
@@ -305,6 +319,14 @@ def frontier(
         if best.height:
             headline.update(best_policy_id=best.item(0, "policy_id"), best_objective_score=best.item(0, "objective_score"))
         return step.output(frame, inputs=(alerts, paths), headline=headline)
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def _num(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:,.2f}"
 
 
 def _mean(frame: pl.DataFrame, column: str) -> float | None:
