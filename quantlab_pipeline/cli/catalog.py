@@ -16,6 +16,7 @@ from typing import Any
 
 import click
 from rich.markup import escape
+from rich import box
 from rich.table import Table
 
 from quantlab_pipeline.cli.console import console, fail, ok, user_errors
@@ -119,19 +120,28 @@ def _emit(rows: list[dict[str, Any]], columns: tuple[str, ...], fmt: str) -> Non
 
 
 def _runs_table(rows: list[dict[str, Any]]) -> Table:
-    table = Table(title=f"{_plural(len(rows))}", title_justify="left")
-    table.add_column("run_id", no_wrap=True, min_width=36)
-    for name in ("month", "run_type", "status", "policy_id", "calls", "created_at (UTC)", "git_branch"):
-        table.add_column(name, no_wrap=name != "policy_id")
+    """Compact: optional columns appear only when some row has a value."""
+    table = Table(
+        title=_plural(len(rows)),
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+        padding=(0, 1, 0, 0),
+    )
+    columns: list[tuple[str, Any]] = [
+        ("run_id", lambda r: r["run_id"]),
+        ("month", lambda r: r["month"]),
+        ("run_type", lambda r: r["run_type"]),
+        ("status", lambda r: r["status"]),
+        ("calls", lambda r: "" if r["calls_count"] is None else str(r["calls_count"])),
+        ("created (UTC)", lambda r: r["created_at"].strftime("%Y-%m-%d %H:%M") if r["created_at"] else ""),
+    ]
+    columns += [(name, lambda r, n=name: r[n] or "") for name in ("policy_id", "git_branch") if any(r[name] for r in rows)]
+    for name, _ in columns:
+        table.add_column(name, no_wrap=name != "policy_id", justify="right" if name == "calls" else "left")
     for r in rows:
-        created = r["created_at"].strftime("%Y-%m-%d %H:%M") if r["created_at"] else ""
-        calls = "" if r["calls_count"] is None else str(r["calls_count"])
-        table.add_row(
-            *(escape(v or "") for v in (r["run_id"], r["month"], r["run_type"], r["status"], r["policy_id"])),
-            calls,
-            created,
-            escape(r["git_branch"] or ""),
-        )
+        table.add_row(*(escape(get(r)) for _, get in columns))
     return table
 
 
