@@ -177,3 +177,20 @@ def test_run_spec_is_immutable_through_dagster(sample_db, runs_dir, dagster_inst
         raise_on_error=False,
     )
     assert not changed.success
+
+
+def test_a_policy_partition_reads_its_candles_once(sample_db, runs_dir, dagster_instance, monkeypatch):
+    from quantlab_pipeline.orchestration import resources
+
+    calls = []
+    real = resources.read_candles
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs["interval"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(resources, "read_candles", counting)
+    spec = new_spec(sample_db, "policy", policy_id="p", policy={"kind": "fixed_stop", "stop_loss_bps": 500})
+    create_run(spec, runs_dir=str(runs_dir), instance=dagster_instance)
+    assert materialize_month(spec, "2024-01", runs_dir=str(runs_dir), instance=dagster_instance).status == "completed"
+    assert calls == ["5m"]  # paths and trades shared one read
