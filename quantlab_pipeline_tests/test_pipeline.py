@@ -194,3 +194,23 @@ def test_a_policy_partition_reads_its_candles_once(sample_db, runs_dir, dagster_
     create_run(spec, runs_dir=str(runs_dir), instance=dagster_instance)
     assert materialize_month(spec, "2024-01", runs_dir=str(runs_dir), instance=dagster_instance).status == "completed"
     assert calls == ["5m"]  # paths and trades shared one read
+
+
+def test_optimization_month_completes_with_a_ranked_frontier(sample_db, runs_dir, dagster_instance):
+    grid = {
+        "templates": [{"kind": "fixed_stop", "stop_loss_bps": [300, 1000], "take_profit_bps": [5000, 20000]}],
+        "per_caller": True,
+    }
+    spec = new_spec(sample_db, "optimization", sweep=grid)
+    create_run(spec, runs_dir=str(runs_dir), instance=dagster_instance)
+    result = materialize_month(spec, "2024-01", runs_dir=str(runs_dir), instance=dagster_instance)
+    assert result.status == "completed", result.error
+    rd = RunDirectory(runs_dir, "2024-01", spec.run_id)
+    assert set(rd.manifest()["artifacts"]) >= {"alerts", "paths", "frontier"}
+    frontier = pl.read_parquet(rd.path / "results/frontier.parquet")
+    overall = frontier.filter(pl.col("caller_name").is_null())
+    assert overall.height == 4  # 2 stops × 2 targets
+    assert sorted(overall.get_column("rank").to_list()) == [1, 2, 3, 4]
+    callers = pl.read_parquet(rd.path / "truth/paths.parquet").get_column("caller_name").n_unique()
+    assert frontier.height == 4 * (1 + callers)
+    assert result.headline["frontier"]["policies"] == 4

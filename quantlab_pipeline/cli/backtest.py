@@ -142,7 +142,8 @@ def _headline_table(run_type: str, results) -> Table:
     if run_type == "optimization":
         metrics += [
             ("Policies", "frontier", "policies", "num"),
-            ("Best policy", "frontier", "best_policy_id", "str"),
+            ("Feasible", "frontier", "feasible_policies", "num"),
+            ("Best policy", "frontier", "best_policy", "str"),
             ("Best score", "frontier", "best_objective_score", "bps"),
         ]
     table.add_column("")

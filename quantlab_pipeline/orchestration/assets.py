@@ -313,11 +313,22 @@ def frontier(
             horizon_ms=run_spec.horizon_ms,
             execution=run_spec.execution,
         )
-        best = frame.filter(pl.col("rank") == 1).filter(pl.col("caller_name").is_null()) if frame.height else frame
-        step.log(f"{frame.height} frontier rows")
-        headline: dict[str, Any] = {"policies": frame.get_column("policy_id").n_unique() if frame.height else 0}
+        overall = frame.filter(pl.col("caller_name").is_null())
+        best = overall.filter(pl.col("rank") == 1)
+        headline: dict[str, Any] = {
+            "policies": overall.height,
+            "feasible_policies": int(overall.get_column("meets_constraints").sum()),
+        }
         if best.height:
-            headline.update(best_policy_id=best.item(0, "policy_id"), best_objective_score=best.item(0, "objective_score"))
+            headline.update(
+                best_policy_id=best.item(0, "policy_id"),
+                best_policy=best.item(0, "policy_params"),
+                best_objective_score=best.item(0, "objective_score"),
+            )
+        step.log(
+            f"{overall.height} policies, {headline['feasible_policies']} meet the constraints; "
+            f"best {headline.get('best_policy', 'n/a')} (score {_num(headline.get('best_objective_score'))})"
+        )
         return step.output(frame, inputs=(alerts, paths), headline=headline)
 
 
