@@ -80,7 +80,7 @@ class MonthInputs:
 
 
 def load_month(db: Path) -> MonthInputs:
-    """Read the month with the pipeline's readers and the bounds `CandleStoreResource.for_alerts` uses."""
+    """Read the month with the pipeline's readers and the bounds `CandleStoreResource._read` uses."""
     first, last = month_bounds(MONTH)
     horizon_ms = parse_duration_ms(HORIZON)
     alerts = read_alerts(str(db), start_ms=date_to_ms(first), end_ms=date_to_ms(last) + 86_400_000).frame

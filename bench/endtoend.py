@@ -90,7 +90,8 @@ def _step_times(run_dir: Path) -> tuple[dict[str, int], dict[str, int]]:
 
 
 def end_to_end(run_type: str, db: Path, *, repeat: int, numba_cache: Path, work_dir: Path) -> dict:
-    """`quantlab backtest <run_type>` on the month, `repeat` times, each in a fresh Dagster home.
+    """`quantlab backtest <run_type>` on the month, `repeat` times, each in a fresh Dagster home
+with the project's `dagster.yaml`.
 
     Dagster overhead = wall time minus the steps' compute (reading inputs, kernels, frames) and
     the artifact writes: what remains is process start-up, imports, run creation, and Dagster's
@@ -103,6 +104,9 @@ def end_to_end(run_type: str, db: Path, *, repeat: int, numba_cache: Path, work_
         try:
             runs_dir, home = scratch / "runs", scratch / "dagster_home"
             home.mkdir()
+            # The project's instance config (telemetry off, pools); its relative state paths land
+            # in the scratch directory, the child's working directory.
+            shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
             env = child_env(DAGSTER_HOME=str(home), QUANTLAB_RUNS_DIR=str(runs_dir), NUMBA_CACHE_DIR=str(numba_cache))
             child = run_child(_backtest_argv(run_type, db, runs_dir), env=env, cwd=scratch, log_dir=scratch / "child")
             if child.returncode != 0:

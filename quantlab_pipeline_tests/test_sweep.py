@@ -51,7 +51,7 @@ def fixture_data():
 
 def frontier(sweep_spec) -> pl.DataFrame:
     paths, candles = fixture_data()
-    frame = run_sweep(paths, candles, parse_sweep(sweep_spec), run_id="run", interval_ms=DELTA, horizon_ms=3 * DELTA, execution=NO_COSTS)
+    frame = run_sweep([(paths, candles)], parse_sweep(sweep_spec), run_id="run", interval_ms=DELTA, horizon_ms=3 * DELTA, execution=NO_COSTS)
     assert frame.schema == FRONTIER_SCHEMA
     return frame
 
@@ -145,7 +145,7 @@ def test_constraints_can_be_disabled_and_objective_changed():
 
 def test_no_paths_lists_every_policy_without_trades():
     paths, candles = fixture_data()
-    frame = run_sweep(paths.clear(), candles, parse_sweep([P1, P2, P3]), run_id="run", interval_ms=DELTA, horizon_ms=DELTA, execution=NO_COSTS)
+    frame = run_sweep([(paths.clear(), candles)], parse_sweep([P1, P2, P3]), run_id="run", interval_ms=DELTA, horizon_ms=DELTA, execution=NO_COSTS)
     assert frame.height == 3
     assert frame.get_column("trades_count").to_list() == [0, 0, 0]
     assert frame.get_column("meets_constraints").to_list() == [False] * 3
@@ -173,7 +173,7 @@ def test_sweep_kernel_agrees_with_simulate_trades_and_summary():
     )
     sweep = parse_sweep(None)
     execution = Execution()
-    frame = run_sweep(paths, candles, sweep, run_id="run", interval_ms=interval, horizon_ms=m * interval, execution=execution)
+    frame = run_sweep([(paths, candles)], sweep, run_id="run", interval_ms=interval, horizon_ms=m * interval, execution=execution)
     for policy in sweep.policies[::7]:
         pid = policy_id_of(policy)
         trades = simulate_trades(paths, candles, policy, run_id="run", policy_id=pid, interval_ms=interval,
@@ -257,3 +257,33 @@ def test_sweep_errors_name_the_field(value, message):
         parse_sweep(value)
     assert str(info.value).startswith(message), str(info.value)
     assert "\n" not in str(info.value)
+
+
+def test_a_partition_streamed_in_segments_gives_the_same_frontier():
+    # 40 random paths, 4 callers; split by mint into three segments with their own candle sets.
+    rng = np.random.default_rng(11)
+    n, m = 40, 30
+    close = 100 * np.exp(np.cumsum(rng.normal(0, 0.05, (n, m)), axis=1))
+    opens = np.concatenate([np.full((n, 1), 100.0), close[:, :-1]], axis=1)
+    high = np.maximum(opens, close) * (1 + rng.uniform(0, 0.03, (n, m)))
+    low = np.minimum(opens, close) * (1 - rng.uniform(0, 0.03, (n, m)))
+    mints = [f"m{i:02d}" for i in range(n)]
+    frame = pl.DataFrame(
+        {
+            "mint": np.repeat(mints, m),
+            "ts_ms": np.tile(np.arange(m, dtype=np.int64) * DELTA, n),
+            "open": opens.ravel(), "high": high.ravel(), "low": low.ravel(), "close": close.ravel(),
+        }
+    )  # fmt: skip
+    paths = pl.DataFrame(
+        {"call_id": mints, "caller_name": [f"c{i % 4}" for i in range(n)], "mint": mints, "alert_ts_ms": [0] * n,
+         "p0": [100.0] * n, "entry_ts_ms": [0] * n, "peak_multiple": high.max(axis=1) / 100}  # fmt: skip
+    )
+    sweep = parse_sweep({"templates": [{"kind": "fixed_stop", "stop_loss_bps": [500, 1500], "take_profit_bps": [3000, None]}], "per_caller": True})
+    common = dict(run_id="run", interval_ms=DELTA, horizon_ms=m * DELTA, execution=NO_COSTS)
+    whole = run_sweep([(paths, Candles.from_frame(frame))], sweep, **common)
+    parts = [paths.slice(0, 13), paths.slice(13, 14), paths.slice(27)]
+    segments = [(p, Candles.from_frame(frame.filter(pl.col("mint").is_in(p.get_column("mint").implode())))) for p in parts]
+    streamed = run_sweep(segments, sweep, **common)
+    assert streamed.equals(whole)
+    assert whole.height == 4 * (1 + 4)

@@ -99,3 +99,27 @@ class Candles:
     def empty(cls) -> "Candles":
         z = np.zeros(0, dtype=np.float64)
         return cls((), np.zeros(1, dtype=np.int64), np.zeros(0, dtype=np.int64), z, z.copy(), z.copy(), z.copy())
+
+
+def plan_chunks(alerts: pl.DataFrame, *, candles_per_alert: int, max_candles: int) -> list[pl.DataFrame]:
+    """Split a partition's alerts so each part's candles stay under `max_candles` (estimated).
+
+    All alerts of one mint land in the same part (its candles are read once), parts follow mint
+    order, and a single mint larger than the budget is a part of its own. One part means the
+    whole partition is read at once; more bound peak memory by the part, not by the month.
+    """
+    if alerts.height == 0:
+        return [alerts]
+    per_mint = alerts.group_by("mint").len().sort("mint")
+    part = np.zeros(per_mint.height, dtype=np.int64)
+    budget = max(1, max_candles // max(1, candles_per_alert))  # alerts per part
+    filled, current = 0, 0
+    for i, n in enumerate(per_mint.get_column("len").to_list()):
+        if filled and filled + n > budget:
+            current, filled = current + 1, 0
+        part[i] = current
+        filled += n
+    if current == 0:
+        return [alerts]
+    labelled = alerts.join(per_mint.select("mint", pl.Series("_part", part)), on="mint", how="left", maintain_order="left")
+    return [p.drop("_part") for p in labelled.partition_by("_part", maintain_order=True)]

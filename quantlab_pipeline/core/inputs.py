@@ -334,46 +334,26 @@ class CandlesInput:
 
 
 @numba.njit(cache=True, nogil=True)
-def _group_order(k, n_mints, rank, counts):
-    """Number the mints in order of first arrival (`rank[k]`), the unseen ones last; count rows.
+def _scatter_batch(k, ts, op, hi, lo, cl, vol, cursor, ends, o_ts, o_op, o_hi, o_lo, o_cl, o_vol):
+    """Put each row of one fetched batch at the next free slot of its mint's group.
 
-    Grouping in arrival order makes the usual source — rows already grouped by mint, in any mint
-    order — need no reordering at all.
+    Group sizes are known before the fetch, so every value is written once, straight into its
+    final place: no growing arrays, no second pass to group. False if a group overflows (the
+    source changed between the count and the fetch).
     """
-    rank[:] = -1
-    seen = 0
     for i in range(k.shape[0]):
-        j = k[i]
-        if rank[j] < 0:
-            rank[j] = seen
-            seen += 1
-        counts[rank[j]] += 1
-    for j in range(n_mints):
-        if rank[j] < 0:
-            rank[j] = seen
-            seen += 1
-
-
-@numba.njit(cache=True, nogil=True)
-def _already_grouped(k, rank, offsets):
-    """Whether every row already sits where a stable counting sort by `rank[k]` would put it."""
-    cursor = offsets[:-1].copy()
-    for i in range(k.shape[0]):
-        g = rank[k[i]]
-        if cursor[g] != i:
+        g = k[i]
+        p = cursor[g]
+        if p >= ends[g]:
             return False
-        cursor[g] += 1
+        o_ts[p] = ts[i]
+        o_op[p] = op[i]
+        o_hi[p] = hi[i]
+        o_lo[p] = lo[i]
+        o_cl[p] = cl[i]
+        o_vol[p] = vol[i]
+        cursor[g] = p + 1
     return True
-
-
-@numba.njit(cache=True, nogil=True)
-def _scatter_grouped(k, rank, offsets, src, out):
-    """Stable counting sort of one column by `rank[k]` (destinations recomputed, not stored)."""
-    cursor = offsets[:-1].copy()
-    for i in range(k.shape[0]):
-        g = rank[k[i]]
-        out[cursor[g]] = src[i]
-        cursor[g] += 1
 
 
 @numba.njit(cache=True, nogil=True)
@@ -471,78 +451,52 @@ def _clean_groups(offsets, ts, op, hi, lo, cl, vol, new_offsets, bad, dup, confl
     return w
 
 
-def _fetch_columns(reader: pa.RecordBatchReader, dtypes: Sequence[np.dtype]) -> list[np.ndarray]:
-    """Append every batch into one growing array per column.
-
-    Arrays grow by `ndarray.resize`, which extends the mapping in place (mremap) instead of copying,
-    by a modest factor because it zero-fills (touches) the new tail; each batch is released once
-    copied. So the rows exist once, plus at most a quarter of slack and one batch in flight.
-    """
-    capacity = 8 * _BATCH_ROWS
-    columns = [np.empty(capacity, dtype=dt) for dt in dtypes]
-    n = 0
-    for batch in reader:
-        m = batch.num_rows
-        if n + m > capacity:
-            capacity = max(capacity + capacity // 4, n + m)
-            for col in columns:
-                col.resize(capacity, refcheck=False)
-        for i, col in enumerate(columns):
-            arr = batch.column(i)
-            if arr.null_count:
-                arr = arr.fill_null(np.nan if col.dtype.kind == "f" else 0)
-            col[n : n + m] = arr.to_numpy(zero_copy_only=False)
-        n += m
-    for col in columns:
-        col.resize(n, refcheck=False)
-    return columns
-
-
 def read_candles(
     source: str, *, mints: Sequence[str], interval: str, start_ms: int, end_ms: int
 ) -> CandlesInput:
     """Validated candles of `mints` with `start_ms <= ts_ms < end_ms`, one contiguous array per column.
 
     Bad candles are dropped and duplicates collapsed (DESIGN §2), each counted once per mint and
-    reason. Mints without candles get an empty range. Mints are grouped in the order their rows
-    arrive (`Candles.mints` gives it), so a source already grouped by mint is never reordered.
+    reason. Mints without candles get an empty range. One cheap `count(*) GROUP BY mint` first
+    sizes each mint's group, so the fetch writes every value once into its final grouped place
+    (peak memory: the candles plus one Arrow batch).
     """
     interval_ms(interval)
     wanted = sorted({m for m in mints if m is not None})
     src = _open_candles(source)
     src.con.register("wanted_mints", pa.table({"mint": pa.array(wanted, pa.string()), "k": pa.array(range(len(wanted)), pa.int32())}))
-    query = f"""
-        SELECT w.k, CAST(c.ts_ms AS BIGINT), CAST(c.open AS DOUBLE), CAST(c.high AS DOUBLE),
-               CAST(c.low AS DOUBLE), CAST(c.close AS DOUBLE), CAST(c.volume AS DOUBLE)
+    rows_sql = f"""
         FROM {src.from_sql} AS c JOIN wanted_mints AS w ON c.mint = w.mint
         WHERE c.interval = $interval AND c.ts_ms >= $start_ms AND c.ts_ms < $end_ms
     """
     params = {**src.params, "interval": interval, "start_ms": int(start_ms), "end_ms": int(end_ms)}
-    dtypes = [np.dtype(np.int32), np.dtype(np.int64)] + [np.dtype(np.float64)] * 5
+    n_mints = len(wanted)
     try:
-        k, ts, op, hi, lo, cl, vol = _fetch_columns(src.con.sql(query, params=params).to_arrow_reader(_BATCH_ROWS), dtypes)
+        counts = np.zeros(n_mints, dtype=np.int64)
+        per_mint = src.con.sql(f"SELECT w.k, count(*) {rows_sql} GROUP BY w.k", params=params).fetchnumpy()
+        counts[per_mint["k"]] = per_mint["count_star()"]
+        offsets = np.zeros(n_mints + 1, dtype=np.int64)
+        np.cumsum(counts, out=offsets[1:])
+        n = int(offsets[-1])
+        ts = np.empty(n, dtype=np.int64)
+        op, hi, lo, cl, vol = (np.empty(n, dtype=np.float64) for _ in range(5))
+        cursor = offsets[:-1].copy()
+        reader = src.con.sql(
+            f"""SELECT w.k, CAST(c.ts_ms AS BIGINT), CAST(c.open AS DOUBLE), CAST(c.high AS DOUBLE),
+                       CAST(c.low AS DOUBLE), CAST(c.close AS DOUBLE), CAST(c.volume AS DOUBLE) {rows_sql}""",
+            params=params,
+        ).to_arrow_reader(_BATCH_ROWS)
+        for batch in reader:
+            # Null prices become NaN (then dropped as bad candles); ts and k are never null here.
+            cols = [batch.column(i).to_numpy(zero_copy_only=False) for i in range(7)]
+            if not _scatter_batch(*cols, cursor, offsets[1:], ts, op, hi, lo, cl, vol):
+                raise InputError(f"{src.where}: the source changed while it was being read; retry")
     except duckdb.Error as exc:
         raise InputError(f"{src.where}: {_first_line(exc)}") from None
     finally:
         src.con.close()
-
-    n_mints = len(wanted)
-    rank = np.empty(n_mints, dtype=np.int64)
-    counts = np.zeros(n_mints + 1, dtype=np.int64)
-    _group_order(k, n_mints, rank, counts[1:])
-    offsets = np.cumsum(counts)
-    columns = [ts, op, hi, lo, cl, vol]
-    if not _already_grouped(k, rank, offsets):
-        # One spare 8-byte column rotates through the columns: one extra column at most in memory.
-        spare = np.empty(k.shape[0], dtype=np.float64)
-        for c, col in enumerate(columns):
-            out = spare.view(col.dtype)
-            _scatter_grouped(k, rank, offsets, col, out)
-            columns[c], spare = out, col.view(np.float64)
-        del spare
-    del k
-    ts, op, hi, lo, cl, vol = columns
-    del columns
+    if not np.array_equal(cursor, offsets[1:]):
+        raise InputError(f"{src.where}: the source changed while it was being read; retry")
 
     _sort_groups(offsets, ts, op, hi, lo, cl, vol)
     new_offsets = np.empty_like(offsets)
@@ -552,13 +506,8 @@ def read_candles(
     kept = _clean_groups(offsets, ts, op, hi, lo, cl, vol, new_offsets, bad, dup, conflicting)
     del vol
 
-    by_rank = [""] * n_mints
-    for j, r in enumerate(rank):
-        by_rank[r] = wanted[j]
-    candles = Candles(
-        tuple(by_rank), new_offsets, ts[:kept], op[:kept], hi[:kept], lo[:kept], cl[:kept]
-    )
-    return CandlesInput(candles=candles, errors=_candle_errors(by_rank, interval, bad, dup, conflicting))
+    candles = Candles(tuple(wanted), new_offsets, ts[:kept], op[:kept], hi[:kept], lo[:kept], cl[:kept])
+    return CandlesInput(candles=candles, errors=_candle_errors(wanted, interval, bad, dup, conflicting))
 
 
 def _candle_errors(

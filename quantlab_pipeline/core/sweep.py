@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 import polars as pl
@@ -245,8 +245,7 @@ _STAT_NAMES = ("trades_count", "avg_return_bps", "median_return_bps", "stop_out_
 
 
 def run_sweep(
-    paths: pl.DataFrame,
-    candles: Candles,
+    segments: Iterable[tuple[pl.DataFrame, Candles]],
     sweep: Sweep,
     *,
     run_id: str,
@@ -256,29 +255,47 @@ def run_sweep(
 ) -> pl.DataFrame:
     """`results/frontier.parquet`: one row per policy (and per policy x caller with `per_caller`).
 
-    Each chunk of `POLICY_CHUNK` policies is one parallel kernel call; the per-trade outcomes are
-    then aggregated by polars, never per policy in Python. Rows: the all-callers group
-    (`caller_name` null) first, then callers by name; within a group by `rank`.
+    `segments` are the partition's `(paths, candles)`: one pair, or several when a large month is
+    streamed in parts (re-iterable: it is walked once per `POLICY_CHUNK` policies). Each chunk of
+    policies is one parallel kernel call per segment; the per-trade outcomes are then aggregated
+    by polars, never per policy in Python. Rows: the all-callers group (`caller_name` null)
+    first, then callers by name; within a group by `rank`.
     """
-    # _group 0 = all callers, k >= 1 = caller_names[k - 1]; a null caller is the default "unknown" (§2)
-    callers = paths.get_column("caller_name").cast(pl.String).fill_null("unknown").to_numpy().astype(str)
-    caller_names, caller_codes = np.unique(callers, return_inverse=True)
-    caller_groups = pl.Series("_group", caller_codes.astype(np.int64) + 1)
     stats = []
+    callers: set[str] = set()
     for lo in range(0, len(sweep.policies), POLICY_CHUNK):
-        outcomes = simulate_policies(
-            paths, candles, sweep.policies[lo : lo + POLICY_CHUNK],
-            interval_ms=interval_ms, horizon_ms=horizon_ms, execution=execution,
-        ).with_columns(pl.col("policy_index") + lo)  # fmt: skip
+        parts = []
+        for paths, candles in segments:
+            # a null caller is the default "unknown" (§2)
+            caller = paths.get_column("caller_name").cast(pl.String).fill_null("unknown")
+            callers.update(caller.unique().to_list())
+            outcomes = simulate_policies(
+                paths, candles, sweep.policies[lo : lo + POLICY_CHUNK],
+                interval_ms=interval_ms, horizon_ms=horizon_ms, execution=execution,
+            )  # fmt: skip
+            parts.append(
+                outcomes.with_columns(
+                    pl.col("policy_index") + lo, caller.gather(outcomes.get_column("path_index")).alias("caller_name")
+                )
+            )
+        outcomes = pl.concat(parts)
         stats.append(outcomes.group_by("policy_index").agg(metric_exprs(*_STAT_NAMES)).with_columns(_group=pl.lit(0)))
         if sweep.per_caller:
-            by_caller = outcomes.with_columns(caller_groups.gather(outcomes.get_column("path_index")))
-            stats.append(by_caller.group_by("policy_index", "_group").agg(metric_exprs(*_STAT_NAMES)))
-    stats_frame = pl.concat([s.select(pl.col("policy_index", "_group").cast(pl.Int64), *_STAT_NAMES) for s in stats])
+            stats.append(outcomes.group_by("policy_index", "caller_name").agg(metric_exprs(*_STAT_NAMES)))
+    # _group 0 = all callers, k >= 1 = caller_names[k - 1]
+    caller_names = sorted(callers)
+    codes = pl.DataFrame({"caller_name": caller_names, "_group": range(1, len(caller_names) + 1)}, schema={"caller_name": pl.String, "_group": pl.Int64})
+    stats_frame = pl.concat(
+        [
+            (s if "_group" in s.columns else s.join(codes, on="caller_name"))
+            .select(pl.col("policy_index", "_group").cast(pl.Int64), *_STAT_NAMES)
+            for s in stats
+        ]
+    )
 
     groups = pl.DataFrame(
         {"_group": [0, *range(1, len(caller_names) + 1)] if sweep.per_caller else [0],
-         "caller_name": [None, *caller_names.tolist()] if sweep.per_caller else [None]},
+         "caller_name": [None, *caller_names] if sweep.per_caller else [None]},
         schema={"_group": pl.Int64, "caller_name": pl.String},
     )  # fmt: skip
     policies = pl.DataFrame(

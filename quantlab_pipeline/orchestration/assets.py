@@ -171,18 +171,21 @@ def paths(
     """The truth layer (`truth/paths.parquet`): per alert, entry, multiples hit, peak, drawdowns."""
     with artifact_step(context, run_store, run_spec, "truth") as step:
         check_candles_source(run_spec.source.candles_source, interval=run_spec.interval)
-        candles = candle_store.for_alerts(run_spec, alerts.frame)
-        step.log(f"read {len(candles.candles)} candles for {len(candles.candles.mints)} mints")
-        result = compute_paths(
-            alerts.frame,
-            candles.candles,
-            run_id=run_spec.run_id,
-            interval=run_spec.interval,
-            horizon_ms=run_spec.horizon_ms,
-            params=run_spec.truth,
-        )
-        frame = result.paths
-        excluded = len(result.errors)
+        frames, errors, excluded = [], [], 0
+        for part, candles in candle_store.parts(run_spec, alerts.frame):
+            step.log(f"read {len(candles.candles)} candles for {len(candles.candles.mints)} mints")
+            result = compute_paths(
+                part,
+                candles.candles,
+                run_id=run_spec.run_id,
+                interval=run_spec.interval,
+                horizon_ms=run_spec.horizon_ms,
+                params=run_spec.truth,
+            )
+            frames.append(result.paths)
+            errors += candles.errors + result.errors
+            excluded += len(result.errors)
+        frame = pl.concat(frames).sort("alert_ts_ms", "call_id")
         step.log(
             f"{frame.height} paths, {excluded} alerts excluded; hit 2x {_pct(_mean(frame, 'hit_2x'))}, "
             f"median peak {_num(_median(frame, 'peak_multiple'))}x"
@@ -190,7 +193,7 @@ def paths(
         return step.output(
             frame,
             inputs=(alerts,),
-            errors=candles.errors + result.errors,
+            errors=errors,
             headline={
                 "calls_processed": frame.height,
                 "excluded": excluded,
@@ -219,17 +222,24 @@ def trades(
     with artifact_step(context, run_store, run_spec, "policy") as step:
         if run_spec.run_type != "policy" or run_spec.policy is None:
             raise SpecError(f"trades: run {run_spec.run_id} is a {run_spec.run_type} run; only policy runs have trades")
-        candles = candle_store.for_alerts(run_spec, alerts.frame)
-        frame = simulate_trades(
-            paths.frame,
-            candles.candles,
-            parse_policy(run_spec.policy),
-            run_id=run_spec.run_id,
-            policy_id=run_spec.policy_id,
-            interval_ms=run_spec.interval_ms,
-            horizon_ms=run_spec.horizon_ms,
-            execution=run_spec.execution,
-        )
+        policy = parse_policy(run_spec.policy)
+        parts = [
+            simulate_trades(
+                segment,
+                candles,
+                policy,
+                run_id=run_spec.run_id,
+                policy_id=run_spec.policy_id,
+                interval_ms=run_spec.interval_ms,
+                horizon_ms=run_spec.horizon_ms,
+                execution=run_spec.execution,
+            )
+            for segment, candles in candle_store.segments(run_spec, alerts.frame, paths.frame)
+        ]
+        # In the order of the paths, whatever parts the month was read in.
+        order = paths.frame.select("call_id").with_row_index("_order")
+        trades_frame = pl.concat(parts)
+        frame = order.join(trades_frame, on="call_id").sort("_order").select(trades_frame.columns)
         reasons = dict(frame.group_by("exit_reason").len().sort("exit_reason").iter_rows()) if frame.height else {}
         step.log(f"{frame.height} trades; exits {reasons}")
         return step.output(
@@ -302,12 +312,9 @@ def frontier(
     with artifact_step(context, run_store, run_spec, "frontier") as step:
         if run_spec.run_type != "optimization":
             raise SpecError(f"frontier: run {run_spec.run_id} is a {run_spec.run_type} run; only optimization runs have a frontier")
-        sweep = parse_sweep(run_spec.sweep)
-        candles = candle_store.for_alerts(run_spec, alerts.frame)
         frame = run_sweep(
-            paths.frame,
-            candles.candles,
-            sweep,
+            candle_store.segments(run_spec, alerts.frame, paths.frame),
+            parse_sweep(run_spec.sweep),
             run_id=run_spec.run_id,
             interval_ms=run_spec.interval_ms,
             horizon_ms=run_spec.horizon_ms,

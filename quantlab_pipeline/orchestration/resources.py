@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Iterator
 
 import polars as pl
 from dagster import ConfigurableResource
 from pydantic import PrivateAttr
 
-from quantlab_pipeline.core.candles import Candles
+from quantlab_pipeline.core.candles import Candles, plan_chunks
 from quantlab_pipeline.core.inputs import CandlesInput, read_candles
 from quantlab_pipeline.core.spec import RunSpec
 from quantlab_pipeline.storage.layout import default_runs_dir
 from quantlab_pipeline.storage.run_dir import RunDirectory
+
 
 class RunStoreResource(ConfigurableResource):
     """Where run directories and run specs live.
@@ -31,32 +33,78 @@ class RunStoreResource(ConfigurableResource):
         return RunDirectory(self.root, month, run_id)
 
 
+DEFAULT_CHUNK_CANDLES = 32_000_000  # ≈1.3 GB of candle columns: the §12 reference month in one part
+
+
 class CandleStoreResource(ConfigurableResource):
-    """Reads the candles a partition needs, once per Dagster run.
+    """Reads the candles a partition needs: once per Dagster run, or in parts for large months.
 
     `paths`, `trades` and `frontier` of one partition need the same candles (the alerts' mints over
-    the alerts' time span plus the horizon). With the in-process executor all steps of a run share
-    this resource, so the last read is kept and reused; it is dropped when the run ends.
+    the alerts' time span plus the horizon). A month whose estimated candles fit in
+    `max_chunk_candles` is read whole, once: with the in-process executor all steps of a run share
+    this resource, so the read is kept and reused, and dropped when the run ends. A larger month
+    is streamed in parts of whole mints (`core.candles.plan_chunks`), so peak memory is bounded
+    by the part, not the month; each step then reads the parts it needs itself.
     """
+
+    max_chunk_candles: int = DEFAULT_CHUNK_CANDLES
 
     _cache_key: tuple | None = PrivateAttr(default=None)
     _cache_value: CandlesInput | None = PrivateAttr(default=None)
 
-    def for_alerts(self, spec: RunSpec, alerts: pl.DataFrame) -> CandlesInput:
+    def parts(self, spec: RunSpec, alerts: pl.DataFrame) -> Iterator[tuple[pl.DataFrame, CandlesInput]]:
+        """`(alerts of the part, their candles)` for each part of the partition."""
+        plan = plan_chunks(
+            alerts,
+            candles_per_alert=spec.horizon_ms // spec.interval_ms + spec.truth.max_entry_delay_candles,
+            max_candles=self.max_chunk_candles,
+        )
+        if len(plan) == 1:
+            yield plan[0], self._read_shared(spec, plan[0])
+            return
+        self._forget()
+        for part in plan:
+            yield part, self._read(spec, part)
+
+    def segments(self, spec: RunSpec, alerts: pl.DataFrame, paths: pl.DataFrame) -> "PathSegments":
+        """The partition's paths with their candles, part by part (re-iterable, for the sweep)."""
+        return PathSegments(self, spec, alerts, paths)
+
+    def _read(self, spec: RunSpec, alerts: pl.DataFrame) -> CandlesInput:
         if alerts.height == 0:
             return CandlesInput(candles=Candles.empty(), errors=[])
+        ts = alerts.get_column("alert_ts_ms")
+        return read_candles(
+            spec.source.candles_source,
+            mints=alerts.get_column("mint").unique().to_list(),
+            interval=spec.interval,
+            start_ms=int(ts.min()),
+            end_ms=int(ts.max()) + spec.horizon_ms,
+        )
+
+    def _read_shared(self, spec: RunSpec, alerts: pl.DataFrame) -> CandlesInput:
         mints = tuple(sorted(alerts.get_column("mint").unique().to_list()))
         ts = alerts.get_column("alert_ts_ms")
-        start_ms, end_ms = int(ts.min()), int(ts.max()) + spec.horizon_ms
-        source = spec.source.candles_source
-        key = (source, spec.interval, start_ms, end_ms, hash(mints), len(mints))
+        key = (spec.source.candles_source, spec.interval, spec.horizon_ms, ts.min(), ts.max(), hash(mints), len(mints))
         if key != self._cache_key:
-            self._cache_key, self._cache_value = None, None  # free the previous month first
-            self._cache_value = read_candles(
-                source, mints=mints, interval=spec.interval, start_ms=start_ms, end_ms=end_ms
-            )
+            self._forget()  # free the previous month before reading the next
+            self._cache_value = self._read(spec, alerts)
             self._cache_key = key
         return self._cache_value
 
-    def teardown_after_execution(self, context) -> None:
+    def _forget(self) -> None:
         self._cache_key, self._cache_value = None, None
+
+    def teardown_after_execution(self, context) -> None:
+        self._forget()
+
+
+class PathSegments:
+    """`(paths of a part, its candles)` pairs; iterating again reads the parts again."""
+
+    def __init__(self, store: CandleStoreResource, spec: RunSpec, alerts: pl.DataFrame, paths: pl.DataFrame):
+        self._store, self._spec, self._alerts, self._paths = store, spec, alerts, paths
+
+    def __iter__(self) -> Iterator[tuple[pl.DataFrame, Candles]]:
+        for part, candles in self._store.parts(self._spec, self._alerts):
+            yield self._paths.filter(pl.col("call_id").is_in(part.get_column("call_id").implode())), candles.candles
