@@ -239,3 +239,14 @@ def test_a_month_streamed_in_parts_writes_the_same_artifacts(sample_db, runs_dir
     # The same exclusions and data-quality rows (only their write time differs).
     assert pl.read_parquet(rd.path / "errors/errors.parquet").drop("ts").sort(pl.all()).equals(errors_before)
     assert (rd.path / "_SUCCESS").exists()
+
+
+def test_creating_a_run_records_the_spec_materialization(sample_db, runs_dir, dagster_instance):
+    spec = new_spec(sample_db)
+    create_run(spec, runs_dir=str(runs_dir), instance=dagster_instance)
+    event = dagster_instance.get_latest_materialization_event(AssetKey("run_spec"))
+    mat = event.asset_materialization
+    assert mat.partition == spec.run_id
+    assert mat.metadata["run_type"].value == "path-only"
+    assert mat.metadata["spec"].value["run_id"] == spec.run_id
+    assert (runs_dir / "_specs" / f"{spec.run_id}.json").exists()

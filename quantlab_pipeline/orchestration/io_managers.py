@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
+from typing import Any
 
 from dagster import (
     ConfigurableIOManager,
@@ -73,20 +75,22 @@ class RunDirectoryIOManager(ConfigurableIOManager):
         return self.run_store.directory(month, run_id).read_artifact(context.asset_key.path[-1])
 
 
+def spec_metadata(runs_dir: Path, spec: RunSpec) -> dict[str, Any]:
+    """What a `run_spec` materialization records, however it was written."""
+    return {
+        "path": MetadataValue.path(str(spec_path(runs_dir, spec.run_id).resolve())),
+        "run_type": spec.run_type,
+        "spec": MetadataValue.json(spec.to_dict()),
+    }
+
+
 class RunSpecIOManager(ConfigurableIOManager):
     """Stores run specs as immutable JSON at `runs/_specs/<run_id>.json`."""
 
     run_store: RunStoreResource
 
     def handle_output(self, context: OutputContext, obj: RunSpec) -> None:
-        stored = write_spec(self.run_store.root, obj)
-        context.add_output_metadata(
-            {
-                "path": MetadataValue.path(str(spec_path(self.run_store.root, stored.run_id).resolve())),
-                "run_type": stored.run_type,
-                "spec": MetadataValue.json(stored.to_dict()),
-            }
-        )
+        context.add_output_metadata(spec_metadata(self.run_store.root, write_spec(self.run_store.root, obj)))
 
     def load_input(self, context: InputContext) -> RunSpec:
         return read_spec(self.run_store.root, validate_run_id(context.asset_partition_key))
