@@ -44,7 +44,7 @@ def main(db: str, month: str, interval: str, horizon: str) -> None:
         paths = compute_paths(alerts, candles, run_id="bench", interval=interval, horizon_ms=horizon_ms, params=TruthParams()).paths
         common = {"interval_ms": interval_ms(interval), "horizon_ms": horizon_ms, "execution": Execution()}
         simulate_trades(paths, candles, policy, run_id="bench", policy_id="p", **common)
-        run_sweep(paths, candles, grid, run_id="bench", **common)
+        run_sweep([(paths, candles)], grid, run_id="bench", **common)
 
     passes = []
     for _ in range(2):

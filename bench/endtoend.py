@@ -91,7 +91,7 @@ def _step_times(run_dir: Path) -> tuple[dict[str, int], dict[str, int]]:
 
 def end_to_end(run_type: str, db: Path, *, repeat: int, numba_cache: Path, work_dir: Path) -> dict:
     """`quantlab backtest <run_type>` on the month, `repeat` times, each in a fresh Dagster home
-with the project's `dagster.yaml`.
+    with the project's `dagster.yaml`.
 
     Dagster overhead = wall time minus the steps' compute (reading inputs, kernels, frames) and
     the artifact writes: what remains is process start-up, imports, run creation, and Dagster's

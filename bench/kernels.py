@@ -204,7 +204,7 @@ def sweep(month, paths: pl.DataFrame, repeat: int, threads: int) -> dict:
 
         def full():
             return run_sweep(
-                paths, candles, grid, run_id="bench", interval_ms=month.interval_ms,
+                [(paths, candles)], grid, run_id="bench", interval_ms=month.interval_ms,
                 horizon_ms=month.horizon_ms, execution=Execution(),
             )  # fmt: skip
 
@@ -212,7 +212,7 @@ def sweep(month, paths: pl.DataFrame, repeat: int, threads: int) -> dict:
             return _policy_kernel(policy_core._simulate_parallel, candles, inputs, compiled, month.interval_ms)
 
         small = Sweep(policies=grid.policies[:2])
-        run_sweep(paths.head(50), candles, small, run_id="bench", interval_ms=month.interval_ms,
+        run_sweep([(paths.head(50), candles)], small, run_id="bench", interval_ms=month.interval_ms,
                   horizon_ms=month.horizon_ms, execution=Execution())  # fmt: skip  # compile / load only
         seconds = timed(full, repeat)
         kernel_seconds = timed(kernel_only, repeat)

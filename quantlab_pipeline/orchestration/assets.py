@@ -38,6 +38,17 @@ with warnings.catch_warnings():  # the mapping is beta; its use here is the docu
     SPEC_INPUT = AssetIn(partition_mapping=MultiToSingleDimensionPartitionMapping(partition_dimension_name="run"))
 
 
+def artifact_asset(**kwargs: Any):
+    """The shape every month × run artifact shares: partitions, the spec input, the run directory."""
+    return asset(
+        partitions_def=month_run_partitions,
+        ins={"run_spec": SPEC_INPUT},
+        io_manager_key="run_io_manager",
+        group_name=GROUP,
+        **kwargs,
+    )
+
+
 class RunSpecConfig(Config):
     """Launchpad config for a new run (omit everything to re-materialize an existing spec).
 
@@ -118,13 +129,7 @@ def run_spec(context: AssetExecutionContext, config: RunSpecConfig, run_store: R
         raise Failure(description=str(exc), allow_retries=False) from None
 
 
-@asset(
-    partitions_def=month_run_partitions,
-    ins={"run_spec": SPEC_INPUT},
-    io_manager_key="run_io_manager",
-    group_name=GROUP,
-    kinds={"duckdb", "parquet"},
-)
+@artifact_asset(kinds={"duckdb", "parquet"})
 def alerts(context: AssetExecutionContext, run_spec: RunSpec, run_store: RunStoreResource) -> ArtifactOutput:
     """The partition's valid, de-duplicated alerts (`inputs/alerts.parquet`): a provenance snapshot."""
     source = run_spec.source
@@ -154,13 +159,7 @@ def alerts(context: AssetExecutionContext, run_spec: RunSpec, run_store: RunStor
         )
 
 
-@asset(
-    partitions_def=month_run_partitions,
-    ins={"run_spec": SPEC_INPUT},
-    io_manager_key="run_io_manager",
-    group_name=GROUP,
-    kinds={"numba", "parquet"},
-)
+@artifact_asset(kinds={"numba", "parquet"})
 def paths(
     context: AssetExecutionContext,
     run_spec: RunSpec,
@@ -203,13 +202,7 @@ def paths(
         )
 
 
-@asset(
-    partitions_def=month_run_partitions,
-    ins={"run_spec": SPEC_INPUT},
-    io_manager_key="run_io_manager",
-    group_name=GROUP,
-    kinds={"numba", "parquet"},
-)
+@artifact_asset(kinds={"numba", "parquet"})
 def trades(
     context: AssetExecutionContext,
     run_spec: RunSpec,
@@ -255,13 +248,7 @@ def trades(
         )
 
 
-@asset(
-    partitions_def=month_run_partitions,
-    ins={"run_spec": SPEC_INPUT},
-    io_manager_key="run_io_manager",
-    group_name=GROUP,
-    kinds={"polars", "parquet"},
-)
+@artifact_asset(kinds={"polars", "parquet"})
 def summary(
     context: AssetExecutionContext,
     run_spec: RunSpec,
@@ -293,13 +280,7 @@ def summary(
         )
 
 
-@asset(
-    partitions_def=month_run_partitions,
-    ins={"run_spec": SPEC_INPUT},
-    io_manager_key="run_io_manager",
-    group_name=GROUP,
-    kinds={"numba", "parquet"},
-)
+@artifact_asset(kinds={"numba", "parquet"})
 def frontier(
     context: AssetExecutionContext,
     run_spec: RunSpec,

@@ -157,12 +157,7 @@ class RunDirectory:
     def begin(self, spec: RunSpec) -> None:
         """Mark the run as being (re)written: `_SUCCESS` goes first, status becomes `running`."""
         with self._lock:
-            manifest = self._load_or_new(spec)
-            self._unmark()
-            manifest["status"] = "running"
-            manifest["completed_at"] = None
-            manifest.pop("error", None)
-            self._save(manifest)
+            self._save(self._reopen(spec))
 
     def write_artifact(
         self,
@@ -185,11 +180,7 @@ class RunDirectory:
         if artifact not in ARTIFACT_PATHS or artifact == "errors":
             raise ValueError(f"unknown artifact {artifact!r}")
         with self._lock:
-            manifest = self._load_or_new(spec)
-            self._unmark()
-            manifest["status"] = "running"
-            manifest["completed_at"] = None
-            manifest.pop("error", None)
+            manifest = self._reopen(spec)
             record = self._write_parquet(artifact, frame, parquet_metadata or {})
             record["inputs"] = {u: inputs[u] for u in ARTIFACT_INPUTS[artifact] if u in inputs}
             manifest["artifacts"][artifact] = record
@@ -284,6 +275,14 @@ class RunDirectory:
             "artifacts": {},
             "logs": {"stdout": STDOUT_LOG, "stderr": STDERR_LOG},
         }
+
+    def _reopen(self, spec: RunSpec) -> dict[str, Any]:
+        """The manifest of a run being (re)written, its marker removed first (§4)."""
+        manifest = self._load_or_new(spec)
+        self._unmark()
+        manifest.update(status="running", completed_at=None)
+        manifest.pop("error", None)
+        return manifest
 
     def _save(self, manifest: dict[str, Any]) -> bytes:
         return atomic_write_json(self.path / MANIFEST, manifest)
