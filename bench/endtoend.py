@@ -1,9 +1,10 @@
 """Figures measured across processes: `quantlab backtest` end to end, the bare DuckDB scan it is
 compared with, and cold start.
 
-Each end-to-end run is a real `quantlab` subprocess with its own empty `DAGSTER_HOME` and runs
-directory (nothing of the user's instance is touched), and the benchmark's warm numba cache, so
-it measures a user's second run, not compilation (that is the cold-start figure).
+Each end-to-end run is a real `quantlab` subprocess with its own fresh `DAGSTER_HOME` (holding
+only the project's `dagster.yaml`) and runs directory, so nothing of the user's instance is
+touched, and with the benchmark's warm numba cache: it measures a user's second run, not
+compilation (that is the cold-start figure).
 """
 
 from __future__ import annotations

@@ -2,15 +2,18 @@
 processes measured for wall time and their own peak RSS.
 
 The machine is shared, so one sample means little: every figure is the median of `repeat`
-samples with its spread. A child's peak memory comes from `os.wait4`, which returns that one
-child's rusage (`RUSAGE_CHILDREN` would accumulate over every child the benchmark ever ran).
+samples with its spread. A child's peak memory is its `ru_maxrss` from `os.wait4` (that one
+child; `RUSAGE_CHILDREN` would accumulate over every child), taken by `rusage_child.py`.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import statistics
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,28 +57,25 @@ class ChildRun:
 
 
 def run_child(argv: list[str], *, env: dict[str, str], cwd: Path, log_dir: Path, timeout_s: float = 3600.0) -> ChildRun:
-    """Run `argv` to completion; wall time from spawn to exit and the child's own peak RSS."""
+    """Run `argv` to completion through `rusage_child.py`: wall time from spawn to exit and the
+    child's own peak RSS (not this process's, which a direct child would inherit)."""
     log_dir.mkdir(parents=True, exist_ok=True)
-    out_path, err_path = log_dir / "stdout.txt", log_dir / "stderr.txt"
+    out_path, err_path, report_path = log_dir / "stdout.txt", log_dir / "stderr.txt", log_dir / "rusage.json"
+    report_path.unlink(missing_ok=True)
+    wrapper = [sys.executable, str(Path(__file__).with_name("rusage_child.py")), str(report_path), *argv]
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
-        started = time.perf_counter()
-        proc = subprocess.Popen(argv, env=env, cwd=cwd, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
-        deadline = started + timeout_s
-        while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.perf_counter() > deadline:
-                proc.kill()
-                pid, status, usage = os.wait4(proc.pid, 0)
-                break
-            time.sleep(0.01)
-        wall = time.perf_counter() - started
-    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: keep Popen from waiting again
+        proc = subprocess.Popen(wrapper, env=env, cwd=cwd, stdout=out, stderr=err, stdin=subprocess.DEVNULL, start_new_session=True)
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise RuntimeError(f"{' '.join(argv[:3])} …: no exit after {timeout_s:.0f} s") from None
+    report = json.loads(report_path.read_text())
     return ChildRun(
-        wall_s=wall,
-        peak_rss_bytes=int(usage.ru_maxrss) * 1024,  # Linux reports kilobytes
-        returncode=proc.returncode,
+        wall_s=report["wall_s"],
+        peak_rss_bytes=report["peak_rss_bytes"],
+        returncode=report["returncode"],
         stdout=out_path.read_text(errors="replace"),
         stderr=err_path.read_text(errors="replace"),
     )

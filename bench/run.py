@@ -1,13 +1,13 @@
 """`make bench`: the DESIGN §12 performance figures of this machine, as a table and as JSON.
 
 Builds the reference month with the sample generator (20,000 alerts × 1,440 five-minute candles,
-cached in `bench/.cache/` by size and seed) and measures, at each requested scale, the streaming
+cached in `bench/.cache/` by size, seed and generator version) and measures, at each requested scale, the streaming
 floor, the truth kernel, one policy of each kind, a 100-policy sweep, the bare DuckDB scan, and
 `quantlab backtest path-only|policy` end to end (wall, Dagster overhead, peak memory); once, the
 cold start. Every figure is the median of `--repeat` runs with min and max.
 
     .venv/bin/python bench/run.py                      # scales 0.25 and 1, 3 runs each
-    .venv/bin/python bench/run.py --scales 0.25,1,4    # 4× is ~110 M candles: minutes, ~10 GB
+    .venv/bin/python bench/run.py --scales 0.25,1,4    # 4× is ~110 M candles: ~8 min, ~8 GB RAM
     .venv/bin/python bench/run.py --quick              # tiny smoke run (the test suite's)
 """
 
@@ -46,9 +46,9 @@ def _parse_scales(text: str) -> list[float]:
     try:
         scales = sorted({float(part) for part in text.split(",") if part.strip()})
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--scales: expected comma-separated numbers like 0.25,1,4, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers like 0.25,1,4, got {text!r}") from None
     if not scales or any(s <= 0 for s in scales):
-        raise argparse.ArgumentTypeError(f"--scales: expected positive numbers, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected positive numbers, got {text!r}")
     return scales
 
 

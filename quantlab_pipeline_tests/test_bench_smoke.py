@@ -7,7 +7,7 @@ relate, and that the scaling and target sections are there.
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 import math
 import os
@@ -15,6 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import polars as pl
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -100,11 +102,17 @@ def test_quick_run_checks_targets_and_prints_the_table(quick_run):
 # -- the derived sections, on hand-made figures --------------------------------------------------
 
 
-def _load_report():
-    spec = importlib.util.spec_from_file_location("bench_report", REPO / "bench" / "report.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+BENCH_MODULES = ("coldstart_child", "dataset", "endtoend", "kernels", "measure", "report", "rusage_child")
+
+
+@pytest.fixture
+def bench(monkeypatch):
+    """Imports `bench/` modules under their own names (a script directory: they import each other
+    that way), and forgets them afterwards so no other test sees these generic top-level names."""
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    yield importlib.import_module
+    for name in BENCH_MODULES:
+        sys.modules.pop(name, None)
 
 
 def _fig(value: float) -> dict:
@@ -122,8 +130,8 @@ def _scale_with(report, scale: float, candles: int, value: float) -> dict:
     return result
 
 
-def test_scaling_is_relative_to_the_reference_scale_with_growth_exponents():
-    report = _load_report()
+def test_scaling_is_relative_to_the_reference_scale_with_growth_exponents(bench):
+    report = bench("report")
     scales = {
         "0.25": _scale_with(report, 0.25, 250, 0.5),
         "1": _scale_with(report, 1.0, 1000, 2.0),
@@ -144,16 +152,16 @@ def test_scaling_is_relative_to_the_reference_scale_with_growth_exponents():
     assert growth["figures"]["e2e_policy_peak_rss"]["kind"] == "memory"
 
 
-def test_scaling_without_the_reference_uses_the_smallest_scale():
-    report = _load_report()
+def test_scaling_without_the_reference_uses_the_smallest_scale(bench):
+    report = bench("report")
     growth = report.scaling({"0.5": _scale_with(report, 0.5, 500, 1.0), "2": _scale_with(report, 2.0, 2000, 8.0)})
     assert growth["base_scale"] == 0.5
     # time 8 / 1 = 8 for candles ×4 -> exponent log 8 / log 4 = 1.5 (worse than linear)
     assert growth["figures"]["sweep_100"]["by_scale"]["2"]["exponent"] == pytest.approx(1.5)
 
 
-def test_checks_take_the_reference_month_and_the_worst_policy_and_memory():
-    report = _load_report()
+def test_checks_take_the_reference_month_and_the_worst_policy_and_memory(bench):
+    report = bench("report")
 
     def scale(s: float, truth: float, policies: tuple[float, float], sweep: float, e2e_ratio: float, rss: tuple[float, float]) -> dict:
         return {
@@ -175,3 +183,61 @@ def test_checks_take_the_reference_month_and_the_worst_policy_and_memory():
     assert not got["sweep_100_policies_s"]["pass"]  # 31 s > 30 s
     assert got["e2e_policy_to_bare_scan"]["pass"]  # 2.5 <= 3
     assert got["peak_rss_to_candles"]["value"] == 2.2 and not got["peak_rss_to_candles"]["pass"]  # max(1.5, 2.2) > 2
+
+
+def test_a_child_reports_its_own_peak_memory_not_the_benchmarks(bench, tmp_path):
+    """Linux carries the pre-exec peak RSS into a child's `ru_maxrss`: a child forked straight
+    from a process that once held 800 MB would report 800 MB. Measured through the wrapper, a
+    child holding 200 MB reports about that (Python itself adds some tens of MB)."""
+    measure = bench("measure")
+    held = np.ones(800_000_000 // 8)  # this process's peak RSS is now >= 800 MB
+    held.sum()
+    del held
+    child = measure.run_child(
+        [sys.executable, "-c", "import numpy as np; a = np.ones(200_000_000 // 8); print(a.size)"],
+        env=measure.child_env(), cwd=tmp_path, log_dir=tmp_path / "child",
+    )  # fmt: skip
+    assert child.returncode == 0 and child.stdout.strip() == "25000000"  # 200e6 / 8 float64s
+    assert 200e6 <= child.peak_rss_bytes < 400e6
+    assert child.wall_s > 0
+
+
+def test_step_times_read_compute_from_run_json_and_writes_from_the_step_log(bench, tmp_path):
+    endtoend = bench("endtoend")
+    run_dir = tmp_path / "run_id=x"
+    (run_dir / "logs").mkdir(parents=True)
+    artifacts = {"alerts": {"path": "inputs/alerts.parquet"}, "paths": {"path": "truth/paths.parquet"}, "errors": {"path": "errors/errors.parquet"}}
+    manifest = {"status": "completed", "timing": {"alerts_ms": 50, "paths_ms": 1200, "total_ms": 1250}, "artifacts": artifacts}
+    (run_dir / "run.json").write_text(json.dumps(manifest))
+    (run_dir / "logs" / "stdout.txt").write_text(
+        "2024-01-01T00:00:00.000Z [alerts] 10 alerts kept of 12 rows (2 skipped)\n"
+        "wrote inputs/alerts.parquet: 10 rows, 900 bytes in 7 ms\n"
+        "wrote truth/paths.parquet: 9 rows, 800 bytes in 12 ms\n"
+    )
+    compute, writes = endtoend._step_times(run_dir)
+    assert compute == {"alerts": 50, "paths": 1200}  # total_ms is their sum, not a step
+    assert writes == {"alerts": 7, "paths": 12}  # errors.parquet is written inside its phase's write
+    # a run of wall 2.0 s then has 2.0 - (50 + 1200 + 7 + 12) / 1000 = 0.731 s of Dagster overhead
+
+    (run_dir / "logs" / "stdout.txt").write_text("wrote inputs/alerts.parquet: 10 rows, 900 bytes in 7 ms\n")
+    with pytest.raises(RuntimeError, match="truth/paths.parquet"):
+        endtoend._step_times(run_dir)
+    (run_dir / "run.json").write_text(json.dumps({**manifest, "status": "failed"}))
+    with pytest.raises(RuntimeError, match="not completed"):
+        endtoend._step_times(run_dir)
+
+
+def test_visited_candles_run_from_the_entry_to_the_exit_candle(bench):
+    """One mint, candles at ts 0, 10, …, 90 (Δ = 10), one window [0, 100) per trade."""
+    kernels = bench("kernels")
+    from quantlab_pipeline.core.candles import Candles
+
+    ts = np.arange(0, 100, 10, dtype=np.int64)
+    prices = np.ones(10)
+    candles = Candles(("m",), np.array([0, 10]), ts, prices, prices, prices, prices)
+    paths = pl.DataFrame({"mint": ["m"] * 4, "entry_ts_ms": [0, 20, 0, 0], "p0": [1.0] * 4, "alert_ts_ms": [0] * 4})
+    inputs = kernels._trade_inputs(paths, candles, horizon_ms=100)
+    exit_ts = np.array([30, 50, 100, 0])  # intrabar at ts 30; at ts 50; close fill of ts 90 (90 + Δ); none
+    reason = np.array([0, 2, 6, -1])  # stop_loss, time_stop, end_of_data, no trade
+    # trade 0: ts 0..30 = 4 candles; trade 1: ts 20..50 = 4; trade 2: the whole window = 10; trade 3 none
+    assert kernels._visited_candles(paths, candles, inputs, exit_ts, reason) == 4 + 4 + 10

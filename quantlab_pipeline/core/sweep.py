@@ -278,6 +278,7 @@ def run_sweep(
                     pl.col("policy_index") + lo, caller.gather(outcomes.get_column("path_index")).alias("caller_name")
                 )
             )
+            del candles  # a streamed part is freed before the next one is read
         outcomes = pl.concat(parts)
         stats.append(outcomes.group_by("policy_index").agg(metric_exprs(*_STAT_NAMES)).with_columns(_group=pl.lit(0)))
         if sweep.per_caller:

@@ -184,6 +184,7 @@ def paths(
             frames.append(result.paths)
             errors += candles.errors + result.errors
             excluded += len(result.errors)
+            del candles  # free this part before the next one is read
         frame = pl.concat(frames).sort("alert_ts_ms", "call_id")
         step.log(
             f"{frame.height} paths, {excluded} alerts excluded; hit 2x {_pct(_mean(frame, 'hit_2x'))}, "
@@ -216,19 +217,21 @@ def trades(
         if run_spec.run_type != "policy" or run_spec.policy is None:
             raise SpecError(f"trades: run {run_spec.run_id} is a {run_spec.run_type} run; only policy runs have trades")
         policy = parse_policy(run_spec.policy)
-        parts = [
-            simulate_trades(
-                segment,
-                candles,
-                policy,
-                run_id=run_spec.run_id,
-                policy_id=run_spec.policy_id,
-                interval_ms=run_spec.interval_ms,
-                horizon_ms=run_spec.horizon_ms,
-                execution=run_spec.execution,
+        parts = []
+        for segment, candles in candle_store.segments(run_spec, alerts.frame, paths.frame):
+            parts.append(
+                simulate_trades(
+                    segment,
+                    candles,
+                    policy,
+                    run_id=run_spec.run_id,
+                    policy_id=run_spec.policy_id,
+                    interval_ms=run_spec.interval_ms,
+                    horizon_ms=run_spec.horizon_ms,
+                    execution=run_spec.execution,
+                )
             )
-            for segment, candles in candle_store.segments(run_spec, alerts.frame, paths.frame)
-        ]
+            del candles  # free this part before the next one is read
         # In the order of the paths, whatever parts the month was read in.
         order = paths.frame.select("call_id").with_row_index("_order")
         trades_frame = pl.concat(parts)

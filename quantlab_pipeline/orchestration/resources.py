@@ -106,5 +106,8 @@ class PathSegments:
         self._store, self._spec, self._alerts, self._paths = store, spec, alerts, paths
 
     def __iter__(self) -> Iterator[tuple[pl.DataFrame, Candles]]:
-        for part, candles in self._store.parts(self._spec, self._alerts):
-            yield self._paths.filter(pl.col("call_id").is_in(part.get_column("call_id").implode())), candles.candles
+        for part, read in self._store.parts(self._spec, self._alerts):
+            candles = read.candles
+            del read
+            yield self._paths.filter(pl.col("call_id").is_in(part.get_column("call_id").implode())), candles
+            del candles  # the consumer's reference is the only one left while the next part is read
