@@ -250,3 +250,22 @@ def test_creating_a_run_records_the_spec_materialization(sample_db, runs_dir, da
     assert mat.metadata["run_type"].value == "path-only"
     assert mat.metadata["spec"].value["run_id"] == spec.run_id
     assert (runs_dir / "_specs" / f"{spec.run_id}.json").exists()
+
+
+def test_dagster_home_defaults_to_the_project_folder(tmp_path, monkeypatch):
+    from quantlab_pipeline.core.errors import QuantlabError
+    from quantlab_pipeline.orchestration import launch
+
+    project = tmp_path / "project"
+    (project / "sub").mkdir(parents=True)
+    (project / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    (project / "workspace.yaml").write_text("load_from: []\n")
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    monkeypatch.chdir(project / "sub")
+    assert launch.ensure_dagster_home() == str(project)
+    assert launch.os.environ["DAGSTER_HOME"] == str(project)
+
+    monkeypatch.delenv("DAGSTER_HOME")
+    monkeypatch.setattr(launch, "project_root", lambda: None)
+    with pytest.raises(QuantlabError, match="DAGSTER_HOME is unset"):
+        launch.ensure_dagster_home()

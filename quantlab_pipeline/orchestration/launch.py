@@ -13,6 +13,7 @@ from typing import Any
 
 from dagster import AssetKey, AssetMaterialization, DagsterInstance
 
+from quantlab_pipeline.core.errors import QuantlabError
 from quantlab_pipeline.core.spec import RunSpec
 from quantlab_pipeline.orchestration.io_managers import spec_metadata
 from quantlab_pipeline.orchestration.partitions import RUN_PARTITIONS_NAME, month_run_key
@@ -43,7 +44,10 @@ def ensure_dagster_home() -> str:
     if not home:
         root = project_root()
         if root is None:
-            raise RuntimeError("DAGSTER_HOME is unset and no project dagster.yaml was found; set DAGSTER_HOME")
+            raise QuantlabError(
+                "DAGSTER_HOME is unset and no project dagster.yaml was found above the current directory; "
+                "set DAGSTER_HOME to a folder for the Dagster instance"
+            )
         home = str(root)
         os.environ["DAGSTER_HOME"] = home
     Path(home).mkdir(parents=True, exist_ok=True)
