@@ -7,11 +7,8 @@ de-duplicated (see `core.inputs`). Kernels receive plain NumPy arrays plus per-a
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass
-from pathlib import Path
-from typing import ClassVar, Sequence
+from typing import Sequence
 
 import numba
 import numpy as np
@@ -75,23 +72,6 @@ class Candles:
             stop,
         )
         return start, stop
-
-    _ARRAYS: ClassVar[tuple[str, ...]] = ("offsets", "ts", "open", "high", "low", "close")
-
-    def save(self, folder: Path) -> None:
-        """Write the arrays as `.npy` files (memory-mappable) into `folder`, created atomically."""
-        tmp = folder.with_name(folder.name + ".tmp")
-        tmp.mkdir(parents=True)
-        for name in self._ARRAYS:
-            np.save(tmp / f"{name}.npy", getattr(self, name))
-        (tmp / "mints.json").write_text(json.dumps(list(self.mints)))
-        os.replace(tmp, folder)
-
-    @classmethod
-    def load(cls, folder: Path) -> "Candles":
-        """Map a saved candle set: pages are read on use, not copied into memory up front."""
-        arrays = {name: np.asarray(np.load(folder / f"{name}.npy", mmap_mode="r")) for name in cls._ARRAYS}
-        return cls(mints=tuple(json.loads((folder / "mints.json").read_text())), **arrays)
 
     @classmethod
     def from_frame(cls, frame: pl.DataFrame) -> "Candles":

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Iterator
 
@@ -13,7 +10,6 @@ from dagster import ConfigurableResource
 from pydantic import PrivateAttr
 
 from quantlab_pipeline.core.candles import Candles, plan_chunks
-from quantlab_pipeline.core.errors import ErrorRecord
 from quantlab_pipeline.core.inputs import CandlesInput, read_candles
 from quantlab_pipeline.core.spec import RunSpec
 from quantlab_pipeline.storage.layout import default_runs_dir
@@ -48,16 +44,13 @@ class CandleStoreResource(ConfigurableResource):
     `max_chunk_candles` is read whole, once: with the in-process executor all steps of a run share
     this resource, so the read is kept and reused, and dropped when the run ends. A larger month
     is streamed in parts of whole mints (`core.candles.plan_chunks`), so peak memory is bounded
-    by the part, not the month. Each part is read from the source once per run: the first step
-    keeps a copy as `.npy` files in a temporary folder and later steps memory-map it.
+    by the part, not the month; each step then reads the parts it needs itself.
     """
 
     max_chunk_candles: int = DEFAULT_CHUNK_CANDLES
 
     _cache_key: tuple | None = PrivateAttr(default=None)
     _cache_value: CandlesInput | None = PrivateAttr(default=None)
-    _spill_dir: str | None = PrivateAttr(default=None)
-    _spill_errors: dict[str, list[ErrorRecord]] = PrivateAttr(default_factory=dict)
 
     def parts(self, spec: RunSpec, alerts: pl.DataFrame) -> Iterator[tuple[pl.DataFrame, CandlesInput]]:
         """`(alerts of the part, their candles)` for each part of the partition."""
@@ -71,7 +64,7 @@ class CandleStoreResource(ConfigurableResource):
             return
         self._forget()
         for part in plan:
-            yield part, self._read_spilled(spec, part)
+            yield part, self._read(spec, part)
 
     def segments(self, spec: RunSpec, alerts: pl.DataFrame, paths: pl.DataFrame) -> "PathSegments":
         """The partition's paths with their candles, part by part (re-iterable, for the sweep)."""
@@ -89,26 +82,10 @@ class CandleStoreResource(ConfigurableResource):
             end_ms=int(ts.max()) + spec.horizon_ms,
         )
 
-    @staticmethod
-    def _key(spec: RunSpec, alerts: pl.DataFrame) -> tuple:
+    def _read_shared(self, spec: RunSpec, alerts: pl.DataFrame) -> CandlesInput:
         mints = tuple(sorted(alerts.get_column("mint").unique().to_list()))
         ts = alerts.get_column("alert_ts_ms")
-        return (spec.source.candles_source, spec.interval, spec.horizon_ms, ts.min(), ts.max(), mints)
-
-    def _read_spilled(self, spec: RunSpec, alerts: pl.DataFrame) -> CandlesInput:
-        if self._spill_dir is None:
-            self._spill_dir = tempfile.mkdtemp(prefix="quantlab-candles-")
-        name = hashlib.sha256(repr(self._key(spec, alerts)).encode()).hexdigest()[:24]
-        folder = Path(self._spill_dir) / name
-        if folder.is_dir():
-            return CandlesInput(candles=Candles.load(folder), errors=self._spill_errors[name])
-        read = self._read(spec, alerts)
-        read.candles.save(folder)
-        self._spill_errors[name] = read.errors
-        return read
-
-    def _read_shared(self, spec: RunSpec, alerts: pl.DataFrame) -> CandlesInput:
-        key = self._key(spec, alerts)
+        key = (spec.source.candles_source, spec.interval, spec.horizon_ms, ts.min(), ts.max(), hash(mints), len(mints))
         if key != self._cache_key:
             self._forget()  # free the previous month before reading the next
             self._cache_value = self._read(spec, alerts)
@@ -120,10 +97,6 @@ class CandleStoreResource(ConfigurableResource):
 
     def teardown_after_execution(self, context) -> None:
         self._forget()
-        if self._spill_dir is not None:
-            shutil.rmtree(self._spill_dir, ignore_errors=True)
-            self._spill_dir = None
-            self._spill_errors.clear()
 
 
 class PathSegments:
