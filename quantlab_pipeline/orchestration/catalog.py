@@ -107,7 +107,7 @@ def catalog_sync_sensor(context: SensorEvaluationContext, run_store: RunStoreRes
     """Cursor `{"fingerprint", "seq"}`: the digest of the terminal directories' stats last synced,
     and a counter, so a state seen before (an archive restored) still gets a fresh run key."""
     if not run_store.root.is_dir():
-        return SkipReason(f"runs directory {run_store.runs_dir} does not exist yet")
+        return SkipReason(f"runs directory {run_store.root} does not exist yet")
     digest, count = terminal_fingerprint(run_store.root)
     previous = json.loads(context.cursor) if context.cursor else {}
     if previous.get("fingerprint") == digest:
