@@ -5,9 +5,10 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 export DAGSTER_HOME ?= $(CURDIR)
 
-.PHONY: install demo test bench dev clean
+.PHONY: install demo test lint bench dev clean
 
 $(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if (3, 11) <= sys.version_info[:2] < (3, 14) else "quantlab_pipeline needs Python 3.11, 3.12 or 3.13; $(PYTHON) is " + sys.version.split()[0] + " (set PYTHON=...)")'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
@@ -23,6 +24,11 @@ demo: install
 		--policy-id fixed-stop-5pct --policy '{"kind":"fixed_stop","stop_loss_bps":500}' \
 		--interval 5m --from 2024-01-01 --to 2024-01-31
 	$(BIN)/quantlab backtest catalog-sync --stats
+
+lint: install
+	$(BIN)/ruff check quantlab_pipeline quantlab_pipeline_tests bench
+	$(BIN)/ruff format --check quantlab_pipeline quantlab_pipeline_tests bench
+	$(BIN)/mypy
 
 test: install
 	$(BIN)/python -m pytest -q

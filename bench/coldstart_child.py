@@ -41,7 +41,9 @@ def main(db: str, month: str, interval: str, horizon: str) -> None:
         mints = sorted(alerts.get_column("mint").unique().to_list())
         lo, hi = int(ts.min()), int(ts.max()) + horizon_ms
         candles = read_candles(db, mints=mints, interval=interval, start_ms=lo, end_ms=hi).candles
-        paths = compute_paths(alerts, candles, run_id="bench", interval=interval, horizon_ms=horizon_ms, params=TruthParams()).paths
+        paths = compute_paths(
+            alerts, candles, run_id="bench", interval=interval, horizon_ms=horizon_ms, params=TruthParams()
+        ).paths
         common = {"interval_ms": interval_ms(interval), "horizon_ms": horizon_ms, "execution": Execution()}
         simulate_trades(paths, candles, policy, run_id="bench", policy_id="p", **common)
         run_sweep([(paths, candles)], grid, run_id="bench", **common)

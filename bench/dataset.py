@@ -11,14 +11,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
+from measure import summarize, timed
 
 from quantlab_pipeline.core import sample_data
 from quantlab_pipeline.core.candles import Candles
 from quantlab_pipeline.core.durations import interval_ms, parse_duration_ms
 from quantlab_pipeline.core.inputs import read_alerts, read_candles
 from quantlab_pipeline.core.spec import TruthParams, date_to_ms, month_bounds
-
-from measure import summarize, timed
 
 REFERENCE_ALERTS = 20_000  # DESIGN §12: 20,000 alerts × 1,440 five-minute candles a month
 MONTH = "2024-01"
@@ -51,7 +50,9 @@ def ensure_database(cache_dir: Path, alerts_per_month: int, seed: int) -> tuple[
     for stale in Path(cache_dir).glob(f"{stem}-g*.duckdb"):
         stale.unlink()
     started = time.perf_counter()
-    sample_data.generate_sample_data(path, months=[MONTH], alerts_per_month=alerts_per_month, seed=seed, interval=INTERVAL)
+    sample_data.generate_sample_data(
+        path, months=[MONTH], alerts_per_month=alerts_per_month, seed=seed, interval=INTERVAL
+    )
     return path, time.perf_counter() - started
 
 
@@ -93,6 +94,7 @@ def load_month(db: Path) -> MonthInputs:
 
 def read_candles_seconds(month: MonthInputs, repeat: int) -> dict:
     """The pipeline's candle reader on the month (query, counting sort, validation), `repeat` times."""
+
     def read() -> None:
         read_candles(str(month.db), mints=month.mints, interval=INTERVAL, start_ms=month.start_ms, end_ms=month.end_ms)
 

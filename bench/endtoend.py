@@ -18,7 +18,6 @@ from pathlib import Path
 
 import duckdb
 import pyarrow as pa
-
 from dataset import FIRST_DAY, HORIZON, INTERVAL, LAST_DAY, MONTH, MonthInputs
 from kernels import E2E_POLICY, E2E_POLICY_ID
 from measure import child_env, run_child, summarize, timed
@@ -56,9 +55,22 @@ def bare_scan(month: MonthInputs, repeat: int) -> dict:
 
 def _backtest_argv(run_type: str, db: Path, runs_dir: Path) -> list[str]:
     argv = [
-        str(QUANTLAB), "backtest", run_type, "--calls-from-duckdb", str(db), "--interval", INTERVAL,
-        "--horizon", HORIZON, "--from", FIRST_DAY, "--to", LAST_DAY, "--runs-dir", str(runs_dir),
-    ]  # fmt: skip
+        str(QUANTLAB),
+        "backtest",
+        run_type,
+        "--calls-from-duckdb",
+        str(db),
+        "--interval",
+        INTERVAL,
+        "--horizon",
+        HORIZON,
+        "--from",
+        FIRST_DAY,
+        "--to",
+        LAST_DAY,
+        "--runs-dir",
+        str(runs_dir),
+    ]
     if run_type == "policy":
         argv += ["--policy-id", E2E_POLICY_ID, "--policy", E2E_POLICY]
     return argv
@@ -161,4 +173,3 @@ def cold_start(db: Path, *, repeat: int, numba_cache: Path, work_dir: Path) -> d
         }
         for state, samples in (("cold", cold), ("warm", warm))
     }
-

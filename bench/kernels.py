@@ -12,6 +12,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 import polars as pl
+from dataset import INTERVAL
+from measure import summarize, timed
 
 from quantlab_pipeline.core import policy as policy_core
 from quantlab_pipeline.core import truth as truth_core
@@ -20,9 +22,6 @@ from quantlab_pipeline.core.policy_spec import parse_policy
 from quantlab_pipeline.core.spec import Execution
 from quantlab_pipeline.core.sweep import DEFAULT_GRID, Sweep, parse_sweep, run_sweep
 from quantlab_pipeline.core.truth import compute_paths
-
-from dataset import INTERVAL
-from measure import summarize, timed
 
 # One representative policy per kind (DESIGN §6), mid-grid parameters.
 POLICIES: dict[str, str] = {
@@ -83,9 +82,17 @@ def truth_kernel(month, repeat: int, floor_candles_per_s: float) -> tuple[dict, 
 
     def kernel_call():
         return truth_core.truth_kernel(
-            candles.ts, candles.open, candles.high, candles.low, start, stop, alert_ts, entry_limit_ts,
-            multiples, float(params.activity_move),
-        )  # fmt: skip
+            candles.ts,
+            candles.open,
+            candles.high,
+            candles.low,
+            start,
+            stop,
+            alert_ts,
+            entry_limit_ts,
+            multiples,
+            float(params.activity_move),
+        )
 
     n_window = int(kernel_call()[3].sum())  # n_candles: the window candles of every entered alert
     seconds = timed(kernel_call, repeat)
@@ -127,19 +134,34 @@ def _policy_kernel(kernel, candles: Candles, trade_inputs, compiled, interval_ms
     out_reason = np.full(shape, -1, dtype=np.int8)
     out_low = np.zeros(shape, dtype=np.float64)
     kernel(
-        *_columns(candles), start, stop, p0, entry_ts, np.int64(interval_ms),
-        compiled.leaf_offsets, compiled.leaf_prices, compiled.leaf_rules, compiled.levels,
-        out_ts, out_px, out_reason, out_low,
-    )  # fmt: skip
+        *_columns(candles),
+        start,
+        stop,
+        p0,
+        entry_ts,
+        np.int64(interval_ms),
+        compiled.leaf_offsets,
+        compiled.leaf_prices,
+        compiled.leaf_rules,
+        compiled.levels,
+        out_ts,
+        out_px,
+        out_reason,
+        out_low,
+    )
     return out_ts, out_reason
 
 
-def _visited_candles(paths: pl.DataFrame, candles: Candles, trade_inputs, exit_ts: np.ndarray, reason: np.ndarray) -> int:
+def _visited_candles(
+    paths: pl.DataFrame, candles: Candles, trade_inputs, exit_ts: np.ndarray, reason: np.ndarray
+) -> int:
     """Candles a single policy actually read: from the entry up to and including its exit candle."""
     entry_ts, _, hi_ts, _, _ = trade_inputs
     traded = reason >= 0
     last = np.minimum(exit_ts + 1, hi_ts)  # a close fill's exit_ts is the last candle's ts + Δ
-    start, stop = candles.window_bounds(paths.get_column("mint").filter(pl.Series(traded)), entry_ts[traded], last[traded])
+    start, stop = candles.window_bounds(
+        paths.get_column("mint").filter(pl.Series(traded)), entry_ts[traded], last[traded]
+    )
     return int((stop - start).sum())
 
 
@@ -155,18 +177,24 @@ def single_policies(month, paths: pl.DataFrame, repeat: int, floor_candles_per_s
         policy = parse_policy(text)
         compiled = policy_core.compile_policies([policy])
 
-        def kernel_call():
+        def kernel_call(compiled=compiled):
             return _policy_kernel(policy_core._simulate_serial, candles, inputs, compiled, month.interval_ms)
 
         exit_ts, reason = kernel_call()
         visited = _visited_candles(paths, candles, inputs, exit_ts[0], reason[0])
         seconds = timed(kernel_call, repeat)
 
-        def api_call():
+        def api_call(policy=policy, kind=kind):
             return policy_core.simulate_trades(
-                paths, candles, policy, run_id="bench", policy_id=kind,
-                interval_ms=month.interval_ms, horizon_ms=month.horizon_ms, execution=execution,
-            )  # fmt: skip
+                paths,
+                candles,
+                policy,
+                run_id="bench",
+                policy_id=kind,
+                interval_ms=month.interval_ms,
+                horizon_ms=month.horizon_ms,
+                execution=execution,
+            )
 
         api_call()
         api_seconds = timed(api_call, repeat)
@@ -204,16 +232,26 @@ def sweep(month, paths: pl.DataFrame, repeat: int, threads: int) -> dict:
 
         def full():
             return run_sweep(
-                [(paths, candles)], grid, run_id="bench", interval_ms=month.interval_ms,
-                horizon_ms=month.horizon_ms, execution=Execution(),
-            )  # fmt: skip
+                [(paths, candles)],
+                grid,
+                run_id="bench",
+                interval_ms=month.interval_ms,
+                horizon_ms=month.horizon_ms,
+                execution=Execution(),
+            )
 
         def kernel_only():
             return _policy_kernel(policy_core._simulate_parallel, candles, inputs, compiled, month.interval_ms)
 
         small = Sweep(policies=grid.policies[:2])
-        run_sweep([(paths.head(50), candles)], small, run_id="bench", interval_ms=month.interval_ms,
-                  horizon_ms=month.horizon_ms, execution=Execution())  # fmt: skip  # compile / load only
+        run_sweep(
+            [(paths.head(50), candles)],
+            small,
+            run_id="bench",
+            interval_ms=month.interval_ms,
+            horizon_ms=month.horizon_ms,
+            execution=Execution(),
+        )  # compile / load only
         seconds = timed(full, repeat)
         kernel_seconds = timed(kernel_only, repeat)
     finally:

@@ -15,9 +15,9 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 
 def summarize(samples: Sequence[float], unit: str) -> dict:
@@ -64,7 +64,9 @@ def run_child(argv: list[str], *, env: dict[str, str], cwd: Path, log_dir: Path,
     report_path.unlink(missing_ok=True)
     wrapper = [sys.executable, str(Path(__file__).with_name("rusage_child.py")), str(report_path), *argv]
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
-        proc = subprocess.Popen(wrapper, env=env, cwd=cwd, stdout=out, stderr=err, stdin=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(
+            wrapper, env=env, cwd=cwd, stdout=out, stderr=err, stdin=subprocess.DEVNULL, start_new_session=True
+        )
         try:
             proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:

@@ -56,8 +56,17 @@ def scaling(scales: dict[str, dict]) -> dict:
         for s in ordered:
             candles_ratio = s["dataset"]["candles"] / base["dataset"]["candles"]
             ratio = _get(s, path) / _get(base, path)
-            exponent = math.log(ratio) / math.log(candles_ratio) if s is not base and candles_ratio != 1 and ratio > 0 else None
-            rows[scale_key(s["scale"])] = {"median": _get(s, path), "ratio": ratio, "candles_ratio": candles_ratio, "exponent": exponent}
+            exponent = (
+                math.log(ratio) / math.log(candles_ratio)
+                if s is not base and candles_ratio != 1 and ratio > 0
+                else None
+            )
+            rows[scale_key(s["scale"])] = {
+                "median": _get(s, path),
+                "ratio": ratio,
+                "candles_ratio": candles_ratio,
+                "exponent": exponent,
+            }
         figures[name] = {"kind": kind, "by_scale": rows}
     return {"base_scale": base["scale"], "figures": figures}
 
@@ -99,7 +108,11 @@ def _rows(s: dict) -> list[tuple[str, str, str]]:
         ("alerts / paths / mints", f"{d['alerts']:,} / {d['paths']:,} / {d['mints']:,}", ""),
         ("candles (M) / in memory (GB)", f"{d['candles'] / 1e6:,.2f} / {d['candle_bytes'] / 1e9:,.2f}", ""),
         ("window candles (M)", f"{d['window_candles'] / 1e6:,.2f}", ""),
-        ("load average 1 min, start → end", f"{s['load_average_1m']['start']:.1f} → {s['load_average_1m']['end']:.1f}", ""),
+        (
+            "load average 1 min, start → end",
+            f"{s['load_average_1m']['start']:.1f} → {s['load_average_1m']['end']:.1f}",
+            "",
+        ),
         ("read_candles (s)", _fmt(s["read_candles"]["seconds"]), ""),
         ("streaming floor (GB/s)", _fmt(s["floor"]["gb_per_s"]), ""),
         ("streaming floor (M candles/s)", _fmt(s["floor"]["candles_per_s"], 1e6, 0), ""),
@@ -109,7 +122,11 @@ def _rows(s: dict) -> list[tuple[str, str, str]]:
     for kind, p in s["policies"].items():
         rows.append((f"policy {kind} (M candles/s)", _fmt(p["candles_per_s"], 1e6, 0), "≥ 100"))
         rows.append(
-            (f"  visited {100 * p['visited_candles'] / p['window_candles']:.0f}% (M visited/s)", _fmt(p["visited_candles_per_s"], 1e6, 0), "")
+            (
+                f"  visited {100 * p['visited_candles'] / p['window_candles']:.0f}% (M visited/s)",
+                _fmt(p["visited_candles_per_s"], 1e6, 0),
+                "",
+            )
         )
     sw = s["sweep"]
     rows += [
@@ -132,7 +149,9 @@ def _rows(s: dict) -> list[tuple[str, str, str]]:
 
 def render(results: dict, console: Console) -> None:
     scales = sorted(results["scales"].values(), key=lambda s: s["scale"])
-    table = Table(title=f"quantlab benchmark — median (min–max) of {results['meta']['repeat']} run(s)", title_justify="left")
+    table = Table(
+        title=f"quantlab benchmark — median (min–max) of {results['meta']['repeat']} run(s)", title_justify="left"
+    )
     table.add_column("figure")
     for s in scales:
         table.add_column(f"scale {scale_key(s['scale'])}", justify="right")
@@ -148,14 +167,21 @@ def render(results: dict, console: Console) -> None:
         cold.add_column(col, justify="right")
     for state, c in results["cold_start"].items():
         cold.add_row(
-            state, _fmt(c["process_s"]), _fmt(c["import_core_s"]), _fmt(c["import_dagster_s"]), _fmt(c["jit_s"]),
+            state,
+            _fmt(c["process_s"]),
+            _fmt(c["import_core_s"]),
+            _fmt(c["import_dagster_s"]),
+            _fmt(c["jit_s"]),
             _fmt(c["peak_rss_bytes"], 1e9),
-        )  # fmt: skip
+        )
     console.print(cold)
 
     growth = results["scaling"]
     if growth["figures"]:
-        sc = Table(title=f"scaling vs scale {scale_key(growth['base_scale'])} — ratio (growth exponent; 1 = linear)", title_justify="left")
+        sc = Table(
+            title=f"scaling vs scale {scale_key(growth['base_scale'])} — ratio (growth exponent; 1 = linear)",
+            title_justify="left",
+        )
         sc.add_column("figure")
         for s in scales:
             sc.add_column(f"scale {scale_key(s['scale'])}", justify="right")

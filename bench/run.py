@@ -27,14 +27,13 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-import numba
-from rich.console import Console
-
 import dataset
 import endtoend
 import kernels
+import numba
 import report
 from measure import ratio
+from rich.console import Console
 
 BENCH_DIR = Path(__file__).resolve().parent
 QUICK_SCALE = 0.005  # 100 alerts × 1,440 candles
@@ -53,13 +52,34 @@ def _parse_scales(text: str) -> list[float]:
 
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scales", type=_parse_scales, default=[0.25, 1.0], help="sizes relative to the reference month (default 0.25,1)")
-    parser.add_argument("--repeat", type=int, default=3, help="runs per figure (default 3; median, min and max are reported)")
-    parser.add_argument("--quick", action="store_true", help=f"tiny smoke run: scale {QUICK_SCALE:g}, one run per figure")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--scales",
+        type=_parse_scales,
+        default=[0.25, 1.0],
+        help="sizes relative to the reference month (default 0.25,1)",
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="runs per figure (default 3; median, min and max are reported)"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help=f"tiny smoke run: scale {QUICK_SCALE:g}, one run per figure"
+    )
     parser.add_argument("--seed", type=int, default=20240101, help="sample generator seed (default 20240101)")
-    parser.add_argument("--cache-dir", type=Path, default=BENCH_DIR / ".cache", help="generated data and numba cache (default bench/.cache)")
-    parser.add_argument("--json", type=Path, default=BENCH_DIR / "results" / "latest.json", help="where to write the results (default bench/results/latest.json)")
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=BENCH_DIR / ".cache",
+        help="generated data and numba cache (default bench/.cache)",
+    )
+    parser.add_argument(
+        "--json",
+        type=Path,
+        default=BENCH_DIR / "results" / "latest.json",
+        help="where to write the results (default bench/results/latest.json)",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.scales, args.repeat = [QUICK_SCALE], 1
@@ -76,9 +96,12 @@ def _meta(args: argparse.Namespace) -> dict:
             return None
         return out.stdout.strip() if out.returncode == 0 else None
 
-    versions = {name: metadata.version(name) for name in ("quantlab_pipeline", "dagster", "duckdb", "numba", "numpy", "polars", "pyarrow")}
+    versions = {
+        name: metadata.version(name)
+        for name in ("quantlab_pipeline", "dagster", "duckdb", "numba", "numpy", "polars", "pyarrow")
+    }
     return {
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "host": platform.node(),
         "machine": platform.machine(),
         "processor": _cpu_model(),
@@ -117,7 +140,9 @@ def _measure_scale(scale: float, args: argparse.Namespace, work_dir: Path, conso
     e2e = {}
     for run_type in ("path-only", "policy"):
         say(f"quantlab backtest {run_type} × {args.repeat}")
-        e2e[run_type] = endtoend.end_to_end(run_type, db, repeat=args.repeat, numba_cache=numba_cache, work_dir=work_dir)
+        e2e[run_type] = endtoend.end_to_end(
+            run_type, db, repeat=args.repeat, numba_cache=numba_cache, work_dir=work_dir
+        )
 
     say("reading the month in process")
     month = dataset.load_month(db)
@@ -175,7 +200,9 @@ def main(argv: list[str] | None = None) -> int:
     # Piped output (make, CI logs) gets a table wide enough to read; a terminal keeps its width.
     console = Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 150)
     if not endtoend.QUANTLAB.is_file():
-        console.print(f"[red]{endtoend.QUANTLAB} not found: run the benchmark with the project's virtualenv (make bench)[/red]")
+        console.print(
+            f"[red]{endtoend.QUANTLAB} not found: run the benchmark with the project's virtualenv (make bench)[/red]"
+        )
         return 2
     args.cache_dir.mkdir(parents=True, exist_ok=True)
     work_dir = Path(tempfile.mkdtemp(prefix="quantlab-bench-"))
@@ -184,7 +211,9 @@ def main(argv: list[str] | None = None) -> int:
         results: dict = {"meta": _meta(args)}
         console.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] cold start × {args.repeat} (cold and warm numba cache)")
         tiny_db, _ = dataset.ensure_database(args.cache_dir, COLD_START_ALERTS, args.seed)
-        results["cold_start"] = endtoend.cold_start(tiny_db, repeat=args.repeat, numba_cache=args.cache_dir / "numba", work_dir=work_dir)
+        results["cold_start"] = endtoend.cold_start(
+            tiny_db, repeat=args.repeat, numba_cache=args.cache_dir / "numba", work_dir=work_dir
+        )
         results["scales"] = {report.scale_key(s): _measure_scale(s, args, work_dir, console) for s in args.scales}
         results["scaling"] = report.scaling(results["scales"])
         results["checks"] = report.checks(results["scales"])

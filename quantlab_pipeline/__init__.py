@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["query_runs", "get_artifact_path", "RunDirectory"]
+__all__ = ["RunDirectory", "get_artifact_path", "query_runs"]
 
 
 def __getattr__(name: str) -> Any:

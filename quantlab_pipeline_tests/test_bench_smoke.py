@@ -21,7 +21,13 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 POLICY_KINDS = ("fixed_stop", "trailing_stop", "time_stop", "ladder", "combo")
-TARGETS = ("truth_candles_per_s", "single_policy_candles_per_s", "sweep_100_policies_s", "e2e_policy_to_bare_scan", "peak_rss_to_candles")
+TARGETS = (
+    "truth_candles_per_s",
+    "single_policy_candles_per_s",
+    "sweep_100_policies_s",
+    "e2e_policy_to_bare_scan",
+    "peak_rss_to_candles",
+)
 
 
 def _figure(node: dict, *path: str) -> dict:
@@ -41,9 +47,21 @@ def quick_run(tmp_path_factory) -> tuple[dict, str]:
     out = tmp / "latest.json"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DAGSTER_", "QUANTLAB_", "NUMBA_"))}
     proc = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "run.py"), "--quick", "--cache-dir", str(tmp / "cache"), "--json", str(out)],
-        cwd=REPO, env={**env, "NO_COLOR": "1", "COLUMNS": "200"}, capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
+        [
+            sys.executable,
+            str(REPO / "bench" / "run.py"),
+            "--quick",
+            "--cache-dir",
+            str(tmp / "cache"),
+            "--json",
+            str(out),
+        ],
+        cwd=REPO,
+        env={**env, "NO_COLOR": "1", "COLUMNS": "200"},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return json.loads(out.read_text()), proc.stdout
 
@@ -63,7 +81,13 @@ def test_quick_run_reports_every_figure(quick_run):
         _figure(scale, "truth", key)
     assert set(scale["policies"]) == set(POLICY_KINDS)
     for kind in POLICY_KINDS:
-        for key in ("seconds", "candles_per_s", "visited_candles_per_s", "fraction_of_floor", "simulate_trades_seconds"):
+        for key in (
+            "seconds",
+            "candles_per_s",
+            "visited_candles_per_s",
+            "fraction_of_floor",
+            "simulate_trades_seconds",
+        ):
             _figure(scale, "policies", kind, key)
         assert 0 < scale["policies"][kind]["visited_candles"] <= scale["policies"][kind]["window_candles"]
     assert scale["sweep"]["policies"] == 100
@@ -74,12 +98,25 @@ def test_quick_run_reports_every_figure(quick_run):
     assert scale["bare_scan"]["rows"] >= scale["dataset"]["candles"]  # the scan keeps bad and duplicate rows
 
     for run_type in ("path-only", "policy"):
-        for key in ("wall_s", "peak_rss_bytes", "dagster_overhead_s", "ratio_to_bare_scan", "ratio_to_numeric_scan", "peak_rss_to_candles"):
+        for key in (
+            "wall_s",
+            "peak_rss_bytes",
+            "dagster_overhead_s",
+            "ratio_to_bare_scan",
+            "ratio_to_numeric_scan",
+            "peak_rss_to_candles",
+        ):
             _figure(scale, "e2e", run_type, key)
         e2e = scale["e2e"][run_type]
-        assert e2e["ratio_to_bare_scan"]["median"] == pytest.approx(e2e["wall_s"]["median"] / scale["bare_scan"]["seconds"]["median"])
-        assert e2e["peak_rss_to_candles"]["median"] == pytest.approx(e2e["peak_rss_bytes"]["median"] / scale["dataset"]["candle_bytes"])
-    assert {"alerts_compute", "alerts_write", "paths_compute", "paths_write"} <= set(scale["e2e"]["path-only"]["steps_s"])
+        assert e2e["ratio_to_bare_scan"]["median"] == pytest.approx(
+            e2e["wall_s"]["median"] / scale["bare_scan"]["seconds"]["median"]
+        )
+        assert e2e["peak_rss_to_candles"]["median"] == pytest.approx(
+            e2e["peak_rss_bytes"]["median"] / scale["dataset"]["candle_bytes"]
+        )
+    assert {"alerts_compute", "alerts_write", "paths_compute", "paths_write"} <= set(
+        scale["e2e"]["path-only"]["steps_s"]
+    )
     assert {"trades_compute", "summary_write"} <= set(scale["e2e"]["policy"]["steps_s"])
 
     for state in ("cold", "warm"):
@@ -163,7 +200,9 @@ def test_scaling_without_the_reference_uses_the_smallest_scale(bench):
 def test_checks_take_the_reference_month_and_the_worst_policy_and_memory(bench):
     report = bench("report")
 
-    def scale(s: float, truth: float, policies: tuple[float, float], sweep: float, e2e_ratio: float, rss: tuple[float, float]) -> dict:
+    def scale(
+        s: float, truth: float, policies: tuple[float, float], sweep: float, e2e_ratio: float, rss: tuple[float, float]
+    ) -> dict:
         return {
             "scale": s,
             "truth": {"candles_per_s": _fig(truth)},
@@ -175,7 +214,12 @@ def test_checks_take_the_reference_month_and_the_worst_policy_and_memory(bench):
             },
         }
 
-    got = report.checks({"1": scale(1.0, 200e6, (120e6, 90e6), 31.0, 2.5, (1.5, 2.2)), "4": scale(4.0, 1.0, (1.0, 1.0), 1.0, 1.0, (1.0, 1.0))})
+    got = report.checks(
+        {
+            "1": scale(1.0, 200e6, (120e6, 90e6), 31.0, 2.5, (1.5, 2.2)),
+            "4": scale(4.0, 1.0, (1.0, 1.0), 1.0, 1.0, (1.0, 1.0)),
+        }
+    )
     assert got["scale"] == 1.0 and got["reference"] is True
     assert got["truth_candles_per_s"]["value"] == 200e6 and got["truth_candles_per_s"]["pass"]  # 200 M >= 150 M
     assert got["single_policy_candles_per_s"]["value"] == 90e6  # the slowest kind, min(120 M, 90 M)
@@ -195,8 +239,10 @@ def test_a_child_reports_its_own_peak_memory_not_the_benchmarks(bench, tmp_path)
     del held
     child = measure.run_child(
         [sys.executable, "-c", "import numpy as np; a = np.ones(200_000_000 // 8); print(a.size)"],
-        env=measure.child_env(), cwd=tmp_path, log_dir=tmp_path / "child",
-    )  # fmt: skip
+        env=measure.child_env(),
+        cwd=tmp_path,
+        log_dir=tmp_path / "child",
+    )
     assert child.returncode == 0 and child.stdout.strip() == "25000000"  # 200e6 / 8 float64s
     assert 200e6 <= child.peak_rss_bytes < 400e6
     assert child.wall_s > 0
@@ -206,8 +252,16 @@ def test_step_times_read_compute_from_run_json_and_writes_from_the_step_log(benc
     endtoend = bench("endtoend")
     run_dir = tmp_path / "run_id=x"
     (run_dir / "logs").mkdir(parents=True)
-    artifacts = {"alerts": {"path": "inputs/alerts.parquet"}, "paths": {"path": "truth/paths.parquet"}, "errors": {"path": "errors/errors.parquet"}}
-    manifest = {"status": "completed", "timing": {"alerts_ms": 50, "paths_ms": 1200, "total_ms": 1250}, "artifacts": artifacts}
+    artifacts = {
+        "alerts": {"path": "inputs/alerts.parquet"},
+        "paths": {"path": "truth/paths.parquet"},
+        "errors": {"path": "errors/errors.parquet"},
+    }
+    manifest = {
+        "status": "completed",
+        "timing": {"alerts_ms": 50, "paths_ms": 1200, "total_ms": 1250},
+        "artifacts": artifacts,
+    }
     (run_dir / "run.json").write_text(json.dumps(manifest))
     (run_dir / "logs" / "stdout.txt").write_text(
         "2024-01-01T00:00:00.000Z [alerts] 10 alerts kept of 12 rows (2 skipped)\n"
@@ -220,7 +274,7 @@ def test_step_times_read_compute_from_run_json_and_writes_from_the_step_log(benc
     # a run of wall 2.0 s then has 2.0 - (50 + 1200 + 7 + 12) / 1000 = 0.731 s of Dagster overhead
 
     (run_dir / "logs" / "stdout.txt").write_text("wrote inputs/alerts.parquet: 10 rows, 900 bytes in 7 ms\n")
-    with pytest.raises(RuntimeError, match="truth/paths.parquet"):
+    with pytest.raises(RuntimeError, match=r"truth/paths\.parquet"):
         endtoend._step_times(run_dir)
     (run_dir / "run.json").write_text(json.dumps({**manifest, "status": "failed"}))
     with pytest.raises(RuntimeError, match="not completed"):

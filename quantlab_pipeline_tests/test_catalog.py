@@ -35,7 +35,7 @@ from quantlab_pipeline.storage.catalog import (
 )
 from quantlab_pipeline.storage.layout import ARTIFACT_PATHS, REQUIRED_ARTIFACTS
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 
 
 # -- fixtures: run directories as the run-dir writer leaves them ---------------------------------
@@ -171,7 +171,12 @@ def test_first_sync_initializes_and_registers_a_completed_run(runs, db):
     assert row["completed_at"] == dt.datetime(2024, 2, 1, 10, 5, tzinfo=UTC)
     assert (row["window_from"], row["window_to"]) == (dt.date(2024, 1, 1), dt.date(2024, 1, 31))
     assert (row["git_commit"], row["git_branch"], row["git_dirty"]) == ("abc123", "main", False)
-    assert (row["timing_alerts_ms"], row["timing_paths_ms"], row["timing_trades_ms"], row["timing_total_ms"]) == (12, 40, None, 52)
+    assert (row["timing_alerts_ms"], row["timing_paths_ms"], row["timing_trades_ms"], row["timing_total_ms"]) == (
+        12,
+        40,
+        None,
+        52,
+    )
     assert row["run_dir"] == str(run_dir.resolve()) and Path(row["run_dir"]).is_absolute()
     assert row["manifest_sha256"] == sha256_file(run_dir / "run.json")
     assert json.loads(row["spec_json"])["run_type"] == "path-only"
@@ -253,7 +258,12 @@ def test_failed_run_without_marker_is_registered_as_failed_without_artifacts(run
     report = sync_catalog(db, runs)
     assert report.registered == [key(run_dir)]
     [row] = query_runs(db, status="failed")
-    assert (row["status"], row["error_message"], row["error_phase"], row["completed_at"]) == ("failed", "boom", "truth", None)
+    assert (row["status"], row["error_message"], row["error_phase"], row["completed_at"]) == (
+        "failed",
+        "boom",
+        "truth",
+        None,
+    )
     assert table(db, "SELECT count(*) FROM artifacts") == [(0,)]
     assert report.stats.runs_by_status == {"completed": 0, "failed": 1}
 
@@ -329,13 +339,25 @@ def test_moved_runs_dir_updates_the_stored_paths(runs, db, tmp_path):
 
 
 def test_policy_and_optimization_runs_register_their_artifacts(runs, db):
-    make_run(runs, run_type="policy", policy_id="fixed-stop-5pct", artifacts=("alerts", "paths", "trades", "summary", "errors"))
+    make_run(
+        runs,
+        run_type="policy",
+        policy_id="fixed-stop-5pct",
+        artifacts=("alerts", "paths", "trades", "summary", "errors"),
+    )
     make_run(runs, run_type="optimization")
     report = sync_catalog(db, runs)
     assert report.stats.runs_by_type == {"policy": 1, "optimization": 1}
     # policy: alerts, paths, trades, summary, errors (5); optimization: alerts, paths, frontier (3)
     assert report.stats.total_artifacts == 8
-    assert report.stats.artifacts_by_type == {"alerts": 2, "paths": 2, "trades": 1, "summary": 1, "frontier": 1, "errors": 1}
+    assert report.stats.artifacts_by_type == {
+        "alerts": 2,
+        "paths": 2,
+        "trades": 1,
+        "summary": 1,
+        "frontier": 1,
+        "errors": 1,
+    }
     assert [r["policy_id"] for r in query_runs(db, run_type="policy")] == ["fixed-stop-5pct"]
 
 
@@ -487,8 +509,14 @@ def test_verify_passes_intact_runs_unchanged(runs, db):
 def populated(runs, db):
     """Four runs: created at (a) 01-31 23:59:59.999, (b) 02-01 00:00, (c) 02-15, (d) 03-01."""
     a = make_run(runs, "2024-01", created_at="2024-01-31T23:59:59.999Z", git_branch="main")
-    b = make_run(runs, "2024-01", run_type="policy", policy_id="fixed-stop-5pct",
-                 created_at="2024-02-01T00:00:00Z", git_branch="feature/x")
+    b = make_run(
+        runs,
+        "2024-01",
+        run_type="policy",
+        policy_id="fixed-stop-5pct",
+        created_at="2024-02-01T00:00:00Z",
+        git_branch="feature/x",
+    )
     c = make_run(runs, "2024-02", status="failed", created_at="2024-02-15T12:00:00+00:00", git_branch="main")
     d = make_run(runs, "2024-03", run_type="optimization", created_at="2024-03-01T00:00:00Z", git_branch=None)
     sync_catalog(db, runs)

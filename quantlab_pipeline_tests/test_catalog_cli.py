@@ -55,7 +55,11 @@ def test_seed_flow_sync_stats_then_query(tmp_path):
 
     again = ql(tmp_path, "catalog-sync")
     assert again.stdout.splitlines() == [
-        "✓ Registered 0 runs", "✓ Updated 0 runs", "✓ Removed 0 runs", "✓ Rejected 0 runs", "✓ Skipped 0 runs",
+        "✓ Registered 0 runs",
+        "✓ Updated 0 runs",
+        "✓ Removed 0 runs",
+        "✓ Rejected 0 runs",
+        "✓ Skipped 0 runs",
     ]
 
     listed = ql(tmp_path, "catalog-query", "--limit", "10")
@@ -92,7 +96,11 @@ def test_sync_lists_rejections_with_reasons(tmp_path):
     assert out.returncode == 0
     lines = out.stdout.splitlines()
     assert lines[:5] == [
-        "✓ Initialized catalog tables", "✓ Registered 1 run", "✓ Updated 0 runs", "✓ Removed 0 runs", "✓ Rejected 1 run",
+        "✓ Initialized catalog tables",
+        "✓ Registered 1 run",
+        "✓ Updated 0 runs",
+        "✓ Removed 0 runs",
+        "✓ Rejected 1 run",
     ]
     assert lines[5] == f"    2024-01/{bad.name}: artifact paths: truth/paths.parquet is missing"
     assert "  Completed: 0" in lines and "  Failed: 1" in lines and '  By type: { "path-only": 1 }' in lines
@@ -115,7 +123,9 @@ def test_query_formats_filters_and_multi_month_artifacts(tmp_path):
     table = ql(tmp_path, "catalog-query", "--policy-id", "fixed-stop-5pct")
     assert key(pol).run_id in table.stdout and run_id not in table.stdout
 
-    text = ql(tmp_path, "catalog-query", "--from-date", "2024-03-01", "--to-date", "2024-03-01", "--format", "csv").stdout
+    text = ql(
+        tmp_path, "catalog-query", "--from-date", "2024-03-01", "--to-date", "2024-03-01", "--format", "csv"
+    ).stdout
     rows = list(csv.DictReader(io.StringIO(text)))
     assert [(r["run_id"], r["month"]) for r in rows] == [(run_id, "2024-01"), (run_id, "2024-02")]
     assert rows[0]["policy_id"] == "" and rows[0]["calls_count"] == "3"

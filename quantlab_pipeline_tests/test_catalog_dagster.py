@@ -54,7 +54,13 @@ def test_asset_syncs_and_reports_counts_and_totals(runs, resources):
     with dg.instance_for_test() as instance:
         meta = materialize(resources, instance)
         # 2 completed + 1 failed registered; 1 running skipped; artifacts: path-only 2 + policy 4
-        assert (meta["registered"], meta["updated"], meta["removed"], meta["skipped"], meta["rejected"]) == (3, 0, 0, 1, 0)
+        assert (meta["registered"], meta["updated"], meta["removed"], meta["skipped"], meta["rejected"]) == (
+            3,
+            0,
+            0,
+            1,
+            0,
+        )
         assert meta["runs_by_status"] == {"completed": 2, "failed": 1}
         assert meta["runs_by_type"] == {"path-only": 2, "policy": 1}
         assert (meta["total_runs"], meta["total_artifacts"]) == (3, 6)

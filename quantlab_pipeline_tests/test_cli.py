@@ -26,8 +26,19 @@ def workdir(tmp_path, sample_db):
 
 def backtest(workdir, kind: str, *extra: str):
     return run_cli(
-        ["backtest", kind, "--calls-from-duckdb", "data/alerts.duckdb", "--interval", "5m",
-         "--from", "2024-01-01", "--to", "2024-01-31", *extra],
+        [
+            "backtest",
+            kind,
+            "--calls-from-duckdb",
+            "data/alerts.duckdb",
+            "--interval",
+            "5m",
+            "--from",
+            "2024-01-01",
+            "--to",
+            "2024-01-31",
+            *extra,
+        ],
         cwd=workdir,
     )
 
@@ -66,21 +77,29 @@ def test_path_only_backtest_end_to_end_and_seed_sql(workdir):
 
 
 def test_two_policy_runs_and_the_compare_policies_sql(workdir):
-    a = backtest(workdir, "policy", "--policy-id", "fixed-stop-5pct", "--policy", '{"kind":"fixed_stop","stop_loss_bps":500}')
+    a = backtest(
+        workdir, "policy", "--policy-id", "fixed-stop-5pct", "--policy", '{"kind":"fixed_stop","stop_loss_bps":500}'
+    )
     assert a.returncode == 0, a.stdout + a.stderr
-    (workdir / "trail.json").write_text(json.dumps({"kind": "trailing_stop", "activation_bps": 2000, "trail_bps": 1500}))
+    (workdir / "trail.json").write_text(
+        json.dumps({"kind": "trailing_stop", "activation_bps": 2000, "trail_bps": 1500})
+    )
     b = backtest(workdir, "policy", "--policy-id", "trail-20-15", "--policy", "@trail.json")
     assert b.returncode == 0, b.stdout + b.stderr
     ta = workdir / "runs/2024-01" / f"run_id={run_id_of(a.stdout)}" / "policy/trades.parquet"
     tb = workdir / "runs/2024-01" / f"run_id={run_id_of(b.stdout)}" / "policy/trades.parquet"
-    rows = duckdb.connect().execute(f"""
+    rows = (
+        duckdb.connect()
+        .execute(f"""
         WITH policy_a AS (SELECT * FROM read_parquet('{ta}')),
         policy_b AS (SELECT * FROM read_parquet('{tb}'))
         SELECT 'Policy A' as policy, AVG(realized_return_bps) as avg_return,
           AVG(CASE WHEN stop_out THEN 1 ELSE 0 END) as stop_out_rate FROM policy_a
         UNION ALL
         SELECT 'Policy B' as policy, AVG(realized_return_bps) as avg_return,
-          AVG(CASE WHEN stop_out THEN 1 ELSE 0 END) as stop_out_rate FROM policy_b""").fetchall()
+          AVG(CASE WHEN stop_out THEN 1 ELSE 0 END) as stop_out_rate FROM policy_b""")
+        .fetchall()
+    )
     assert [r[0] for r in rows] == ["Policy A", "Policy B"]
     assert all(r[1] is not None for r in rows)
 
@@ -114,9 +133,22 @@ def test_bad_window_and_bad_policy_are_refused(workdir):
 
 def test_runs_create_then_dagster_asset_materialize(workdir):
     created = run_cli(
-        ["runs", "create", "--run-type", "policy", "--calls-from-duckdb", "data/alerts.duckdb",
-         "--policy-id", "fixed-5", "--policy", '{"kind":"fixed_stop","stop_loss_bps":500}',
-         "--from", "2024-01-10", "--to", "2024-01-20"],
+        [
+            "runs",
+            "create",
+            "--run-type",
+            "policy",
+            "--calls-from-duckdb",
+            "data/alerts.duckdb",
+            "--policy-id",
+            "fixed-5",
+            "--policy",
+            '{"kind":"fixed_stop","stop_loss_bps":500}',
+            "--from",
+            "2024-01-10",
+            "--to",
+            "2024-01-20",
+        ],
         cwd=workdir,
     )
     assert created.returncode == 0, created.stderr
@@ -125,9 +157,18 @@ def test_runs_create_then_dagster_asset_materialize(workdir):
     assert not (workdir / "runs" / "2024-01").exists()  # spec + partition only
 
     proc = run_cli(
-        ["asset", "materialize", "-m", "quantlab_pipeline.definitions",
-         "--select", "alerts,paths,trades,summary", "--partition", f"2024-01|{run_id}"],
-        cwd=workdir, exe="dagster",
+        [
+            "asset",
+            "materialize",
+            "-m",
+            "quantlab_pipeline.definitions",
+            "--select",
+            "alerts,paths,trades,summary",
+            "--partition",
+            f"2024-01|{run_id}",
+        ],
+        cwd=workdir,
+        exe="dagster",
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rd = workdir / "runs" / "2024-01" / f"run_id={run_id}"

@@ -35,7 +35,9 @@ def make_db(path: Path, *statements: str) -> Path:
     return path
 
 
-def alerts_db(tmp_path: Path, rows: list[tuple], columns: str = "call_id, mint, caller_name, chain, alert_ts_ms") -> Path:
+def alerts_db(
+    tmp_path: Path, rows: list[tuple], columns: str = "call_id, mint, caller_name, chain, alert_ts_ms"
+) -> Path:
     """An `alerts` table with the given columns (all VARCHAR but alert_ts_ms BIGINT)."""
     path = tmp_path / "alerts.duckdb"
     names = [c.strip() for c in columns.split(",")]
@@ -152,7 +154,9 @@ def test_partition_columns_order_defaults_and_created_at(tmp_path):
 
 
 def test_sorted_by_alert_ts_then_call_id(tmp_path):
-    path = alerts_db(tmp_path, [("b", "M", None, None, JAN + 10), ("a", "N", None, None, JAN + 10), ("z", "O", None, None, JAN + 5)])
+    path = alerts_db(
+        tmp_path, [("b", "M", None, None, JAN + 10), ("a", "N", None, None, JAN + 10), ("z", "O", None, None, JAN + 5)]
+    )
     assert jan(path=str(path)).frame.get_column("call_id").to_list() == ["z", "a", "b"]
 
 
@@ -208,7 +212,13 @@ def test_duplicate_call_id_keeps_the_earliest_across_the_whole_table(tmp_path):
     assert read_feb.frame.get_column("call_id").to_list() == ["solo"]
     assert read_feb.source_rows == 2
     (err,) = read_feb.errors
-    assert (err.reason, err.call_id, err.mint, err.level, err.phase) == ("duplicate_call", "dup", "M", "warning", "inputs")
+    assert (err.reason, err.call_id, err.mint, err.level, err.phase) == (
+        "duplicate_call",
+        "dup",
+        "M",
+        "warning",
+        "inputs",
+    )
     assert err.details == {"kept_alert_ts_ms": JAN + 5 * DAY, "alert_ts_ms": FEB + 3 * DAY}
 
 
@@ -312,7 +322,15 @@ def bar(mint, i, o=1.0, h=1.0, lo=1.0, c=1.0, v=10.0, interval="5m"):
 def series(candles, mint) -> list[tuple]:
     k = candles.mints.index(mint)
     a, b = candles.offsets[k], candles.offsets[k + 1]
-    return list(zip(candles.ts[a:b].tolist(), candles.open[a:b].tolist(), candles.high[a:b].tolist(), candles.low[a:b].tolist(), candles.close[a:b].tolist()))
+    return list(
+        zip(
+            candles.ts[a:b].tolist(),
+            candles.open[a:b].tolist(),
+            candles.high[a:b].tolist(),
+            candles.low[a:b].tolist(),
+            candles.close[a:b].tolist(),
+        )
+    )
 
 
 def read(source, mints=("A", "B"), start=JAN, end=FEB, interval="5m"):
@@ -342,7 +360,16 @@ def test_pushdown_returns_only_requested_mints_interval_and_range(tmp_path):
 
 
 def test_out_of_order_rows_are_grouped_and_sorted(tmp_path):
-    path = candles_db(tmp_path, [bar("B", 2, 3.0, 3.0, 3.0, 3.0), bar("A", 1), bar("B", 0, 2.0, 2.0, 2.0, 2.0), bar("A", 0), bar("B", 1, 5.0, 5.0, 5.0, 5.0)])
+    path = candles_db(
+        tmp_path,
+        [
+            bar("B", 2, 3.0, 3.0, 3.0, 3.0),
+            bar("A", 1),
+            bar("B", 0, 2.0, 2.0, 2.0, 2.0),
+            bar("A", 0),
+            bar("B", 1, 5.0, 5.0, 5.0, 5.0),
+        ],
+    )
     c = read(path).candles
     assert [t for t, *_ in series(c, "B")] == [JAN, JAN + STEP, JAN + 2 * STEP]
     assert [o for _, o, *_ in series(c, "B")] == [2.0, 5.0, 3.0]
@@ -370,7 +397,13 @@ def test_each_kind_of_bad_candle_is_dropped_and_counted(tmp_path, bad):
     out = read(path)
     assert [t for t, *_ in series(out.candles, "A")] == [JAN, JAN + 2 * STEP]
     (err,) = out.errors
-    assert (err.reason, err.mint, err.phase, err.level, err.details) == ("bad_candle", "A", "truth", "warning", {"count": 1})
+    assert (err.reason, err.mint, err.phase, err.level, err.details) == (
+        "bad_candle",
+        "A",
+        "truth",
+        "warning",
+        {"count": 1},
+    )
 
 
 def test_null_prices_are_bad_candles(tmp_path):
@@ -536,7 +569,9 @@ def test_candle_source_errors_name_file_table_and_column(tmp_path):
         check_candles_source(str(no_table))
     assert str(exc.value) == f"candles database {no_table}, table ohlcv_candles: table not found"
 
-    no_col = make_db(tmp_path / "c.duckdb", "CREATE TABLE ohlcv_candles (mint VARCHAR, interval VARCHAR, ts_ms BIGINT, open DOUBLE)")
+    no_col = make_db(
+        tmp_path / "c.duckdb", "CREATE TABLE ohlcv_candles (mint VARCHAR, interval VARCHAR, ts_ms BIGINT, open DOUBLE)"
+    )
     with pytest.raises(InputError) as exc:
         check_candles_source(str(no_col))
     assert str(exc.value) == f"candles database {no_col}, table ohlcv_candles: missing required column 'high' (DOUBLE)"
@@ -555,7 +590,10 @@ def test_check_candles_source_requires_the_interval(tmp_path):
     check_candles_source(str(path), interval="5m")
     with pytest.raises(InputError) as exc:
         check_candles_source(str(path), interval="15m")
-    assert str(exc.value) == f"candles database {path}, table ohlcv_candles: no candles with interval '15m' (intervals present: 1m, 5m)"
+    assert (
+        str(exc.value)
+        == f"candles database {path}, table ohlcv_candles: no candles with interval '15m' (intervals present: 1m, 5m)"
+    )
     with pytest.raises(SpecError, match="interval"):
         check_candles_source(str(path), interval="five minutes")
 

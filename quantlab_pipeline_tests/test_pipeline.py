@@ -16,9 +16,24 @@ from quantlab_pipeline.orchestration.partitions import month_run_key
 from quantlab_pipeline.storage.run_dir import RunDirectory
 
 SEED_PATHS_COLUMNS = [
-    "run_id", "call_id", "caller_name", "mint", "chain", "interval", "alert_ts_ms", "p0",
-    "hit_2x", "t_2x_ms", "hit_3x", "t_3x_ms", "hit_4x", "t_4x_ms", "dd_bps", "dd_to_2x_bps",
-    "alert_to_activity_ms", "peak_multiple",
+    "run_id",
+    "call_id",
+    "caller_name",
+    "mint",
+    "chain",
+    "interval",
+    "alert_ts_ms",
+    "p0",
+    "hit_2x",
+    "t_2x_ms",
+    "hit_3x",
+    "t_3x_ms",
+    "hit_4x",
+    "t_4x_ms",
+    "dd_bps",
+    "dd_to_2x_bps",
+    "alert_to_activity_ms",
+    "peak_multiple",
 ]
 
 
@@ -34,7 +49,7 @@ def new_spec(sample_db, run_type="path-only", **extra):
 
 
 def ms(day: str) -> int:
-    return int(dt.datetime.fromisoformat(day).replace(tzinfo=dt.timezone.utc).timestamp() * 1000)
+    return int(dt.datetime.fromisoformat(day).replace(tzinfo=dt.UTC).timestamp() * 1000)
 
 
 def test_path_only_month_completes(sample_db, runs_dir, dagster_instance):
@@ -60,7 +75,7 @@ def test_path_only_month_completes(sample_db, runs_dir, dagster_instance):
 
     paths = pl.read_parquet(rd.path / "truth/paths.parquet")
     assert paths.columns[: len(SEED_PATHS_COLUMNS)] == SEED_PATHS_COLUMNS
-    assert paths.columns[len(SEED_PATHS_COLUMNS):] == ["entry_ts_ms", "t_peak_ms", "n_candles"]
+    assert paths.columns[len(SEED_PATHS_COLUMNS) :] == ["entry_ts_ms", "t_peak_ms", "n_candles"]
     assert set(paths.get_column("call_id")) <= set(alerts.get_column("call_id"))
 
     # The sample data has alerts without candles: they are excluded and recorded.
@@ -217,7 +232,9 @@ def test_optimization_month_completes_with_a_ranked_frontier(sample_db, runs_dir
 
 
 def test_a_month_streamed_in_parts_writes_the_same_artifacts(sample_db, runs_dir, dagster_instance):
-    spec = new_spec(sample_db, "policy", policy_id="p", policy={"kind": "trailing_stop", "activation_bps": 2000, "trail_bps": 1500})
+    spec = new_spec(
+        sample_db, "policy", policy_id="p", policy={"kind": "trailing_stop", "activation_bps": 2000, "trail_bps": 1500}
+    )
     create_run(spec, runs_dir=str(runs_dir), instance=dagster_instance)
     assert materialize_month(spec, "2024-01", runs_dir=str(runs_dir), instance=dagster_instance).status == "completed"
     rd = RunDirectory(runs_dir, "2024-01", spec.run_id)

@@ -19,12 +19,16 @@ T0 = 1_704_067_200_000  # 2024-01-01T00:00Z
 NO_COSTS = Execution(fee_bps=0, slippage_bps=0)
 
 
-def make_candles(bars: dict[str, list[tuple[float, float, float, float]]], ts: dict[str, list[int]] | None = None) -> Candles:
+def make_candles(
+    bars: dict[str, list[tuple[float, float, float, float]]], ts: dict[str, list[int]] | None = None
+) -> Candles:
     rows = []
     for mint, ohlc in bars.items():
         times = (ts or {}).get(mint) or [T0 + i * DELTA for i in range(len(ohlc))]
         rows += [(mint, t, *bar) for t, bar in zip(times, ohlc)]
-    return Candles.from_frame(pl.DataFrame(rows, schema=["mint", "ts_ms", "open", "high", "low", "close"], orient="row"))
+    return Candles.from_frame(
+        pl.DataFrame(rows, schema=["mint", "ts_ms", "open", "high", "low", "close"], orient="row")
+    )
 
 
 def one_path(bars, *, alert_ts=T0, entry_ts=T0, peak=None, mint="M", call_id="c1") -> pl.DataFrame:
@@ -189,7 +193,11 @@ def test_ladder_stopped_out_after_a_partial_fill():
     # candle 0 fills ½ at 200; candle 1 (open 190) falls to 40 <= stop 50: the other ½ at 50.
     # exit_px = 0.5·200 + 0.5·50 = 125; MAE over lows 95, 40 -> -6000; return +2500
     t = trade(
-        {"kind": "ladder", "levels": [{"multiple": 2, "fraction": 0.5}, {"multiple": 4, "fraction": 0.5}], "stop_loss_bps": 5000},
+        {
+            "kind": "ladder",
+            "levels": [{"multiple": 2, "fraction": 0.5}, {"multiple": 4, "fraction": 0.5}],
+            "stop_loss_bps": 5000,
+        },
         [(100, 210, 95, 200), (190, 195, 40, 45)],
     )
     assert (t["exit_reason"], t["exit_px"], t["exit_ts_ms"]) == ("stop_loss", pytest.approx(125), T0 + DELTA)
@@ -243,7 +251,10 @@ def test_time_stop_before_its_stop_loss_in_the_same_candle():
 def test_combo_second_policy_exits_first():
     # fixed stop at 50 never fires; the time stop (5m) exits at candle 1's open 104
     t = trade(
-        {"kind": "combo", "policies": [{"kind": "fixed_stop", "stop_loss_bps": 5000}, {"kind": "time_stop", "max_hold": "5m"}]},
+        {
+            "kind": "combo",
+            "policies": [{"kind": "fixed_stop", "stop_loss_bps": 5000}, {"kind": "time_stop", "max_hold": "5m"}],
+        },
         [(100, 110, 95, 105), (104, 108, 99, 107), (107, 109, 100, 108)],
     )
     assert (t["exit_reason"], t["exit_px"], t["exit_ts_ms"]) == ("time_stop", 104, T0 + DELTA)
@@ -277,7 +288,10 @@ def test_combo_same_candle_follows_the_candle_order():
     assert (t["exit_reason"], t["exit_px"]) == ("stop_loss", pytest.approx(90))
     # two stops in one candle across leaves: the higher (90, second listed) fired, not 70
     t = trade(
-        {"kind": "combo", "policies": [{"kind": "fixed_stop", "stop_loss_bps": 3000}, {"kind": "fixed_stop", "stop_loss_bps": 1000}]},
+        {
+            "kind": "combo",
+            "policies": [{"kind": "fixed_stop", "stop_loss_bps": 3000}, {"kind": "fixed_stop", "stop_loss_bps": 1000}],
+        },
         [(100, 110, 95, 105), (105, 106, 60, 65)],
     )
     assert t["exit_px"] == pytest.approx(90)
@@ -290,7 +304,10 @@ def test_nested_combo_flattens_depth_first():
     policy = {
         "kind": "combo",
         "policies": [
-            {"kind": "combo", "policies": [{"kind": "fixed_stop", "stop_loss_bps": 5000}, {"kind": "time_stop", "max_hold": "15m"}]},
+            {
+                "kind": "combo",
+                "policies": [{"kind": "fixed_stop", "stop_loss_bps": 5000}, {"kind": "time_stop", "max_hold": "15m"}],
+            },
             {"kind": "trailing_stop", "activation_bps": 0, "trail_bps": 2000},
         ],
     }
@@ -324,7 +341,11 @@ def test_window_ends_at_alert_plus_horizon_not_entry_plus_horizon():
 
 def test_fees_and_slippage_are_charged_on_both_sides():
     # end of data at 110: gross (110/100 - 1)·1e4 = 1000; costs 2·(30 + 10) = 80 -> 920
-    t = trade({"kind": "fixed_stop", "stop_loss_bps": 5000}, [(100, 112, 99, 110)], execution=Execution(fee_bps=30, slippage_bps=10))
+    t = trade(
+        {"kind": "fixed_stop", "stop_loss_bps": 5000},
+        [(100, 112, 99, 110)],
+        execution=Execution(fee_bps=30, slippage_bps=10),
+    )
     assert t["realized_return_bps"] == pytest.approx(920)
     assert t["entry_px"] == 100
 
@@ -338,9 +359,15 @@ def test_tail_capture_null_when_peak_not_above_one():
 def test_zero_paths_give_an_empty_frame_with_the_schema():
     empty = one_path([(100, 100, 90, 95)]).clear()
     frame = simulate_trades(
-        empty, Candles.empty(), parse_policy({"kind": "fixed_stop", "stop_loss_bps": 500}),
-        run_id="run", policy_id="pol", interval_ms=DELTA, horizon_ms=DELTA, execution=NO_COSTS,
-    )  # fmt: skip
+        empty,
+        Candles.empty(),
+        parse_policy({"kind": "fixed_stop", "stop_loss_bps": 500}),
+        run_id="run",
+        policy_id="pol",
+        interval_ms=DELTA,
+        horizon_ms=DELTA,
+        execution=NO_COSTS,
+    )
     assert frame.height == 0
     assert frame.schema == TRADES_SCHEMA
 
@@ -356,12 +383,21 @@ def test_many_paths_keep_order_and_skip_a_path_without_candles():
         ]
     ).with_columns(pl.Series("p0", [50.0, 100.0, 100.0]))
     frame = simulate_trades(
-        paths, candles, parse_policy({"kind": "fixed_stop", "stop_loss_bps": 1000}),
-        run_id="run", policy_id="pol", interval_ms=DELTA, horizon_ms=2 * DELTA, execution=NO_COSTS,
-    )  # fmt: skip
+        paths,
+        candles,
+        parse_policy({"kind": "fixed_stop", "stop_loss_bps": 1000}),
+        run_id="run",
+        policy_id="pol",
+        interval_ms=DELTA,
+        horizon_ms=2 * DELTA,
+        execution=NO_COSTS,
+    )
     assert frame.get_column("call_id").to_list() == ["b", "a"]
     assert frame.get_column("exit_reason").to_list() == ["end_of_data", "stop_loss"]
     assert frame.get_column("exit_px").to_list() == pytest.approx([51.5, 90])
     assert frame.get_column("realized_return_bps").to_list() == pytest.approx([300, -1000])  # 51.5/50 = 1.03
     assert frame.columns == TRADES_SCHEMA.names()
-    assert (frame.get_column("run_id").unique().to_list(), frame.get_column("policy_id").unique().to_list()) == (["run"], ["pol"])
+    assert (frame.get_column("run_id").unique().to_list(), frame.get_column("policy_id").unique().to_list()) == (
+        ["run"],
+        ["pol"],
+    )

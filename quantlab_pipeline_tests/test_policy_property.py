@@ -46,8 +46,17 @@ def reference_trade(policy: dict, bars: list[tuple], p0: float, entry_ts: int) -
         if leaf["kind"] == "ladder":
             levels = [(p0 * lv["multiple"], lv["fraction"]) for lv in leaf["levels"]]
         activation = p0 * (1 + leaf["activation_bps"] / 10_000) if leaf["kind"] == "trailing_stop" else math.inf
-        states.append({"levels": levels, "next": 0, "fills": [], "peak": p0, "armed": p0 >= activation,
-                       "activation": activation, "lowest": p0})  # fmt: skip
+        states.append(
+            {
+                "levels": levels,
+                "next": 0,
+                "fills": [],
+                "peak": p0,
+                "armed": p0 >= activation,
+                "activation": activation,
+                "lowest": p0,
+            }
+        )
 
     def remaining(s):
         return 1.0 - sum(f for f, _ in s["fills"])
@@ -57,7 +66,7 @@ def reference_trade(policy: dict, bars: list[tuple], p0: float, entry_ts: int) -
         total = sum(f for f, _ in fills)
         return ts, sum(f * p for f, p in fills) / total, reason, lowest
 
-    for ts, o, h, l, c in bars:
+    for ts, o, h, l, _c in bars:
         # 1. time stop at the open
         for leaf, s in zip(leaves, states):
             if leaf["kind"] == "time_stop" and ts >= entry_ts + parse_policy(leaf).max_hold_ms:
@@ -87,7 +96,7 @@ def reference_trade(policy: dict, bars: list[tuple], p0: float, entry_ts: int) -
             return finish(s, ts, level, reason, min(s["lowest"], l))
         # 3. profit exits: levels ascending, several per candle; a leaf exits when its position is gone
         completed = None
-        for j, (leaf, s) in enumerate(zip(leaves, states)):
+        for j, (_leaf, s) in enumerate(zip(leaves, states)):
             while s["next"] < len(s["levels"]) and h >= s["levels"][s["next"]][0] and remaining(s) > TOL:
                 level, fraction = s["levels"][s["next"]]
                 s["fills"].append((min(fraction, remaining(s)), max(o, level)))
@@ -120,18 +129,27 @@ def _drop_none(d: dict) -> dict:
     return {k: v for k, v in d.items() if v is not None}
 
 
-fixed = st.builds(lambda s, t: _drop_none({"kind": "fixed_stop", "stop_loss_bps": s, "take_profit_bps": t}),
-                  bps, st.one_of(st.none(), profit_bps))  # fmt: skip
+fixed = st.builds(
+    lambda s, t: _drop_none({"kind": "fixed_stop", "stop_loss_bps": s, "take_profit_bps": t}),
+    bps,
+    st.one_of(st.none(), profit_bps),
+)
 trailing = st.builds(
     lambda a, t, h: _drop_none({"kind": "trailing_stop", "activation_bps": a, "trail_bps": t, "hard_stop_bps": h}),
-    st.sampled_from([0, 500, 1000, 2000, 5000]), st.sampled_from([500, 1000, 2000, 5000]), optional,
-)  # fmt: skip
+    st.sampled_from([0, 500, 1000, 2000, 5000]),
+    st.sampled_from([500, 1000, 2000, 5000]),
+    optional,
+)
 time_stop = st.builds(
     lambda m, t, s: _drop_none({"kind": "time_stop", "max_hold": m, "take_profit_bps": t, "stop_loss_bps": s}),
-    st.sampled_from([DELTA, 2 * DELTA, 3 * DELTA, 7 * DELTA, 600_001]), st.one_of(st.none(), profit_bps), optional,
-)  # fmt: skip
+    st.sampled_from([DELTA, 2 * DELTA, 3 * DELTA, 7 * DELTA, 600_001]),
+    st.one_of(st.none(), profit_bps),
+    optional,
+)
 ladder = st.builds(
-    lambda ms, fs, s: _drop_none({"kind": "ladder", "levels": [{"multiple": m, "fraction": f} for m, f in zip(ms, fs)], "stop_loss_bps": s}),
+    lambda ms, fs, s: _drop_none(
+        {"kind": "ladder", "levels": [{"multiple": m, "fraction": f} for m, f in zip(ms, fs)], "stop_loss_bps": s}
+    ),
     st.lists(st.sampled_from([1.05, 1.1, 1.2, 1.5, 2, 3]), min_size=1, max_size=3, unique=True),
     st.lists(st.sampled_from([0.1, 0.2, 0.25, 0.3, 0.5, 0.7, 1.0]), min_size=3, max_size=3),
     optional,
@@ -176,7 +194,9 @@ def test_kernels_match_the_reference(specs, series, alert_offset, horizon_candle
         window = [b for b in bars if T0 <= b[0] < T0 - alert_offset + horizon]
         p0 = bars[0][1]
         paths.append((f"c{k}", "x", mint, T0 - alert_offset, p0, T0, max(b[2] for b in window) / p0, window))
-    candles = Candles.from_frame(pl.DataFrame(rows, schema=["mint", "ts_ms", "open", "high", "low", "close"], orient="row"))
+    candles = Candles.from_frame(
+        pl.DataFrame(rows, schema=["mint", "ts_ms", "open", "high", "low", "close"], orient="row")
+    )
     frame = pl.DataFrame(
         [p[:7] for p in paths],
         schema=["call_id", "caller_name", "mint", "alert_ts_ms", "p0", "entry_ts_ms", "peak_multiple"],
@@ -184,10 +204,13 @@ def test_kernels_match_the_reference(specs, series, alert_offset, horizon_candle
     )
     parsed = [parse_policy(s) for s in specs]
     many = simulate_policies(frame, candles, parsed, interval_ms=DELTA, horizon_ms=horizon, execution=EXECUTION)
-    single = simulate_trades(frame, candles, parsed[0], run_id="r", policy_id="p", interval_ms=DELTA,
-                             horizon_ms=horizon, execution=EXECUTION)  # fmt: skip
+    single = simulate_trades(
+        frame, candles, parsed[0], run_id="r", policy_id="p", interval_ms=DELTA, horizon_ms=horizon, execution=EXECUTION
+    )
     assert many.height == len(parsed) * len(paths) and single.height == len(paths)
-    assert single.drop("run_id", "policy_id", "call_id").equals(many.filter(pl.col("policy_index") == 0).drop("policy_index", "path_index"))
+    assert single.drop("run_id", "policy_id", "call_id").equals(
+        many.filter(pl.col("policy_index") == 0).drop("policy_index", "path_index")
+    )
 
     for row in many.iter_rows(named=True):
         policy = policy_to_dict(parsed[row["policy_index"]])

@@ -59,7 +59,9 @@ def test_canonical_form_round_trips_and_ids_are_stable():
     assert policy_id_of(a) == policy_id_of(b)
     assert len(policy_id_of(a)) == 12 and all(ch in "0123456789abcdef" for ch in policy_id_of(a))
     assert policy_id_of(a) != policy_id_of(parse_policy({"kind": "time_stop", "max_hold": "4h", "stop_loss_bps": 501}))
-    ladder = parse_policy({"kind": "ladder", "levels": [{"multiple": 3, "fraction": 0.5}, {"multiple": 1.5, "fraction": 0.5}]})
+    ladder = parse_policy(
+        {"kind": "ladder", "levels": [{"multiple": 3, "fraction": 0.5}, {"multiple": 1.5, "fraction": 0.5}]}
+    )
     assert policy_to_dict(ladder)["levels"] == [{"multiple": 1.5, "fraction": 0.5}, {"multiple": 3, "fraction": 0.5}]
     for policy in (a, ladder, parse_policy({"kind": "time_stop", "max_hold": 90_500})):
         assert parse_policy(policy_to_dict(policy)) == policy
@@ -71,7 +73,13 @@ def test_combo_leaves_are_depth_first():
         {
             "kind": "combo",
             "policies": [
-                {"kind": "combo", "policies": [{"kind": "fixed_stop", "stop_loss_bps": 1}, {"kind": "fixed_stop", "stop_loss_bps": 2}]},
+                {
+                    "kind": "combo",
+                    "policies": [
+                        {"kind": "fixed_stop", "stop_loss_bps": 1},
+                        {"kind": "fixed_stop", "stop_loss_bps": 2},
+                    ],
+                },
                 {"kind": "fixed_stop", "stop_loss_bps": 3},
             ],
         }
@@ -92,10 +100,16 @@ FIXED = '{"kind":"fixed_stop","stop_loss_bps":500}'
     "value, message",
     [
         (
-            {"kind": "combo", "policies": [json.loads(FIXED), {"kind": "trailing_stop", "activation_bps": 0, "trail_bps": 10000}]},
+            {
+                "kind": "combo",
+                "policies": [json.loads(FIXED), {"kind": "trailing_stop", "activation_bps": 0, "trail_bps": 10000}],
+            },
             "policy.policies[1].trail_bps: must be < 10000 (a 100 % trail), got 10000",
         ),
-        ('{"kind":"stop"}', 'policy.kind: unknown kind "stop" (expected one of fixed_stop, trailing_stop, time_stop, ladder, combo)'),
+        (
+            '{"kind":"stop"}',
+            'policy.kind: unknown kind "stop" (expected one of fixed_stop, trailing_stop, time_stop, ladder, combo)',
+        ),
         ('{"stop_loss_bps":500}', "policy.kind: missing"),
         ('{"kind":"fixed_stop","stop_loss_pct":5}', "policy.stop_loss_pct: unknown key for kind 'fixed_stop'"),
         ('{"kind":"fixed_stop"}', "policy.stop_loss_bps: missing (required for kind 'fixed_stop')"),
@@ -106,7 +120,10 @@ FIXED = '{"kind":"fixed_stop","stop_loss_bps":500}'
         ('{"kind":"fixed_stop","stop_loss_bps":"500"}', 'policy.stop_loss_bps: expected a number, got "500"'),
         ('{"kind":"fixed_stop","stop_loss_bps":true}', "policy.stop_loss_bps: expected a number, got true"),
         ('{"kind":"trailing_stop","activation_bps":-1,"trail_bps":100}', "policy.activation_bps: must be >= 0"),
-        ('{"kind":"trailing_stop","activation_bps":0,"trail_bps":100,"hard_stop_bps":12000}', "policy.hard_stop_bps: must be < 10000"),
+        (
+            '{"kind":"trailing_stop","activation_bps":0,"trail_bps":100,"hard_stop_bps":12000}',
+            "policy.hard_stop_bps: must be < 10000",
+        ),
         ('{"kind":"time_stop","max_hold":"0m"}', "policy.max_hold: must be a positive duration"),
         ('{"kind":"time_stop","max_hold":"4 hours"}', "policy.max_hold: expected a duration like"),
         (
@@ -114,9 +131,18 @@ FIXED = '{"kind":"fixed_stop","stop_loss_bps":500}'
             "policy.levels: fractions sum to 1.2, must be <= 1",
         ),
         ('{"kind":"ladder","levels":[{"multiple":2,"fraction":0}]}', "policy.levels[0].fraction: must be > 0"),
-        ('{"kind":"ladder","levels":[{"multiple":2,"fraction":0.5},{"multiple":1,"fraction":0.5}]}', "policy.levels[1].multiple: must be > 1"),
-        ('{"kind":"ladder","levels":[{"multiple":2,"fraction":0.5},{"multiple":2,"fraction":0.5}]}', "policy.levels[1].multiple: duplicate level 2"),
-        ('{"kind":"ladder","levels":[{"multiple":2,"share":0.5}]}', "policy.levels[0].share: unknown key for a ladder level"),
+        (
+            '{"kind":"ladder","levels":[{"multiple":2,"fraction":0.5},{"multiple":1,"fraction":0.5}]}',
+            "policy.levels[1].multiple: must be > 1",
+        ),
+        (
+            '{"kind":"ladder","levels":[{"multiple":2,"fraction":0.5},{"multiple":2,"fraction":0.5}]}',
+            "policy.levels[1].multiple: duplicate level 2",
+        ),
+        (
+            '{"kind":"ladder","levels":[{"multiple":2,"share":0.5}]}',
+            "policy.levels[0].share: unknown key for a ladder level",
+        ),
         ('{"kind":"ladder","levels":[]}', "policy.levels: expected a non-empty list"),
         ('{"kind":"combo","policies":[]}', "policy.policies: expected a non-empty list of policies"),
         (

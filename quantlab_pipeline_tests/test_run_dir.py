@@ -41,7 +41,12 @@ def frame(n: int, tag: str = "a") -> pl.DataFrame:
 
 def write(rd: RunDirectory, spec: RunSpec, artifact: str, df: pl.DataFrame, inputs=None, errors=None):
     return rd.write_artifact(
-        artifact, df, spec, inputs=inputs or {}, dagster_run_id="dagster-run-1", elapsed_ms=5,
+        artifact,
+        df,
+        spec,
+        inputs=inputs or {},
+        dagster_run_id="dagster-run-1",
+        elapsed_ms=5,
         errors=errors,
     )
 
@@ -99,13 +104,25 @@ def test_completion_holds_whatever_order_assets_are_written(tmp_path):
     alerts = write(rd, spec, "alerts", frame(3))
     paths = write(rd, spec, "paths", frame(2), inputs={"alerts": alerts["sha256"]})
     # summary written before trades: it records the trades sha it was computed from.
-    summary = write(rd, spec, "summary", frame(1, "s"), inputs={"alerts": alerts["sha256"], "paths": paths["sha256"], "trades": "not-yet"})
+    summary = write(
+        rd,
+        spec,
+        "summary",
+        frame(1, "s"),
+        inputs={"alerts": alerts["sha256"], "paths": paths["sha256"], "trades": "not-yet"},
+    )
     assert not (rd.path / "_SUCCESS").exists()
     trades = write(rd, spec, "trades", frame(2, "t"), inputs={"alerts": alerts["sha256"], "paths": paths["sha256"]})
     # summary's recorded trades input is stale → still incomplete.
     assert rd.completion().stale == ("summary",)
     assert not (rd.path / "_SUCCESS").exists()
-    write(rd, spec, "summary", frame(1, "s"), inputs={"alerts": alerts["sha256"], "paths": paths["sha256"], "trades": trades["sha256"]})
+    write(
+        rd,
+        spec,
+        "summary",
+        frame(1, "s"),
+        inputs={"alerts": alerts["sha256"], "paths": paths["sha256"], "trades": trades["sha256"]},
+    )
     assert (rd.path / "_SUCCESS").exists()
     assert summary["path"] == "results/summary.parquet"
 
@@ -215,7 +232,9 @@ def test_a_crash_mid_write_leaves_the_old_file_and_no_temp_file(tmp_path, monkey
     assert not [p for p in (rd.path / "inputs").iterdir() if p.name.endswith(".tmp")]
 
 
-@pytest.mark.parametrize("month,run_id", [("2024-13", RUN_ID), ("../x", RUN_ID), ("2024-01", "../../etc"), ("2024-01", RUN_ID.upper())])
+@pytest.mark.parametrize(
+    "month,run_id", [("2024-13", RUN_ID), ("../x", RUN_ID), ("2024-01", "../../etc"), ("2024-01", RUN_ID.upper())]
+)
 def test_invalid_ids_never_become_paths(tmp_path, month, run_id):
     with pytest.raises(SpecError):
         RunDirectory(tmp_path, month, run_id)

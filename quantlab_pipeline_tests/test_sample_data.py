@@ -53,18 +53,42 @@ def test_same_seed_same_tables_other_seed_other_tables(tmp_path):
 
 
 def test_schema(db):
-    assert q(db, "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = 'alerts' ORDER BY ordinal_position") == [
-        ("call_id", "VARCHAR"), ("mint", "VARCHAR"), ("caller_name", "VARCHAR"), ("chain", "VARCHAR"), ("alert_ts_ms", "BIGINT"),
-    ]  # fmt: skip
-    assert [r[0] for r in q(db, "SELECT column_name FROM information_schema.columns WHERE table_name = 'ohlcv_candles' ORDER BY ordinal_position")] == [
-        "mint", "chain", "interval", "ts_ms", "open", "high", "low", "close", "volume",
-    ]  # fmt: skip
+    assert q(
+        db,
+        "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = 'alerts' ORDER BY ordinal_position",
+    ) == [
+        ("call_id", "VARCHAR"),
+        ("mint", "VARCHAR"),
+        ("caller_name", "VARCHAR"),
+        ("chain", "VARCHAR"),
+        ("alert_ts_ms", "BIGINT"),
+    ]
+    assert [
+        r[0]
+        for r in q(
+            db,
+            "SELECT column_name FROM information_schema.columns WHERE table_name = 'ohlcv_candles' ORDER BY ordinal_position",
+        )
+    ] == [
+        "mint",
+        "chain",
+        "interval",
+        "ts_ms",
+        "open",
+        "high",
+        "low",
+        "close",
+        "volume",
+    ]
     assert q(db, "SELECT DISTINCT interval FROM ohlcv_candles") == [("5m",)]
 
 
 def test_alerts_per_month_and_months(db):
     per_month = dict(
-        q(db, "SELECT strftime(epoch_ms(alert_ts_ms), '%Y-%m') AS m, count(*) FROM alerts WHERE alert_ts_ms IS NOT NULL GROUP BY m")
+        q(
+            db,
+            "SELECT strftime(epoch_ms(alert_ts_ms), '%Y-%m') AS m, count(*) FROM alerts WHERE alert_ts_ms IS NOT NULL GROUP BY m",
+        )
     )
     # 200 rows are generated per month; re-calls and reposts may drift a few into the next month.
     assert per_month["2024-01"] >= 190 and per_month["2024-02"] >= 190
@@ -124,7 +148,8 @@ def test_callers_of_different_skill_and_recalled_tokens(db):
 
 def test_messy_candles_exist(db):
     no_candles = q(
-        db, "SELECT count(DISTINCT mint) FROM alerts WHERE mint IS NOT NULL AND mint NOT IN (SELECT DISTINCT mint FROM ohlcv_candles)"
+        db,
+        "SELECT count(DISTINCT mint) FROM alerts WHERE mint IS NOT NULL AND mint NOT IN (SELECT DISTINCT mint FROM ohlcv_candles)",
     )[0][0]
     assert no_candles > 0
     bad = q(
@@ -151,9 +176,13 @@ def test_the_pipeline_sees_every_kind_of_problem(db):
     for lo, hi, first in ((JAN, FEB, True), (FEB, MAR, False)):
         alerts = read_alerts(str(db), "alerts", start_ms=lo, end_ms=hi, include_null_ts=first)
         reasons |= {e.reason for e in alerts.errors}
-        candles = read_candles(str(db), mints=alerts.frame["mint"].to_list(), interval="5m", start_ms=lo, end_ms=hi + HORIZON)
+        candles = read_candles(
+            str(db), mints=alerts.frame["mint"].to_list(), interval="5m", start_ms=lo, end_ms=hi + HORIZON
+        )
         reasons |= {e.reason for e in candles.errors}
-        truth = compute_paths(alerts.frame, candles.candles, run_id="r", interval="5m", horizon_ms=HORIZON, params=TruthParams())
+        truth = compute_paths(
+            alerts.frame, candles.candles, run_id="r", interval="5m", horizon_ms=HORIZON, params=TruthParams()
+        )
         reasons |= {e.reason for e in truth.errors}
         assert truth.paths.height > 0.9 * alerts.frame.height
         entries = truth.paths.select((truth.paths["entry_ts_ms"] - truth.paths["alert_ts_ms"]) // STEP).to_series()
@@ -163,8 +192,12 @@ def test_the_pipeline_sees_every_kind_of_problem(db):
 
 def test_paths_look_like_memecoins(db):
     alerts = read_alerts(str(db), "alerts", start_ms=JAN, end_ms=MAR)
-    candles = read_candles(str(db), mints=alerts.frame["mint"].to_list(), interval="5m", start_ms=JAN, end_ms=MAR + HORIZON)
-    paths = compute_paths(alerts.frame, candles.candles, run_id="r", interval="5m", horizon_ms=HORIZON, params=TruthParams()).paths
+    candles = read_candles(
+        str(db), mints=alerts.frame["mint"].to_list(), interval="5m", start_ms=JAN, end_ms=MAR + HORIZON
+    )
+    paths = compute_paths(
+        alerts.frame, candles.candles, run_id="r", interval="5m", horizon_ms=HORIZON, params=TruthParams()
+    ).paths
     assert paths["peak_multiple"].max() >= 10  # runners
     assert paths["dd_bps"].min() <= -9000  # rugs to near zero
     assert 0.05 < paths["hit_2x"].mean() < 0.6

@@ -87,7 +87,16 @@ def test_all_null_tail_capture_is_null():
 
 def test_columns_in_seed_order_then_extras():
     assert SUMMARY_SCHEMA.names()[:11] == [
-        "run_id", "calls_processed", "calls_excluded", "trades_count", "avg_return_bps", "median_return_bps",
-        "stop_out_rate", "avg_max_adverse_excursion_bps", "avg_time_exposed_ms", "avg_tail_capture", "median_tail_capture",
-    ]  # fmt: skip
+        "run_id",
+        "calls_processed",
+        "calls_excluded",
+        "trades_count",
+        "avg_return_bps",
+        "median_return_bps",
+        "stop_out_rate",
+        "avg_max_adverse_excursion_bps",
+        "avg_time_exposed_ms",
+        "avg_tail_capture",
+        "median_tail_capture",
+    ]
     assert SUMMARY_SCHEMA.names()[11:] == ["month", "policy_id", "win_rate", "p25_return_bps", "p75_return_bps"]

@@ -34,7 +34,9 @@ P3 = {"kind": "time_stop", "max_hold": "5m"}  # the open of the second candle
 
 def fixture_data():
     rows = [(m, i * DELTA, *bar) for m, bars in BARS.items() for i, bar in enumerate(bars)]
-    candles = Candles.from_frame(pl.DataFrame(rows, schema=["mint", "ts_ms", "open", "high", "low", "close"], orient="row"))
+    candles = Candles.from_frame(
+        pl.DataFrame(rows, schema=["mint", "ts_ms", "open", "high", "low", "close"], orient="row")
+    )
     paths = pl.DataFrame(
         {
             "call_id": list(BARS),
@@ -51,7 +53,14 @@ def fixture_data():
 
 def frontier(sweep_spec) -> pl.DataFrame:
     paths, candles = fixture_data()
-    frame = run_sweep([(paths, candles)], parse_sweep(sweep_spec), run_id="run", interval_ms=DELTA, horizon_ms=3 * DELTA, execution=NO_COSTS)
+    frame = run_sweep(
+        [(paths, candles)],
+        parse_sweep(sweep_spec),
+        run_id="run",
+        interval_ms=DELTA,
+        horizon_ms=3 * DELTA,
+        execution=NO_COSTS,
+    )
     assert frame.schema == FRONTIER_SCHEMA
     return frame
 
@@ -145,7 +154,14 @@ def test_constraints_can_be_disabled_and_objective_changed():
 
 def test_no_paths_lists_every_policy_without_trades():
     paths, candles = fixture_data()
-    frame = run_sweep([(paths.clear(), candles)], parse_sweep([P1, P2, P3]), run_id="run", interval_ms=DELTA, horizon_ms=DELTA, execution=NO_COSTS)
+    frame = run_sweep(
+        [(paths.clear(), candles)],
+        parse_sweep([P1, P2, P3]),
+        run_id="run",
+        interval_ms=DELTA,
+        horizon_ms=DELTA,
+        execution=NO_COSTS,
+    )
     assert frame.height == 3
     assert frame.get_column("trades_count").to_list() == [0, 0, 0]
     assert frame.get_column("meets_constraints").to_list() == [False] * 3
@@ -165,24 +181,52 @@ def test_sweep_kernel_agrees_with_simulate_trades_and_summary():
     low = np.minimum(opens, close) * (1 - rng.uniform(0, 0.03, (n, m)))
     mints = [f"m{i}" for i in range(n)]
     interval = 3_600_000  # 1h candles so the grid's hours-long holds matter
-    candles = Candles(tuple(mints), np.arange(n + 1, dtype=np.int64) * m, np.tile(np.arange(m, dtype=np.int64) * interval, n),
-                      opens.ravel(), high.ravel(), low.ravel(), close.ravel())  # fmt: skip
+    candles = Candles(
+        tuple(mints),
+        np.arange(n + 1, dtype=np.int64) * m,
+        np.tile(np.arange(m, dtype=np.int64) * interval, n),
+        opens.ravel(),
+        high.ravel(),
+        low.ravel(),
+        close.ravel(),
+    )
     paths = pl.DataFrame(
-        {"call_id": mints, "caller_name": ["x"] * n, "mint": mints, "alert_ts_ms": [0] * n, "p0": [100.0] * n,
-         "entry_ts_ms": [0] * n, "peak_multiple": high.max(axis=1) / 100}  # fmt: skip
+        {
+            "call_id": mints,
+            "caller_name": ["x"] * n,
+            "mint": mints,
+            "alert_ts_ms": [0] * n,
+            "p0": [100.0] * n,
+            "entry_ts_ms": [0] * n,
+            "peak_multiple": high.max(axis=1) / 100,
+        }
     )
     sweep = parse_sweep(None)
     execution = Execution()
-    frame = run_sweep([(paths, candles)], sweep, run_id="run", interval_ms=interval, horizon_ms=m * interval, execution=execution)
+    frame = run_sweep(
+        [(paths, candles)], sweep, run_id="run", interval_ms=interval, horizon_ms=m * interval, execution=execution
+    )
     for policy in sweep.policies[::7]:
         pid = policy_id_of(policy)
-        trades = simulate_trades(paths, candles, policy, run_id="run", policy_id=pid, interval_ms=interval,
-                                 horizon_ms=m * interval, execution=execution)  # fmt: skip
-        expected = summarize_trades(trades, run_id="run", month="2024-01", policy_id=pid, calls_processed=n, calls_excluded=0)
+        trades = simulate_trades(
+            paths,
+            candles,
+            policy,
+            run_id="run",
+            policy_id=pid,
+            interval_ms=interval,
+            horizon_ms=m * interval,
+            execution=execution,
+        )
+        expected = summarize_trades(
+            trades, run_id="run", month="2024-01", policy_id=pid, calls_processed=n, calls_excluded=0
+        )
         got = frame.filter(pl.col("policy_id") == pid).row(0, named=True)
         for name in ("trades_count", "avg_return_bps", "median_return_bps", "stop_out_rate", "avg_tail_capture"):
             assert got[name] == pytest.approx(expected.item(0, name)), (pid, name)
-        assert got["p95_mae_bps"] == pytest.approx(trades.get_column("max_adverse_excursion_bps").quantile(0.05, "linear"))
+        assert got["p95_mae_bps"] == pytest.approx(
+            trades.get_column("max_adverse_excursion_bps").quantile(0.05, "linear")
+        )
 
 
 # -- parsing -----------------------------------------------------------------------------------
@@ -219,7 +263,9 @@ def test_nested_templates_expand_inside_combos_and_ladder_levels():
 
 
 def test_duplicate_grid_points_are_kept_once():
-    sweep = parse_sweep([{"kind": "time_stop", "max_hold": ["1h", "60m", 3_600_000]}, {"kind": "time_stop", "max_hold": "1h"}])
+    sweep = parse_sweep(
+        [{"kind": "time_stop", "max_hold": ["1h", "60m", 3_600_000]}, {"kind": "time_stop", "max_hold": "1h"}]
+    )
     assert len(sweep.policies) == 1
 
 
@@ -228,22 +274,34 @@ def test_dict_spec_options():
     assert len(sweep.policies) == len(parse_sweep(None).policies)  # no templates -> default grid
     assert sweep.per_caller and sweep.objective == "avg_return_bps"
     assert sweep.constraints == dataclasses.replace(Constraints(), max_stop_out_rate=0.5)
-    assert parse_sweep({"constraints": {"max_avg_time_exposed": "2d"}}).constraints.max_avg_time_exposed_ms == 2 * 86_400_000
+    assert (
+        parse_sweep({"constraints": {"max_avg_time_exposed": "2d"}}).constraints.max_avg_time_exposed_ms
+        == 2 * 86_400_000
+    )
 
 
 @pytest.mark.parametrize(
     "value, message",
     [
         ([{"kind": "fixed_stop", "stop_loss_bps": [500, 10000]}], "sweep[0].stop_loss_bps: must be < 10000"),
-        ({"templates": [P1, {"kind": "trailing_stop", "activation_bps": 0, "trail_bps": [0]}]}, "sweep.templates[1].trail_bps: must be > 0"),
-        ({"templates": [{"kind": "fixed_stop", "stop_loss_bps": []}]}, "sweep.templates[0].stop_loss_bps: empty list of values"),
+        (
+            {"templates": [P1, {"kind": "trailing_stop", "activation_bps": 0, "trail_bps": [0]}]},
+            "sweep.templates[1].trail_bps: must be > 0",
+        ),
+        (
+            {"templates": [{"kind": "fixed_stop", "stop_loss_bps": []}]},
+            "sweep.templates[0].stop_loss_bps: empty list of values",
+        ),
         ({"templates": []}, "sweep.templates: expected a non-empty list"),
         ({"template": [P1]}, "sweep.template: unknown key"),
         ({"objective": "sharpe"}, "sweep.objective: unknown objective 'sharpe'"),
         ({"per_caller": "yes"}, "sweep.per_caller: expected true or false"),
         ({"constraints": {"max_stop_out_rate": 1.5}}, "sweep.constraints.max_stop_out_rate: must be between 0 and 1"),
         ({"constraints": {"min_p95_mae_bps": 10}}, "sweep.constraints.min_p95_mae_bps: must be <= 0"),
-        ({"constraints": {"max_avg_time_exposed": "soon"}}, "sweep.constraints.max_avg_time_exposed: expected a duration"),
+        (
+            {"constraints": {"max_avg_time_exposed": "soon"}},
+            "sweep.constraints.max_avg_time_exposed: expected a duration",
+        ),
         ({"constraints": {"max_drawdown": 1}}, "sweep.constraints.max_drawdown: unknown constraint"),
         ("grid", "sweep: expected a list of policy templates or an object"),
         (
@@ -272,18 +330,35 @@ def test_a_partition_streamed_in_segments_gives_the_same_frontier():
         {
             "mint": np.repeat(mints, m),
             "ts_ms": np.tile(np.arange(m, dtype=np.int64) * DELTA, n),
-            "open": opens.ravel(), "high": high.ravel(), "low": low.ravel(), "close": close.ravel(),
+            "open": opens.ravel(),
+            "high": high.ravel(),
+            "low": low.ravel(),
+            "close": close.ravel(),
         }
-    )  # fmt: skip
-    paths = pl.DataFrame(
-        {"call_id": mints, "caller_name": [f"c{i % 4}" for i in range(n)], "mint": mints, "alert_ts_ms": [0] * n,
-         "p0": [100.0] * n, "entry_ts_ms": [0] * n, "peak_multiple": high.max(axis=1) / 100}  # fmt: skip
     )
-    sweep = parse_sweep({"templates": [{"kind": "fixed_stop", "stop_loss_bps": [500, 1500], "take_profit_bps": [3000, None]}], "per_caller": True})
+    paths = pl.DataFrame(
+        {
+            "call_id": mints,
+            "caller_name": [f"c{i % 4}" for i in range(n)],
+            "mint": mints,
+            "alert_ts_ms": [0] * n,
+            "p0": [100.0] * n,
+            "entry_ts_ms": [0] * n,
+            "peak_multiple": high.max(axis=1) / 100,
+        }
+    )
+    sweep = parse_sweep(
+        {
+            "templates": [{"kind": "fixed_stop", "stop_loss_bps": [500, 1500], "take_profit_bps": [3000, None]}],
+            "per_caller": True,
+        }
+    )
     common = dict(run_id="run", interval_ms=DELTA, horizon_ms=m * DELTA, execution=NO_COSTS)
     whole = run_sweep([(paths, Candles.from_frame(frame))], sweep, **common)
     parts = [paths.slice(0, 13), paths.slice(13, 14), paths.slice(27)]
-    segments = [(p, Candles.from_frame(frame.filter(pl.col("mint").is_in(p.get_column("mint").implode())))) for p in parts]
+    segments = [
+        (p, Candles.from_frame(frame.filter(pl.col("mint").is_in(p.get_column("mint").implode())))) for p in parts
+    ]
     streamed = run_sweep(segments, sweep, **common)
     assert streamed.equals(whole)
     assert whole.height == 4 * (1 + 4)

@@ -146,7 +146,13 @@ def test_several_multiples_hit_in_one_candle():
 def test_multiples_hit_in_successive_candles_use_the_first_candle_reaching_each():
     # p0 = 2.0; thresholds 4, 6, 8. Highs 4.0 (2x, exactly at the threshold), 5.9, 6.0 (3x),
     # 7.0, 9.0 (4x).
-    bars = [(0, 2.0, 4.0, 2.0, 3.0), (1, 3.0, 5.9, 3.0, 5.0), (2, 5.0, 6.0, 5.0, 5.5), (3, 5.5, 7.0, 5.5, 6.0), (4, 6.0, 9.0, 6.0, 8.0)]
+    bars = [
+        (0, 2.0, 4.0, 2.0, 3.0),
+        (1, 3.0, 5.9, 3.0, 5.0),
+        (2, 5.0, 6.0, 5.0, 5.5),
+        (3, 5.5, 7.0, 5.5, 6.0),
+        (4, 6.0, 9.0, 6.0, 8.0),
+    ]
     row = one_row(T0, bars)
     assert (row["t_2x_ms"], row["t_3x_ms"], row["t_4x_ms"]) == (T0, T0 + 2 * MIN, T0 + 4 * MIN)
 
@@ -161,7 +167,9 @@ def test_never_hit_is_false_and_null():
 def test_custom_multiples_name_their_columns():
     # multiples (1.5, 2.5): p0 = 1.0, high 1.5 at T0 (1.5x), 2.5 at T0+1m (2.5x).
     params = TruthParams(multiples=(2.5, 1.5))
-    result = run(alerts(("c1", "M", T0)), candles({"M": [(0, 1.0, 1.5, 1.0, 1.0), (1, 1.0, 2.5, 1.0, 2.0)]}), params=params)
+    result = run(
+        alerts(("c1", "M", T0)), candles({"M": [(0, 1.0, 1.5, 1.0, 1.0), (1, 1.0, 2.5, 1.0, 2.0)]}), params=params
+    )
     assert list(result.paths.columns) == list(paths_schema((1.5, 2.5)))
     row = result.paths.row(0, named=True)
     assert (row["t_1.5x_ms"], row["t_2.5x_ms"]) == (T0, T0 + MIN)
@@ -278,13 +286,35 @@ def test_columns_types_and_identity_fields():
     row_frame = run(alerts(("c1", "M", T0)), candles({"M": [(0, 1.0, 1.0, 1.0, 1.0)]})).paths
     assert row_frame.schema == pl.Schema(paths_schema(PARAMS.multiples))
     assert list(row_frame.columns) == [
-        "run_id", "call_id", "caller_name", "mint", "chain", "interval", "alert_ts_ms", "p0",
-        "hit_2x", "t_2x_ms", "hit_3x", "t_3x_ms", "hit_4x", "t_4x_ms", "dd_bps", "dd_to_2x_bps",
-        "alert_to_activity_ms", "peak_multiple", "entry_ts_ms", "t_peak_ms", "n_candles",
-    ]  # fmt: skip
+        "run_id",
+        "call_id",
+        "caller_name",
+        "mint",
+        "chain",
+        "interval",
+        "alert_ts_ms",
+        "p0",
+        "hit_2x",
+        "t_2x_ms",
+        "hit_3x",
+        "t_3x_ms",
+        "hit_4x",
+        "t_4x_ms",
+        "dd_bps",
+        "dd_to_2x_bps",
+        "alert_to_activity_ms",
+        "peak_multiple",
+        "entry_ts_ms",
+        "t_peak_ms",
+        "n_candles",
+    ]
     row = row_frame.row(0, named=True)
     assert (row["run_id"], row["caller_name"], row["chain"], row["interval"], row["alert_ts_ms"]) == (
-        RUN_ID, "alice", "solana", "1m", T0
+        RUN_ID,
+        "alice",
+        "solana",
+        "1m",
+        T0,
     )
 
 
@@ -301,10 +331,25 @@ def test_kernel_on_raw_arrays():
     hi = np.array([1.0, 2.0, 3.0])
     lo = np.array([1.0, 0.5, 2.0])
     out = truth_kernel(
-        ts, op, hi, lo, np.array([0]), np.array([3]), np.array([0], dtype=np.int64),
-        np.array([180_000], dtype=np.int64), np.array([2.0, 3.0]), 0.1,
-    )  # fmt: skip
+        ts,
+        op,
+        hi,
+        lo,
+        np.array([0]),
+        np.array([3]),
+        np.array([0], dtype=np.int64),
+        np.array([180_000], dtype=np.int64),
+        np.array([2.0, 3.0]),
+        0.1,
+    )
     status, p0, entry_ts, n_candles, t_hit, peak_high, t_peak, min_low, t_2x, min_low_to_2x, t_active = out
     assert (status[0], p0[0], entry_ts[0], n_candles[0]) == (0, 1.0, 0, 3)
     assert t_hit.tolist() == [[60_000, 120_000]]
-    assert (peak_high[0], t_peak[0], min_low[0], t_2x[0], min_low_to_2x[0], t_active[0]) == (3.0, 120_000, 0.5, 60_000, 0.5, 60_000)
+    assert (peak_high[0], t_peak[0], min_low[0], t_2x[0], min_low_to_2x[0], t_active[0]) == (
+        3.0,
+        120_000,
+        0.5,
+        60_000,
+        0.5,
+        60_000,
+    )

@@ -11,7 +11,7 @@ import sys
 # 1.5–2 s slower per reference month than plain pages. Set NUMPY_MADVISE_HUGEPAGE=1 to keep them.
 os.environ.setdefault("NUMPY_MADVISE_HUGEPAGE", "0")
 
-import click  # noqa: E402
+import click
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

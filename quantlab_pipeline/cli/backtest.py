@@ -10,7 +10,8 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import click
 from rich.markup import escape
@@ -21,17 +22,31 @@ from quantlab_pipeline.cli.options import runs_dir_option
 from quantlab_pipeline.core.errors import SpecError
 
 
-
 def _run_options(fn: Callable) -> Callable:
     """Flags shared by every command that creates a run."""
     options = [
-        click.option("--calls-from-duckdb", "alerts", default="data/alerts.duckdb", show_default=True, help="DuckDB database with the alerts table."),
+        click.option(
+            "--calls-from-duckdb",
+            "alerts",
+            default="data/alerts.duckdb",
+            show_default=True,
+            help="DuckDB database with the alerts table.",
+        ),
         click.option("--alerts-table", default="alerts", show_default=True, help="Alerts table name."),
-        click.option("--candles-from", "candles", default=None, help="Candles: DuckDB database (table ohlcv_candles) or Parquet file/dir/glob. Default: the alerts database."),
+        click.option(
+            "--candles-from",
+            "candles",
+            default=None,
+            help="Candles: DuckDB database (table ohlcv_candles) or Parquet file/dir/glob. Default: the alerts database.",
+        ),
         click.option("--interval", default="5m", show_default=True, help="Candle interval."),
-        click.option("--from", "date_from", required=True, help="First day of the window (YYYY-MM-DD, UTC, inclusive)."),
+        click.option(
+            "--from", "date_from", required=True, help="First day of the window (YYYY-MM-DD, UTC, inclusive)."
+        ),
         click.option("--to", "date_to", required=True, help="Last day of the window (YYYY-MM-DD, UTC, inclusive)."),
-        click.option("--horizon", default="5d", show_default=True, help="How long after the alert the path is followed."),
+        click.option(
+            "--horizon", default="5d", show_default=True, help="How long after the alert the path is followed."
+        ),
         click.option("--caller", "callers", multiple=True, help="Only these callers (repeatable)."),
         click.option("--chain", "chains", multiple=True, help="Only these chains (repeatable)."),
         runs_dir_option,
@@ -53,7 +68,9 @@ def _policy_options(fn: Callable) -> Callable:
 
 def _sweep_options(fn: Callable) -> Callable:
     fn = click.option("--per-caller", is_flag=True, help="Also rank policies for each caller.")(fn)
-    return click.option("--sweep", default=None, help="Policy grid JSON, inline or @grid.json (default: the built-in grid).")(fn)
+    return click.option(
+        "--sweep", default=None, help="Policy grid JSON, inline or @grid.json (default: the built-in grid)."
+    )(fn)
 
 
 def _spec_fields(run_type: str, opts: dict[str, Any]) -> dict[str, Any]:
@@ -67,7 +84,9 @@ def _spec_fields(run_type: str, opts: dict[str, Any]) -> dict[str, Any]:
         "execution": {"fee_bps": opts.get("fee_bps", 30.0), "slippage_bps": opts.get("slippage_bps", 10.0)},
     }
     if opts.get("candles"):
-        fields["source"]["candles"] = os.path.abspath(opts["candles"]) if "*" not in opts["candles"] else opts["candles"]
+        fields["source"]["candles"] = (
+            os.path.abspath(opts["candles"]) if "*" not in opts["candles"] else opts["candles"]
+        )
     if run_type == "policy":
         if not opts.get("policy"):
             raise SpecError("--policy: required for a policy backtest (JSON inline or @file.json)")
@@ -150,7 +169,8 @@ def _headline_table(run_type: str, results) -> Table:
     for r in results:
         table.add_column(r.month, justify="right")
     table.add_row(
-        "Status", *("[green]completed[/green]" if r.status == "completed" else f"[red]{r.status}[/red]" for r in results)
+        "Status",
+        *("[green]completed[/green]" if r.status == "completed" else f"[red]{r.status}[/red]" for r in results),
     )
     for title, asset, key, kind in metrics:
         table.add_row(title, *(_fmt(r.headline.get(asset, {}).get(key), kind) for r in results))
@@ -219,7 +239,9 @@ def optimize(**opts: Any) -> None:
 
 
 @click.command("create")
-@click.option("--run-type", type=click.Choice(["path-only", "policy", "optimization"]), default="path-only", show_default=True)
+@click.option(
+    "--run-type", type=click.Choice(["path-only", "policy", "optimization"]), default="path-only", show_default=True
+)
 @_run_options
 @_policy_options
 @_execution_options

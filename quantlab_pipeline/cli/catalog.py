@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.markup import escape
 from rich import box
+from rich.markup import escape
 from rich.table import Table
 
 from quantlab_pipeline.cli.console import console, fail, ok, user_errors
@@ -34,7 +34,6 @@ from quantlab_pipeline.storage.catalog import (
 )
 
 DEFAULT_LIMIT = 10
-
 
 
 def _plural(n: int, word: str = "run", plural: str | None = None) -> str:
@@ -137,7 +136,9 @@ def _runs_table(rows: list[dict[str, Any]]) -> Table:
         ("calls", lambda r: "" if r["calls_count"] is None else str(r["calls_count"])),
         ("created (UTC)", lambda r: r["created_at"].strftime("%Y-%m-%d %H:%M") if r["created_at"] else ""),
     ]
-    columns += [(name, lambda r, n=name: r[n] or "") for name in ("policy_id", "git_branch") if any(r[name] for r in rows)]
+    columns += [
+        (name, lambda r, n=name: r[n] or "") for name in ("policy_id", "git_branch") if any(r[name] for r in rows)
+    ]
     for name, _ in columns:
         table.add_column(name, no_wrap=name != "policy_id", justify="right" if name == "calls" else "left")
     for r in rows:
@@ -164,16 +165,32 @@ def _runs_table(rows: list[dict[str, Any]]) -> Table:
 @click.option("--format", "fmt", default="table", show_default=True, help="table | json | csv.")
 @user_errors
 def catalog_query(
-    catalog_path: str, run_id, run_type, status, month, policy_id, git_branch, from_date, to_date,
-    artifact_type, limit, fmt,
+    catalog_path: str,
+    run_id,
+    run_type,
+    status,
+    month,
+    policy_id,
+    git_branch,
+    from_date,
+    to_date,
+    artifact_type,
+    limit,
+    fmt,
 ) -> None:
     """List runs of the catalog (newest first), or the paths of one artifact type."""
     if fmt not in OUTPUT_FORMATS:
         fail(f"--format: expected one of {', '.join(OUTPUT_FORMATS)}, got {fmt!r}")
     n = _parse_limit(limit)
     filters = dict(
-        run_type=run_type, status=status, from_date=from_date, to_date=to_date, month=month,
-        policy_id=policy_id, git_branch=git_branch, run_id=run_id,
+        run_type=run_type,
+        status=status,
+        from_date=from_date,
+        to_date=to_date,
+        month=month,
+        policy_id=policy_id,
+        git_branch=git_branch,
+        run_id=run_id,
     )
     if artifact_type is not None:
         # one run's artifact: every month it covers, unless --limit says otherwise

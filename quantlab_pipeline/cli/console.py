@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from collections.abc import Callable
 
-import click
 from rich.console import Console
 from rich.markup import escape
 

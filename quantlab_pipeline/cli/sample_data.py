@@ -58,5 +58,7 @@ def sample_data(out: str, months: str, alerts_per_month: str, seed: str) -> None
     table.add_row("ohlcv_candles", f"{summary.candle_rows:,}")
     console.print(table)
     span = month_list[0] if len(month_list) == 1 else f"{month_list[0]}..{month_list[-1]}"
-    console.print(f"months: {span} ({len(month_list)}), tokens: {summary.tokens:,}, callers: {summary.callers}, seed: {seed_value}")
+    console.print(
+        f"months: {span} ({len(month_list)}), tokens: {summary.tokens:,}, callers: {summary.callers}, seed: {seed_value}"
+    )
     ok(f"Wrote {summary.path} in {elapsed:.1f}s")

@@ -7,8 +7,8 @@ de-duplicated (see `core.inputs`). Kernels receive plain NumPy arrays plus per-a
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numba
 import numpy as np
@@ -74,7 +74,7 @@ class Candles:
         return start, stop
 
     @classmethod
-    def from_frame(cls, frame: pl.DataFrame) -> "Candles":
+    def from_frame(cls, frame: pl.DataFrame) -> Candles:
         """Build from clean rows (`mint, ts_ms, open, high, low, close`); sorts, does not validate."""
         frame = frame.sort("mint", "ts_ms")
         groups = frame.group_by("mint", maintain_order=True).len()
@@ -96,7 +96,7 @@ class Candles:
         )
 
     @classmethod
-    def empty(cls) -> "Candles":
+    def empty(cls) -> Candles:
         z = np.zeros(0, dtype=np.float64)
         return cls((), np.zeros(1, dtype=np.int64), np.zeros(0, dtype=np.int64), z, z.copy(), z.copy(), z.copy())
 
@@ -121,5 +121,7 @@ def plan_chunks(alerts: pl.DataFrame, *, candles_per_alert: int, max_candles: in
         filled += n
     if current == 0:
         return [alerts]
-    labelled = alerts.join(per_mint.select("mint", pl.Series("_part", part)), on="mint", how="left", maintain_order="left")
+    labelled = alerts.join(
+        per_mint.select("mint", pl.Series("_part", part)), on="mint", how="left", maintain_order="left"
+    )
     return [p.drop("_part") for p in labelled.partition_by("_part", maintain_order=True)]

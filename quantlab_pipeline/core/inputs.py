@@ -12,9 +12,9 @@ streams Arrow batches, and groups, sorts, validates and de-duplicates them in nu
 from __future__ import annotations
 
 import glob
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import duckdb
 import numba
@@ -170,9 +170,9 @@ def read_alerts(
     query = f"""
         WITH src AS (
             SELECT mint, CAST(alert_ts_ms AS BIGINT) AS alert_ts_ms,
-                   coalesce({col('caller_name', 'NULL')}, $default_caller) AS caller_name,
-                   coalesce({col('chain', 'NULL')}, $default_chain) AS chain,
-                   {col('call_id', 'NULL::VARCHAR')} AS given_id
+                   coalesce({col("caller_name", "NULL")}, $default_caller) AS caller_name,
+                   coalesce({col("chain", "NULL")}, $default_chain) AS chain,
+                   {col("call_id", "NULL::VARCHAR")} AS given_id
             FROM {table}
         ), ided AS (
             SELECT *, (mint IS NULL OR alert_ts_ms IS NULL) AS has_null,
@@ -400,8 +400,12 @@ def _better(i, j, op, hi, lo, cl, vol):
 
 @numba.njit(cache=True, nogil=True)
 def _same_row(i, j, op, hi, lo, cl, vol):
-    return op[i] == op[j] and hi[i] == hi[j] and lo[i] == lo[j] and cl[i] == cl[j] and (
-        vol[i] == vol[j] or (vol[i] != vol[i] and vol[j] != vol[j])
+    return (
+        op[i] == op[j]
+        and hi[i] == hi[j]
+        and lo[i] == lo[j]
+        and cl[i] == cl[j]
+        and (vol[i] == vol[j] or (vol[i] != vol[i] and vol[j] != vol[j]))
     )
 
 
@@ -436,8 +440,10 @@ def _clean_groups(offsets, ts, op, hi, lo, cl, vol, new_offsets, bad, dup, confl
             if best >= 0:
                 if j - i > 1:
                     for r in range(i, j):
-                        if r != best and _is_valid(op[r], hi[r], lo[r], cl[r]) and not _same_row(
-                            r, best, op, hi, lo, cl, vol
+                        if (
+                            r != best
+                            and _is_valid(op[r], hi[r], lo[r], cl[r])
+                            and not _same_row(r, best, op, hi, lo, cl, vol)
                         ):
                             conflicting[g] += 1
                 ts[w] = t
@@ -451,9 +457,7 @@ def _clean_groups(offsets, ts, op, hi, lo, cl, vol, new_offsets, bad, dup, confl
     return w
 
 
-def read_candles(
-    source: str, *, mints: Sequence[str], interval: str, start_ms: int, end_ms: int
-) -> CandlesInput:
+def read_candles(source: str, *, mints: Sequence[str], interval: str, start_ms: int, end_ms: int) -> CandlesInput:
     """Validated candles of `mints` with `start_ms <= ts_ms < end_ms`, one contiguous array per column.
 
     Bad candles are dropped and duplicates collapsed (DESIGN §2), each counted once per mint and
@@ -464,7 +468,9 @@ def read_candles(
     interval_ms(interval)
     wanted = sorted({m for m in mints if m is not None})
     src = _open_candles(source)
-    src.con.register("wanted_mints", pa.table({"mint": pa.array(wanted, pa.string()), "k": pa.array(range(len(wanted)), pa.int32())}))
+    src.con.register(
+        "wanted_mints", pa.table({"mint": pa.array(wanted, pa.string()), "k": pa.array(range(len(wanted)), pa.int32())})
+    )
     rows_sql = f"""
         FROM {src.from_sql} AS c JOIN wanted_mints AS w ON c.mint = w.mint
         WHERE c.interval = $interval AND c.ts_ms >= $start_ms AND c.ts_ms < $end_ms

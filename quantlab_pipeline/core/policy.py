@@ -30,8 +30,8 @@ compiled to flat arrays (`compile_policies`), so no Python runs per candle or pe
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numba
 import numpy as np
@@ -225,43 +225,139 @@ def _run_policy(ts, op, hi, lo, cl, a, b, p0, entry_ts, interval_ms, leaf_lo, le
 
 @numba.njit(cache=True, nogil=True)
 def _simulate_path(
-    t, ts, op, hi, lo, cl, start, stop, p0, entry_ts, interval_ms,
-    leaf_offsets, leaf_prices, leaf_rules, levels, out_ts, out_px, out_reason, out_low,
-):  # fmt: skip
+    t,
+    ts,
+    op,
+    hi,
+    lo,
+    cl,
+    start,
+    stop,
+    p0,
+    entry_ts,
+    interval_ms,
+    leaf_offsets,
+    leaf_prices,
+    leaf_rules,
+    levels,
+    out_ts,
+    out_px,
+    out_reason,
+    out_low,
+):
     """Every policy over path `t`, written to column `t` of the outputs (left as `_NO_TRADE`
     when the window has no candle)."""
     if start[t] >= stop[t]:
         return
     for p in range(leaf_offsets.shape[0] - 1):
         out_ts[p, t], out_px[p, t], out_reason[p, t], out_low[p, t] = _run_policy(
-            ts, op, hi, lo, cl, start[t], stop[t], p0[t], entry_ts[t], interval_ms,
-            leaf_offsets[p], leaf_offsets[p + 1], leaf_prices, leaf_rules, levels,
-        )  # fmt: skip
+            ts,
+            op,
+            hi,
+            lo,
+            cl,
+            start[t],
+            stop[t],
+            p0[t],
+            entry_ts[t],
+            interval_ms,
+            leaf_offsets[p],
+            leaf_offsets[p + 1],
+            leaf_prices,
+            leaf_rules,
+            levels,
+        )
 
 
 @numba.njit(cache=True, nogil=True)
 def _simulate_serial(
-    ts, op, hi, lo, cl, start, stop, p0, entry_ts, interval_ms,
-    leaf_offsets, leaf_prices, leaf_rules, levels, out_ts, out_px, out_reason, out_low,
-):  # fmt: skip
+    ts,
+    op,
+    hi,
+    lo,
+    cl,
+    start,
+    stop,
+    p0,
+    entry_ts,
+    interval_ms,
+    leaf_offsets,
+    leaf_prices,
+    leaf_rules,
+    levels,
+    out_ts,
+    out_px,
+    out_reason,
+    out_low,
+):
     for t in range(start.shape[0]):
         _simulate_path(
-            t, ts, op, hi, lo, cl, start, stop, p0, entry_ts, interval_ms,
-            leaf_offsets, leaf_prices, leaf_rules, levels, out_ts, out_px, out_reason, out_low,
-        )  # fmt: skip
+            t,
+            ts,
+            op,
+            hi,
+            lo,
+            cl,
+            start,
+            stop,
+            p0,
+            entry_ts,
+            interval_ms,
+            leaf_offsets,
+            leaf_prices,
+            leaf_rules,
+            levels,
+            out_ts,
+            out_px,
+            out_reason,
+            out_low,
+        )
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
 def _simulate_parallel(
-    ts, op, hi, lo, cl, start, stop, p0, entry_ts, interval_ms,
-    leaf_offsets, leaf_prices, leaf_rules, levels, out_ts, out_px, out_reason, out_low,
-):  # fmt: skip
+    ts,
+    op,
+    hi,
+    lo,
+    cl,
+    start,
+    stop,
+    p0,
+    entry_ts,
+    interval_ms,
+    leaf_offsets,
+    leaf_prices,
+    leaf_rules,
+    levels,
+    out_ts,
+    out_px,
+    out_reason,
+    out_low,
+):
     """Paths spread over cores; each path's candles stay hot in cache while every policy runs."""
     for t in numba.prange(start.shape[0]):
         _simulate_path(
-            t, ts, op, hi, lo, cl, start, stop, p0, entry_ts, interval_ms,
-            leaf_offsets, leaf_prices, leaf_rules, levels, out_ts, out_px, out_reason, out_low,
-        )  # fmt: skip
+            t,
+            ts,
+            op,
+            hi,
+            lo,
+            cl,
+            start,
+            stop,
+            p0,
+            entry_ts,
+            interval_ms,
+            leaf_offsets,
+            leaf_prices,
+            leaf_rules,
+            levels,
+            out_ts,
+            out_px,
+            out_reason,
+            out_low,
+        )
 
 
 # -- frames ------------------------------------------------------------------------------------
@@ -295,11 +391,25 @@ def simulate_policies(
         start, stop = candles.window_bounds(paths.get_column("mint"), entry_ts, hi_ts)
         kernel = _simulate_parallel if parallel else _simulate_serial
         kernel(
-            candles.ts, candles.open, candles.high, candles.low, candles.close,
-            start, stop, p0, entry_ts, np.int64(interval_ms),
-            compiled.leaf_offsets, compiled.leaf_prices, compiled.leaf_rules, compiled.levels,
-            out_ts, out_px, out_reason, out_low,
-        )  # fmt: skip
+            candles.ts,
+            candles.open,
+            candles.high,
+            candles.low,
+            candles.close,
+            start,
+            stop,
+            p0,
+            entry_ts,
+            np.int64(interval_ms),
+            compiled.leaf_offsets,
+            compiled.leaf_prices,
+            compiled.leaf_rules,
+            compiled.levels,
+            out_ts,
+            out_px,
+            out_reason,
+            out_low,
+        )
     traded = out_reason.ravel() >= 0
     path_index = np.tile(np.arange(n_paths, dtype=np.int64), n_pol)[traded]
     peak = paths.get_column("peak_multiple").cast(pl.Float64).to_numpy()
@@ -327,9 +437,7 @@ def simulate_policies(
         "exit_px",
         pl.col("_reason").replace_strict(dict(enumerate(EXIT_REASONS)), return_dtype=pl.String).alias("exit_reason"),
         ((pl.col("exit_px") / pl.col("entry_px") - 1.0) * BPS - costs_bps).alias("realized_return_bps"),
-        pl.col("_reason")
-        .is_in([EXIT_REASONS.index(r) for r in STOP_OUT_REASONS])
-        .alias("stop_out"),
+        pl.col("_reason").is_in([EXIT_REASONS.index(r) for r in STOP_OUT_REASONS]).alias("stop_out"),
         (pl.min_horizontal(pl.col("_low") / pl.col("entry_px") - 1.0, pl.lit(0.0)) * BPS).alias(
             "max_adverse_excursion_bps"
         ),
@@ -356,8 +464,12 @@ def simulate_trades(
         paths, candles, [policy], interval_ms=interval_ms, horizon_ms=horizon_ms, execution=execution, parallel=False
     )
     call_id = paths.get_column("call_id").cast(pl.String).gather(outcomes.get_column("path_index"))
-    return outcomes.with_columns(
-        pl.lit(run_id, dtype=pl.String).alias("run_id"),
-        pl.lit(policy_id, dtype=pl.String).alias("policy_id"),
-        call_id.alias("call_id"),
-    ).select(TRADES_SCHEMA.names()).cast(dict(TRADES_SCHEMA))
+    return (
+        outcomes.with_columns(
+            pl.lit(run_id, dtype=pl.String).alias("run_id"),
+            pl.lit(policy_id, dtype=pl.String).alias("policy_id"),
+            call_id.alias("call_id"),
+        )
+        .select(TRADES_SCHEMA.names())
+        .cast(dict(TRADES_SCHEMA))
+    )

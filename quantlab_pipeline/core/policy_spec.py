@@ -15,7 +15,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Union
+from typing import Any, ClassVar
 
 from quantlab_pipeline.core.durations import parse_duration_ms
 from quantlab_pipeline.core.errors import SpecError
@@ -64,12 +64,12 @@ class Ladder:
 
 @dataclass(frozen=True)
 class Combo:
-    policies: tuple["Policy", ...]
+    policies: tuple[Policy, ...]
     kind: ClassVar[str] = "combo"
 
 
-Leaf = Union[FixedStop, TrailingStop, TimeStop, Ladder]
-Policy = Union[FixedStop, TrailingStop, TimeStop, Ladder, Combo]
+Leaf = FixedStop | TrailingStop | TimeStop | Ladder
+Policy = FixedStop | TrailingStop | TimeStop | Ladder | Combo
 
 # kind -> (required keys, optional keys); "kind" itself is always required.
 _KEYS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -116,7 +116,7 @@ def _load_json(text: str, root: str) -> Any:
 
 def _parse_node(node: Any, path: str) -> Policy:
     if not isinstance(node, dict):
-        raise SpecError(f"{path}: expected a policy object like {{\"kind\": \"fixed_stop\", …}}, got {_show(node)}")
+        raise SpecError(f'{path}: expected a policy object like {{"kind": "fixed_stop", …}}, got {_show(node)}')
     if "kind" not in node:
         raise SpecError(f"{path}.kind: missing (one of {', '.join(KINDS)})")
     kind = node["kind"]
@@ -142,7 +142,9 @@ def _parse_node(node: Any, path: str) -> Policy:
     if kind == "trailing_stop":
         activation = _number(node["activation_bps"], f"{path}.activation_bps")
         if activation < 0:
-            raise SpecError(f"{path}.activation_bps: must be >= 0 (0 arms the trail from the entry), got {activation:g}")
+            raise SpecError(
+                f"{path}.activation_bps: must be >= 0 (0 arms the trail from the entry), got {activation:g}"
+            )
         trail = _positive(node["trail_bps"], f"{path}.trail_bps")
         if trail >= BPS:
             raise SpecError(f"{path}.trail_bps: must be < 10000 (a 100 % trail), got {trail:g}")
@@ -162,12 +164,12 @@ def _parse_node(node: Any, path: str) -> Policy:
 
 def _parse_levels(raw: Any, path: str) -> tuple[LadderLevel, ...]:
     if not isinstance(raw, list) or not raw:
-        raise SpecError(f"{path}: expected a non-empty list of {{\"multiple\": m, \"fraction\": f}}, got {_show(raw)}")
+        raise SpecError(f'{path}: expected a non-empty list of {{"multiple": m, "fraction": f}}, got {_show(raw)}')
     levels, seen = [], set()
     for i, item in enumerate(raw):
         where = f"{path}[{i}]"
         if not isinstance(item, dict):
-            raise SpecError(f"{where}: expected {{\"multiple\": m, \"fraction\": f}}, got {_show(item)}")
+            raise SpecError(f'{where}: expected {{"multiple": m, "fraction": f}}, got {_show(item)}')
         for key in item:
             if key not in ("multiple", "fraction"):
                 raise SpecError(f"{where}.{key}: unknown key for a ladder level (allowed: multiple, fraction)")

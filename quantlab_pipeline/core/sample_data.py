@@ -41,7 +41,9 @@ _BASE_INTERVAL_MS = 300_000  # path parameters are written for 5-minute candles,
 _TOKENS_PER_BLOCK = 1_000
 _BASE58 = np.frombuffer(b"123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz", dtype=np.uint8)
 
-ALERTS_DDL = "CREATE TABLE alerts (call_id VARCHAR, mint VARCHAR, caller_name VARCHAR, chain VARCHAR, alert_ts_ms BIGINT)"
+ALERTS_DDL = (
+    "CREATE TABLE alerts (call_id VARCHAR, mint VARCHAR, caller_name VARCHAR, chain VARCHAR, alert_ts_ms BIGINT)"
+)
 CANDLES_DDL = (
     "CREATE TABLE ohlcv_candles (mint VARCHAR, chain VARCHAR, interval VARCHAR, ts_ms BIGINT, "
     "open DOUBLE, high DOUBLE, low DOUBLE, close DOUBLE, volume DOUBLE)"
@@ -157,7 +159,9 @@ def _alerts_and_tokens(
             [fresh_caller, recall_caller, fresh_caller[dup_src], rng.integers(0, n_callers, null_mint_ts.size), [0]]
         )
     ]
-    rows_chain = chain_names[np.concatenate([chain, chain[recall_tok], chain[dup_src], np.zeros(null_mint_ts.size + 1, int)])]
+    rows_chain = chain_names[
+        np.concatenate([chain, chain[recall_tok], chain[dup_src], np.zeros(null_mint_ts.size + 1, int)])
+    ]
     rows_ts = np.concatenate([fresh_ts, recall_ts, fresh_ts[dup_src] + dup_delay, null_mint_ts, [0]])
     n_rows = rows_ts.size
     rows_caller[rng.random(n_rows) < 0.01] = None  # defaults to 'unknown'
@@ -181,7 +185,9 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * x))
 
 
-def _candle_block(rng: np.random.Generator, tokens: _Tokens, sel: np.ndarray, step_ms: int) -> tuple[pa.Table, pa.Table]:
+def _candle_block(
+    rng: np.random.Generator, tokens: _Tokens, sel: np.ndarray, step_ms: int
+) -> tuple[pa.Table, pa.Table]:
     """Candles of the tokens `sel` (in token order), and the duplicate rows to append at the end."""
     n_per = tokens.n_candles[sel]
     n_tok = sel.size
@@ -194,9 +200,10 @@ def _candle_block(rng: np.random.Generator, tokens: _Tokens, sel: np.ndarray, st
     horizon = HORIZON_MS // step_ms
 
     kind = tokens.archetype[sel]
-    mu = np.select(
-        [kind == BLEED, kind == CHOP], [rng.uniform(-0.0025, -0.0008, n_tok), np.zeros(n_tok)], 0.0001
-    ) * scale
+    mu = (
+        np.select([kind == BLEED, kind == CHOP], [rng.uniform(-0.0025, -0.0008, n_tok), np.zeros(n_tok)], 0.0001)
+        * scale
+    )
     sigma = rng.uniform(0.006, 0.02, n_tok) * np.sqrt(scale) * np.where(kind == CHOP, 0.6, 1.0)
     # Up to two smooth level shifts per token: +log(peak) around c1, -log(drop) around c2.
     up = np.zeros(n_tok)

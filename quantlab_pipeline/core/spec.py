@@ -49,11 +49,11 @@ def new_run_id() -> str:
 
 
 def utc_now_iso() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def date_to_ms(day: dt.date) -> int:
-    return int(dt.datetime(day.year, day.month, day.day, tzinfo=dt.timezone.utc).timestamp() * 1000)
+    return int(dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC).timestamp() * 1000)
 
 
 def month_bounds(month: str) -> tuple[dt.date, dt.date]:
@@ -81,7 +81,7 @@ class Window(_Strict):
     to: dt.date | None = None
 
     @model_validator(mode="after")
-    def _ordered(self) -> "Window":
+    def _ordered(self) -> Window:
         if self.from_ and self.to and self.to < self.from_:
             raise ValueError(f"window: 'to' ({self.to}) is before 'from' ({self.from_})")
         return self
@@ -201,7 +201,7 @@ class RunSpec(_Strict):
         return v
 
     @model_validator(mode="after")
-    def _by_type(self) -> "RunSpec":
+    def _by_type(self) -> RunSpec:
         if self.run_type == "policy":
             if self.policy is None or not self.policy_id:
                 raise ValueError("a policy run needs 'policy_id' and 'policy'")
@@ -217,7 +217,7 @@ class RunSpec(_Strict):
     # -- construction -------------------------------------------------------------------------
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "RunSpec":
+    def from_dict(cls, data: dict[str, Any]) -> RunSpec:
         """Validate a spec; any problem becomes one `SpecError` line naming the field."""
         try:
             return cls.model_validate(data)

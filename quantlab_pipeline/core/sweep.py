@@ -17,8 +17,9 @@ feasible first, then the objective descending (nulls last), ties by `policy_id`.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -51,11 +52,19 @@ DEFAULT_GRID: tuple[dict[str, Any], ...] = (
         "stop_loss_bps": [3000, None],
     },
     # 4 ladders x 4 stops = 16
-    {"kind": "ladder", "levels": [{"multiple": 2, "fraction": 0.5}, {"multiple": 4, "fraction": 0.5}], "stop_loss_bps": _LADDER_STOPS},
+    {
+        "kind": "ladder",
+        "levels": [{"multiple": 2, "fraction": 0.5}, {"multiple": 4, "fraction": 0.5}],
+        "stop_loss_bps": _LADDER_STOPS,
+    },
     {"kind": "ladder", "levels": [{"multiple": 2, "fraction": 0.5}], "stop_loss_bps": _LADDER_STOPS},
     {
         "kind": "ladder",
-        "levels": [{"multiple": 1.5, "fraction": 0.25}, {"multiple": 3, "fraction": 0.25}, {"multiple": 5, "fraction": 0.5}],
+        "levels": [
+            {"multiple": 1.5, "fraction": 0.25},
+            {"multiple": 3, "fraction": 0.25},
+            {"multiple": 5, "fraction": 0.5},
+        ],
         "stop_loss_bps": _LADDER_STOPS,
     },
     {
@@ -75,7 +84,11 @@ DEFAULT_GRID: tuple[dict[str, Any], ...] = (
     {
         "kind": "combo",
         "policies": [
-            {"kind": "ladder", "levels": [{"multiple": 2, "fraction": 0.5}, {"multiple": 4, "fraction": 0.5}], "stop_loss_bps": [3000, 5000]},
+            {
+                "kind": "ladder",
+                "levels": [{"multiple": 2, "fraction": 0.5}, {"multiple": 4, "fraction": 0.5}],
+                "stop_loss_bps": [3000, 5000],
+            },
             {"kind": "time_stop", "max_hold": ["12h", "48h"]},
         ],
     },
@@ -170,7 +183,9 @@ def _parse_constraints(raw: Any, path: str) -> Constraints:
     if "min_p95_mae_bps" in raw:
         mae = _optional_number(raw["min_p95_mae_bps"], f"{path}.min_p95_mae_bps")
         if mae is not None and mae > 0:
-            raise SpecError(f"{path}.min_p95_mae_bps: must be <= 0 (an adverse excursion is never positive), got {mae:g}")
+            raise SpecError(
+                f"{path}.min_p95_mae_bps: must be <= 0 (an adverse excursion is never positive), got {mae:g}"
+            )
     if "max_avg_time_exposed" in raw:
         given = raw["max_avg_time_exposed"]
         exposed = None if given is None else parse_duration_ms(given, field=f"{path}.max_avg_time_exposed")
@@ -240,8 +255,15 @@ def _product(choices: list[list[Any]], path: str) -> list[tuple[Any, ...]]:
 # -- the frontier ------------------------------------------------------------------------------
 
 
-_STAT_NAMES = ("trades_count", "avg_return_bps", "median_return_bps", "stop_out_rate", "p95_mae_bps",
-               "avg_tail_capture", "avg_time_exposed_ms")  # fmt: skip
+_STAT_NAMES = (
+    "trades_count",
+    "avg_return_bps",
+    "median_return_bps",
+    "stop_out_rate",
+    "p95_mae_bps",
+    "avg_tail_capture",
+    "avg_time_exposed_ms",
+)
 
 
 def run_sweep(
@@ -270,9 +292,13 @@ def run_sweep(
             caller = paths.get_column("caller_name").cast(pl.String).fill_null("unknown")
             callers.update(caller.unique().to_list())
             outcomes = simulate_policies(
-                paths, candles, sweep.policies[lo : lo + POLICY_CHUNK],
-                interval_ms=interval_ms, horizon_ms=horizon_ms, execution=execution,
-            )  # fmt: skip
+                paths,
+                candles,
+                sweep.policies[lo : lo + POLICY_CHUNK],
+                interval_ms=interval_ms,
+                horizon_ms=horizon_ms,
+                execution=execution,
+            )
             parts.append(
                 outcomes.with_columns(
                     pl.col("policy_index") + lo, caller.gather(outcomes.get_column("path_index")).alias("caller_name")
@@ -285,20 +311,26 @@ def run_sweep(
             stats.append(outcomes.group_by("policy_index", "caller_name").agg(metric_exprs(*_STAT_NAMES)))
     # _group 0 = all callers, k >= 1 = caller_names[k - 1]
     caller_names = sorted(callers)
-    codes = pl.DataFrame({"caller_name": caller_names, "_group": range(1, len(caller_names) + 1)}, schema={"caller_name": pl.String, "_group": pl.Int64})
+    codes = pl.DataFrame(
+        {"caller_name": caller_names, "_group": range(1, len(caller_names) + 1)},
+        schema={"caller_name": pl.String, "_group": pl.Int64},
+    )
     stats_frame = pl.concat(
         [
-            (s if "_group" in s.columns else s.join(codes, on="caller_name"))
-            .select(pl.col("policy_index", "_group").cast(pl.Int64), *_STAT_NAMES)
+            (s if "_group" in s.columns else s.join(codes, on="caller_name")).select(
+                pl.col("policy_index", "_group").cast(pl.Int64), *_STAT_NAMES
+            )
             for s in stats
         ]
     )
 
     groups = pl.DataFrame(
-        {"_group": [0, *range(1, len(caller_names) + 1)] if sweep.per_caller else [0],
-         "caller_name": [None, *caller_names] if sweep.per_caller else [None]},
+        {
+            "_group": [0, *range(1, len(caller_names) + 1)] if sweep.per_caller else [0],
+            "caller_name": [None, *caller_names] if sweep.per_caller else [None],
+        },
         schema={"_group": pl.Int64, "caller_name": pl.String},
-    )  # fmt: skip
+    )
     policies = pl.DataFrame(
         {
             "policy_index": range(len(sweep.policies)),
@@ -355,6 +387,10 @@ def _pareto_by_group(frame: pl.DataFrame) -> np.ndarray:
         rows = np.flatnonzero((group == g) & ~np.isnan(median) & ~np.isnan(mae))
         m, a = median[rows], mae[rows]
         # dominated[i, j]: row j dominates row i
-        dominated = (m[None, :] >= m[:, None]) & (a[None, :] >= a[:, None]) & ((m[None, :] > m[:, None]) | (a[None, :] > a[:, None]))
+        dominated = (
+            (m[None, :] >= m[:, None])
+            & (a[None, :] >= a[:, None])
+            & ((m[None, :] > m[:, None]) | (a[None, :] > a[:, None]))
+        )
         pareto[rows] = ~dominated.any(axis=1)
     return pareto

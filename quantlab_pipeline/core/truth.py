@@ -194,7 +194,10 @@ def compute_paths(
     hit_columns = []
     for k, m in enumerate(params.multiples):
         label = multiple_label(m)
-        hit_columns += [(pl.col(f"_t_{k}") != NO_TS).alias(f"hit_{label}"), _ts_or_null(f"_t_{k}").alias(f"t_{label}_ms")]
+        hit_columns += [
+            (pl.col(f"_t_{k}") != NO_TS).alias(f"hit_{label}"),
+            _ts_or_null(f"_t_{k}").alias(f"t_{label}_ms"),
+        ]
     schema = paths_schema(params.multiples)
     paths = (
         raw.filter(pl.col("_status") == OK)
@@ -247,7 +250,11 @@ def _exclusions(excluded: pl.DataFrame, interval: str, max_delay: int) -> list[E
                     message=f"call excluded: entry candle open {row['p0']!r} is not a positive finite price",
                     call_id=row["call_id"],
                     mint=row["mint"],
-                    details={"alert_ts_ms": row["alert_ts_ms"], "entry_ts_ms": row["entry_ts_ms"], "open": repr(row["p0"])},
+                    details={
+                        "alert_ts_ms": row["alert_ts_ms"],
+                        "entry_ts_ms": row["entry_ts_ms"],
+                        "open": repr(row["p0"]),
+                    },
                 )
             )
     return errors

@@ -2,7 +2,6 @@
 and paths → frontier. Each body calls `core` and returns an `ArtifactOutput`; the IO manager writes it.
 """
 
-
 import warnings
 from typing import Any
 
@@ -104,7 +103,9 @@ class RunSpecConfig(Config):
 def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     merged = dict(base)
     for key, value in update.items():
-        merged[key] = _deep_merge(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+        merged[key] = (
+            _deep_merge(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+        )
     return merged
 
 
@@ -279,7 +280,9 @@ def summary(
         return step.output(
             frame,
             inputs=(alerts, paths, trades),
-            headline={k: row[k] for k in ("trades_count", "avg_return_bps", "median_return_bps", "stop_out_rate", "win_rate")},
+            headline={
+                k: row[k] for k in ("trades_count", "avg_return_bps", "median_return_bps", "stop_out_rate", "win_rate")
+            },
         )
 
 
@@ -295,7 +298,9 @@ def frontier(
     """The optimization frontier (`results/frontier.parquet`): a policy grid ranked under constraints."""
     with artifact_step(context, run_store, run_spec, "frontier") as step:
         if run_spec.run_type != "optimization":
-            raise SpecError(f"frontier: run {run_spec.run_id} is a {run_spec.run_type} run; only optimization runs have a frontier")
+            raise SpecError(
+                f"frontier: run {run_spec.run_id} is a {run_spec.run_type} run; only optimization runs have a frontier"
+            )
         frame = run_sweep(
             candle_store.segments(run_spec, alerts.frame, paths.frame),
             parse_sweep(run_spec.sweep),

@@ -24,8 +24,8 @@ from dagster_duckdb import DuckDBResource
 
 from quantlab_pipeline.core.errors import QuantlabError
 from quantlab_pipeline.orchestration.resources import RunStoreResource
-from quantlab_pipeline.storage.layout import default_catalog_path
 from quantlab_pipeline.storage.catalog import sync_catalog, terminal_fingerprint
+from quantlab_pipeline.storage.layout import default_catalog_path
 
 CATALOG_POOL = "catalog"
 SENSOR_INTERVAL_ENV = "QUANTLAB_CATALOG_SENSOR_INTERVAL"

@@ -77,7 +77,9 @@ def create_run(spec: RunSpec, *, runs_dir: str, instance: DagsterInstance) -> No
     stored = write_spec(runs_dir, spec)
     instance.add_dynamic_partitions(RUN_PARTITIONS_NAME, [spec.run_id])
     instance.report_runless_asset_event(
-        AssetMaterialization(asset_key=AssetKey("run_spec"), partition=spec.run_id, metadata=spec_metadata(Path(runs_dir), stored))
+        AssetMaterialization(
+            asset_key=AssetKey("run_spec"), partition=spec.run_id, metadata=spec_metadata(Path(runs_dir), stored)
+        )
     )
 
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import polars as pl
 from dagster import ConfigurableResource
@@ -66,7 +66,7 @@ class CandleStoreResource(ConfigurableResource):
         for part in plan:
             yield part, self._read(spec, part)
 
-    def segments(self, spec: RunSpec, alerts: pl.DataFrame, paths: pl.DataFrame) -> "PathSegments":
+    def segments(self, spec: RunSpec, alerts: pl.DataFrame, paths: pl.DataFrame) -> PathSegments:
         """The partition's paths with their candles, part by part (re-iterable, for the sweep)."""
         return PathSegments(self, spec, alerts, paths)
 

@@ -28,11 +28,12 @@ import shutil
 import stat
 import tarfile
 import time
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Iterator, NamedTuple
+from typing import Any, NamedTuple
 
 import duckdb
 import pyarrow as pa
@@ -55,7 +56,7 @@ CATALOG_SCHEMA_VERSION = "1"
 CATALOG_STATUSES: tuple[str, ...] = ("completed", "failed")  # the catalog holds terminal runs only
 MANIFEST_STATUSES = ("running", "completed", "failed")
 ARTIFACT_TYPES: tuple[str, ...] = tuple(ARTIFACT_PATHS)
-TIMING_STEPS: tuple[str, ...] = tuple(a for a in ARTIFACT_PATHS if a != "errors") + ("total",)
+TIMING_STEPS: tuple[str, ...] = (*(a for a in ARTIFACT_PATHS if a != "errors"), "total")
 OUTPUT_FORMATS = ("table", "json", "csv")
 
 READ_TIMEOUT_S = 20.0  # a reader waits this long for a sync's write phase
@@ -230,9 +231,7 @@ def _reader(catalog_path: str | Path, timeout: float) -> Iterator[duckdb.DuckDBP
     conn = _open(path, read_only=True, timeout=timeout)
     try:
         if not _has_catalog_tables(conn):
-            raise QuantlabError(
-                f"catalog {path} has no catalog tables; run `quantlab backtest catalog-sync` first"
-            )
+            raise QuantlabError(f"catalog {path} has no catalog tables; run `quantlab backtest catalog-sync` first")
         _check_schema_version(conn, path)
         yield conn
     finally:
@@ -333,7 +332,7 @@ def _timestamp(obj: dict[str, Any], key: str, where: str, required: bool = False
     except ValueError:
         raise _Invalid(f"{where}: '{key}' is not an ISO-8601 timestamp: {value!r}") from None
     if ts.tzinfo is not None:
-        ts = ts.astimezone(dt.timezone.utc).replace(tzinfo=None)
+        ts = ts.astimezone(dt.UTC).replace(tzinfo=None)
     return ts
 
 
@@ -409,9 +408,7 @@ def _manifest_row(manifest: dict[str, Any], month: str, run_id: str) -> dict[str
     return row
 
 
-def _checked_artifacts(
-    manifest: dict[str, Any], run_dir: Path, run_type: str, verify: bool
-) -> list[dict[str, Any]]:
+def _checked_artifacts(manifest: dict[str, Any], run_dir: Path, run_type: str, verify: bool) -> list[dict[str, Any]]:
     """Every recorded artifact must exist inside the run directory at its recorded size
     (and, with `verify`, its recorded sha256); the run type's required ones must be recorded."""
     recorded = _get_dict(manifest, "artifacts", MANIFEST)
@@ -443,9 +440,7 @@ def _checked_artifacts(
             raise _Invalid(f"artifact {name}: {rel} has {on_disk} bytes, run.json records {size}")
         if verify and sha256_file(path) != sha:
             raise _Invalid(f"artifact {name}: {rel} sha256 does not match run.json")
-        rows.append(
-            {"artifact_type": name, "path": str(path), "rows": n_rows, "bytes": size, "sha256": sha}
-        )
+        rows.append({"artifact_type": name, "path": str(path), "rows": n_rows, "bytes": size, "sha256": sha})
     return rows
 
 
@@ -519,7 +514,11 @@ def _load_state(conn) -> tuple[dict[RunKey, _StoredRun], dict[str, _StoredReject
         artifacts.setdefault(RunKey(run_id, month), []).append((kind, path, size))
     runs = {
         RunKey(run_id, month): _StoredRun(
-            run_dir, status, sha, fingerprint, cataloged_at,
+            run_dir,
+            status,
+            sha,
+            fingerprint,
+            cataloged_at,
             tuple(sorted(artifacts.get(RunKey(run_id, month), ()))),
         )
         for run_id, month, run_dir, status, sha, fingerprint, cataloged_at in conn.execute(
@@ -561,7 +560,7 @@ def _stats(conn) -> CatalogStats:
 
 
 def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
 
 
 @contextmanager
@@ -660,9 +659,7 @@ def sync_catalog(
     try:
         lock.acquire()
     except Timeout:
-        raise QuantlabError(
-            f"catalog {path}: another sync holds {path}.lock for more than {lock_timeout:g}s"
-        ) from None
+        raise QuantlabError(f"catalog {path}: another sync holds {path}.lock for more than {lock_timeout:g}s") from None
     try:
         with _session(connect) as conn:
             report.initialized = _ensure_schema(conn, path)
@@ -670,7 +667,8 @@ def sync_catalog(
             report.stats = _stats(conn)
         plan = _plan(report, stored_runs, stored_rejected, verify)
         rejected_changed = {
-            d: v for d, v in plan.rejected.items()
+            d: v
+            for d, v in plan.rejected.items()
             if d not in stored_rejected or (stored_rejected[d].reason, stored_rejected[d].fingerprint) != v[:2]
         }
         rejected_gone = [d for d in stored_rejected if d not in plan.rejected]
@@ -693,7 +691,9 @@ def _apply(conn, upserts, refresh, removed, rejected_changed, rejected_gone) -> 
             keys = pa.schema([("run_id", pa.string()), ("month", pa.string())])
             conn.register("_gone", pa.Table.from_pylist(gone_keys, schema=keys))
             for name in ("artifacts", "runs"):
-                conn.execute(f"DELETE FROM {name} USING _gone g WHERE {name}.run_id = g.run_id AND {name}.month = g.month")
+                conn.execute(
+                    f"DELETE FROM {name} USING _gone g WHERE {name}.run_id = g.run_id AND {name}.month = g.month"
+                )
             conn.unregister("_gone")
         if upserts:
             conn.register("_new_runs", _arrow(_RUN_COLUMNS, [r for r, _ in upserts]))
@@ -777,8 +777,14 @@ def _limit_clause(limit: int | None) -> tuple[str, list[int]]:
 
 
 def _run_filters(
-    run_type=None, status=None, from_date=None, to_date=None, month=None,
-    policy_id=None, git_branch=None, run_id=None,
+    run_type=None,
+    status=None,
+    from_date=None,
+    to_date=None,
+    month=None,
+    policy_id=None,
+    git_branch=None,
+    run_id=None,
 ) -> tuple[str, list[Any]]:
     """A WHERE clause over `runs r` with every value bound; validation errors name the filter."""
     clauses: list[str] = []
@@ -824,7 +830,7 @@ def _rows(cursor) -> list[dict[str, Any]]:
         row = dict(zip(names, values))
         for key, value in row.items():
             if isinstance(value, dt.datetime):
-                row[key] = value.replace(tzinfo=dt.timezone.utc)
+                row[key] = value.replace(tzinfo=dt.UTC)
         out.append(row)
     return out
 
@@ -1007,9 +1013,7 @@ def archive_month(
             raise
         raise QuantlabError(f"archive {dest} failed verification ({exc}); nothing was removed") from None
     if _tree(month_dir, month) != entries:
-        raise QuantlabError(
-            f"{month_dir} changed while it was archived; {dest} is kept but nothing was removed"
-        )
+        raise QuantlabError(f"{month_dir} changed while it was archived; {dest} is kept but nothing was removed")
     shutil.rmtree(month_dir)
     files = [e.size for e in entries if e.size is not None]
     return ArchiveReport(

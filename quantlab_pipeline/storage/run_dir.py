@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import json
 import traceback as tb
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import polars as pl
 import pyarrow as pa
@@ -25,9 +26,9 @@ from quantlab_pipeline.core.errors import ErrorRecord, QuantlabError
 from quantlab_pipeline.core.run_creation import package_version
 from quantlab_pipeline.core.spec import RunSpec, utc_now_iso, validate_month, validate_run_id
 from quantlab_pipeline.storage.atomic import (
-    parquet_bytes,
     atomic_write_bytes,
     atomic_write_json,
+    parquet_bytes,
     sha256_bytes,
 )
 from quantlab_pipeline.storage.layout import (
@@ -374,4 +375,3 @@ class RunDirectory:
         path = self.path / relative
         old = path.read_bytes() if path.exists() else b""
         atomic_write_bytes(path, old + text.encode())
-

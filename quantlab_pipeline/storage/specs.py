@@ -26,7 +26,9 @@ def read_spec(runs_dir: str | Path, run_id: str) -> RunSpec:
     try:
         data = json.loads(path.read_bytes())
     except FileNotFoundError:
-        raise QuantlabError(f"{path}: no run spec for run {run_id}; create the run first (quantlab runs create)") from None
+        raise QuantlabError(
+            f"{path}: no run spec for run {run_id}; create the run first (quantlab runs create)"
+        ) from None
     except (OSError, ValueError) as exc:
         raise QuantlabError(f"{path}: unreadable run spec: {exc}") from None
     return RunSpec.from_dict(data)
