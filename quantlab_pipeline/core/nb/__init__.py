@@ -1,0 +1,11 @@
+"""The compiled kernels: numba loops over contiguous candle arrays, with public, documented names.
+
+Each module holds the kernels of one subsystem; the frame API in `quantlab_pipeline.core` wraps
+them (builds the arrays, calls the kernel, turns its outputs into Polars frames). The kernels take
+and return only NumPy arrays and scalars, so they can be benchmarked and tested alone:
+
+- `candles`  — ingest: scatter fetched batches into mint groups, sort, validate and de-duplicate
+- `windows`  — per-alert `[start, stop)` candle row bounds
+- `truth`    — the truth layer (entry, multiples hit, peak, drawdowns)
+- `policy`   — exit-policy simulation, one policy or a grid
+"""
