@@ -23,7 +23,6 @@ import pyarrow.parquet as pq
 from filelock import FileLock
 
 from quantlab_pipeline.core.errors import ErrorRecord, QuantlabError
-from quantlab_pipeline.core.run_creation import package_version
 from quantlab_pipeline.core.spec import RunSpec, utc_now_iso, validate_month, validate_run_id
 from quantlab_pipeline.storage.atomic import (
     atomic_write_bytes,
@@ -43,6 +42,7 @@ from quantlab_pipeline.storage.layout import (
     SUCCESS_MARKER,
     run_dir_path,
 )
+from quantlab_pipeline.storage.run_creation import package_version
 
 LOCKS_DIR = "_locks"
 
