@@ -66,9 +66,14 @@ def backtest_catalog(
     )
 
 
+# A sync takes seconds; run monitoring ends one that is still going after this (a hung NFS, say),
+# so the single catalog slot is never held for ever.
+SYNC_MAX_RUNTIME_S = 900
+
 catalog_sync_job = define_asset_job(
     "catalog_sync_job",
     selection=[backtest_catalog],
+    tags={"dagster/max_runtime": str(SYNC_MAX_RUNTIME_S)},
     description="Reconcile the DuckDB catalog with the run directories.",
 )
 
