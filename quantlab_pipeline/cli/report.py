@@ -37,4 +37,5 @@ def report(run_id: str, out: Path | None, runs_dir: str) -> None:
     for month in run.incomplete:
         console.print(f"[yellow]![/yellow] {month.month} is incomplete ({month.note}): included as far as it exists")
     n_charts = sum(len(s.charts) for s in sections)
-    ok(f"Wrote {path} ({n_charts} charts in {len(sections)} sections)")
+    where = "the whole window" if len(sections) == 1 else f"the whole window and {len(sections) - 1} months"
+    ok(f"Wrote {path.resolve()} ({n_charts} charts: {where})")

@@ -14,6 +14,7 @@ import functools
 import html
 import io
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ParamSpec
@@ -39,6 +40,8 @@ SYMLOG_LINEAR_BPS = 1_000
 HOUR_MS = 3_600_000
 
 P = ParamSpec("P")
+# An id and the two ways matplotlib's SVG refers to one: url(#id) and xlink:href="#id".
+_SVG_ID_RE = re.compile(r'(\bid="|url\(#|href="#)([^")]+)')
 
 
 @dataclass(frozen=True)
@@ -49,17 +52,18 @@ class Chart:
     title: str
     figure: Figure
 
-    def svg(self, salt: str) -> str:
+    def svg(self, prefix: str) -> str:
         """The chart as an inline `<svg>` element (text as text, so it is searchable).
 
-        `salt` makes the SVG's internal ids unique within one HTML page and the output
-        reproducible: matplotlib otherwise salts them with a random UUID.
+        Every id inside is prefixed with `prefix`: matplotlib numbers its groups (`axes_1`, …)
+        the same in every file, and one HTML page holds many charts. A fixed hash salt keeps
+        the output reproducible (matplotlib otherwise salts its ids with a random UUID).
         """
         buf = io.StringIO()
-        with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": salt}):
+        with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "quantlab"}):
             self.figure.savefig(buf, format="svg", metadata={"Date": None})
         text = buf.getvalue()
-        svg = text[text.index("<svg") :]
+        svg = _SVG_ID_RE.sub(lambda m: f"{m.group(1)}{prefix}-{m.group(2)}", text[text.index("<svg") :])
         return svg.replace("<svg ", f'<svg role="img" aria-label="{html.escape(self.title)}" ', 1)
 
     def png(self, dpi: int = 72, colors: int = 64) -> bytes:
@@ -171,7 +175,7 @@ def return_distribution(trades: pl.DataFrame) -> Chart:
         # A few 10x-100x winners would squeeze every other trade into one bar: draw the 1st-99th
         # percentile range and say how many trades lie beyond it.
         lo, hi = np.quantile(returns, [0.01, 0.99])
-        inside = returns[(returns >= lo) & (returns <= hi)] if hi > lo else returns
+        inside = returns[(returns >= lo) & (returns <= hi)]
         ax.hist(inside, bins=_bins(inside.size), color=BLUE, edgecolor="white", linewidth=0.5)
         ax.axvline(0, color=GREY, linewidth=1)
         ax.axvline(s["median_return_bps"], color=RED, linestyle="--", label=f"median {fmt_bps(s['median_return_bps'])}")
@@ -181,7 +185,7 @@ def return_distribution(trades: pl.DataFrame) -> Chart:
                 [],
                 [],
                 " ",
-                label=f"{beyond} trades beyond the 1st–99th percentile not drawn "
+                label=f"{beyond} {'trade' if beyond == 1 else 'trades'} beyond the 1st–99th percentile not drawn "
                 f"(min {fmt_bps(float(returns.min()))}, max {fmt_bps(float(returns.max()))})",
             )
         ax.legend(loc="upper right", frameon=False)

@@ -148,8 +148,8 @@ def _section_html(section: Section) -> str:
         parts.append(f'<table class="headline">{cells}</table>')
     parts += [f'<p class="aside">{e(a)}</p>' for a in section.asides]
     for chart in section.charts:
-        salt = f"{section.anchor}-{chart.key}"
-        parts.append(f'<figure class="chart" id="{e(salt)}" data-chart="{e(chart.key)}">{chart.svg(salt)}</figure>')
+        anchor = f"{section.anchor}-{chart.key}"
+        parts.append(f'<figure class="chart" id="{e(anchor)}" data-chart="{e(chart.key)}">{chart.svg(anchor)}</figure>')
     parts.append("</section>")
     return "\n".join(parts)
 
