@@ -24,7 +24,7 @@ import numpy as np
 import polars as pl
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from matplotlib.ticker import StrMethodFormatter
+from matplotlib.ticker import FixedLocator, NullLocator, StrMethodFormatter
 from PIL import Image
 
 from quantlab_pipeline.core.summary import metric_exprs
@@ -189,7 +189,7 @@ def return_distribution(trades: pl.DataFrame) -> Chart:
                 f"(min {fmt_bps(float(returns.min()))}, max {fmt_bps(float(returns.max()))})",
             )
         ax.legend(loc="upper right", frameon=False)
-    ax.set_title(title)
+    ax.set_title(title, wrap=True)
     ax.set_xlabel("realized return (bps of entry, net of fees and slippage)")
     ax.set_ylabel("trades")
     return Chart("returns", title, fig)
@@ -211,7 +211,7 @@ def exit_reasons(trades: pl.DataFrame) -> Chart:
         ax.bar_label(bars, labels=[f"{c} ({c / trades.height * 100:.1f}%)" for c in n], padding=3)
         ax.margins(x=0.15)
         ax.grid(axis="y", visible=False)
-    ax.set_title(title)
+    ax.set_title(title, wrap=True)
     ax.set_xlabel("trades")
     return Chart("exit_reasons", title, fig)
 
@@ -248,10 +248,14 @@ def mae_vs_return(trades: pl.DataFrame) -> Chart:
         ax.legend(loc="best", frameon=False)
         if trades.get_column("realized_return_bps").abs().max() > SYMLOG_ABOVE_BPS:  # type: ignore[operator]
             # Returns are bounded below (-10,000 bps) but not above: keep the losses linear.
-            ax.set_yscale("symlog", linthresh=SYMLOG_LINEAR_BPS)
+            ax.set_yscale("symlog", linthresh=SYMLOG_LINEAR_BPS, linscale=2)
+            top = math.ceil(math.log10(float(trades.get_column("realized_return_bps").abs().max())))  # type: ignore[arg-type]
+            decades = [10**k for k in range(3, top + 1)]
+            ax.yaxis.set_major_locator(FixedLocator([*(-d for d in decades), 0, *decades]))
+            ax.yaxis.set_minor_locator(NullLocator())
             ax.yaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))
             ylabel += f"; logarithmic beyond ±{SYMLOG_LINEAR_BPS:,}"
-    ax.set_title(title)
+    ax.set_title(title, wrap=True)
     ax.set_xlabel("max adverse excursion (bps of entry; left is worse)")
     ax.set_ylabel(ylabel)
     return Chart("mae_vs_return", title, fig)
@@ -304,7 +308,7 @@ def callers(paths: pl.DataFrame, top: int = TOP_CALLERS) -> Chart:
             ax.grid(axis="y", visible=False)
     left.set_xlabel("calls that reached 2× (%)")
     right.set_xlabel("peak multiple of entry (×): median, p25–p75")
-    fig.suptitle(title, x=0.01, ha="left", fontsize=10)
+    fig.suptitle(title, x=0.01, ha="left", fontsize=10, wrap=True)
     if scope:
         left.set_title(scope, fontsize=8, color=GREY)
     return Chart("callers", title, fig)
@@ -333,7 +337,7 @@ def time_to_2x(paths: pl.DataFrame) -> Chart:
         ax.axvline(median, color=RED, linestyle="--", label=f"median {fmt_hours(median)}")
         ax.legend(loc="upper right", frameon=False)
         ax.set_xlim(left=0)
-    ax.set_title(title)
+    ax.set_title(title, wrap=True)
     ax.set_xlabel("hours from entry to the first candle reaching 2× entry")
     ax.set_ylabel("calls")
     return Chart("time_to_2x", title, fig)
