@@ -96,9 +96,12 @@ def test_path_only_month_completes(sample_db, runs_dir, dagster_instance):
     mat = event.asset_materialization
     assert mat.partition == month_run_key("2024-01", spec.run_id)
     assert mat.metadata["dagster/row_count"].value == paths.height
-    assert mat.metadata["hit_2x_rate"].value == pytest.approx(paths.get_column("hit_2x").mean())
-    assert mat.metadata["median_peak_multiple"].value == pytest.approx(paths.get_column("peak_multiple").median())
-    assert "dagster/column_schema" in mat.metadata
+    # Readable: a rate as a percentage with one decimal, a multiple with two.
+    assert mat.metadata["hit_2x_pct"].value == round(100 * paths.get_column("hit_2x").mean(), 1)
+    assert mat.metadata["median_peak_multiple"].value == round(paths.get_column("peak_multiple").median(), 2)
+    columns = {c.name: c.description for c in mat.metadata["dagster/column_schema"].value.columns}
+    assert columns["p0"].startswith("Entry price") and columns["hit_2x"] == "Whether a window candle's high reached 2x p0."
+    assert "run_status" not in mat.metadata
 
 
 def test_policy_month_completes_with_four_artifacts(sample_db, runs_dir, dagster_instance):
