@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import multiprocessing as mp
@@ -12,6 +13,7 @@ import tarfile
 import threading
 import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 import duckdb
@@ -24,6 +26,7 @@ from quantlab_pipeline.core.spec import month_bounds
 from quantlab_pipeline.storage.atomic import sha256_bytes, sha256_file
 from quantlab_pipeline.storage.catalog import (
     CATALOG_SCHEMA_VERSION,
+    RunFilter,
     RunKey,
     archive,
     archive_month,
@@ -502,6 +505,34 @@ def test_verify_catches_same_size_corruption_and_the_rejection_sticks(runs, db):
     assert plain.registered == [] and len(plain.rejected) == 1
 
 
+def test_a_catalog_built_from_nothing_verifies_hashes(runs, db):
+    """Deleting the catalog must not re-admit a run that `--verify` rejected for a corrupt artifact."""
+    run_dir = make_run(runs)
+    sync_catalog(db, runs)
+    path = run_dir / "truth/paths.parquet"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size, different bytes: only a hash sees it
+    path.write_bytes(bytes(data))
+    assert len(sync_catalog(db, runs, verify=True).rejected) == 1
+    db.unlink()
+    rebuilt = sync_catalog(db, runs)  # a plain sync, but the catalog is new
+    assert rebuilt.initialized and rebuilt.registered == []
+    assert [r.reason for r in rebuilt.rejected] == [
+        "artifact paths: truth/paths.parquet sha256 does not match run.json"
+    ]
+    assert query_runs(db) == []
+
+
+def test_only_the_first_sync_of_a_catalog_hashes(runs, db, monkeypatch):
+    make_run(runs)
+    hashed: list[Path] = []
+    monkeypatch.setattr(validation, "sha256_file", lambda p: hashed.append(p) or sha256_file(p))
+    make_run(runs, "2024-02")
+    assert len(sync_catalog(db, runs).registered) == 2 and len(hashed) == 4  # 2 runs x alerts, paths
+    make_run(runs, "2024-03")
+    assert len(sync_catalog(db, runs).registered) == 1 and len(hashed) == 4  # sizes only from now on
+
+
 def test_verify_passes_intact_runs_unchanged(runs, db):
     make_run(runs)
     sync_catalog(db, runs)
@@ -625,6 +656,23 @@ def test_query_artifacts_lists_the_files_of_matching_runs(db, populated, runs):
     with duckdb.connect() as conn:
         assert conn.execute("SELECT count(*) FROM read_parquet(?)", [[r["path"] for r in rows]]).fetchone() == (9,)
     assert query_artifacts(db, "trades", run_type="path-only") == []
+
+
+def test_a_run_filter_is_the_same_query_as_its_keywords(db, populated):
+    where = RunFilter(status="completed", from_date="2024-02-01", git_branch="feature/x")
+    assert where == RunFilter(status="completed", from_date=dt.date(2024, 2, 1), git_branch="feature/x")
+    assert where.from_date == dt.date(2024, 2, 1)  # validated and normalised once, on construction
+    assert query_runs(db, where) == query_runs(db, status="completed", from_date="2024-02-01", git_branch="feature/x")
+    assert ids(query_runs(db, where), populated) == ["b"]
+    assert ids(query_artifacts(db, "paths", RunFilter(month="2024-01")), populated) == ["b", "a"]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        where.status = "failed"  # type: ignore[misc]
+    with pytest.raises(SpecError, match="status: expected one of completed, failed"):
+        RunFilter(status="running")
+    with pytest.raises(TypeError, match="not both"):
+        query_runs(db, where, status="failed")
+    with pytest.raises(TypeError, match="expected a RunFilter"):
+        query_runs(db, "policy")  # type: ignore[arg-type]
 
 
 def test_missing_or_foreign_catalog_is_a_one_line_error(tmp_path):
@@ -758,6 +806,56 @@ def test_reader_retries_while_a_writer_holds_the_file_then_gives_up_cleanly(runs
         assert result == [1]
     finally:
         _release(holder)
+
+
+class _DiskFull:
+    """A connection whose first write into `runs` fails like a full disk. DuckDB ends the
+    transaction itself when a write fails, so the caller's ROLLBACK then finds none."""
+
+    def __init__(self, conn: duckdb.DuckDBPyConnection):
+        self._conn = conn
+
+    def execute(self, sql: str, *args):
+        if sql.startswith("INSERT INTO runs"):
+            self._conn.execute("ROLLBACK")
+            raise duckdb.IOException('IO Error: Could not write file "catalog.duckdb.wal": No space left on device')
+        return self._conn.execute(sql, *args)
+
+    def __getattr__(self, name: str):
+        return getattr(self._conn, name)
+
+
+def test_a_failed_write_reports_its_own_error_not_the_rollback(runs, db):
+    run_dir = make_run(runs)
+
+    @contextmanager
+    def full_disk():
+        yield _DiskFull(duckdb.connect(str(db)))
+
+    with pytest.raises(QuantlabError) as err:
+        sync_catalog(db, runs, connect=full_disk)
+    message = str(err.value)
+    assert message.startswith(f"catalog {db}: cannot write:") and "No space left on device" in message
+    assert "rollback" not in message and "\n" not in message
+    assert sync_catalog(db, runs).registered == [key(run_dir)]  # nothing half-written to recover from
+
+
+def test_a_long_lived_reader_fails_a_sync_quickly_naming_the_file_and_the_holder(runs, db, monkeypatch):
+    make_run(runs)
+    sync_catalog(db, runs)
+    assert connection.WRITE_TIMEOUT_S <= 30  # a reader that never lets go is not waited on for minutes
+    monkeypatch.setattr(connection, "WRITE_TIMEOUT_S", 0.3)
+    holder = _hold(db, "ro")  # e.g. a duckdb session with ATTACH '…' (READ_ONLY)
+    try:
+        make_run(runs, "2024-02")
+        with pytest.raises(QuantlabError) as err:
+            sync_catalog(db, runs)
+        message = str(err.value)
+        assert f"catalog {db} is held open by" in message and f"(PID {holder.pid})" in message
+        assert "a catalog sync?" not in message and "\n" not in message
+    finally:
+        _release(holder)
+    assert len(sync_catalog(db, runs).registered) == 1
 
 
 # -- sensor fingerprint ----------------------------------------------------------------------------

@@ -31,6 +31,7 @@ def terminal_fingerprint(runs_dir: str | Path) -> tuple[str, int]:
     changes the digest."""
     digest, count = hashlib.sha256(), 0
     for month, run_id, run_dir in iter_run_dirs(runs_dir):
+        state: object
         if (run_dir / SUCCESS_MARKER).exists():
             state = "marked"
         else:
