@@ -67,7 +67,7 @@ class Chart:
         return svg.replace("<svg ", f'<svg role="img" aria-label="{html.escape(self.title)}" ', 1)
 
     def png(self, dpi: int = 72, colors: int = 64) -> bytes:
-        """A small PNG (palette of `colors`): a chart is flat colours, so this keeps it ~10–30 KB."""
+        """A small PNG (palette of `colors`): a chart is flat colours, so this keeps it ~5–40 KB."""
         buf = io.BytesIO()
         self.figure.savefig(buf, format="png", dpi=dpi)
         image = Image.open(io.BytesIO(buf.getvalue())).convert("RGB").quantize(colors=colors)
