@@ -40,7 +40,7 @@ from quantlab_pipeline.orchestration.headlines import (
     summary_headline,
     trades_headline,
 )
-from quantlab_pipeline.orchestration.partitions import check_months_exist, month_run_partitions, run_partitions
+from quantlab_pipeline.orchestration.partitions import OWNER, check_months_exist, month_run_partitions, run_partitions
 from quantlab_pipeline.orchestration.resources import CandleStoreResource, RunStoreResource
 from quantlab_pipeline.orchestration.steps import ArtifactOutput, artifact_step
 from quantlab_pipeline.report.markdown import frontier_chart_markdown, summary_charts_markdown
@@ -61,6 +61,7 @@ def artifact_asset(**kwargs: Any):
         ins={"run_spec": SPEC_INPUT},
         io_manager_key="run_io_manager",
         group_name=GROUP,
+        owners=[OWNER],
         **kwargs,
     )
 
@@ -144,7 +145,9 @@ class RunSpecConfig(Config):
         )
 
 
-@asset(partitions_def=run_partitions, io_manager_key="spec_io_manager", group_name=GROUP, kinds={"json"})
+@asset(
+    partitions_def=run_partitions, io_manager_key="spec_io_manager", group_name=GROUP, kinds={"json"}, owners=[OWNER]
+)
 def run_spec(context: AssetExecutionContext, config: RunSpecConfig, run_store: RunStoreResource) -> RunSpec:
     """One backtest configuration, immutable once written (`runs/_specs/<run_id>.json`)."""
     run_id = validate_run_id(context.partition_key)
