@@ -1,4 +1,4 @@
-"""Input readers and validation (DESIGN §2): alerts, candles, and their one-line errors."""
+"""Input readers and validation (README "Inputs"): alerts, candles, and their one-line errors."""
 
 from __future__ import annotations
 
@@ -12,13 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from quantlab_pipeline.core.errors import InputError, SpecError
-from quantlab_pipeline.core.inputs import (
-    ALERT_COLUMNS,
-    check_alerts_source,
-    check_candles_source,
-    read_alerts,
-    read_candles,
-)
+from quantlab_pipeline.core.inputs import ALERT_COLUMNS
+from quantlab_pipeline.sources.alerts import check_alerts_source, read_alerts
+from quantlab_pipeline.sources.candles import check_candles_source, read_candles
 
 JAN = 1_704_067_200_000  # 2024-01-01T00:00Z
 FEB = 1_706_745_600_000  # 2024-02-01T00:00Z
@@ -599,12 +595,16 @@ def test_check_candles_source_requires_the_interval(tmp_path):
 
 
 def test_read_leaves_the_source_readable_by_others(tmp_path):
-    # Read-only connections: a writer can open the file right after a read.
+    # Read-only connections, closed after every read (a failed check too): a writer can open the
+    # file right after, and the next read sees what it wrote.
     path = candles_db(tmp_path, [bar("A", 0)])
-    read(path)
+    assert series(read(path).candles, "A") == [(JAN, 1.0, 1.0, 1.0, 1.0)]
+    with pytest.raises(InputError, match="no candles with interval '15m'"):
+        check_candles_source(str(path), interval="15m")
     con = duckdb.connect(str(path))
-    con.execute("INSERT INTO ohlcv_candles VALUES ('A', 'solana', '5m', 1, 1, 1, 1, 1, 1)")
+    con.execute("INSERT INTO ohlcv_candles VALUES ('A', 'solana', '5m', ?, 2, 2, 2, 2, 1)", [JAN + STEP])
     con.close()
+    assert series(read(path).candles, "A") == [(JAN, 1.0, 1.0, 1.0, 1.0), (JAN + STEP, 2.0, 2.0, 2.0, 2.0)]
 
 
 def test_large_grouped_source_matches_a_reference_grouping(tmp_path):

@@ -107,9 +107,10 @@ def _spec_fields(run_type: str, opts: dict[str, Any]) -> dict[str, Any]:
 
 def _create(run_type: str, opts: dict[str, Any]):
     """Validate flags and sources, then register the run (spec + partition + run_spec)."""
-    from quantlab_pipeline.core.inputs import check_alerts_source, check_candles_source
     from quantlab_pipeline.core.run_creation import create_run_spec
     from quantlab_pipeline.orchestration.launch import create_run, get_instance
+    from quantlab_pipeline.sources.alerts import check_alerts_source
+    from quantlab_pipeline.sources.candles import check_candles_source
 
     spec = create_run_spec(_spec_fields(run_type, opts))
     check_alerts_source(spec.source.alerts, spec.source.alerts_table)
