@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from quantlab_pipeline.core.errors import InputError, SpecError
-from quantlab_pipeline.core.inputs import ALERT_COLUMNS
+from quantlab_pipeline.core.inputs import ALERT_COLUMNS, clean_candles
 from quantlab_pipeline.sources.alerts import check_alerts_source, read_alerts
 from quantlab_pipeline.sources.candles import check_candles_source, read_candles
 
@@ -475,6 +475,24 @@ def test_integer_and_float_price_columns_are_read_as_double(tmp_path):
     )
     out = read(path, mints=["A"], start=0, end=1)
     assert series(out.candles, "A") == [(0, 1.5, 2.25, 1.0, 2.0)]
+
+
+def test_the_candle_rules_run_on_arrays_alone():
+    # No source at all: `clean_candles` sorts, validates and de-duplicates grouped raw rows.
+    ts = np.array([2, 0, 1, 1, 5, 5], dtype=np.int64)  # A: rows 0-3, out of order; B: rows 4-5
+    op = np.array([3.0, 1.0, 2.0, 2.0, 0.0, 4.0])  # B's first row is bad (open 0)
+    cl = op.copy()
+    cl[3] = 2.5  # conflicting duplicate of ts 1, with the higher volume
+    vol = np.array([1.0, 1.0, 1.0, 9.0, 1.0, 1.0])
+    hi, lo = np.maximum(op, cl), np.minimum(op, cl)
+    out = clean_candles(["A", "B"], np.array([0, 4, 6]), ts, op, hi, lo, cl, vol, interval="5m")
+    c = out.candles
+    assert c.mints == ("A", "B") and c.offsets.tolist() == [0, 3, 4]
+    assert c.ts.tolist() == [0, 1, 2, 5] and c.close.tolist() == [1.0, 2.5, 3.0, 4.0]
+    assert [(e.reason, e.mint, e.details) for e in out.errors] == [
+        ("bad_candle", "B", {"count": 1}),
+        ("duplicate_candle", "A", {"count": 1, "conflicting": 1}),
+    ]
 
 
 # -- candles: Parquet sources -----------------------------------------------------------------
