@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import shutil
 
@@ -9,10 +10,12 @@ import polars as pl
 import pytest
 from dagster import AssetKey
 
-from quantlab_pipeline.core.run_creation import create_run_spec
-from quantlab_pipeline.definitions import defs
+from quantlab_pipeline.core.spec_builder import SpecRequest
+from quantlab_pipeline.orchestration.defs import build_defs
 from quantlab_pipeline.orchestration.launch import create_run, materialize_month
 from quantlab_pipeline.orchestration.partitions import month_run_key
+from quantlab_pipeline.orchestration.settings import Settings
+from quantlab_pipeline.storage.run_creation import create_run_spec
 from quantlab_pipeline.storage.run_dir import RunDirectory
 
 SEED_PATHS_COLUMNS = [
@@ -38,14 +41,21 @@ SEED_PATHS_COLUMNS = [
 
 
 def new_spec(sample_db, run_type="path-only", **extra):
-    fields = {
-        "run_type": run_type,
-        "interval": "5m",
-        "window": {"from": "2024-01-05", "to": "2024-02-10"},
-        "source": {"alerts": str(sample_db)},
+    request = SpecRequest(
+        run_type=run_type,
+        alerts=str(sample_db),
+        window_from="2024-01-05",
+        window_to="2024-02-10",
+        interval="5m",
         **extra,
-    }
-    return create_run_spec(fields)
+    )
+    return create_run_spec(request)
+
+
+@pytest.fixture
+def defs(runs_dir):
+    """The project's definitions with the test's runs directory (what the CLI builds from its flags)."""
+    return build_defs(Settings(runs_dir=str(runs_dir)))
 
 
 def ms(day: str) -> int:
@@ -86,9 +96,12 @@ def test_path_only_month_completes(sample_db, runs_dir, dagster_instance):
     mat = event.asset_materialization
     assert mat.partition == month_run_key("2024-01", spec.run_id)
     assert mat.metadata["dagster/row_count"].value == paths.height
-    assert mat.metadata["hit_2x_rate"].value == pytest.approx(paths.get_column("hit_2x").mean())
-    assert mat.metadata["median_peak_multiple"].value == pytest.approx(paths.get_column("peak_multiple").median())
-    assert "dagster/column_schema" in mat.metadata
+    # Readable: a rate as a percentage with one decimal, a multiple with two.
+    assert mat.metadata["hit_2x_pct"].value == round(100 * paths.get_column("hit_2x").mean(), 1)
+    assert mat.metadata["median_peak_multiple"].value == round(paths.get_column("peak_multiple").median(), 2)
+    columns = {c.name: c.description for c in mat.metadata["dagster/column_schema"].value.columns}
+    assert columns["p0"].startswith("Entry price") and columns["hit_2x"] == "Whether a window candle's high reached 2x p0."
+    assert "run_status" not in mat.metadata
 
 
 def test_policy_month_completes_with_four_artifacts(sample_db, runs_dir, dagster_instance):
@@ -121,7 +134,7 @@ def test_month_outside_the_window_fails_and_writes_nothing(sample_db, runs_dir, 
     assert not (runs_dir / "2024-03").exists()
 
 
-def test_assets_materialized_in_separate_runs_complete_the_run(sample_db, runs_dir, dagster_instance):
+def test_assets_materialized_in_separate_runs_complete_the_run(defs, sample_db, runs_dir, dagster_instance):
     spec = new_spec(sample_db)
     create_run(spec, runs_dir=str(runs_dir), instance=dagster_instance)
     job = defs.resolve_job_def("path_only_job")
@@ -140,10 +153,10 @@ def test_assets_materialized_in_separate_runs_complete_the_run(sample_db, runs_d
     assert rd.manifest()["artifacts"]["paths"]["sha256"] == first
 
 
-def test_a_failed_step_is_recorded_and_recovered(sample_db, runs_dir, dagster_instance, tmp_path):
+def test_a_failed_step_is_recorded_and_recovered(defs, sample_db, runs_dir, dagster_instance, tmp_path):
     candles = tmp_path / "candles.duckdb"
     shutil.copy(sample_db, candles)
-    spec = new_spec(sample_db, source={"alerts": str(sample_db), "candles": str(candles)})
+    spec = new_spec(sample_db, candles=str(candles))
     create_run(spec, runs_dir=str(runs_dir), instance=dagster_instance)
     job = defs.resolve_job_def("path_only_job")
     key = month_run_key("2024-01", spec.run_id)
@@ -171,7 +184,7 @@ def test_a_failed_step_is_recorded_and_recovered(sample_db, runs_dir, dagster_in
 
 
 def test_a_bad_source_fails_before_any_run_directory(sample_db, runs_dir, dagster_instance, tmp_path):
-    spec = new_spec(sample_db, source={"alerts": str(sample_db), "candles": str(tmp_path / "missing.duckdb")})
+    spec = new_spec(sample_db, candles=str(tmp_path / "missing.duckdb"))
     create_run(spec, runs_dir=str(runs_dir), instance=dagster_instance)
     result = materialize_month(spec, "2024-01", runs_dir=str(runs_dir), instance=dagster_instance)
     assert result.status != "completed"
@@ -179,7 +192,7 @@ def test_a_bad_source_fails_before_any_run_directory(sample_db, runs_dir, dagste
     assert not (runs_dir / "2024-01").exists()
 
 
-def test_run_spec_is_immutable_through_dagster(sample_db, runs_dir, dagster_instance):
+def test_run_spec_is_immutable_through_dagster(defs, sample_db, runs_dir, dagster_instance):
     spec = new_spec(sample_db)
     create_run(spec, runs_dir=str(runs_dir), instance=dagster_instance)
     job = defs.resolve_job_def("run_spec_job")
@@ -231,7 +244,7 @@ def test_optimization_month_completes_with_a_ranked_frontier(sample_db, runs_dir
     assert result.headline["frontier"]["policies"] == 4
 
 
-def test_a_month_streamed_in_parts_writes_the_same_artifacts(sample_db, runs_dir, dagster_instance):
+def test_a_month_streamed_in_parts_writes_the_same_artifacts(defs, sample_db, runs_dir, dagster_instance):
     spec = new_spec(
         sample_db, "policy", policy_id="p", policy={"kind": "trailing_stop", "activation_bps": 2000, "trail_bps": 1500}
     )
@@ -286,3 +299,45 @@ def test_dagster_home_defaults_to_the_project_folder(tmp_path, monkeypatch):
     monkeypatch.setattr(launch, "project_root", lambda: None)
     with pytest.raises(QuantlabError, match="DAGSTER_HOME is unset"):
         launch.ensure_dagster_home()
+
+
+def test_every_check_of_a_policy_month_runs_and_passes(defs, sample_db, runs_dir, dagster_instance):
+    spec = new_spec(sample_db, "policy", policy_id="p", policy={"kind": "fixed_stop", "stop_loss_bps": 500})
+    create_run(spec, runs_dir=str(runs_dir), instance=dagster_instance)
+    result = defs.resolve_job_def("policy_job").execute_in_process(
+        instance=dagster_instance, partition_key=month_run_key("2024-01", spec.run_id)
+    )
+    evaluations = {(e.asset_key.path[-1], e.check_name): e for e in result.get_asset_check_evaluations()}
+    assert set(evaluations) == {
+        *((a, "manifest_consistent") for a in ("alerts", "paths", "trades", "summary")),
+        ("alerts", "call_id_unique"),
+        ("paths", "no_look_ahead"),
+        ("paths", "excluded_share"),
+        ("trades", "trades_match_paths"),
+        ("summary", "summary_matches_trades"),
+    }
+    assert all(e.passed for e in evaluations.values()), {k: e.metadata for k, e in evaluations.items() if not e.passed}
+    assert evaluations[("paths", "no_look_ahead")].metadata["p0_not_the_entry_open"].value == 0
+
+
+def test_a_look_ahead_blocks_the_trades(defs, sample_db, runs_dir, dagster_instance, monkeypatch):
+    """Paths whose p0 is not the entry open fail the blocking check: no trades are simulated."""
+    from quantlab_pipeline.orchestration import assets
+
+    real = assets.compute_paths
+
+    def peeking(*args, **kwargs):
+        result = real(*args, **kwargs)
+        return dataclasses.replace(result, paths=result.paths.with_columns(pl.col("p0") * 1.01))
+
+    monkeypatch.setattr(assets, "compute_paths", peeking)
+    spec = new_spec(sample_db, "policy", policy_id="p", policy={"kind": "fixed_stop", "stop_loss_bps": 500})
+    create_run(spec, runs_dir=str(runs_dir), instance=dagster_instance)
+    result = defs.resolve_job_def("policy_job").execute_in_process(
+        instance=dagster_instance, partition_key=month_run_key("2024-01", spec.run_id), raise_on_error=False
+    )
+    assert not result.success
+    [check] = [e for e in result.get_asset_check_evaluations() if e.check_name == "no_look_ahead"]
+    assert not check.passed and check.metadata["p0_not_the_entry_open"].value > 0
+    rd = RunDirectory(runs_dir, "2024-01", spec.run_id)
+    assert not (rd.path / "policy/trades.parquet").exists() and not (rd.path / "_SUCCESS").exists()

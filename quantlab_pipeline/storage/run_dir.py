@@ -23,7 +23,6 @@ import pyarrow.parquet as pq
 from filelock import FileLock
 
 from quantlab_pipeline.core.errors import ErrorRecord, QuantlabError
-from quantlab_pipeline.core.run_creation import package_version
 from quantlab_pipeline.core.spec import RunSpec, utc_now_iso, validate_month, validate_run_id
 from quantlab_pipeline.storage.atomic import (
     atomic_write_bytes,
@@ -43,6 +42,8 @@ from quantlab_pipeline.storage.layout import (
     SUCCESS_MARKER,
     run_dir_path,
 )
+from quantlab_pipeline.storage.manifest import InvalidJSONFile, read_json_object
+from quantlab_pipeline.storage.run_creation import package_version
 
 LOCKS_DIR = "_locks"
 
@@ -123,10 +124,12 @@ class RunDirectory:
         path = Path(path)
         manifest_path = path / MANIFEST if path.is_dir() else path
         try:
-            return json.loads(manifest_path.read_bytes())
+            return read_json_object(manifest_path)[1]
         except FileNotFoundError:
             raise QuantlabError(f"{manifest_path}: no manifest (run.json) found") from None
-        except (OSError, ValueError) as exc:
+        except InvalidJSONFile as exc:
+            raise QuantlabError(f"{manifest_path}: unreadable manifest: {exc.reason}") from None
+        except OSError as exc:
             raise QuantlabError(f"{manifest_path}: unreadable manifest: {exc}") from None
 
     def manifest(self) -> dict[str, Any] | None:
