@@ -18,6 +18,7 @@ from rich.table import Table
 
 from quantlab_pipeline.cli.console import console, err_console, user_errors
 from quantlab_pipeline.cli.options import runs_dir_option
+from quantlab_pipeline.cli.walkforward import print_walk_forward
 from quantlab_pipeline.core import display
 from quantlab_pipeline.core.errors import SpecError
 from quantlab_pipeline.core.spec_builder import (
@@ -82,7 +83,24 @@ def _policy_options(fn: Callable) -> Callable:
     return click.option("--policy-id", default=None, help="Name of the policy (stored with the run).")(fn)
 
 
+def _features_option(fn: Callable) -> Callable:
+    return click.option(
+        "--no-features", is_flag=True, help="Skip features/features.parquet (per-call pre-alert features)."
+    )(fn)
+
+
 def _sweep_options(fn: Callable) -> Callable:
+    fn = click.option(
+        "--train-months",
+        type=click.IntRange(min=1),
+        default=None,
+        help="Walk-forward: months the policy is selected on before each tested month [default: 1].",
+    )(fn)
+    fn = click.option(
+        "--walk-forward",
+        is_flag=True,
+        help="Also select the best policy on the months before each month and test it on that month.",
+    )(fn)
     fn = click.option("--per-caller", is_flag=True, help="Also rank policies for each caller.")(fn)
     return click.option(
         "--sweep", default=None, help="Policy grid JSON, inline or @grid.json (default: the built-in grid)."
@@ -91,6 +109,8 @@ def _sweep_options(fn: Callable) -> Callable:
 
 def _request(run_type: str, opts: dict[str, Any]) -> SpecRequest:
     """The flags as a spec request; the builder decides what the run type needs or refuses."""
+    if opts.get("train_months") is not None and not opts.get("walk_forward"):
+        raise SpecError("--train-months: only with --walk-forward")
     return SpecRequest(
         run_type=run_type,
         alerts=opts["alerts"],
@@ -108,6 +128,8 @@ def _request(run_type: str, opts: dict[str, Any]) -> SpecRequest:
         slippage_bps=opts.get("slippage_bps"),
         sweep=opts.get("sweep"),
         per_caller=bool(opts.get("per_caller")),
+        features=not opts.get("no_features"),
+        train_months=(opts.get("train_months") or 1) if opts.get("walk_forward") else None,
     )
 
 
@@ -123,6 +145,8 @@ _FLAGS = {
     "slippage_bps": "--slippage-bps",
     "sweep": "--sweep",
     "per_caller": "--per-caller",
+    "features": "--no-features",
+    "train_months": "--walk-forward",
 }
 
 
@@ -230,12 +254,14 @@ def _backtest(run_type: str, opts: dict[str, Any]) -> None:
     for r in results:
         console.print(f"  {r.month}: {r.run_dir}")
     console.print(_headline_table(run_type, results))
+    print_walk_forward(spec, results, runs_dir=opts["runs_dir"])
     if any(r.status != "completed" for r in results):
         raise SystemExit(1)
 
 
 @click.command("path-only")
 @_run_options
+@_features_option
 @user_errors
 def path_only(**opts: Any) -> None:
     """Truth layer only: per call, entry, multiples hit, peak and drawdowns."""
@@ -245,6 +271,7 @@ def path_only(**opts: Any) -> None:
 @click.command("policy")
 @_run_options
 @_policy_options
+@_features_option
 @_execution_options
 @user_errors
 def policy(**opts: Any) -> None:
@@ -270,14 +297,15 @@ def optimize(**opts: Any) -> None:
 @_policy_options
 @_execution_options
 @_sweep_options
+@_features_option
 @user_errors
 def runs_create(run_type: str, **opts: Any) -> None:
     """Create a run (spec + partition) for `dagster asset materialize`; prints the commands to run."""
-    from quantlab_pipeline.storage.layout import REQUIRED_ARTIFACTS
+    from quantlab_pipeline.storage.layout import required_artifacts
 
     spec, months, _ = _create(run_type, opts)
     console.print(spec.run_id)
-    selection = ",".join(REQUIRED_ARTIFACTS[run_type])
+    selection = ",".join(required_artifacts(run_type, spec.to_dict()))
     err_console.print(f"[dim]Created {run_type} run {spec.run_id}; materialize each month with:[/dim]")
     for month in months:
         err_console.print(

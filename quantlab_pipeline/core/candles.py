@@ -41,6 +41,9 @@ class Candles:
     high: np.ndarray
     low: np.ndarray
     close: np.ndarray
+    # float64 traded volume (NaN where the source had none); only the features read it, so
+    # candles built without it (kernel tests) leave it None and volume features are null.
+    volume: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.ts.shape[0])
@@ -48,7 +51,8 @@ class Candles:
     @property
     def nbytes(self) -> int:
         """Bytes held by the column arrays (the in-memory size of the candles)."""
-        return sum(a.nbytes for a in (self.offsets, self.ts, self.open, self.high, self.low, self.close))
+        columns = (self.offsets, self.ts, self.open, self.high, self.low, self.close, self.volume)
+        return sum(a.nbytes for a in columns if a is not None)
 
     def mint_index(self, mints: Sequence[str] | pl.Series) -> np.ndarray:
         """Row index into `offsets` for each mint; -1 where the mint has no candles."""
@@ -75,7 +79,8 @@ class Candles:
 
     @classmethod
     def from_frame(cls, frame: pl.DataFrame) -> Candles:
-        """Build from clean rows (`mint, ts_ms, open, high, low, close`); sorts, does not validate."""
+        """Build from clean rows (`mint, ts_ms, open, high, low, close`, optional `volume`); sorts,
+        does not validate."""
         frame = frame.sort("mint", "ts_ms")
         groups = frame.group_by("mint", maintain_order=True).len()
         mints, counts = groups.get_column("mint").to_list(), groups.get_column("len").to_numpy()
@@ -93,12 +98,15 @@ class Candles:
             high=col("high", np.float64),
             low=col("low", np.float64),
             close=col("close", np.float64),
+            volume=col("volume", np.float64) if "volume" in frame.columns else None,
         )
 
     @classmethod
     def empty(cls) -> Candles:
         z = np.zeros(0, dtype=np.float64)
-        return cls((), np.zeros(1, dtype=np.int64), np.zeros(0, dtype=np.int64), z, z.copy(), z.copy(), z.copy())
+        return cls(
+            (), np.zeros(1, dtype=np.int64), np.zeros(0, dtype=np.int64), z, z.copy(), z.copy(), z.copy(), z.copy()
+        )
 
 
 def plan_chunks(alerts: pl.DataFrame, *, candles_per_alert: int, max_candles: int) -> list[pl.DataFrame]:

@@ -120,7 +120,7 @@ def clean_candles(
     dup = np.zeros(n_mints, dtype=np.int64)
     conflicting = np.zeros(n_mints, dtype=np.int64)
     kept = clean_groups(offsets, ts, op, hi, lo, cl, vol, new_offsets, bad, dup, conflicting)
-    candles = Candles(tuple(mints), new_offsets, ts[:kept], op[:kept], hi[:kept], lo[:kept], cl[:kept])
+    candles = Candles(tuple(mints), new_offsets, ts[:kept], op[:kept], hi[:kept], lo[:kept], cl[:kept], vol[:kept])
     return CandlesInput(candles=candles, errors=candle_errors(mints, interval, bad, dup, conflicting))
 
 

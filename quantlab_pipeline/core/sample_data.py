@@ -7,6 +7,10 @@ memory. The mess is deliberate — every data-quality rule of README "Inputs" an
 has rows to act on: gaps, tokens without candles, late first candles (delayed entries and
 `no_entry`), repeated call ids (same month and across months), null call ids (derived ids), null
 mints, a null timestamp, bad candles, and identical and conflicting duplicate candles.
+
+Most tokens also trade before their first call (README "Features"): `HISTORY_SHARE` of them have
+26 to 48 hours of candles before it, the rest are brand new. The history comes from its own
+random stream, so the candles from the first call on are the same with or without it.
 """
 
 from __future__ import annotations
@@ -37,6 +41,9 @@ CHAINS = ("solana", "base")
 HORIZON_MS = 5 * 86_400_000  # every call's token gets five days of candles after it
 _BASE_INTERVAL_MS = 300_000  # path parameters are written for 5-minute candles, then rescaled
 _TOKENS_PER_BLOCK = 1_000
+HISTORY_SHARE = 0.85  # tokens with candles before their first call; the others are brand new
+HISTORY_HOURS = (26, 48)  # how far back their candles go
+_HISTORY_STREAM = 1  # the history's random stream: np.random.default_rng([seed, _HISTORY_STREAM])
 _BASE58 = np.frombuffer(b"123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz", dtype=np.uint8)
 
 
@@ -280,6 +287,46 @@ def _candle_block(
     return _to_arrow(tokens, sel, cols), _to_arrow(tokens, sel, dups)
 
 
+def _history_block(
+    rng: np.random.Generator, tokens: _Tokens, sel: np.ndarray, block: pa.Table, step_ms: int
+) -> pa.Table:
+    """Candles before the first call of the tokens `sel`: a quieter random walk that ends at the
+    open of the token's first candle in `block`, up to the interval boundary before the call."""
+    n_tok = sel.size
+    hours = rng.uniform(*HISTORY_HOURS, n_tok)
+    n_per = np.where(rng.random(n_tok) < HISTORY_SHARE, (hours * 3_600_000 // step_ms).astype(np.int64), 0)
+    tok_of_row = block.column("mint").combine_chunks().indices.to_numpy()
+    seen, first = np.unique(tok_of_row, return_index=True)
+    has_rows = np.zeros(n_tok, dtype=bool)
+    has_rows[seen] = True
+    n_per[~has_rows] = 0  # every candle of the token was dropped: nothing to anchor on
+    anchor = np.ones(n_tok)
+    anchor[seen] = block.column("open").to_numpy()[first]
+
+    total = int(n_per.sum())
+    tok = np.repeat(np.arange(n_tok), n_per)
+    ends = np.cumsum(n_per)
+    back = np.repeat(ends, n_per) - np.arange(total)  # candles from this one to the first call: n..1
+    scale = step_ms / _BASE_INTERVAL_MS
+    sigma = rng.uniform(0.004, 0.012, n_tok) * np.sqrt(scale)
+    steps = rng.standard_normal(total) * sigma[tok]
+    # The last history candle closes at the anchor (the next candle's open); each earlier close is
+    # the anchor walked back through the log returns of the candles after it: with `walked` the
+    # sum of a token's steps from this candle to its last, log close = log anchor - (walked - step).
+    suffix = np.concatenate([np.cumsum(steps[::-1])[::-1], [0.0]])
+    walked = suffix[:-1] - np.repeat(suffix[ends], n_per)
+    close = anchor[tok] * np.exp(-(walked - steps))
+    open_ = close * np.exp(-steps)
+    wick = sigma[tok] * 0.6
+    high = np.maximum(open_, close) * np.exp(np.abs(rng.standard_normal(total)) * wick)
+    low = np.minimum(open_, close) * np.exp(-np.abs(rng.standard_normal(total)) * wick)
+    volume = np.exp(rng.normal(6.5, 1.0, total)) * (1.0 + 40.0 * np.abs(steps))
+    ts = tokens.first_candle_ts[sel][tok] - back * step_ms
+    keep = rng.random(total) >= 0.003
+    cols = {"tok": tok, "ts": ts, "open": open_, "high": high, "low": low, "close": close, "volume": volume}
+    return _to_arrow(tokens, sel, {k: v[keep] for k, v in cols.items()})
+
+
 def _to_arrow(tokens: _Tokens, sel: np.ndarray, cols: dict[str, np.ndarray]) -> pa.Table:
     """Mint and chain as dictionary columns: one string per token, not per candle."""
     tok = cols["tok"].astype(np.int32)
@@ -314,14 +361,22 @@ def generate_sample_tables(
         raise SpecError(f"interval: {interval!r} does not divide the 5-day horizon of the sample candles")
     rng = np.random.default_rng(seed)
     alerts, tokens = _alerts_and_tokens(rng, months, alerts_per_month, step_ms)
-    return SampleTables(tuple(months), interval, alerts, _candle_blocks(rng, tokens, step_ms), int(tokens.mint.size))
+    history = np.random.default_rng([seed, _HISTORY_STREAM])
+    blocks = _candle_blocks(rng, history, tokens, step_ms)
+    return SampleTables(tuple(months), interval, alerts, blocks, int(tokens.mint.size))
 
 
-def _candle_blocks(rng: np.random.Generator, tokens: _Tokens, step_ms: int) -> Iterator[pa.Table]:
+def _candle_blocks(
+    rng: np.random.Generator, history: np.random.Generator, tokens: _Tokens, step_ms: int
+) -> Iterator[pa.Table]:
+    """Per block of tokens their history, then their candles from the first call on (so a mint's
+    rows arrive in time order), then all the duplicate re-deliveries."""
     with_candles = np.flatnonzero(tokens.has_candles)
     duplicates = []
     for lo in range(0, with_candles.size, _TOKENS_PER_BLOCK):
-        block, dups = _candle_block(rng, tokens, with_candles[lo : lo + _TOKENS_PER_BLOCK], step_ms)
+        sel = with_candles[lo : lo + _TOKENS_PER_BLOCK]
+        block, dups = _candle_block(rng, tokens, sel, step_ms)
+        yield _history_block(history, tokens, sel, block, step_ms)
         yield block
         duplicates.append(dups)
     if duplicates:

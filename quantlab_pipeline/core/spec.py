@@ -174,6 +174,7 @@ class RunSpec(_Strict):
     policy: dict[str, Any] | None = None
     execution: Execution = Execution()
     sweep: dict[str, Any] | list[Any] | None = None
+    features: bool = True  # path-only and policy runs: write features/features.parquet (README "Features")
     provenance: Provenance = Provenance()
 
     @field_validator("run_id")

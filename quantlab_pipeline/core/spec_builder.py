@@ -26,9 +26,9 @@ DEFAULT_SLIPPAGE_BPS: float = Execution.model_fields["slippage_bps"].default
 
 # Which optional request fields each run type accepts (anything else given is refused).
 _ACCEPTS: dict[str, frozenset[str]] = {
-    "path-only": frozenset(),
-    "policy": frozenset({"policy_id", "policy", "fee_bps", "slippage_bps"}),
-    "optimization": frozenset({"sweep", "per_caller", "fee_bps", "slippage_bps"}),
+    "path-only": frozenset({"features"}),
+    "policy": frozenset({"policy_id", "policy", "fee_bps", "slippage_bps", "features"}),
+    "optimization": frozenset({"sweep", "per_caller", "fee_bps", "slippage_bps", "train_months"}),
 }
 _REQUIRES: dict[str, tuple[str, ...]] = {"path-only": (), "policy": ("policy_id", "policy"), "optimization": ()}
 
@@ -54,13 +54,19 @@ class SpecRequest:
     slippage_bps: float | None = None
     sweep: dict[str, Any] | list[Any] | str | None = None
     per_caller: bool = False
+    features: bool = True  # False: skip features/features.parquet
+    train_months: int | None = None  # walk-forward optimization over K training months
 
     def given(self) -> set[str]:
-        return {
-            name
-            for name in ("policy_id", "policy", "fee_bps", "slippage_bps", "sweep")
-            if getattr(self, name) is not None
-        } | ({"per_caller"} if self.per_caller else set())
+        return (
+            {
+                name
+                for name in ("policy_id", "policy", "fee_bps", "slippage_bps", "sweep", "train_months")
+                if getattr(self, name) is not None
+            }
+            | ({"per_caller"} if self.per_caller else set())
+            | (set() if self.features else {"features"})
+        )
 
 
 def resolve_path(path: str, base_dir: str) -> str:
@@ -108,18 +114,24 @@ def build_spec(request: SpecRequest, *, run_id: str, created_at: str, provenance
         fields["execution"] = execution
     if request.run_type == "optimization":
         sweep = json_text.loads(request.sweep, field="sweep") if isinstance(request.sweep, str) else request.sweep
-        fields["sweep"] = _sweep_with_per_caller(sweep, request.per_caller)
+        fields["sweep"] = _sweep_with_flags(sweep, request.per_caller, request.train_months)
+    else:
+        fields["features"] = request.features
     return RunSpec.from_dict(fields)
 
 
-def _sweep_with_per_caller(sweep: dict[str, Any] | list[Any] | None, per_caller: bool) -> Any:
-    """`--per-caller` (or the launchpad's `per_caller`) folded into the sweep spec."""
-    if not per_caller:
+def _sweep_with_flags(sweep: dict[str, Any] | list[Any] | None, per_caller: bool, train_months: int | None) -> Any:
+    """`--per-caller` and `--walk-forward --train-months` (or the launchpad's fields) folded into
+    the sweep spec."""
+    flags: dict[str, Any] = {"per_caller": True} if per_caller else {}
+    if train_months is not None:
+        flags["walk_forward"] = {"train_months": train_months}
+    if not flags:
         return sweep
     if sweep is None:
-        return {"per_caller": True}
+        return flags
     if isinstance(sweep, list):
-        return {"templates": sweep, "per_caller": True}
+        return {"templates": sweep, **flags}
     if isinstance(sweep, dict):
-        return {**sweep, "per_caller": True}
+        return {**sweep, **flags}
     raise SpecError(f"sweep: expected a list of policy templates or an object, got {type(sweep).__name__}")

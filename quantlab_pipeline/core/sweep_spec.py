@@ -2,8 +2,8 @@
 the constraints a policy must meet, and the objective it is ranked by.
 
 A sweep spec is `None` (the default grid below), a list of policy templates, or
-`{"templates": [...], "per_caller": bool, "constraints": {...}, "objective": "..."}` with every
-key optional. A template is a policy whose scalar fields (numbers, durations, and the `multiple` /
+`{"templates": [...], "per_caller": bool, "constraints": {...}, "objective": "...",
+"walk_forward": {"train_months": K}}` with every key optional (README "Walk-forward optimization"). A template is a policy whose scalar fields (numbers, durations, and the `multiple` /
 `fraction` of ladder levels, in combos too) may be lists of alternatives; the grid is their
 cartesian product, `null` in a list meaning "this optional field absent". Each grid point is
 validated by `parse_policy`; equal policies (same `policy_id`) are kept once, first wins.
@@ -89,6 +89,7 @@ DEFAULT_GRID: tuple[dict[str, Any], ...] = (
 )
 OBJECTIVES: tuple[str, ...] = ("median_return_bps", "avg_return_bps", "p95_mae_bps", "avg_tail_capture")
 MAX_POLICIES = 2_000
+MAX_TRAIN_MONTHS = 24
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,7 @@ class Sweep:
     per_caller: bool = False
     constraints: Constraints = field(default_factory=Constraints)
     objective: str = "median_return_bps"
+    train_months: int | None = None  # walk-forward: months selected on before each tested month
 
 
 def parse_sweep(value: dict[str, Any] | list[Any] | None, *, root: str = "sweep") -> Sweep:
@@ -118,7 +120,7 @@ def parse_sweep(value: dict[str, Any] | list[Any] | None, *, root: str = "sweep"
         return Sweep(policies=_grid(value, root))
     if not isinstance(value, dict):
         raise SpecError(f"{root}: expected a list of policy templates or an object, got {type(value).__name__}")
-    allowed = ("templates", "per_caller", "constraints", "objective")
+    allowed = ("templates", "per_caller", "constraints", "objective", "walk_forward")
     for key in value:
         if key not in allowed:
             raise SpecError(f"{root}.{key}: unknown key (allowed: {', '.join(allowed)})")
@@ -138,7 +140,19 @@ def parse_sweep(value: dict[str, Any] | list[Any] | None, *, root: str = "sweep"
         per_caller=per_caller,
         constraints=_parse_constraints(value.get("constraints") or {}, f"{root}.constraints"),
         objective=objective,
+        train_months=_parse_walk_forward(value.get("walk_forward"), f"{root}.walk_forward"),
     )
+
+
+def _parse_walk_forward(raw: Any, path: str) -> int | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or set(raw) - {"train_months"}:
+        raise SpecError(f'{path}: expected {{"train_months": K}}, got {raw!r}')
+    months = raw.get("train_months", 1)
+    if isinstance(months, bool) or not isinstance(months, int) or not 1 <= months <= MAX_TRAIN_MONTHS:
+        raise SpecError(f"{path}.train_months: expected an integer from 1 to {MAX_TRAIN_MONTHS}, got {months!r}")
+    return months
 
 
 def _parse_constraints(raw: Any, path: str) -> Constraints:

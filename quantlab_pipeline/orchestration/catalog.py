@@ -37,7 +37,7 @@ CATALOG_POOL = "catalog"
     # One lineage graph: the catalog indexes what the backtest assets write.
     deps=[
         AssetDep(name, partition_mapping=AllPartitionMapping())
-        for name in ("alerts", "paths", "trades", "summary", "frontier")
+        for name in ("alerts", "paths", "features", "trades", "summary", "frontier", "walkforward")
     ],
     owners=[OWNER],
     kinds={"duckdb"},

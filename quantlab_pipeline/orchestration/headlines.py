@@ -130,3 +130,30 @@ def frontier_headline(frame: pl.DataFrame, charts_markdown: str) -> dict[str, An
         ],
     )
     return {**headline, "headline": MetadataValue.md(f"{table}\n\n{charts_markdown}")}
+
+
+def features_headline(frame: pl.DataFrame) -> dict[str, Any]:
+    """How much history the calls had: the share with a 24 h return and with a prior caller record."""
+    return {
+        "calls": frame.height,
+        "with_24h_history_pct": percent(_mean(frame, pl.col("ret_24h_bps").is_not_null())),
+        "with_caller_record_pct": percent(_mean(frame, pl.col("caller_prior_resolved") > 0)),
+        "median_ret_1h_bps": rounded_bps(_median(frame, pl.col("ret_1h_bps"))),
+    }
+
+
+def walkforward_headline(frame: pl.DataFrame) -> dict[str, Any]:
+    """The all-callers selection of a tested month: what was chosen, its score in and out of sample."""
+    overall = frame.filter(pl.col("caller_name").is_null())
+    if overall.height == 0:
+        return {"tested": False}
+    row = overall.row(0, named=True)
+    return {
+        "tested": True,
+        "train_months": row["train_months"],
+        "selected_policy_id": row["policy_id"],
+        "selected_policy": row["policy_params"],
+        "in_sample_score": rounded_bps(row["is_objective_score"]),
+        "out_of_sample_score": rounded_bps(row["oos_objective_score"]),
+        "score_gap": rounded_bps(row["score_gap"]),
+    }

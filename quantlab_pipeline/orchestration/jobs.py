@@ -1,4 +1,8 @@
-"""One job per run type (the artifacts that complete it, DESIGN §3) and the spec job."""
+"""One job per run type (the artifacts that complete it, README "What a run writes") and the spec job.
+
+`features` and `walkforward` are in the jobs of the run types they can apply to; a run whose spec
+turns them off materializes nothing for them (`orchestration.research`).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ from dagster import AssetSelection, define_asset_job
 
 from quantlab_pipeline.orchestration.assets import alerts, frontier, paths, run_spec, summary, trades
 from quantlab_pipeline.orchestration.partitions import month_run_partitions, run_partitions
+from quantlab_pipeline.orchestration.research import features, walkforward
 
 run_spec_job = define_asset_job(
     "run_spec_job",
@@ -15,21 +20,22 @@ run_spec_job = define_asset_job(
 )
 path_only_job = define_asset_job(
     "path_only_job",
-    selection=AssetSelection.assets(alerts, paths),
+    selection=AssetSelection.assets(alerts, paths, features),
     partitions_def=month_run_partitions,
-    description="A path-only run for one month: alerts and the truth layer.",
+    description="A path-only run for one month: alerts, the truth layer and features.",
 )
 policy_job = define_asset_job(
     "policy_job",
-    selection=AssetSelection.assets(alerts, paths, trades, summary),
+    selection=AssetSelection.assets(alerts, paths, features, trades, summary),
     partitions_def=month_run_partitions,
-    description="A policy run for one month: alerts, truth layer, trades and summary.",
+    description="A policy run for one month: alerts, truth layer, features, trades and summary.",
 )
 optimization_job = define_asset_job(
     "optimization_job",
-    selection=AssetSelection.assets(alerts, paths, frontier),
+    selection=AssetSelection.assets(alerts, paths, frontier, walkforward),
     partitions_def=month_run_partitions,
-    description="An optimization run for one month: alerts, truth layer and the policy frontier.",
+    description="An optimization run for one month: alerts, truth layer, the policy frontier and, "
+    "with walk-forward, its validation on the month.",
 )
 
 JOB_BY_RUN_TYPE = {

@@ -10,9 +10,11 @@ from dagster import ConfigurableResource
 from pydantic import Field, PrivateAttr
 
 from quantlab_pipeline.core.candles import Candles, plan_chunks
+from quantlab_pipeline.core.features import LOOKBACK_MS
 from quantlab_pipeline.core.inputs import CandlesInput
 from quantlab_pipeline.core.spec import RunSpec
 from quantlab_pipeline.sources.candles import read_candles
+from quantlab_pipeline.storage.layout import required_artifacts
 from quantlab_pipeline.storage.run_dir import RunDirectory
 
 
@@ -46,11 +48,18 @@ def _alert_span(alerts: pl.DataFrame) -> tuple[int, int]:
     return int(first), int(last)
 
 
+def lookback_ms(spec: RunSpec) -> int:
+    """How far before its first alert a partition's candles are read: the features' look-back
+    when the run writes features (README "Features"), else nothing."""
+    return LOOKBACK_MS if "features" in required_artifacts(spec.run_type, spec.to_dict()) else 0
+
+
 class CandleStoreResource(ConfigurableResource):
     """Reads the candles a partition needs: once per Dagster run, or in parts for large months.
 
-    `paths`, `trades` and `frontier` of one partition need the same candles (the alerts' mints over
-    the alerts' time span plus the horizon). A month whose estimated candles fit in
+    `paths`, `features`, `trades` and `frontier` of one partition need the same candles (the
+    alerts' mints over the alerts' time span plus the horizon, and the features' look-back before
+    it: one read serves them all). A month whose estimated candles fit in
     `max_chunk_candles` is read whole, once: with the in-process executor all steps of a run share
     this resource, so the read is kept and reused, and dropped when the run ends. A larger month
     is streamed in parts of whole mints (`core.candles.plan_chunks`), so peak memory is bounded
@@ -66,7 +75,8 @@ class CandleStoreResource(ConfigurableResource):
         """`(alerts of the part, their candles)` for each part of the partition."""
         plan = plan_chunks(
             alerts,
-            candles_per_alert=spec.horizon_ms // spec.interval_ms + spec.truth.max_entry_delay_candles,
+            candles_per_alert=(spec.horizon_ms + lookback_ms(spec)) // spec.interval_ms
+            + spec.truth.max_entry_delay_candles,
             max_candles=self.max_chunk_candles,
         )
         if len(plan) == 1:
@@ -88,13 +98,21 @@ class CandleStoreResource(ConfigurableResource):
             spec.source.candles_source,
             mints=alerts.get_column("mint").unique().to_list(),
             interval=spec.interval,
-            start_ms=first,
+            start_ms=first - lookback_ms(spec),
             end_ms=last + spec.horizon_ms,
         )
 
     def _read_shared(self, spec: RunSpec, alerts: pl.DataFrame) -> CandlesInput:
         mints = tuple(sorted(alerts.get_column("mint").unique().to_list()))
-        key = (spec.source.candles_source, spec.interval, spec.horizon_ms, _alert_span(alerts), hash(mints), len(mints))
+        key = (
+            spec.source.candles_source,
+            spec.interval,
+            spec.horizon_ms,
+            lookback_ms(spec),
+            _alert_span(alerts),
+            hash(mints),
+            len(mints),
+        )
         if key != self._cache_key or self._cache_value is None:
             self._forget()  # free the previous month before reading the next
             self._cache_value = self._read(spec, alerts)

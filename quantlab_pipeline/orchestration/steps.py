@@ -21,7 +21,7 @@ from quantlab_pipeline.core.errors import ErrorRecord
 from quantlab_pipeline.core.spec import RunSpec, utc_now_iso
 from quantlab_pipeline.orchestration.partitions import split_month_run_key
 from quantlab_pipeline.orchestration.resources import RunStoreResource
-from quantlab_pipeline.storage.layout import REQUIRED_ARTIFACTS
+from quantlab_pipeline.storage.layout import required_artifacts
 from quantlab_pipeline.storage.run_dir import LoadedArtifact
 
 # The CLI attaches a handler here to print one progress line per month and step.
@@ -94,7 +94,7 @@ def artifact_step(
     """
     month, run_id = split_month_run_key(context.partition_key)
     artifact = context.asset_key.path[-1]
-    if artifact not in REQUIRED_ARTIFACTS[spec.run_type]:  # e.g. "Materialize all" on a path-only run
+    if artifact not in required_artifacts(spec.run_type, spec.to_dict()):  # e.g. "Materialize all" on a path-only run
         raise Failure(
             description=f"{artifact} does not apply to run {run_id} ({spec.run_type}); nothing was changed",
             allow_retries=False,

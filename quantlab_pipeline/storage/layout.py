@@ -1,9 +1,11 @@
-"""Where everything lives on disk (DESIGN §4) and which artifacts complete which run type (§3)."""
+"""Where everything lives on disk (README "What a run writes") and which artifacts complete a run."""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from quantlab_pipeline.core.spec import RUN_ID_RE, validate_month, validate_run_id
 
@@ -27,6 +29,7 @@ ARTIFACT_PATHS: dict[str, str] = {
     "trades": "policy/trades.parquet",
     "summary": "results/summary.parquet",
     "frontier": "results/frontier.parquet",
+    "walkforward": "results/walkforward.parquet",
     "errors": "errors/errors.parquet",
 }
 
@@ -38,6 +41,9 @@ ARTIFACT_INPUTS: dict[str, tuple[str, ...]] = {
     "trades": ("alerts", "paths"),
     "summary": ("alerts", "paths", "trades"),
     "frontier": ("alerts", "paths"),
+    "features": ("alerts", "paths"),
+    # and the previous months' frontiers, recorded in the artifact's Parquet metadata
+    "walkforward": ("frontier",),
     "errors": (),
 }
 
@@ -46,6 +52,24 @@ REQUIRED_ARTIFACTS: dict[str, tuple[str, ...]] = {
     "policy": ("alerts", "paths", "trades", "summary"),
     "optimization": ("alerts", "paths", "frontier"),
 }
+
+
+def required_artifacts(run_type: str, spec: Mapping[str, Any] | None) -> tuple[str, ...]:
+    """What completes a month of a run, given its stored spec (`RunSpec.to_dict()`, the
+    manifest's `spec`): `REQUIRED_ARTIFACTS` plus `features` for path-only and policy runs unless
+    the spec says `features: false`, plus `walkforward` for a walk-forward optimization.
+
+    A spec written before features existed has no `features` key and is complete without them.
+    """
+    spec = spec or {}
+    required = REQUIRED_ARTIFACTS[run_type]
+    if run_type in ("path-only", "policy") and spec.get("features", False):
+        required = (*required, "features")
+    sweep = spec.get("sweep")
+    if run_type == "optimization" and isinstance(sweep, Mapping) and sweep.get("walk_forward") is not None:
+        required = (*required, "walkforward")
+    return required
+
 
 RUN_DIR_RE = re.compile(r"^run_id=(?P<run_id>.+)$")
 MONTH_DIR_RE = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")

@@ -104,7 +104,7 @@ def clean_groups(offsets, ts, op, hi, lo, cl, vol, new_offsets, bad, dup, confli
     Needs each group sorted by `ts` (`sort_groups`). Writes the kept groups' bounds to
     `new_offsets` and counts per group `g`: `bad[g]` dropped invalid rows, `dup[g]` dropped valid
     duplicates, of which `conflicting[g]` differed from the kept row. Returns the number of rows
-    kept (the first rows of `ts, op, hi, lo, cl`; `vol` is only read).
+    kept (the first rows of `ts, op, hi, lo, cl, vol`).
     """
     w = 0
     new_offsets[0] = 0
@@ -141,6 +141,7 @@ def clean_groups(offsets, ts, op, hi, lo, cl, vol, new_offsets, bad, dup, confli
                 hi[w] = hi[best]
                 lo[w] = lo[best]
                 cl[w] = cl[best]
+                vol[w] = vol[best]
                 w += 1
             i = j
         new_offsets[g + 1] = w

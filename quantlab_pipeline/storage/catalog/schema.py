@@ -11,7 +11,7 @@ import pyarrow as pa
 from quantlab_pipeline.core.errors import QuantlabError
 from quantlab_pipeline.storage.layout import ARTIFACT_PATHS
 
-CATALOG_SCHEMA_VERSION = "1"
+CATALOG_SCHEMA_VERSION = "2"  # 2: timing_walkforward_ms
 CATALOG_STATUSES: tuple[str, ...] = ("completed", "failed")  # the catalog holds terminal runs only
 MANIFEST_STATUSES = ("running", "completed", "failed")
 ARTIFACT_TYPES: tuple[str, ...] = tuple(ARTIFACT_PATHS)

@@ -1,0 +1,62 @@
+"""The closing walk-forward table of `quantlab backtest optimize --walk-forward` and the window's
+overfitting gap (README "Walk-forward optimization")."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+from rich.table import Table
+
+from quantlab_pipeline.cli.console import console
+from quantlab_pipeline.core import display
+from quantlab_pipeline.core.errors import QuantlabError
+from quantlab_pipeline.core.spec import RunSpec
+from quantlab_pipeline.core.sweep_spec import parse_sweep
+from quantlab_pipeline.core.walkforward import window_gap
+from quantlab_pipeline.storage.run_dir import RunDirectory
+
+
+def print_walk_forward(spec: RunSpec, results: list[Any], *, runs_dir: str | Path) -> None:
+    """Per tested month the selection in and out of sample, then the window's gap; nothing for
+    runs without walk-forward. Months that did not complete are left out (their status is above)."""
+    if spec.run_type != "optimization" or parse_sweep(spec.sweep).train_months is None:
+        return
+    rows, frontiers = [], []
+    for result in results:
+        if result.status != "completed":
+            continue
+        directory = RunDirectory(runs_dir, result.month, spec.run_id)
+        try:
+            rows.append(directory.read_artifact("walkforward").frame)
+            frontiers.append(directory.read_artifact("frontier").frame.with_columns(month=pl.lit(result.month)))
+        except QuantlabError as exc:
+            console.print(f"[red]walk-forward {result.month}: {exc}[/red]")
+    walkforward = pl.concat(rows) if rows else pl.DataFrame()
+    if walkforward.height == 0:
+        console.print("Walk-forward: no month of the window has its training months before it in the window.")
+        return
+    objective = walkforward.get_column("objective")[0]
+    table = Table(title=f"Walk-forward (objective {objective}, all callers)", title_justify="left")
+    for name in ("Month", "Trained on", "Selected policy", "In-sample", "Out-of-sample", "Gap"):
+        table.add_column(name, justify="left" if name in ("Month", "Trained on", "Selected policy") else "right")
+    for r in walkforward.filter(pl.col("caller_name").is_null()).iter_rows(named=True):
+        table.add_row(
+            r["month"],
+            r["train_months"],
+            r["policy_id"] or "no feasible policy",
+            display.bps(r["is_objective_score"]),
+            display.bps(r["oos_objective_score"]),
+            display.bps(r["score_gap"]),
+        )
+    console.print(table)
+    gap = window_gap(walkforward, pl.concat(frontiers, how="diagonal_relaxed"))
+    months = f"{gap.tested_months[0]}..{gap.tested_months[-1]}"
+    console.print(
+        f"Over {months}, average return per trade: walk-forward {display.bps(gap.walk_forward_avg_return_bps)} bps "
+        f"({display.num(gap.walk_forward_trades)} trades); best single policy in hindsight "
+        f"{gap.hindsight_policy_id or 'none'} {display.bps(gap.hindsight_avg_return_bps)} bps "
+        f"({display.num(gap.hindsight_trades)} trades)."
+    )
+    console.print(f"[bold]Overfitting gap[/bold]: {display.bps(gap.gap_bps)} bps per trade (hindsight − walk-forward).")

@@ -1,0 +1,154 @@
+"""Walk-forward validation of the frontier (README "Walk-forward optimization").
+
+For a tested month m, the policy is chosen on the K months before it (in-sample: the frontier of
+those months' trades, with the sweep's objective, constraints and ranking) and then scored on
+month m alone (out-of-sample: month m's frontier row of that policy, the same grid). Their
+difference is the overfitting of one selection.
+
+In-sample metrics are metrics of the union of the K months' trades, not averages of monthly
+figures: medians and the 5th percentile do not combine. With K = 1 that union is one month, and
+its frontier is the stored frontier of month m-1; with K > 1 the asset sweeps the K months'
+trades together (`core.frontier.run_sweep` over their segments).
+
+Over the whole window, `window_gap` compares the walk-forward strategy with the best single
+policy in hindsight on the average return per trade: the one metric that combines exactly across
+months from the frontier rows (a trade-weighted mean).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import polars as pl
+
+# The frontier's per-policy metrics, reported in-sample (is_) and out-of-sample (oos_).
+METRICS: tuple[str, ...] = (
+    "objective_score",
+    "trades_count",
+    "avg_return_bps",
+    "median_return_bps",
+    "stop_out_rate",
+    "p95_mae_bps",
+    "avg_tail_capture",
+)
+
+WALKFORWARD_SCHEMA = pl.Schema(
+    {
+        "run_id": pl.String,
+        "month": pl.String,
+        "train_months": pl.String,
+        "caller_name": pl.String,
+        "objective": pl.String,
+        "policy_id": pl.String,
+        "policy_params": pl.String,
+        **{f"is_{m}": pl.Int64 if m == "trades_count" else pl.Float64 for m in METRICS},
+        **{f"oos_{m}": pl.Int64 if m == "trades_count" else pl.Float64 for m in METRICS},
+        "oos_meets_constraints": pl.Boolean,
+        "score_gap": pl.Float64,
+    }
+)
+
+
+def walk_forward(
+    in_sample: pl.DataFrame,
+    out_of_sample: pl.DataFrame,
+    *,
+    run_id: str,
+    month: str,
+    train_months: tuple[str, ...],
+    objective: str,
+) -> pl.DataFrame:
+    """`results/walkforward.parquet` of tested month `month`: one row per caller group of the
+    in-sample frontier (the all-callers group, caller_name null, first).
+
+    The selected policy is the group's rank-1 row when it meets the constraints; a group with no
+    feasible policy has a row with a null policy and null metrics. `score_gap` = in-sample minus
+    out-of-sample objective score: positive when the selection did worse on the month it had not
+    seen. A selected policy without trades in month m has null out-of-sample metrics.
+    """
+    groups = in_sample.select("caller_name").unique(maintain_order=True)
+    selected = in_sample.filter((pl.col("rank") == 1) & pl.col("meets_constraints")).select(
+        "caller_name", "policy_id", "policy_params", *(pl.col(m).alias(f"is_{m}") for m in METRICS)
+    )
+    tested = out_of_sample.select(
+        "caller_name",
+        "policy_id",
+        *(pl.col(m).alias(f"oos_{m}") for m in METRICS),
+        pl.col("meets_constraints").alias("oos_meets_constraints"),
+    )
+    return (
+        groups.join(selected, on="caller_name", how="left", nulls_equal=True, maintain_order="left")
+        .join(tested, on=["caller_name", "policy_id"], how="left", nulls_equal=True, maintain_order="left")
+        .with_columns(
+            pl.lit(run_id).alias("run_id"),
+            pl.lit(month).alias("month"),
+            pl.lit(",".join(train_months)).alias("train_months"),
+            pl.lit(objective).alias("objective"),
+            # a selected policy with no trades in the month has no out-of-sample score
+            pl.when(pl.col("oos_trades_count") > 0).then(pl.col("oos_objective_score")).alias("oos_objective_score"),
+        )
+        .with_columns((pl.col("is_objective_score") - pl.col("oos_objective_score")).alias("score_gap"))
+        .select(WALKFORWARD_SCHEMA.names())
+        .cast(WALKFORWARD_SCHEMA)
+    )
+
+
+@dataclass(frozen=True)
+class WindowGap:
+    """The walk-forward strategy over the tested months beside the best single policy in hindsight.
+
+    Returns are trade-weighted averages over the tested months (bps per trade); `gap_bps` =
+    hindsight − walk-forward, the return a researcher would have believed in but not earned.
+    """
+
+    tested_months: tuple[str, ...]
+    walk_forward_trades: int
+    walk_forward_avg_return_bps: float | None
+    hindsight_policy_id: str | None
+    hindsight_trades: int
+    hindsight_avg_return_bps: float | None
+
+    @property
+    def gap_bps(self) -> float | None:
+        if self.walk_forward_avg_return_bps is None or self.hindsight_avg_return_bps is None:
+            return None
+        return self.hindsight_avg_return_bps - self.walk_forward_avg_return_bps
+
+
+def window_gap(walkforward: pl.DataFrame, frontiers: pl.DataFrame) -> WindowGap:
+    """The overfitting gap of the all-callers group over the tested months.
+
+    `walkforward` are the tested months' walk-forward rows; `frontiers` the same months'
+    frontier rows with a `month` column. The hindsight policy is the one with the highest
+    trade-weighted average return over those months among the policies that met the constraints
+    in every one of them (ties by `policy_id`).
+    """
+    wf = walkforward.filter(pl.col("caller_name").is_null() & (pl.col("oos_trades_count") > 0))
+    months = tuple(sorted(walkforward.get_column("month").unique().to_list()))
+    wf_trades = int(wf.get_column("oos_trades_count").sum() or 0)
+    wf_avg = (
+        float((wf.get_column("oos_avg_return_bps") * wf.get_column("oos_trades_count")).sum() / wf_trades)
+        if wf_trades
+        else None
+    )
+    pooled = (
+        frontiers.filter(pl.col("caller_name").is_null() & pl.col("month").is_in(list(months)))
+        .group_by("policy_id")
+        .agg(
+            pl.col("meets_constraints").all().alias("_feasible"),
+            pl.len().alias("_months"),
+            pl.col("trades_count").sum().alias("_trades"),
+            ((pl.col("avg_return_bps") * pl.col("trades_count")).sum() / pl.col("trades_count").sum()).alias("_avg"),
+        )
+        .filter(pl.col("_feasible") & (pl.col("_months") == len(months)) & (pl.col("_trades") > 0))
+        .sort(["_avg", "policy_id"], descending=[True, False])
+    )
+    best = pooled.row(0, named=True) if pooled.height else None
+    return WindowGap(
+        tested_months=months,
+        walk_forward_trades=wf_trades,
+        walk_forward_avg_return_bps=wf_avg,
+        hindsight_policy_id=best["policy_id"] if best else None,
+        hindsight_trades=int(best["_trades"]) if best else 0,
+        hindsight_avg_return_bps=float(best["_avg"]) if best else None,
+    )
