@@ -98,14 +98,15 @@ def test_alerts_per_month_and_months(db):
 
 def test_each_called_token_has_five_days_of_candles_from_the_first_boundary(db):
     # A token called once gets 1,440 five-minute slots from the first boundary >= the alert; a few
-    # slots are empty on purpose (late first candles, holes, single missing candles).
+    # slots are empty on purpose (late first candles, holes, single missing candles). Candles before
+    # the alert are its history (next test).
     rows = q(
         db,
         """
         WITH once AS (SELECT mint, min(alert_ts_ms) AS ts FROM alerts WHERE mint IS NOT NULL
                       GROUP BY mint HAVING count(DISTINCT alert_ts_ms) = 1)
         SELECT o.ts, min(c.ts_ms), max(c.ts_ms), count(DISTINCT c.ts_ms)
-        FROM once o JOIN ohlcv_candles c USING (mint) GROUP BY o.mint, o.ts
+        FROM once o JOIN ohlcv_candles c ON c.mint = o.mint AND c.ts_ms >= o.ts GROUP BY o.mint, o.ts
         """,
     )
     exact = 0
@@ -115,6 +116,22 @@ def test_each_called_token_has_five_days_of_candles_from_the_first_boundary(db):
         exact += first == boundary and last == boundary + 1439 * STEP
     assert exact > 0.9 * len(rows)
     assert sum(n for *_, n in rows) > 0.98 * 1440 * len(rows)
+
+
+def test_most_tokens_have_a_day_of_history_before_their_first_call_and_some_none(db):
+    rows = q(
+        db,
+        """
+        WITH first AS (SELECT mint, min(alert_ts_ms) AS ts FROM alerts WHERE mint IS NOT NULL GROUP BY mint)
+        SELECT f.ts, min(c.ts_ms) FILTER (WHERE c.ts_ms < f.ts), max(c.ts_ms) FILTER (WHERE c.ts_ms < f.ts)
+        FROM first f JOIN ohlcv_candles c USING (mint) GROUP BY f.mint, f.ts
+        """,
+    )
+    with_history = [(ts, lo, hi) for ts, lo, hi in rows if lo is not None]
+    # 85 % of tokens go back 26-48 h, ending at the last interval boundary before the call
+    assert 0.75 * len(rows) < len(with_history) < 0.95 * len(rows)
+    assert all(26 * 3_600_000 - 2 * STEP <= ts - lo <= 48 * 3_600_000 + STEP for ts, lo, _ in with_history)
+    assert sum(ts - hi <= STEP for ts, _, hi in with_history) > 0.95 * len(with_history)
 
 
 def test_messy_alert_rows_exist(db):
