@@ -54,9 +54,9 @@ def print_walk_forward(spec: RunSpec, results: list[Any], *, runs_dir: str | Pat
     gap = window_gap(walkforward, pl.concat(frontiers, how="diagonal_relaxed"))
     months = f"{gap.tested_months[0]}..{gap.tested_months[-1]}"
     console.print(
-        f"Over {months}, average return per trade: walk-forward {display.bps(gap.walk_forward_avg_return_bps)} bps "
+        f"Over {months}, average monthly {gap.objective}: walk-forward {display.bps(gap.walk_forward_score)} "
         f"({display.num(gap.walk_forward_trades)} trades); best single policy in hindsight "
-        f"{gap.hindsight_policy_id or 'none'} {display.bps(gap.hindsight_avg_return_bps)} bps "
+        f"{gap.hindsight_policy_id or 'none'} {display.bps(gap.hindsight_score)} "
         f"({display.num(gap.hindsight_trades)} trades)."
     )
-    console.print(f"[bold]Overfitting gap[/bold]: {display.bps(gap.gap_bps)} bps per trade (hindsight − walk-forward).")
+    console.print(f"[bold]Overfitting gap[/bold]: {display.bps(gap.gap)} (hindsight − walk-forward).")

@@ -11,8 +11,8 @@ its frontier is the stored frontier of month m-1; with K > 1 the asset sweeps th
 trades together (`core.frontier.run_sweep` over their segments).
 
 Over the whole window, `window_gap` compares the walk-forward strategy with the best single
-policy in hindsight on the average return per trade: the one metric that combines exactly across
-months from the frontier rows (a trade-weighted mean).
+policy in hindsight, both by the objective's average monthly score: a report of what each
+would have scored month by month, not a selection over pooled trades.
 """
 
 from __future__ import annotations
@@ -97,40 +97,39 @@ def walk_forward(
 class WindowGap:
     """The walk-forward strategy over the tested months beside the best single policy in hindsight.
 
-    Returns are trade-weighted averages over the tested months (bps per trade); `gap_bps` =
-    hindsight − walk-forward, the return a researcher would have believed in but not earned.
+    Scores are the objective's monthly values averaged over the tested months, each month
+    weighing the same, on both sides; `gap` = hindsight − walk-forward, what a researcher would
+    have believed in (the best policy, known afterwards) but not earned (choosing beforehand).
     """
 
+    objective: str
     tested_months: tuple[str, ...]
+    walk_forward_score: float | None
     walk_forward_trades: int
-    walk_forward_avg_return_bps: float | None
     hindsight_policy_id: str | None
+    hindsight_score: float | None
     hindsight_trades: int
-    hindsight_avg_return_bps: float | None
 
     @property
-    def gap_bps(self) -> float | None:
-        if self.walk_forward_avg_return_bps is None or self.hindsight_avg_return_bps is None:
+    def gap(self) -> float | None:
+        if self.walk_forward_score is None or self.hindsight_score is None:
             return None
-        return self.hindsight_avg_return_bps - self.walk_forward_avg_return_bps
+        return self.hindsight_score - self.walk_forward_score
 
 
 def window_gap(walkforward: pl.DataFrame, frontiers: pl.DataFrame) -> WindowGap:
     """The overfitting gap of the all-callers group over the tested months.
 
     `walkforward` are the tested months' walk-forward rows; `frontiers` the same months'
-    frontier rows with a `month` column. The hindsight policy is the one with the highest
-    trade-weighted average return over those months among the policies that met the constraints
-    in every one of them (ties by `policy_id`).
+    frontier rows with a `month` column. A month where walk-forward had no feasible policy, or
+    its policy no trade, has no score and leaves the walk-forward score null: the strategy did
+    not run that month. The hindsight policy is the one with the best average monthly score
+    among the policies that met the constraints in every tested month (ties by `policy_id`).
     """
-    wf = walkforward.filter(pl.col("caller_name").is_null() & (pl.col("oos_trades_count") > 0))
-    months = tuple(sorted(walkforward.get_column("month").unique().to_list()))
-    wf_trades = int(wf.get_column("oos_trades_count").sum() or 0)
-    wf_avg = (
-        float((wf.get_column("oos_avg_return_bps") * wf.get_column("oos_trades_count")).sum() / wf_trades)
-        if wf_trades
-        else None
-    )
+    overall = walkforward.filter(pl.col("caller_name").is_null())
+    months = tuple(sorted(overall.get_column("month").unique().to_list()))
+    objective = overall.get_column("objective")[0] if overall.height else ""
+    scored = overall.get_column("oos_objective_score").drop_nulls()
     pooled = (
         frontiers.filter(pl.col("caller_name").is_null() & pl.col("month").is_in(list(months)))
         .group_by("policy_id")
@@ -138,17 +137,18 @@ def window_gap(walkforward: pl.DataFrame, frontiers: pl.DataFrame) -> WindowGap:
             pl.col("meets_constraints").all().alias("_feasible"),
             pl.len().alias("_months"),
             pl.col("trades_count").sum().alias("_trades"),
-            ((pl.col("avg_return_bps") * pl.col("trades_count")).sum() / pl.col("trades_count").sum()).alias("_avg"),
+            pl.col("objective_score").mean().alias("_score"),
         )
-        .filter(pl.col("_feasible") & (pl.col("_months") == len(months)) & (pl.col("_trades") > 0))
-        .sort(["_avg", "policy_id"], descending=[True, False])
+        .filter(pl.col("_feasible") & (pl.col("_months") == len(months)) & pl.col("_score").is_not_null())
+        .sort(["_score", "policy_id"], descending=[True, False])
     )
     best = pooled.row(0, named=True) if pooled.height else None
     return WindowGap(
+        objective=objective,
         tested_months=months,
-        walk_forward_trades=wf_trades,
-        walk_forward_avg_return_bps=wf_avg,
+        walk_forward_score=float(scored.mean()) if scored.len() == len(months) and months else None,  # type: ignore[arg-type]
+        walk_forward_trades=int(overall.get_column("oos_trades_count").fill_null(0).sum()),
         hindsight_policy_id=best["policy_id"] if best else None,
+        hindsight_score=float(best["_score"]) if best else None,
         hindsight_trades=int(best["_trades"]) if best else 0,
-        hindsight_avg_return_bps=float(best["_avg"]) if best else None,
     )
