@@ -112,11 +112,11 @@ def test_window_gap_compares_average_monthly_scores():
 
 
 def test_flags_the_run_type_does_not_use_are_refused(sample_db):
-    with pytest.raises(SpecError, match="features: not used by a optimization run|features: not used"):
+    with pytest.raises(SpecError, match=r"features: not used by an? optimization run"):
         create_run_spec(SpecRequest("optimization", str(sample_db), "2024-01-01", "2024-01-31", features=False))
     with pytest.raises(SpecError, match="train_months: not used"):
         create_run_spec(SpecRequest("path-only", str(sample_db), "2024-01-01", "2024-01-31", train_months=1))
-    with pytest.raises(SpecError, match="walk_forward.train_months"):
+    with pytest.raises(SpecError, match=r"walk_forward\.train_months"):
         create_run_spec(
             SpecRequest(
                 "optimization", str(sample_db), "2024-01-01", "2024-01-31", sweep={"walk_forward": {"train_months": 0}}

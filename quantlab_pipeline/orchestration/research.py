@@ -109,7 +109,7 @@ def walkforward(
         tested = run_store.directory(step.month, run_spec.run_id).read_artifact("frontier")
         if position < k:
             step.log(f"{step.month} has fewer than {k} month(s) before it in the window: nothing to test")
-            frame, metadata = pl.DataFrame(schema=WALKFORWARD_SCHEMA), {}
+            frame, metadata = pl.DataFrame(schema=WALKFORWARD_SCHEMA), dict[str, str]()
         else:
             train = months[position - k : position]
             in_sample, metadata = _in_sample(run_spec, train, run_store, candle_store)
