@@ -32,6 +32,7 @@ import endtoend
 import kernels
 import numba
 import report
+import research
 from measure import ratio
 from rich.console import Console
 
@@ -195,6 +196,28 @@ def _measure_scale(scale: float, args: argparse.Namespace, work_dir: Path, conso
     return result
 
 
+def _research(args: argparse.Namespace, work_dir: Path, console: Console) -> dict:
+    """Features on the reference month (the largest scale measured) and a three-month walk-forward
+    at a quarter of it per month (README "Performance")."""
+    scale = max(args.scales)
+    numba_cache = args.cache_dir / "numba"
+    console.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] features: path-only with and without × {args.repeat}")
+    db, _ = dataset.ensure_database(args.cache_dir, dataset.alerts_for_scale(scale), args.seed)
+    features = research.features_overhead(db, repeat=args.repeat, numba_cache=numba_cache, work_dir=work_dir)
+    per_month = dataset.alerts_for_scale(min(scale, research.WALK_FORWARD_SCALE))
+    console.print(
+        f"[dim]{time.strftime('%H:%M:%S')}[/dim] walk-forward: optimize 3 × {per_month:,} alerts × {args.repeat}"
+    )
+    three = research.ensure_three_months(args.cache_dir, per_month, args.seed)
+    walk = research.walk_forward_cost(three, repeat=args.repeat, numba_cache=numba_cache, work_dir=work_dir)
+    return {
+        "features_scale": scale,
+        "walk_forward_alerts_per_month": per_month,
+        "features": features,
+        "walk_forward": walk,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _args(argv)
     # Piped output (make, CI logs) gets a table wide enough to read; a terminal keeps its width.
@@ -217,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         results["scales"] = {report.scale_key(s): _measure_scale(s, args, work_dir, console) for s in args.scales}
         results["scaling"] = report.scaling(results["scales"])
         results["checks"] = report.checks(results["scales"])
+        results["research"] = _research(args, work_dir, console)
         results["meta"]["elapsed_s"] = time.perf_counter() - started
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
@@ -225,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     tmp.write_text(json.dumps(results, indent=2) + "\n")
     os.replace(tmp, args.json)
     report.render(results, console)
+    research.render(results["research"], console)
     console.print(f"results: {args.json} ({results['meta']['elapsed_s']:.0f} s)")
     return 0
 

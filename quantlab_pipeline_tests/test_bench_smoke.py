@@ -295,3 +295,25 @@ def test_visited_candles_run_from_the_entry_to_the_exit_candle(bench):
     reason = np.array([0, 2, 6, -1])  # stop_loss, time_stop, end_of_data, no trade
     # trade 0: ts 0..30 = 4 candles; trade 1: ts 20..50 = 4; trade 2: the whole window = 10; trade 3 none
     assert kernels._visited_candles(paths, candles, inputs, exit_ts, reason) == 4 + 4 + 10
+
+
+@pytest.mark.slow
+def test_quick_run_reports_the_research_figures(quick_run):
+    results, stdout = quick_run
+    research = results["research"]
+    features = research["features"]
+    for variant in ("with_features", "without_features"):
+        _figure(features, variant, "wall_s")
+    assert "features" in features["with_features"]["compute_s"]
+    assert "features" not in features["without_features"]["compute_s"]
+    assert features["overhead"] == pytest.approx(
+        features["with_features"]["wall_s"]["median"] / features["without_features"]["wall_s"]["median"] - 1
+    )
+    walk = research["walk_forward"]
+    for variant in ("optimize", "walk_forward", "walk_forward_k2"):
+        _figure(walk, variant, "wall_s")
+    assert "walkforward" in walk["walk_forward"]["compute_s"] and "walkforward" not in walk["optimize"]["compute_s"]
+    assert walk["ratio"] == pytest.approx(
+        walk["walk_forward"]["wall_s"]["median"] / walk["optimize"]["wall_s"]["median"]
+    )
+    assert "Research figures" in stdout and "--walk-forward" in stdout

@@ -12,6 +12,7 @@ from quantlab_pipeline.core.spec_builder import SpecRequest
 from quantlab_pipeline.core.walkforward import WALKFORWARD_SCHEMA, walk_forward, window_gap
 from quantlab_pipeline.orchestration.launch import create_run, materialize_month
 from quantlab_pipeline.sources.sample_db import generate_sample_data
+from quantlab_pipeline.storage.catalog import query_artifacts, sync_catalog
 from quantlab_pipeline.storage.layout import required_artifacts
 from quantlab_pipeline.storage.run_creation import create_run_spec
 from quantlab_pipeline.storage.run_dir import RunDirectory
@@ -142,6 +143,10 @@ def test_features_complete_path_only_runs_unless_turned_off(sample_db, runs_dir,
             assert set(recorded["features"]["inputs"]) == {"alerts", "paths"}
             # the sample tokens trade before their first call: most calls have a day of history
             assert frame.get_column("ret_24h_bps").is_not_null().mean() > 0.5
+    catalog = runs_dir.parent / "catalog.duckdb"
+    sync_catalog(catalog, runs_dir)
+    (registered,) = query_artifacts(catalog, "features", limit=None)
+    assert registered["path"].endswith("features/features.parquet") and registered["rows"] == frame.height
     # a spec written before features existed is complete without them
     assert "features" not in required_artifacts("path-only", {"run_type": "path-only"})
 
