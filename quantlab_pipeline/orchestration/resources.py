@@ -37,7 +37,7 @@ class RunStoreResource(ConfigurableResource):
         return RunDirectory(self.root, month, run_id)
 
 
-DEFAULT_CHUNK_CANDLES = 32_000_000  # ≈1.3 GB of candle columns: the §12 reference month in one part
+DEFAULT_CHUNK_CANDLES = 32_000_000  # ≈1.5 GB of candle columns (ts, OHLC, volume): the reference month in one part
 
 
 def _alert_span(alerts: pl.DataFrame) -> tuple[int, int]:
