@@ -1,28 +1,34 @@
-"""One run directory `runs/YYYY-MM/run_id=<uuid>/` (DESIGN §4): artifacts, manifest, completion.
+"""One run directory `runs/YYYY-MM/run_id=<uuid>/` (README "What a run writes"): artifacts,
+manifest, completion.
 
-Every mutation happens under a per-run file lock (several Dagster runs may write one directory)
-and every file is replaced atomically. The manifest is the source of truth for completion: a run
+Every mutation happens under a per-run lock (several Dagster runs may write one directory) and
+every file is replaced atomically. The manifest is the source of truth for completion: a run
 is complete when each artifact its run type requires is present with its recorded size and was
 computed from the *current* version of each upstream artifact (recorded input sha256 == upstream
-sha256). `_SUCCESS` is written last and removed first.
+sha256). `_SUCCESS` is written last and removed first; a kill between the manifest's `completed`
+and the marker is finished by the next write or by `repair`.
+
+The manifest also records who writes the directory (`writer`, see storage/writer.py) and the
+sha256 of the spec it was written from (`spec_sha256`): a changed spec is refused.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import time
 import traceback as tb
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from filelock import FileLock
 
-from quantlab_pipeline.core.errors import ErrorRecord, QuantlabError
+from quantlab_pipeline.core.errors import ErrorRecord, QuantlabError, SpecError
 from quantlab_pipeline.core.run_creation import package_version
 from quantlab_pipeline.core.spec import RunSpec, utc_now_iso, validate_month, validate_run_id
 from quantlab_pipeline.storage.atomic import (
@@ -41,10 +47,14 @@ from quantlab_pipeline.storage.layout import (
     STDERR_LOG,
     STDOUT_LOG,
     SUCCESS_MARKER,
+    artifact_applies,
+    is_temp_file,
+    lock_path,
     run_dir_path,
+    spec_path,
 )
-
-LOCKS_DIR = "_locks"
+from quantlab_pipeline.storage.specs import spec_sha256
+from quantlab_pipeline.storage.writer import RunLock, is_current_writer, writer_gone, writer_record
 
 ERRORS_SCHEMA = pa.schema(
     [
@@ -99,8 +109,22 @@ def frame_to_arrow(frame: pl.DataFrame) -> pa.Table:
 
 
 def frame_from_arrow(table: pa.Table) -> pl.DataFrame:
-    frame = pl.from_arrow(table)
+    frame = cast(pl.DataFrame, pl.from_arrow(table))  # a Table always converts to a DataFrame
     return frame.with_columns(pl.col(c).cast(pl.Int64) for c in _STORED_AS if c in frame.columns)
+
+
+def check_artifact_applies(spec: RunSpec, artifact: str, month: str | None = None) -> None:
+    """Refuse, before any directory is touched, an artifact the run's type never writes.
+
+    Materializing `trades` for a path-only run (Dagster's "Materialize all") would otherwise
+    reopen a completed run directory and leave it failed.
+    """
+    if not artifact_applies(spec.run_type, artifact):
+        where = f" {month}" if month else ""
+        raise SpecError(
+            f"{artifact}: run {spec.run_id} is a {spec.run_type} run and has no {artifact}; "
+            f"run directory{where} left untouched"
+        )
 
 
 class RunDirectory:
@@ -111,9 +135,7 @@ class RunDirectory:
         self.month = validate_month(month)
         self.run_id = validate_run_id(run_id)
         self.path = run_dir_path(self.runs_dir, month, run_id)
-        lock_path = self.runs_dir / LOCKS_DIR / f"{month}_{run_id}.lock"
-        lock_path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = FileLock(lock_path)
+        self.lock = RunLock(lock_path(self.runs_dir, month, run_id))
 
     # -- reading ---------------------------------------------------------------------------------
 
@@ -155,10 +177,22 @@ class RunDirectory:
 
     # -- lifecycle -------------------------------------------------------------------------------
 
-    def begin(self, spec: RunSpec) -> None:
-        """Mark the run as being (re)written: `_SUCCESS` goes first, status becomes `running`."""
-        with self._lock:
-            self._save(self._reopen(spec))
+    def begin(
+        self,
+        spec: RunSpec,
+        *,
+        artifact: str | None = None,
+        phase: str | None = None,
+        dagster_run_id: str | None = None,
+    ) -> None:
+        """Mark the run as being (re)written by this process: `_SUCCESS` goes first, status
+        becomes `running`, the writer is recorded. Refused (nothing touched) when `artifact`
+        does not apply to the run type or the spec changed since the directory was written.
+        """
+        if artifact is not None:
+            check_artifact_applies(spec, artifact, self.month)
+        with self.lock:
+            self._save(self._reopen(spec, dagster_run_id=dagster_run_id, phase=phase))
 
     def write_artifact(
         self,
@@ -176,17 +210,26 @@ class RunDirectory:
 
         `inputs` maps each upstream artifact to the sha256 it was computed from. `errors` is
         `(phase, records)`: the phase's previous rows are replaced by these.
-        Returns the artifact's manifest record.
+        Its `wrote <path>: … in N ms` line goes to logs/stdout.txt before the run is finalized,
+        so nothing in the directory changes after `_SUCCESS`. Returns the artifact's manifest record.
         """
         if artifact not in ARTIFACT_PATHS or artifact == "errors":
             raise ValueError(f"unknown artifact {artifact!r}")
-        with self._lock:
-            manifest = self._reopen(spec)
+        check_artifact_applies(spec, artifact, self.month)
+        with self.lock:
+            manifest = self._reopen(spec, dagster_run_id=dagster_run_id, phase=errors[0] if errors else None)
+            started = time.perf_counter()
             record = self._write_parquet(artifact, frame, parquet_metadata or {})
             record["inputs"] = {u: inputs[u] for u in ARTIFACT_INPUTS[artifact] if u in inputs}
             manifest["artifacts"][artifact] = record
             if errors is not None:
                 self._replace_errors(manifest, *errors)
+            write_ms = int((time.perf_counter() - started) * 1000)
+            self._append_text(
+                STDOUT_LOG,
+                f"{utc_now_iso()} [{artifact}] wrote {record['path']}: {record['rows']} rows, "
+                f"{record['bytes']} bytes in {write_ms} ms\n",
+            )
             if artifact == "alerts":
                 manifest["dataset"]["calls_count"] = frame.height
             manifest["provenance"].setdefault("dagster_runs", {})[artifact] = dagster_run_id
@@ -204,32 +247,96 @@ class RunDirectory:
         phase: str,
         exc: BaseException,
         dagster_run_id: str | None = None,
+        reason: Literal["failure", "interrupted"] = "failure",
     ) -> None:
-        """`status: failed`, the error in errors.parquet (level error) and logs/stderr.txt."""
+        """`status: failed`, the error in errors.parquet (level error, `reason`) and logs/stderr.txt.
+
+        `reason="interrupted"` records a run stopped by a signal or Ctrl-C (README "When a run is
+        interrupted"); `quantlab runs status` shows such a month as `interrupted`.
+        """
         trace = "".join(tb.format_exception(exc))
-        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        with self._lock:
+        message = str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
+        with self.lock:
             manifest = self._load_or_new(spec)
-            self._unmark()
-            manifest["status"] = "failed"
-            manifest["completed_at"] = None
-            manifest["error"] = {"message": message, "phase": phase, "dagster_run_id": dagster_run_id}
-            failure = ErrorRecord(
-                level="error",
-                phase=phase,  # type: ignore[arg-type]
-                reason="failure",
+            self._record_failure(
+                manifest,
+                phase=phase,
                 message=message,
+                reason=reason,
+                dagster_run_id=dagster_run_id,
                 details={"exception": type(exc).__name__, "traceback": trace},
+                log=trace,
             )
-            self._append_errors(manifest, [failure])
-            self._append_text(STDERR_LOG, f"[{utc_now_iso()}] {phase} failed: {message}\n{trace}\n")
-            self._save(manifest)
 
     def append_stdout(self, lines: Iterable[str]) -> None:
+        """Append step log lines. Call before the step's `write_artifact`, which may finalize
+        the run: nothing in a directory changes after its `_SUCCESS`."""
         text = "".join(f"{line}\n" for line in lines)
         if text:
-            with self._lock:
+            with self.lock:
                 self._append_text(STDOUT_LOG, text)
+
+    def heartbeat(self) -> bool:
+        """Refresh `writer.heartbeat_at` if this process is the run's writer and it is running.
+
+        On the writer's own host the process table tells a live writer from a dead one; from
+        another host only this heartbeat can (storage/writer.py `HEARTBEAT_STALE_AFTER`).
+        Returns whether the heartbeat was written.
+        """
+        with self.lock:
+            manifest = self.manifest()
+            if manifest is None or manifest.get("status") != "running":
+                return False
+            writer = manifest.get("writer")
+            if not is_current_writer(writer):
+                return False
+            writer["heartbeat_at"] = utc_now_iso()
+            self._save(manifest)
+            return True
+
+    def clean_leftovers(self) -> list[Path]:
+        """Remove the temp files (`.<name>.<random>.tmp`) killed writers left in the directory.
+
+        Every write into the directory happens under its lock, so with the lock held no temp
+        file belongs to a live write. Returns the files removed.
+        """
+        with self.lock:
+            return self._clean_leftovers()
+
+    def repair(self) -> list[str]:
+        """Bring a directory a writer died in to a state the next run can build on.
+
+        Removes temp leftovers; finalizes a run that is complete but lacks `_SUCCESS` (a kill
+        between the manifest's `completed` and the marker, or after the last artifact's write);
+        records a `running` run whose writer is gone as failed with reason `interrupted`. A run
+        whose writer is alive is left alone. Returns what was done, one line per action.
+        """
+        with self.lock:
+            done = [f"removed leftover {p.relative_to(self.path)}" for p in self._clean_leftovers()]
+            manifest = self.manifest()
+            status = manifest.get("status") if manifest else None
+            if manifest is None or status == "failed" or (self.path / SUCCESS_MARKER).exists():
+                return done
+            # Under the lock a `completed` manifest without marker is a crash, never a finalize
+            # in progress; a `running` one may be a live writer between two steps.
+            gone = writer_gone(manifest.get("writer")) if status == "running" else "finalize was cut short"
+            if gone is None:
+                return done
+            completion = self.completion(manifest)
+            if completion.complete:
+                self._finalize_if_complete(manifest)
+                return [*done, "finalized: every artifact present and current, _SUCCESS written"]
+            writer = manifest.get("writer") or {}
+            self._record_failure(
+                manifest,
+                phase=writer.get("phase") or "finalize",
+                message=f"interrupted: {gone}; {completion.describe()}",
+                reason="interrupted",
+                dagster_run_id=writer.get("dagster_run_id"),
+                details={"writer": writer},
+                log=None,
+            )
+            return [*done, f"recorded as interrupted: {gone}"]
 
     def completion(self, manifest: dict[str, Any] | None = None) -> Completion:
         """Which required artifacts are missing (or not at their recorded size) or stale."""
@@ -240,7 +347,7 @@ class RunDirectory:
         missing, stale = [], []
         for name in REQUIRED_ARTIFACTS[manifest["run_type"]]:
             rec = artifacts.get(name)
-            path = self.path / rec["path"] if rec else None
+            path = self.path / rec["path"] if rec else self.path / ARTIFACT_PATHS[name]
             if rec is None or not path.is_file() or path.stat().st_size != rec["bytes"]:
                 missing.append(name)
                 continue
@@ -277,13 +384,77 @@ class RunDirectory:
             "logs": {"stdout": STDOUT_LOG, "stderr": STDERR_LOG},
         }
 
-    def _reopen(self, spec: RunSpec) -> dict[str, Any]:
-        """The manifest of a run being (re)written, its marker removed first (§4)."""
+    def _reopen(self, spec: RunSpec, *, dagster_run_id: str | None, phase: str | None) -> dict[str, Any]:
+        """The manifest of a run being (re)written by this process, its marker removed first."""
         manifest = self._load_or_new(spec)
+        self._check_spec(manifest, spec)
+        self._clean_leftovers()
         self._unmark()
-        manifest.update(status="running", completed_at=None)
+        previous = manifest.get("writer")
+        writer = writer_record(dagster_run_id, phase)
+        if is_current_writer(previous):  # the same process, a later step
+            writer["started_at"] = previous["started_at"]
+            writer["phase"] = phase or previous.get("phase")
+            writer["dagster_run_id"] = dagster_run_id or previous.get("dagster_run_id")
+        manifest.update(status="running", completed_at=None, writer=writer, spec_sha256=spec_sha256(spec))
         manifest.pop("error", None)
+        self._ensure_logs()
         return manifest
+
+    def _check_spec(self, manifest: dict[str, Any], spec: RunSpec) -> None:
+        """Refuse to write a directory from a spec other than the one it was written from."""
+        recorded = manifest.get("spec_sha256") or spec_sha256(manifest["spec"])
+        current = spec_sha256(spec)
+        if recorded != current:
+            raise SpecError(
+                f"{spec_path(self.runs_dir, self.run_id)}: the spec of run {self.run_id} changed since "
+                f"{self.month} was written (sha256 {current[:12]}, recorded {recorded[:12]}); "
+                "specs are immutable — restore it or create a new run"
+            )
+
+    def _record_failure(
+        self,
+        manifest: dict[str, Any],
+        *,
+        phase: str,
+        message: str,
+        reason: str,
+        dagster_run_id: str | None,
+        details: dict[str, Any],
+        log: str | None,
+    ) -> None:
+        self._unmark()
+        self._ensure_logs()
+        manifest["status"] = "failed"
+        manifest["completed_at"] = None
+        manifest["error"] = {"message": message, "phase": phase, "reason": reason, "dagster_run_id": dagster_run_id}
+        failure = ErrorRecord(
+            level="error",
+            phase=phase,  # type: ignore[arg-type]
+            reason=reason,  # type: ignore[arg-type]
+            message=message,
+            details=details,
+        )
+        self._append_errors(manifest, [failure])
+        what = "interrupted" if reason == "interrupted" else "failed"
+        self._append_text(STDERR_LOG, f"[{utc_now_iso()}] {phase} {what}: {message}\n" + (f"{log}\n" if log else ""))
+        self._save(manifest)
+
+    def _ensure_logs(self) -> None:
+        """Both logs exist from the first write on (stderr.txt empty while nothing failed)."""
+        for relative in (STDOUT_LOG, STDERR_LOG):
+            if not (self.path / relative).exists():
+                atomic_write_bytes(self.path / relative, b"")
+
+    def _clean_leftovers(self) -> list[Path]:
+        removed = []
+        for dirpath, _, filenames in os.walk(self.path):
+            for name in filenames:
+                if is_temp_file(name):
+                    path = Path(dirpath) / name
+                    path.unlink(missing_ok=True)
+                    removed.append(path)
+        return removed
 
     def _save(self, manifest: dict[str, Any]) -> bytes:
         return atomic_write_json(self.path / MANIFEST, manifest)
@@ -327,10 +498,25 @@ class RunDirectory:
         }
 
     def _existing_errors(self) -> pa.Table:
+        """The rows of errors.parquet; a corrupt file is moved aside (and noted in stderr.txt)
+        so that it never blocks recording the next error."""
         path = self.artifact_path("errors")
-        if not path.exists():
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
             return ERRORS_SCHEMA.empty_table()
-        return pq.read_table(path).select(ERRORS_SCHEMA.names).cast(ERRORS_SCHEMA)
+        try:
+            return pq.read_table(pa.BufferReader(data)).select(ERRORS_SCHEMA.names).cast(ERRORS_SCHEMA)
+        except (pa.ArrowException, OSError, KeyError, ValueError) as exc:
+            aside = path.with_name(f"{path.name}.corrupt-{utc_now_iso().replace(':', '')}")
+            os.replace(path, aside)
+            problem = str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
+            self._append_text(
+                STDERR_LOG,
+                f"[{utc_now_iso()}] {ARTIFACT_PATHS['errors']} was unreadable ({problem}); "
+                f"moved aside to {aside.relative_to(self.path)}, its rows are not carried over\n",
+            )
+            return ERRORS_SCHEMA.empty_table()
 
     def _error_rows(self, records: list[ErrorRecord]) -> pa.Table:
         now = utc_now_iso()
@@ -367,7 +553,7 @@ class RunDirectory:
             manifest["artifacts"].pop("errors", None)
             return
         manifest["artifacts"]["errors"] = {
-            **self._write_parquet("errors", pl.from_arrow(table), {}),
+            **self._write_parquet("errors", frame_from_arrow(table), {}),
             "inputs": {},
         }
 
