@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from quantlab_pipeline.core.errors import ErrorRecord, QuantlabError, SpecError
+from quantlab_pipeline.core.errors import ErrorRecord, QuantlabError, Reason, SpecError
 from quantlab_pipeline.core.run_creation import package_version
 from quantlab_pipeline.core.spec import RunSpec, utc_now_iso, validate_month, validate_run_id
 from quantlab_pipeline.storage.atomic import (
@@ -418,7 +418,7 @@ class RunDirectory:
         *,
         phase: str,
         message: str,
-        reason: str,
+        reason: Reason,
         dagster_run_id: str | None,
         details: dict[str, Any],
         log: str | None,
@@ -431,7 +431,7 @@ class RunDirectory:
         failure = ErrorRecord(
             level="error",
             phase=phase,  # type: ignore[arg-type]
-            reason=reason,  # type: ignore[arg-type]
+            reason=reason,
             message=message,
             details=details,
         )
