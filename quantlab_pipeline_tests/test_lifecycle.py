@@ -16,7 +16,7 @@ import pytest
 from quantlab_pipeline.core.errors import QuantlabError
 from quantlab_pipeline.storage import lifecycle
 from quantlab_pipeline.storage.layout import lock_path
-from quantlab_pipeline.storage.lifecycle import ensure_runs_dir, month_status, run_status, spec_changed
+from quantlab_pipeline.storage.lifecycle import ensure_runs_dir, month_status, run_status
 from quantlab_pipeline.storage.run_dir import RunDirectory
 from quantlab_pipeline.storage.writer import RunLock, process_start, writer_gone, writer_record
 from quantlab_pipeline_tests.test_run_dir import RUN_ID, complete_path_only, frame, make_spec, write
@@ -159,10 +159,10 @@ def test_run_status_lists_every_month_of_the_window(tmp_path):
 
 def test_spec_changed_compares_with_the_recorded_spec(rd):
     spec = make_spec()
-    assert spec_changed(rd, spec) is False
+    assert rd.spec_changed(spec) is False
     complete_path_only(rd, spec)
-    assert spec_changed(rd, spec) is False
-    assert spec_changed(rd, make_spec(horizon="1d")) is True
+    assert rd.spec_changed(spec) is False
+    assert rd.spec_changed(make_spec(horizon="1d")) is True
 
 
 # -- repair ---------------------------------------------------------------------------------------

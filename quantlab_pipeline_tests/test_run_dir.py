@@ -16,7 +16,7 @@ import pytest
 from quantlab_pipeline.core.errors import ErrorRecord, QuantlabError, SpecError
 from quantlab_pipeline.core.spec import RunSpec
 from quantlab_pipeline.storage import atomic, run_dir
-from quantlab_pipeline.storage.run_dir import RunDirectory, check_artifact_applies
+from quantlab_pipeline.storage.run_dir import RunDirectory, WriteRefused, check_artifact_applies
 from quantlab_pipeline.storage.specs import read_spec, spec_sha256, write_spec
 
 RUN_ID = "0b7c8a4e-1d2f-4a3b-9c4d-5e6f7a8b9c0d"
@@ -387,8 +387,9 @@ def test_a_changed_spec_is_refused_before_anything_is_touched(tmp_path):
     with pytest.raises(SpecError, match=r"spec of run .* changed since 2024-01 was written") as info:
         rd.begin(edited)
     assert len(str(info.value).splitlines()) == 1
-    with pytest.raises(SpecError, match="changed since"):
+    with pytest.raises(WriteRefused, match="changed since") as refused:
         write(rd, edited, "alerts", frame(3))
+    rd.record_failure(edited, phase="inputs", exc=refused.value)
     assert (rd.path / "run.json").read_bytes() == before
     # a manifest written before spec_sha256 was recorded is checked against its recorded spec
     legacy = RunDirectory.read_manifest(rd.path)
@@ -407,8 +408,10 @@ def test_an_artifact_of_another_run_type_never_reopens_a_completed_run(tmp_path)
     before = (rd.path / "run.json").read_bytes()
     with pytest.raises(SpecError, match="path-only run and has no trades; run directory 2024-01 left untouched"):
         rd.begin(spec, artifact="trades")
-    with pytest.raises(SpecError, match="has no frontier"):
+    with pytest.raises(WriteRefused, match="has no frontier") as info:
         write(rd, spec, "frontier", frame(1))
+    # the IO manager records whatever a write raises: a refusal is not a failure of the run
+    rd.record_failure(spec, phase="frontier", exc=info.value)
     assert (rd.path / "_SUCCESS").exists() and (rd.path / "run.json").read_bytes() == before
     check_artifact_applies(make_spec("policy"), "trades")
     check_artifact_applies(make_spec("optimization"), "frontier")

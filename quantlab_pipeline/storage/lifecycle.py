@@ -17,7 +17,6 @@ from quantlab_pipeline.core.errors import QuantlabError
 from quantlab_pipeline.core.spec import RunSpec
 from quantlab_pipeline.storage.layout import SUCCESS_MARKER, iter_run_dirs
 from quantlab_pipeline.storage.run_dir import RunDirectory
-from quantlab_pipeline.storage.specs import spec_sha256
 from quantlab_pipeline.storage.writer import writer_gone
 
 State = Literal["completed", "failed", "interrupted", "running", "missing"]
@@ -77,14 +76,6 @@ def run_status(runs_dir: str | Path, spec: RunSpec) -> list[MonthStatus]:
     else:
         months = sorted({m for m, run_id, _ in iter_run_dirs(runs_dir) if run_id == spec.run_id})
     return [month_status(RunDirectory(runs_dir, month, spec.run_id)) for month in months]
-
-
-def spec_changed(run_dir: RunDirectory, spec: RunSpec) -> bool:
-    """Whether the month was written from a spec other than `spec` (its writes would be refused)."""
-    manifest = run_dir.manifest()
-    if manifest is None:
-        return False
-    return (manifest.get("spec_sha256") or spec_sha256(manifest["spec"])) != spec_sha256(spec)
 
 
 def ensure_runs_dir(path: str | Path) -> Path:

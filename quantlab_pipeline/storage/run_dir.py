@@ -113,6 +113,12 @@ def frame_from_arrow(table: pa.Table) -> pl.DataFrame:
     return frame.with_columns(pl.col(c).cast(pl.Int64) for c in _STORED_AS if c in frame.columns)
 
 
+class WriteRefused(SpecError):
+    """A write refused before the run directory was touched (the spec changed since it was
+    written, or the artifact is not one of its run type's). Not a failure of the run:
+    `record_failure` records nothing for it, so a completed run stays completed."""
+
+
 def check_artifact_applies(spec: RunSpec, artifact: str, month: str | None = None) -> None:
     """Refuse, before any directory is touched, an artifact the run's type never writes.
 
@@ -121,10 +127,17 @@ def check_artifact_applies(spec: RunSpec, artifact: str, month: str | None = Non
     """
     if not artifact_applies(spec.run_type, artifact):
         where = f" {month}" if month else ""
-        raise SpecError(
+        raise WriteRefused(
             f"{artifact}: run {spec.run_id} is a {spec.run_type} run and has no {artifact}; "
             f"run directory{where} left untouched"
         )
+
+
+def _recorded_spec_sha256(manifest: dict[str, Any]) -> str | None:
+    """`spec_sha256`, or for a manifest written before it was recorded, that of its `spec`."""
+    if "spec_sha256" in manifest:
+        return manifest["spec_sha256"]
+    return spec_sha256(manifest["spec"]) if "spec" in manifest else None
 
 
 class RunDirectory:
@@ -158,6 +171,12 @@ class RunDirectory:
             if (self.path / MANIFEST).exists():
                 raise
             return None
+
+    def spec_changed(self, spec: RunSpec) -> bool:
+        """Whether the month was written from a spec other than `spec` (its writes are refused)."""
+        manifest = self.manifest()
+        recorded = _recorded_spec_sha256(manifest) if manifest else None
+        return recorded is not None and recorded != spec_sha256(spec)
 
     def artifact_path(self, artifact: str) -> Path:
         return self.path / ARTIFACT_PATHS[artifact]
@@ -252,8 +271,11 @@ class RunDirectory:
         """`status: failed`, the error in errors.parquet (level error, `reason`) and logs/stderr.txt.
 
         `reason="interrupted"` records a run stopped by a signal or Ctrl-C (README "When a run is
-        interrupted"); `quantlab runs status` shows such a month as `interrupted`.
+        interrupted"); `quantlab runs status` shows such a month as `interrupted`. A
+        `WriteRefused` touched nothing and is not recorded.
         """
+        if isinstance(exc, WriteRefused):
+            return
         trace = "".join(tb.format_exception(exc))
         message = str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
         with self.lock:
@@ -403,10 +425,9 @@ class RunDirectory:
 
     def _check_spec(self, manifest: dict[str, Any], spec: RunSpec) -> None:
         """Refuse to write a directory from a spec other than the one it was written from."""
-        recorded = manifest.get("spec_sha256") or spec_sha256(manifest["spec"])
-        current = spec_sha256(spec)
-        if recorded != current:
-            raise SpecError(
+        recorded, current = _recorded_spec_sha256(manifest), spec_sha256(spec)
+        if recorded is not None and recorded != current:
+            raise WriteRefused(
                 f"{spec_path(self.runs_dir, self.run_id)}: the spec of run {self.run_id} changed since "
                 f"{self.month} was written (sha256 {current[:12]}, recorded {recorded[:12]}); "
                 "specs are immutable — restore it or create a new run"
