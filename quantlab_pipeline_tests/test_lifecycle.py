@@ -174,7 +174,7 @@ def test_repair_records_a_dead_writers_month_as_interrupted(rd):
     spec = make_spec()
     write(rd, spec, "alerts", frame(3))
     (rd.path / "inputs/.alerts.parquet.x1y2.tmp").write_bytes(b"half")
-    set_writer(rd, phase="truth", dagster_run_id="dr-7")
+    set_writer(rd, phase="inputs", dagster_run_id="dr-7")  # died after alerts, before paths began
     assert rd.repair() == ["removed leftover inputs/.alerts.parquet.x1y2.tmp"]  # writer alive: untouched
     assert RunDirectory.read_manifest(rd.path)["status"] == "running"
 
@@ -188,9 +188,15 @@ def test_repair_records_a_dead_writers_month_as_interrupted(rd):
     assert manifest["error"]["message"].endswith("is gone; missing paths")
     row = pl.read_parquet(rd.path / "errors/errors.parquet").row(0, named=True)
     assert (row["phase"], row["reason"]) == ("truth", "interrupted")
-    assert "truth interrupted: interrupted: writer pid" in (rd.path / "logs/stderr.txt").read_text()
+    assert f"truth interrupted: writer pid {pid}" in (rd.path / "logs/stderr.txt").read_text()
     assert month_status(rd).state == "interrupted"
     assert rd.repair() == []  # failed stays failed until re-materialized
+    # resuming: the truth step's success replaces the interruption's row
+    write(
+        rd, spec, "paths", frame(2), inputs={"alerts": manifest["artifacts"]["alerts"]["sha256"]}, errors=("truth", [])
+    )
+    assert month_status(rd).state == "completed"
+    assert not (rd.path / "errors/errors.parquet").exists()
 
 
 def test_repair_finalizes_a_complete_run_its_writer_left_unmarked(rd):

@@ -43,6 +43,16 @@ ARTIFACT_INPUTS: dict[str, tuple[str, ...]] = {
     "errors": (),
 }
 
+# The phase (errors.parquet `phase`) of the step that writes each artifact; a step replaces its
+# phase's error rows when it succeeds.
+ARTIFACT_PHASES: dict[str, str] = {
+    "alerts": "inputs",
+    "paths": "truth",
+    "trades": "policy",
+    "summary": "summary",
+    "frontier": "frontier",
+}
+
 REQUIRED_ARTIFACTS: dict[str, tuple[str, ...]] = {
     "path-only": ("alerts", "paths"),
     "policy": ("alerts", "paths", "trades", "summary"),

@@ -40,6 +40,7 @@ from quantlab_pipeline.storage.atomic import (
 from quantlab_pipeline.storage.layout import (
     ARTIFACT_INPUTS,
     ARTIFACT_PATHS,
+    ARTIFACT_PHASES,
     ARTIFACT_SCHEMA_VERSION,
     MANIFEST,
     MANIFEST_SCHEMA_VERSION,
@@ -348,11 +349,15 @@ class RunDirectory:
             if completion.complete:
                 self._finalize_if_complete(manifest)
                 return [*done, "finalized: every artifact present and current, _SUCCESS written"]
+            # Recorded against the first step still to run: its success replaces the row.
+            pending = [
+                a for a in REQUIRED_ARTIFACTS[manifest["run_type"]] if a in completion.missing + completion.stale
+            ]
             writer = manifest.get("writer") or {}
             self._record_failure(
                 manifest,
-                phase=writer.get("phase") or "finalize",
-                message=f"interrupted: {gone}; {completion.describe()}",
+                phase=ARTIFACT_PHASES[pending[0]],
+                message=f"{gone}; {completion.describe()}",
                 reason="interrupted",
                 dagster_run_id=writer.get("dagster_run_id"),
                 details={"writer": writer},
