@@ -6,18 +6,20 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
 import time
 
+import polars as pl
 import pytest
 
 from quantlab_pipeline.core.errors import QuantlabError
 from quantlab_pipeline.storage import lifecycle
 from quantlab_pipeline.storage.layout import lock_path
-from quantlab_pipeline.storage.lifecycle import ensure_runs_dir, month_status, run_status
-from quantlab_pipeline.storage.run_dir import RunDirectory
+from quantlab_pipeline.storage.lifecycle import ensure_runs_dir, month_status, run_status, running_in_month
+from quantlab_pipeline.storage.run_dir import RunDirectory, WriteRefused
 from quantlab_pipeline.storage.writer import RunLock, process_start, writer_gone, writer_record
 from quantlab_pipeline_tests.test_run_dir import RUN_ID, complete_path_only, frame, make_spec, write
 
@@ -157,6 +159,27 @@ def test_run_status_lists_every_month_of_the_window(tmp_path):
     assert [(s.month, s.state) for s in run_status(tmp_path, open_ended)] == [("2024-01", "completed")]
 
 
+def test_running_in_month_lists_the_live_runs_an_archive_must_not_remove(tmp_path):
+    other = "1c8d9b5f-2e3a-4b4c-8d5e-6f7a8b9c0d1e"
+    live = RunDirectory(tmp_path, "2024-01", RUN_ID)
+    live.begin(make_spec())
+    dead = RunDirectory(tmp_path, "2024-01", other)
+    dead.begin(make_spec(run_id=other))
+    set_writer(dead, pid=dead_pid())
+    RunDirectory(tmp_path, "2024-02", RUN_ID).begin(make_spec())
+    assert [(s.month, s.run_id) for s in running_in_month(tmp_path, "2024-01")] == [("2024-01", RUN_ID)]
+
+
+def test_a_directory_removed_while_its_run_computed_is_not_recreated(rd):
+    spec = make_spec()
+    alerts = write(rd, spec, "alerts", frame(3))
+    shutil.rmtree(rd.path)  # archived while the truth step computed
+    with pytest.raises(WriteRefused, match="has since been removed") as info:
+        write(rd, spec, "paths", frame(2), inputs={"alerts": alerts["sha256"]})
+    rd.record_failure(spec, phase="truth", exc=info.value)
+    assert not rd.path.exists()
+
+
 def test_spec_changed_compares_with_the_recorded_spec(rd):
     spec = make_spec()
     assert rd.spec_changed(spec) is False
@@ -169,8 +192,6 @@ def test_spec_changed_compares_with_the_recorded_spec(rd):
 
 
 def test_repair_records_a_dead_writers_month_as_interrupted(rd):
-    import polars as pl
-
     spec = make_spec()
     write(rd, spec, "alerts", frame(3))
     (rd.path / "inputs/.alerts.parquet.x1y2.tmp").write_bytes(b"half")

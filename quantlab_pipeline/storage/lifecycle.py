@@ -78,6 +78,15 @@ def run_status(runs_dir: str | Path, spec: RunSpec) -> list[MonthStatus]:
     return [month_status(RunDirectory(runs_dir, month, spec.run_id)) for month in months]
 
 
+def running_in_month(runs_dir: str | Path, month: str) -> list[MonthStatus]:
+    """The run directories of `month` whose writer is alive: what archiving the month must not
+    remove (README "Archiving a month")."""
+    statuses = [
+        month_status(RunDirectory(runs_dir, m, run_id)) for m, run_id, _ in iter_run_dirs(runs_dir) if m == month
+    ]
+    return [status for status in statuses if status.state == "running"]
+
+
 def ensure_runs_dir(path: str | Path) -> Path:
     """The runs directory, created if absent; a one-line `QuantlabError` naming it when it is a
     file, not writable, or on a read-only file system — checked before any state is created."""

@@ -116,8 +116,9 @@ def frame_from_arrow(table: pa.Table) -> pl.DataFrame:
 
 class WriteRefused(SpecError):
     """A write refused before the run directory was touched (the spec changed since it was
-    written, or the artifact is not one of its run type's). Not a failure of the run:
-    `record_failure` records nothing for it, so a completed run stays completed."""
+    written, the artifact is not one of its run type's, or the directory was removed while the
+    run computed). Not a failure of the run: `record_failure` records nothing for it, so a
+    completed run stays completed and a removed directory is not recreated."""
 
 
 def check_artifact_applies(spec: RunSpec, artifact: str, month: str | None = None) -> None:
@@ -237,6 +238,13 @@ class RunDirectory:
             raise ValueError(f"unknown artifact {artifact!r}")
         check_artifact_applies(spec, artifact, self.month)
         with self.lock:
+            if inputs and not (self.path / MANIFEST).exists():
+                # Computed from artifacts read from this directory, which has since gone: never
+                # recreate it holding this artifact alone.
+                raise WriteRefused(
+                    f"{self.path}: {artifact} was computed from {', '.join(sorted(inputs))} read from this run "
+                    "directory, which has since been removed (archived?); nothing was written"
+                )
             manifest = self._reopen(spec, dagster_run_id=dagster_run_id, phase=errors[0] if errors else None)
             started = time.perf_counter()
             record = self._write_parquet(artifact, frame, parquet_metadata or {})
