@@ -19,10 +19,8 @@ def sample_db(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
-def runs_dir(tmp_path, monkeypatch) -> Path:
-    path = tmp_path / "runs"
-    monkeypatch.setenv("QUANTLAB_RUNS_DIR", str(path))
-    return path
+def runs_dir(tmp_path) -> Path:
+    return tmp_path / "runs"
 
 
 @pytest.fixture

@@ -10,16 +10,11 @@ import dagster as dg
 import pytest
 from dagster_duckdb import DuckDBResource
 
-from quantlab_pipeline.core.errors import QuantlabError
 from quantlab_pipeline.orchestration import catalog as orch
-from quantlab_pipeline.orchestration.catalog import (
-    backtest_catalog,
-    catalog_resources,
-    catalog_sensor_interval,
-    catalog_sync_job,
-    catalog_sync_sensor,
-)
+from quantlab_pipeline.orchestration.catalog import backtest_catalog, build_catalog_sync_sensor, catalog_sync_job
+from quantlab_pipeline.orchestration.defs import build_defs
 from quantlab_pipeline.orchestration.resources import RunStoreResource
+from quantlab_pipeline.orchestration.settings import SENSOR_INTERVAL_ENV, Settings
 from quantlab_pipeline.storage.catalog import query_runs
 from quantlab_pipeline_tests.test_catalog import key, load, make_run, write_manifest
 
@@ -75,38 +70,44 @@ def test_asset_syncs_and_reports_counts_and_totals(runs, resources):
     assert len(query_runs(resources["catalog_duckdb"].database)) == 2
 
 
+catalog_sync_sensor = build_catalog_sync_sensor(30)
+
+
 def test_asset_uses_the_catalog_pool_and_the_job_selects_it():
     assert backtest_catalog.op.pool == orch.CATALOG_POOL == "catalog"
     assert {"catalog_duckdb", "run_store"} <= backtest_catalog.required_resource_keys
-    defs = dg.Definitions(
-        assets=[backtest_catalog], jobs=[catalog_sync_job], sensors=[catalog_sync_sensor], resources=catalog_resources()
-    )
+    defs = build_defs(Settings())
     job = defs.resolve_job_def("catalog_sync_job")
     assert job.asset_layer.executable_asset_keys == {dg.AssetKey("backtest_catalog")}
     dg.Definitions.validate_loadable(defs)
 
 
-def test_catalog_resources_follow_the_environment(monkeypatch):
-    monkeypatch.delenv("QUANTLAB_CATALOG", raising=False)
-    monkeypatch.delenv("QUANTLAB_RUNS_DIR", raising=False)
-    res = catalog_resources()
-    assert (res["catalog_duckdb"].database, str(res["run_store"].root)) == ("data/backtest_catalog.duckdb", "runs")
-    monkeypatch.setenv("QUANTLAB_CATALOG", "/x/c.duckdb")
-    monkeypatch.setenv("QUANTLAB_RUNS_DIR", "/x/runs")
-    res = catalog_resources()
-    assert (res["catalog_duckdb"].database, str(res["run_store"].root)) == ("/x/c.duckdb", "/x/runs")
+def test_settings_follow_the_environment_and_reach_the_resources():
+    settings = Settings.from_env({})
+    assert (settings.catalog_path, settings.runs_dir, settings.sensor_interval_s) == (
+        "data/backtest_catalog.duckdb",
+        "runs",
+        30,
+    )
+    env = {"QUANTLAB_CATALOG": "/x/c.duckdb", "QUANTLAB_RUNS_DIR": "/x/runs", SENSOR_INTERVAL_ENV: "5"}
+    settings = Settings.from_env(env)
+    assert (settings.catalog_path, settings.runs_dir, settings.sensor_interval_s) == ("/x/c.duckdb", "/x/runs", 5)
+    defs = build_defs(settings)
+    assert defs.resources["catalog_duckdb"].database == "/x/c.duckdb"
+    [sensor] = defs.sensors
+    assert sensor.minimum_interval_seconds == 5
+    assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
 
 
-def test_sensor_interval_comes_from_the_environment(monkeypatch):
-    assert catalog_sync_sensor.default_status == dg.DefaultSensorStatus.RUNNING
-    monkeypatch.delenv(orch.SENSOR_INTERVAL_ENV, raising=False)
-    assert catalog_sensor_interval() == 30
-    monkeypatch.setenv(orch.SENSOR_INTERVAL_ENV, "5")
-    assert catalog_sensor_interval() == 5
+def test_a_bad_sensor_interval_falls_back_and_is_reported_not_fatal(runs, resources):
     for bad in ("0", "-3", "soon"):
-        monkeypatch.setenv(orch.SENSOR_INTERVAL_ENV, bad)
-        with pytest.raises(QuantlabError, match=orch.SENSOR_INTERVAL_ENV):
-            catalog_sensor_interval()
+        settings = Settings.from_env({SENSOR_INTERVAL_ENV: bad})
+        assert settings.sensor_interval_s == 30
+        assert settings.problems and SENSOR_INTERVAL_ENV in settings.problems[0] and repr(bad) in settings.problems[0]
+    sensor = build_defs(settings).sensors[0]  # the code location still loads, and the sensor still works
+    with dg.instance_for_test() as instance:
+        context = dg.build_sensor_context(instance=instance, resources={"run_store": resources["run_store"]})
+        assert isinstance(sensor(context), dg.RunRequest)
 
 
 def tick(instance, resources, cursor):

@@ -9,10 +9,12 @@ import polars as pl
 import pytest
 from dagster import AssetKey
 
-from quantlab_pipeline.core.run_creation import create_run_spec
-from quantlab_pipeline.definitions import defs
+from quantlab_pipeline.core.spec_builder import SpecRequest
+from quantlab_pipeline.orchestration.defs import build_defs
 from quantlab_pipeline.orchestration.launch import create_run, materialize_month
 from quantlab_pipeline.orchestration.partitions import month_run_key
+from quantlab_pipeline.orchestration.settings import Settings
+from quantlab_pipeline.storage.run_creation import create_run_spec
 from quantlab_pipeline.storage.run_dir import RunDirectory
 
 SEED_PATHS_COLUMNS = [
@@ -38,14 +40,21 @@ SEED_PATHS_COLUMNS = [
 
 
 def new_spec(sample_db, run_type="path-only", **extra):
-    fields = {
-        "run_type": run_type,
-        "interval": "5m",
-        "window": {"from": "2024-01-05", "to": "2024-02-10"},
-        "source": {"alerts": str(sample_db)},
+    request = SpecRequest(
+        run_type=run_type,
+        alerts=str(sample_db),
+        window_from="2024-01-05",
+        window_to="2024-02-10",
+        interval="5m",
         **extra,
-    }
-    return create_run_spec(fields)
+    )
+    return create_run_spec(request)
+
+
+@pytest.fixture
+def defs(runs_dir):
+    """The project's definitions with the test's runs directory (what the CLI builds from its flags)."""
+    return build_defs(Settings(runs_dir=str(runs_dir)))
 
 
 def ms(day: str) -> int:
@@ -121,7 +130,7 @@ def test_month_outside_the_window_fails_and_writes_nothing(sample_db, runs_dir, 
     assert not (runs_dir / "2024-03").exists()
 
 
-def test_assets_materialized_in_separate_runs_complete_the_run(sample_db, runs_dir, dagster_instance):
+def test_assets_materialized_in_separate_runs_complete_the_run(defs, sample_db, runs_dir, dagster_instance):
     spec = new_spec(sample_db)
     create_run(spec, runs_dir=str(runs_dir), instance=dagster_instance)
     job = defs.resolve_job_def("path_only_job")
@@ -140,10 +149,10 @@ def test_assets_materialized_in_separate_runs_complete_the_run(sample_db, runs_d
     assert rd.manifest()["artifacts"]["paths"]["sha256"] == first
 
 
-def test_a_failed_step_is_recorded_and_recovered(sample_db, runs_dir, dagster_instance, tmp_path):
+def test_a_failed_step_is_recorded_and_recovered(defs, sample_db, runs_dir, dagster_instance, tmp_path):
     candles = tmp_path / "candles.duckdb"
     shutil.copy(sample_db, candles)
-    spec = new_spec(sample_db, source={"alerts": str(sample_db), "candles": str(candles)})
+    spec = new_spec(sample_db, candles=str(candles))
     create_run(spec, runs_dir=str(runs_dir), instance=dagster_instance)
     job = defs.resolve_job_def("path_only_job")
     key = month_run_key("2024-01", spec.run_id)
@@ -171,7 +180,7 @@ def test_a_failed_step_is_recorded_and_recovered(sample_db, runs_dir, dagster_in
 
 
 def test_a_bad_source_fails_before_any_run_directory(sample_db, runs_dir, dagster_instance, tmp_path):
-    spec = new_spec(sample_db, source={"alerts": str(sample_db), "candles": str(tmp_path / "missing.duckdb")})
+    spec = new_spec(sample_db, candles=str(tmp_path / "missing.duckdb"))
     create_run(spec, runs_dir=str(runs_dir), instance=dagster_instance)
     result = materialize_month(spec, "2024-01", runs_dir=str(runs_dir), instance=dagster_instance)
     assert result.status != "completed"
@@ -179,7 +188,7 @@ def test_a_bad_source_fails_before_any_run_directory(sample_db, runs_dir, dagste
     assert not (runs_dir / "2024-01").exists()
 
 
-def test_run_spec_is_immutable_through_dagster(sample_db, runs_dir, dagster_instance):
+def test_run_spec_is_immutable_through_dagster(defs, sample_db, runs_dir, dagster_instance):
     spec = new_spec(sample_db)
     create_run(spec, runs_dir=str(runs_dir), instance=dagster_instance)
     job = defs.resolve_job_def("run_spec_job")
@@ -231,7 +240,7 @@ def test_optimization_month_completes_with_a_ranked_frontier(sample_db, runs_dir
     assert result.headline["frontier"]["policies"] == 4
 
 
-def test_a_month_streamed_in_parts_writes_the_same_artifacts(sample_db, runs_dir, dagster_instance):
+def test_a_month_streamed_in_parts_writes_the_same_artifacts(defs, sample_db, runs_dir, dagster_instance):
     spec = new_spec(
         sample_db, "policy", policy_id="p", policy={"kind": "trailing_stop", "activation_bps": 2000, "trail_bps": 1500}
     )

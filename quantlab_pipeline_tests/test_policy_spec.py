@@ -19,6 +19,7 @@ from quantlab_pipeline.core.policy_spec import (
     policy_id_of,
     policy_to_dict,
 )
+from quantlab_pipeline.storage.run_creation import load_json_arg
 
 
 def test_seed_example_parses():
@@ -49,7 +50,7 @@ def test_every_kind_parses_from_text_file_and_dict(tmp_path):
     path.write_text(json.dumps(spec))
     assert parse_policy(spec) == expected
     assert parse_policy(json.dumps(spec)) == expected
-    assert parse_policy(f"@{path}") == expected
+    assert parse_policy(load_json_arg(f"@{path}", field="policy")) == expected
 
 
 def test_canonical_form_round_trips_and_ids_are_stable():
@@ -151,7 +152,6 @@ FIXED = '{"kind":"fixed_stop","stop_loss_bps":500}'
         ),
         ('{"kind":"fixed_stop",', "policy: invalid JSON at line 1 column 22: Expecting property name"),
         ("[1, 2]", "policy: expected a policy object"),
-        ("@/nonexistent/policy.json", "policy: cannot read policy file '/nonexistent/policy.json'"),
     ],
 )
 def test_validation_errors_name_the_field(value, message):
@@ -162,11 +162,27 @@ def test_validation_errors_name_the_field(value, message):
     assert "\n" not in text
 
 
-def test_invalid_json_in_a_file_names_the_file(tmp_path):
+def test_policy_files_name_the_file_when_missing_or_invalid(tmp_path):
     path = tmp_path / "bad.json"
     path.write_text("{nope")
     with pytest.raises(SpecError, match=r"^policy: invalid JSON in '.*bad\.json' at line 1 column 2"):
-        parse_policy(f"@{path}")
+        load_json_arg(f"@{path}", field="policy")
+    with pytest.raises(SpecError, match=r"^policy: cannot read '/nonexistent/policy\.json'"):
+        load_json_arg("@/nonexistent/policy.json", field="policy")
+
+
+def test_policy_size_is_bounded():
+    nested: dict = {"kind": "fixed_stop", "stop_loss_bps": 500}
+    for _ in range(200):
+        nested = {"kind": "combo", "policies": [nested]}
+    with pytest.raises(SpecError, match="combos nest at most 8 deep"):
+        parse_policy(nested)
+    levels = [{"multiple": 1 + (i + 1) / 1000, "fraction": 1e-6} for i in range(100_000)]
+    with pytest.raises(SpecError, match=r"^policy\.levels: a ladder has at most 64 levels, got 100000"):
+        parse_policy({"kind": "ladder", "levels": levels})
+    wide = {"kind": "combo", "policies": [{"kind": "fixed_stop", "stop_loss_bps": 100 + i} for i in range(65)]}
+    with pytest.raises(SpecError, match="at most 64 exit rules"):
+        parse_policy(wide)
 
 
 def test_root_prefixes_the_field_path():

@@ -8,7 +8,6 @@ month of the window through Dagster.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -19,7 +18,17 @@ from rich.table import Table
 
 from quantlab_pipeline.cli.console import console, err_console, user_errors
 from quantlab_pipeline.cli.options import runs_dir_option
+from quantlab_pipeline.core import display
 from quantlab_pipeline.core.errors import SpecError
+from quantlab_pipeline.core.spec_builder import (
+    DEFAULT_ALERTS_PATH,
+    DEFAULT_ALERTS_TABLE,
+    DEFAULT_FEE_BPS,
+    DEFAULT_HORIZON,
+    DEFAULT_INTERVAL,
+    DEFAULT_SLIPPAGE_BPS,
+    SpecRequest,
+)
 
 
 def _run_options(fn: Callable) -> Callable:
@@ -28,24 +37,27 @@ def _run_options(fn: Callable) -> Callable:
         click.option(
             "--calls-from-duckdb",
             "alerts",
-            default="data/alerts.duckdb",
+            default=DEFAULT_ALERTS_PATH,
             show_default=True,
             help="DuckDB database with the alerts table.",
         ),
-        click.option("--alerts-table", default="alerts", show_default=True, help="Alerts table name."),
+        click.option("--alerts-table", default=DEFAULT_ALERTS_TABLE, show_default=True, help="Alerts table name."),
         click.option(
             "--candles-from",
             "candles",
             default=None,
             help="Candles: DuckDB database (table ohlcv_candles) or Parquet file/dir/glob. Default: the alerts database.",
         ),
-        click.option("--interval", default="5m", show_default=True, help="Candle interval."),
+        click.option("--interval", default=DEFAULT_INTERVAL, show_default=True, help="Candle interval."),
         click.option(
             "--from", "date_from", required=True, help="First day of the window (YYYY-MM-DD, UTC, inclusive)."
         ),
         click.option("--to", "date_to", required=True, help="Last day of the window (YYYY-MM-DD, UTC, inclusive)."),
         click.option(
-            "--horizon", default="5d", show_default=True, help="How long after the alert the path is followed."
+            "--horizon",
+            default=DEFAULT_HORIZON,
+            show_default=True,
+            help="How long after the alert the path is followed.",
         ),
         click.option("--caller", "callers", multiple=True, help="Only these callers (repeatable)."),
         click.option("--chain", "chains", multiple=True, help="Only these chains (repeatable)."),
@@ -57,8 +69,12 @@ def _run_options(fn: Callable) -> Callable:
 
 
 def _execution_options(fn: Callable) -> Callable:
-    fn = click.option("--slippage-bps", type=float, default=10.0, show_default=True, help="Slippage per side, bps.")(fn)
-    return click.option("--fee-bps", type=float, default=30.0, show_default=True, help="Fee per side, bps.")(fn)
+    fn = click.option(
+        "--slippage-bps", type=float, default=None, help=f"Slippage per side, bps [default: {DEFAULT_SLIPPAGE_BPS:g}]."
+    )(fn)
+    return click.option(
+        "--fee-bps", type=float, default=None, help=f"Fee per side, bps [default: {DEFAULT_FEE_BPS:g}]."
+    )(fn)
 
 
 def _policy_options(fn: Callable) -> Callable:
@@ -73,48 +89,67 @@ def _sweep_options(fn: Callable) -> Callable:
     )(fn)
 
 
-def _spec_fields(run_type: str, opts: dict[str, Any]) -> dict[str, Any]:
-    fields: dict[str, Any] = {
-        "run_type": run_type,
-        "interval": opts["interval"],
-        "window": {"from": opts["date_from"], "to": opts["date_to"]},
-        "horizon": opts["horizon"],
-        "source": {"alerts": os.path.abspath(opts["alerts"]), "alerts_table": opts["alerts_table"]},
-        "filters": {"callers": list(opts["callers"]), "chains": list(opts["chains"])},
-        "execution": {"fee_bps": opts.get("fee_bps", 30.0), "slippage_bps": opts.get("slippage_bps", 10.0)},
-    }
-    if opts.get("candles"):
-        fields["source"]["candles"] = (
-            os.path.abspath(opts["candles"]) if "*" not in opts["candles"] else opts["candles"]
-        )
-    if run_type == "policy":
-        if not opts.get("policy"):
-            raise SpecError("--policy: required for a policy backtest (JSON inline or @file.json)")
-        if not opts.get("policy_id"):
-            raise SpecError("--policy-id: required for a policy backtest")
-        fields["policy_id"], fields["policy"] = opts["policy_id"], opts["policy"]
-    if run_type == "optimization":
-        sweep = opts.get("sweep")
-        if opts.get("per_caller"):
-            from quantlab_pipeline.core.run_creation import load_json_arg
+def _request(run_type: str, opts: dict[str, Any]) -> SpecRequest:
+    """The flags as a spec request; the builder decides what the run type needs or refuses."""
+    return SpecRequest(
+        run_type=run_type,
+        alerts=opts["alerts"],
+        window_from=opts["date_from"],
+        window_to=opts["date_to"],
+        alerts_table=opts["alerts_table"],
+        candles=opts.get("candles"),
+        interval=opts["interval"],
+        horizon=opts["horizon"],
+        callers=tuple(opts["callers"]),
+        chains=tuple(opts["chains"]),
+        policy_id=opts.get("policy_id"),
+        policy=opts.get("policy"),
+        fee_bps=opts.get("fee_bps"),
+        slippage_bps=opts.get("slippage_bps"),
+        sweep=opts.get("sweep"),
+        per_caller=bool(opts.get("per_caller")),
+    )
 
-            body = load_json_arg(sweep, field="--sweep") if sweep else {}
-            sweep = {"templates": body} if isinstance(body, list) else dict(body)
-            sweep["per_caller"] = True
-        fields["sweep"] = sweep
-    return fields
+
+# Spec request fields as the user typed them here.
+_FLAGS = {
+    "alerts": "--calls-from-duckdb",
+    "window_from": "--from",
+    "window_to": "--to",
+    "run_type": "--run-type",
+    "policy_id": "--policy-id",
+    "policy": "--policy",
+    "fee_bps": "--fee-bps",
+    "slippage_bps": "--slippage-bps",
+    "sweep": "--sweep",
+    "per_caller": "--per-caller",
+}
+
+
+def _naming_flags(exc: SpecError) -> SpecError:
+    """The builder names request fields; a CLI user should read the flag they typed."""
+    field, sep, rest = str(exc).partition(":")
+    head = field.split(".")[0].split("[")[0]
+    if not sep or head not in _FLAGS:
+        return exc
+    return SpecError(f"{_FLAGS[head]}:{rest}" if field == head else f"{_FLAGS[head]}: {field}:{rest}")
 
 
 def _create(run_type: str, opts: dict[str, Any]):
     """Validate flags and sources, then register the run (spec + partition + run_spec)."""
     from quantlab_pipeline.core.inputs import check_alerts_source, check_candles_source
-    from quantlab_pipeline.core.run_creation import create_run_spec
     from quantlab_pipeline.orchestration.launch import create_run, get_instance
+    from quantlab_pipeline.orchestration.partitions import check_months_exist
+    from quantlab_pipeline.storage.run_creation import create_run_spec
 
-    spec = create_run_spec(_spec_fields(run_type, opts))
+    try:
+        spec = create_run_spec(_request(run_type, opts))
+    except SpecError as exc:
+        raise _naming_flags(exc) from None
+    months = spec.months()
+    check_months_exist(months)
     check_alerts_source(spec.source.alerts, spec.source.alerts_table)
     check_candles_source(spec.source.candles_source, interval=spec.interval)
-    months = spec.months()
     instance = get_instance()
     create_run(spec, runs_dir=opts["runs_dir"], instance=instance)
     return spec, months, instance
@@ -127,18 +162,6 @@ class _ProgressHandler(logging.Handler):
         month = getattr(record, "month", "")
         step = getattr(record, "step", "")
         console.print(f"  [dim]{month}[/dim] [cyan]{step:<8}[/cyan] {escape(record.getMessage())}")
-
-
-def _fmt(value: Any, kind: str = "num") -> str:
-    if value is None:
-        return "—"
-    if kind == "pct":
-        return f"{100 * value:.1f}%"
-    if kind == "bps":
-        return f"{value:,.0f}"
-    if isinstance(value, float):
-        return f"{value:,.2f}"
-    return f"{value:,}" if isinstance(value, int) else str(value)
 
 
 def _headline_table(run_type: str, results) -> Table:
@@ -173,7 +196,7 @@ def _headline_table(run_type: str, results) -> Table:
         *("[green]completed[/green]" if r.status == "completed" else f"[red]{r.status}[/red]" for r in results),
     )
     for title, asset, key, kind in metrics:
-        table.add_row(title, *(_fmt(r.headline.get(asset, {}).get(key), kind) for r in results))
+        table.add_row(title, *(display.FORMATS[kind](r.headline.get(asset, {}).get(key)) for r in results))
     return table
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from typing import NoReturn
 
 from rich.console import Console
 from rich.markup import escape
@@ -14,21 +15,21 @@ console = Console(highlight=False, soft_wrap=True)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
-def fail(message: str) -> None:
-    """Print a one-line error and exit 2 (bad input, bad flag)."""
+def fail(message: str, code: int = 2) -> NoReturn:
+    """Print a one-line error and exit `code` (2: bad input or flag; 1: an environment fault)."""
     err_console.print(f"[bold red]error:[/bold red] {escape(message)}")
-    raise SystemExit(2)
+    raise SystemExit(code)
 
 
 def user_errors(fn: Callable) -> Callable:
-    """Turn `QuantlabError`s raised by a command into a one-line error with exit code 2."""
+    """Turn `QuantlabError`s raised by a command into a one-line error and its exit code."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except QuantlabError as exc:
-            fail(str(exc))
+            fail(str(exc), exc.exit_code)
 
     return wrapper
 

@@ -27,6 +27,14 @@ Reason = Literal[
 class QuantlabError(Exception):
     """A failure the user can fix: the message is one line naming the file, table, column or flag."""
 
+    exit_code = 2
+
+
+class EnvironmentFault(QuantlabError):
+    """The machine, not the input: an unusable Dagster home, a read-only or full disk (exit 1)."""
+
+    exit_code = 1
+
 
 class InputError(QuantlabError):
     """A missing or malformed input source (file, table, column, type)."""

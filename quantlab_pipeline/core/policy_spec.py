@@ -14,9 +14,9 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar
 
+from quantlab_pipeline.core import json_text
 from quantlab_pipeline.core.durations import parse_duration_ms
 from quantlab_pipeline.core.errors import SpecError
 
@@ -24,6 +24,11 @@ BPS = 10_000.0
 # Fractions are user decimals (0.1 + 0.2 + 0.7 is 1.0000000000000002 in binary); this much slack
 # over 1 is accepted, and a remainder this small counts as a fully closed position.
 FRACTION_TOLERANCE = 1e-9
+# Bounds on a policy's size: deeper or larger trees are mistakes, and would bloat every run.json.
+MAX_COMBO_DEPTH = 8
+MAX_LEAVES = 64
+MAX_LADDER_LEVELS = 64
+MAX_DURATION_MS = 3650 * 86_400_000  # ten years: past it a duration is a typo, and ms sums overflow
 
 
 @dataclass(frozen=True)
@@ -93,28 +98,14 @@ def leaves(policy: Policy) -> list[Leaf]:
 
 
 def parse_policy(value: str | dict[str, Any], *, root: str = "policy") -> Policy:
-    """A policy from JSON text, `@path/to/file.json`, or a parsed dict; `root` prefixes error paths."""
+    """A policy from JSON text or a parsed dict; `root` prefixes error paths. (`@file.json`
+    arguments are read by the caller: `storage.run_creation.load_json_arg`.)"""
     if isinstance(value, str):
-        value = _load_json(value, root)
-    return _parse_node(value, root)
+        value = json_text.loads(value, field=root)
+    return _parse_node(value, root, depth=1)
 
 
-def _load_json(text: str, root: str) -> Any:
-    source = "JSON"
-    if text.startswith("@"):
-        path = Path(text[1:])
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise SpecError(f"{root}: cannot read policy file {str(path)!r}: {exc.strerror or exc}") from None
-        source = f"JSON in {str(path)!r}"
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise SpecError(f"{root}: invalid {source} at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
-
-
-def _parse_node(node: Any, path: str) -> Policy:
+def _parse_node(node: Any, path: str, depth: int) -> Policy:
     if not isinstance(node, dict):
         raise SpecError(f'{path}: expected a policy object like {{"kind": "fixed_stop", …}}, got {_show(node)}')
     if "kind" not in node:
@@ -151,20 +142,29 @@ def _parse_node(node: Any, path: str) -> Policy:
         return TrailingStop(activation, trail, opt_stop("hard_stop_bps"))
     if kind == "time_stop":
         max_hold = parse_duration_ms(node["max_hold"], field=f"{path}.max_hold")
-        if max_hold <= 0:
-            raise SpecError(f"{path}.max_hold: must be a positive duration, got {_show(node['max_hold'])}")
+        if not 0 < max_hold <= MAX_DURATION_MS:
+            raise SpecError(
+                f"{path}.max_hold: must be a positive duration of at most 3650d, got {_show(node['max_hold'])}"
+            )
         return TimeStop(max_hold, opt_profit("take_profit_bps"), opt_stop("stop_loss_bps"))
     if kind == "ladder":
         return Ladder(_parse_levels(node["levels"], f"{path}.levels"), opt_stop("stop_loss_bps"))
     subs = node["policies"]
     if not isinstance(subs, list) or not subs:
         raise SpecError(f"{path}.policies: expected a non-empty list of policies, got {_show(subs)}")
-    return Combo(tuple(_parse_node(sub, f"{path}.policies[{i}]") for i, sub in enumerate(subs)))
+    if depth >= MAX_COMBO_DEPTH:
+        raise SpecError(f"{path}.policies: combos nest at most {MAX_COMBO_DEPTH} deep")
+    combo = Combo(tuple(_parse_node(sub, f"{path}.policies[{i}]", depth + 1) for i, sub in enumerate(subs)))
+    if len(leaves(combo)) > MAX_LEAVES:
+        raise SpecError(f"{path}.policies: a combo holds at most {MAX_LEAVES} exit rules, got {len(leaves(combo))}")
+    return combo
 
 
 def _parse_levels(raw: Any, path: str) -> tuple[LadderLevel, ...]:
     if not isinstance(raw, list) or not raw:
         raise SpecError(f'{path}: expected a non-empty list of {{"multiple": m, "fraction": f}}, got {_show(raw)}')
+    if len(raw) > MAX_LADDER_LEVELS:
+        raise SpecError(f"{path}: a ladder has at most {MAX_LADDER_LEVELS} levels, got {len(raw)}")
     levels, seen = [], set()
     for i, item in enumerate(raw):
         where = f"{path}[{i}]"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import calendar
 import datetime as dt
+import math
 import re
 import uuid
 from typing import Any, Literal
@@ -16,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from quantlab_pipeline.core.durations import interval_ms, parse_duration_ms
 from quantlab_pipeline.core.errors import SpecError
+from quantlab_pipeline.core.policy_spec import BPS, MAX_DURATION_MS, Policy, parse_policy
 
 RUN_ID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
 MONTH_RE = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
@@ -118,8 +120,8 @@ class TruthParams(_Strict):
     @field_validator("multiples")
     @classmethod
     def _multiples(cls, v: tuple[float, ...]) -> tuple[float, ...]:
-        if not v or any(not (m > 1.0) for m in v):
-            raise ValueError("multiples must be a non-empty list of numbers > 1")
+        if not v or any(not (1.0 < m < math.inf) for m in v):
+            raise ValueError("multiples must be a non-empty list of finite numbers > 1")
         return tuple(sorted(set(v)))
 
     @field_validator("activity_move")
@@ -145,9 +147,9 @@ class Execution(_Strict):
 
     @field_validator("fee_bps", "slippage_bps")
     @classmethod
-    def _non_negative(cls, v: float) -> float:
-        if v < 0:
-            raise ValueError("must be >= 0")
+    def _cost(cls, v: float) -> float:
+        if not (0 <= v < BPS):  # NaN fails too: a NaN cost would make every return NaN
+            raise ValueError(f"must be a number in [0, {BPS:g}) bps, got {v!r}")
         return v
 
 
@@ -194,8 +196,8 @@ class RunSpec(_Strict):
     @classmethod
     def _horizon(cls, v: str) -> str:
         try:
-            if parse_duration_ms(v, field="horizon") <= 0:
-                raise ValueError("horizon must be positive")
+            if not 0 < parse_duration_ms(v, field="horizon") <= MAX_DURATION_MS:
+                raise ValueError(f"horizon must be a positive duration of at most 3650d, got {v!r}")
         except SpecError as exc:
             raise ValueError(str(exc)) from None
         return v
@@ -205,8 +207,6 @@ class RunSpec(_Strict):
         if self.run_type == "policy":
             if self.policy is None or not self.policy_id:
                 raise ValueError("a policy run needs 'policy_id' and 'policy'")
-            from quantlab_pipeline.core.policy_spec import parse_policy
-
             parse_policy(self.policy)  # raises SpecError naming the bad field
         if self.run_type == "optimization":
             from quantlab_pipeline.core.sweep import parse_sweep
@@ -233,6 +233,12 @@ class RunSpec(_Strict):
         return self.model_dump(mode="json", by_alias=True)
 
     # -- derived quantities --------------------------------------------------------------------
+
+    def policy_and_id(self) -> tuple[str, Policy]:
+        """`(policy_id, parsed policy)` of a policy run; a `SpecError` for any other run type."""
+        if self.run_type != "policy" or self.policy is None or not self.policy_id:
+            raise SpecError(f"run {self.run_id} is a {self.run_type} run; only policy runs have a policy")
+        return self.policy_id, parse_policy(self.policy)
 
     @property
     def interval_ms(self) -> int:

@@ -2,6 +2,7 @@
 and paths → frontier. Each body calls `core` and returns an `ArtifactOutput`; the IO manager writes it.
 """
 
+import enum
 import warnings
 from typing import Any
 
@@ -15,19 +16,28 @@ from dagster import (
     MultiToSingleDimensionPartitionMapping,
     asset,
 )
+from pydantic import Field
 
+from quantlab_pipeline.core import display
 from quantlab_pipeline.core.errors import QuantlabError, SpecError
 from quantlab_pipeline.core.inputs import check_alerts_source, check_candles_source, read_alerts
 from quantlab_pipeline.core.policy import simulate_trades
-from quantlab_pipeline.core.policy_spec import parse_policy
-from quantlab_pipeline.core.run_creation import create_run_spec
 from quantlab_pipeline.core.spec import RunSpec, validate_run_id
+from quantlab_pipeline.core.spec_builder import (
+    DEFAULT_ALERTS_TABLE,
+    DEFAULT_FEE_BPS,
+    DEFAULT_HORIZON,
+    DEFAULT_INTERVAL,
+    DEFAULT_SLIPPAGE_BPS,
+    SpecRequest,
+)
 from quantlab_pipeline.core.summary import summarize_trades
 from quantlab_pipeline.core.sweep import parse_sweep, run_sweep
 from quantlab_pipeline.core.truth import compute_paths
-from quantlab_pipeline.orchestration.partitions import month_run_partitions, run_partitions
+from quantlab_pipeline.orchestration.partitions import check_months_exist, month_run_partitions, run_partitions
 from quantlab_pipeline.orchestration.resources import CandleStoreResource, RunStoreResource
 from quantlab_pipeline.orchestration.steps import ArtifactOutput, artifact_step
+from quantlab_pipeline.storage.run_creation import create_run_spec
 from quantlab_pipeline.storage.run_dir import LoadedArtifact
 from quantlab_pipeline.storage.specs import read_spec
 
@@ -48,84 +58,99 @@ def artifact_asset(**kwargs: Any):
     )
 
 
-class RunSpecConfig(Config):
-    """Launchpad config for a new run (omit everything to re-materialize an existing spec).
+class RunType(enum.Enum):
+    """The launchpad's choice of run type (a dropdown); values are the spec's `run_type`."""
 
-    `policy` and `sweep` are JSON text; dates are `YYYY-MM-DD`, inclusive.
+    path_only = "path-only"
+    policy = "policy"
+    optimization = "optimization"
+
+
+class RunSpecConfig(Config):
+    """Launchpad config for a new run; to re-materialize an existing spec, give nothing.
+
+    Required for every new run: `run_type`, `alerts`, `window_from`, `window_to`. Policy runs also
+    need `policy_id` and `policy`; fields a run type does not use are refused, not ignored.
     """
 
-    run_type: str | None = None
-    interval: str | None = None
-    window_from: str | None = None
-    window_to: str | None = None
-    horizon: str | None = None
-    alerts: str | None = None
-    alerts_table: str | None = None
-    candles: str | None = None
-    callers: list[str] | None = None
-    chains: list[str] | None = None
-    policy_id: str | None = None
-    policy: str | None = None
-    fee_bps: float | None = None
-    slippage_bps: float | None = None
-    sweep: str | None = None
+    run_type: RunType | None = Field(default=None, description="path-only | policy | optimization.")
+    alerts: str | None = Field(
+        default=None,
+        description="DuckDB database with the alerts table; relative paths are resolved against the "
+        "code location's working directory and stored absolute.",
+    )
+    window_from: str | None = Field(default=None, description="First day of the window, YYYY-MM-DD (UTC, inclusive).")
+    window_to: str | None = Field(default=None, description="Last day of the window, YYYY-MM-DD (UTC, inclusive).")
+    alerts_table: str | None = Field(default=None, description=f"Alerts table name (default {DEFAULT_ALERTS_TABLE}).")
+    candles: str | None = Field(
+        default=None,
+        description="Candles: a DuckDB database with ohlcv_candles, or a Parquet file, directory or glob "
+        "(default: the alerts database).",
+    )
+    interval: str | None = Field(
+        default=None, description=f"Candle interval, e.g. 1m, 5m, 1h (default {DEFAULT_INTERVAL})."
+    )
+    horizon: str | None = Field(
+        default=None, description=f"How long after each alert the path is followed (default {DEFAULT_HORIZON})."
+    )
+    callers: list[str] | None = Field(default=None, description="Only alerts of these callers.")
+    chains: list[str] | None = Field(default=None, description="Only alerts on these chains.")
+    policy_id: str | None = Field(default=None, description="Policy runs: the policy's name.")
+    policy: str | None = Field(
+        default=None,
+        description='Policy runs: the policy as JSON, e.g. {"kind":"fixed_stop","stop_loss_bps":500}, or @file.json.',
+    )
+    fee_bps: float | None = Field(
+        default=None, description=f"Policy and optimization runs: fee per side in bps (default {DEFAULT_FEE_BPS:g})."
+    )
+    slippage_bps: float | None = Field(
+        default=None,
+        description=f"Policy and optimization runs: slippage per side in bps (default {DEFAULT_SLIPPAGE_BPS:g}).",
+    )
+    sweep: str | None = Field(
+        default=None,
+        description="Optimization runs: the policy grid as JSON or @grid.json (default: the built-in grid).",
+    )
+    per_caller: bool = Field(default=False, description="Optimization runs: also rank the policies for each caller.")
 
-    def spec_fields(self) -> dict[str, Any]:
-        """The given fields as a (partial) run spec dict."""
-        fields: dict[str, Any] = {}
+    def is_empty(self) -> bool:
+        return not any(v not in (None, False) for v in self.model_dump().values())
 
-        def put(path: tuple[str, ...], value: Any) -> None:
-            if value is None:
-                return
-            node = fields
-            for key in path[:-1]:
-                node = node.setdefault(key, {})
-            node[path[-1]] = value
-
-        put(("run_type",), self.run_type)
-        put(("interval",), self.interval)
-        put(("window", "from"), self.window_from)
-        put(("window", "to"), self.window_to)
-        put(("horizon",), self.horizon)
-        put(("source", "alerts"), self.alerts)
-        put(("source", "alerts_table"), self.alerts_table)
-        put(("source", "candles"), self.candles)
-        put(("filters", "callers"), self.callers)
-        put(("filters", "chains"), self.chains)
-        put(("policy_id",), self.policy_id)
-        put(("policy",), self.policy)
-        put(("execution", "fee_bps"), self.fee_bps)
-        put(("execution", "slippage_bps"), self.slippage_bps)
-        put(("sweep",), self.sweep)
-        return fields
-
-
-def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in update.items():
-        merged[key] = (
-            _deep_merge(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+    def request(self) -> SpecRequest:
+        return SpecRequest(
+            run_type=self.run_type.value if self.run_type else "",
+            alerts=self.alerts,
+            window_from=self.window_from,
+            window_to=self.window_to,
+            alerts_table=self.alerts_table,
+            candles=self.candles,
+            interval=self.interval,
+            horizon=self.horizon,
+            callers=tuple(self.callers or ()),
+            chains=tuple(self.chains or ()),
+            policy_id=self.policy_id,
+            policy=self.policy,
+            fee_bps=self.fee_bps,
+            slippage_bps=self.slippage_bps,
+            sweep=self.sweep,
+            per_caller=self.per_caller,
         )
-    return merged
 
 
 @asset(partitions_def=run_partitions, io_manager_key="spec_io_manager", group_name=GROUP, kinds={"json"})
 def run_spec(context: AssetExecutionContext, config: RunSpecConfig, run_store: RunStoreResource) -> RunSpec:
     """One backtest configuration, immutable once written (`runs/_specs/<run_id>.json`)."""
     run_id = validate_run_id(context.partition_key)
-    fields = config.spec_fields()
     try:
         existing = read_spec(run_store.root, run_id)
     except QuantlabError:
         existing = None
-    try:
-        if existing is None:
-            fields.setdefault("run_type", "path-only")
-            fields.setdefault("source", {}).setdefault("alerts", "data/alerts.duckdb")
-            return create_run_spec(fields, run_id=run_id)
-        if not fields:
-            return existing
-        return RunSpec.from_dict(_deep_merge(existing.to_dict(), fields))
+    if existing is not None and config.is_empty():
+        return existing
+    try:  # a spec that differs from the stored one is refused by the IO manager (immutable)
+        spec = create_run_spec(config.request(), run_id=run_id)
+        check_months_exist(spec.months())
+        return spec
     except SpecError as exc:
         raise Failure(description=str(exc), allow_retries=False) from None
 
@@ -188,8 +213,8 @@ def paths(
             del candles  # free this part before the next one is read
         frame = pl.concat(frames).sort("alert_ts_ms", "call_id")
         step.log(
-            f"{frame.height} paths, {excluded} alerts excluded; hit 2x {_pct(_mean(frame, 'hit_2x'))}, "
-            f"median peak {_num(_median(frame, 'peak_multiple'))}x"
+            f"{frame.height} paths, {excluded} alerts excluded; hit 2x {display.pct(_mean(frame, 'hit_2x'))}, "
+            f"median peak {display.num(_median(frame, 'peak_multiple'))}x"
         )
         return step.output(
             frame,
@@ -215,9 +240,7 @@ def trades(
 ) -> ArtifactOutput:
     """The policy layer (`policy/trades.parquet`): one simulated trade per entry."""
     with artifact_step(context, run_store, run_spec, "policy") as step:
-        if run_spec.run_type != "policy" or run_spec.policy is None:
-            raise SpecError(f"trades: run {run_spec.run_id} is a {run_spec.run_type} run; only policy runs have trades")
-        policy = parse_policy(run_spec.policy)
+        policy_id, policy = run_spec.policy_and_id()
         parts = []
         for segment, candles in candle_store.segments(run_spec, alerts.frame, paths.frame):
             parts.append(
@@ -226,7 +249,7 @@ def trades(
                     candles,
                     policy,
                     run_id=run_spec.run_id,
-                    policy_id=run_spec.policy_id,
+                    policy_id=policy_id,
                     interval_ms=run_spec.interval_ms,
                     horizon_ms=run_spec.horizon_ms,
                     execution=run_spec.execution,
@@ -268,14 +291,14 @@ def summary(
             trades.frame,
             run_id=run_spec.run_id,
             month=step.month,
-            policy_id=run_spec.policy_id,
+            policy_id=run_spec.policy_and_id()[0],
             calls_processed=paths.frame.height,
             calls_excluded=source_rows - paths.frame.height,
         )
         row = frame.row(0, named=True)
         step.log(
-            f"{row['trades_count']} trades, median return {_num(row['median_return_bps'])} bps, "
-            f"stop-out {_pct(row['stop_out_rate'])}, win rate {_pct(row['win_rate'])}"
+            f"{row['trades_count']} trades, median return {display.bps(row['median_return_bps'])} bps, "
+            f"stop-out {display.pct(row['stop_out_rate'])}, win rate {display.pct(row['win_rate'])}"
         )
         return step.output(
             frame,
@@ -297,10 +320,6 @@ def frontier(
 ) -> ArtifactOutput:
     """The optimization frontier (`results/frontier.parquet`): a policy grid ranked under constraints."""
     with artifact_step(context, run_store, run_spec, "frontier") as step:
-        if run_spec.run_type != "optimization":
-            raise SpecError(
-                f"frontier: run {run_spec.run_id} is a {run_spec.run_type} run; only optimization runs have a frontier"
-            )
         frame = run_sweep(
             candle_store.segments(run_spec, alerts.frame, paths.frame),
             parse_sweep(run_spec.sweep),
@@ -323,31 +342,17 @@ def frontier(
             )
         step.log(
             f"{overall.height} policies, {headline['feasible_policies']} meet the constraints; "
-            f"best {headline.get('best_policy', 'n/a')} (score {_num(headline.get('best_objective_score'))})"
+            f"best {headline.get('best_policy', 'n/a')} (score {display.bps(headline.get('best_objective_score'))})"
         )
         return step.output(frame, inputs=(alerts, paths), headline=headline)
 
 
-def _pct(value: float | None) -> str:
-    return "n/a" if value is None else f"{100 * value:.1f}%"
-
-
-def _num(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:,.2f}"
-
-
 def _mean(frame: pl.DataFrame, column: str) -> float | None:
-    if frame.height == 0:
-        return None
-    value = frame.get_column(column).cast(pl.Float64).mean()
-    return None if value is None else float(value)
+    return frame.select(pl.col(column).cast(pl.Float64).mean()).item() if frame.height else None
 
 
 def _median(frame: pl.DataFrame, column: str) -> float | None:
-    if frame.height == 0:
-        return None
-    value = frame.get_column(column).cast(pl.Float64).median()
-    return None if value is None else float(value)
+    return frame.select(pl.col(column).cast(pl.Float64).median()).item() if frame.height else None
 
 
 BACKTEST_ASSETS = [run_spec, alerts, paths, trades, summary, frontier]

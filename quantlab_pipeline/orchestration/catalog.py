@@ -6,7 +6,6 @@ pool (configure it with one slot) and by the catalog's file lock.
 """
 
 import json
-import os
 
 from dagster import (
     AssetExecutionContext,
@@ -14,6 +13,7 @@ from dagster import (
     MaterializeResult,
     MetadataValue,
     RunRequest,
+    SensorDefinition,
     SensorEvaluationContext,
     SkipReason,
     asset,
@@ -22,34 +22,10 @@ from dagster import (
 )
 from dagster_duckdb import DuckDBResource
 
-from quantlab_pipeline.core.errors import QuantlabError
 from quantlab_pipeline.orchestration.resources import RunStoreResource
 from quantlab_pipeline.storage.catalog import sync_catalog, terminal_fingerprint
-from quantlab_pipeline.storage.layout import default_catalog_path
 
 CATALOG_POOL = "catalog"
-SENSOR_INTERVAL_ENV = "QUANTLAB_CATALOG_SENSOR_INTERVAL"
-DEFAULT_SENSOR_INTERVAL_S = 30
-
-
-def catalog_resources() -> dict[str, object]:
-    """`catalog_duckdb` and `run_store`, configured from `QUANTLAB_CATALOG` / `QUANTLAB_RUNS_DIR`."""
-    return {
-        "catalog_duckdb": DuckDBResource(database=default_catalog_path()),
-        "run_store": RunStoreResource(),
-    }
-
-
-def catalog_sensor_interval() -> int:
-    """Seconds between sensor ticks, from `QUANTLAB_CATALOG_SENSOR_INTERVAL` (default 30)."""
-    raw = os.environ.get(SENSOR_INTERVAL_ENV, str(DEFAULT_SENSOR_INTERVAL_S))
-    try:
-        seconds = int(raw)
-    except ValueError:
-        seconds = 0
-    if seconds <= 0:
-        raise QuantlabError(f"{SENSOR_INTERVAL_ENV}: expected a positive number of seconds, got {raw!r}")
-    return seconds
 
 
 @asset(
@@ -97,24 +73,33 @@ catalog_sync_job = define_asset_job(
 )
 
 
-@sensor(
-    job=catalog_sync_job,
-    default_status=DefaultSensorStatus.RUNNING,
-    minimum_interval_seconds=catalog_sensor_interval(),
-    description="Requests a catalog sync when terminal run directories appear, change or disappear.",
-)
-def catalog_sync_sensor(context: SensorEvaluationContext, run_store: RunStoreResource):
-    """Cursor `{"fingerprint", "seq"}`: the digest of the terminal directories' stats last synced,
-    and a counter, so a state seen before (an archive restored) still gets a fresh run key."""
-    if not run_store.root.is_dir():
-        return SkipReason(f"runs directory {run_store.root} does not exist yet")
-    digest, count = terminal_fingerprint(run_store.root)
-    previous = json.loads(context.cursor) if context.cursor else {}
-    if previous.get("fingerprint") == digest:
-        return SkipReason(f"no change in {count} terminal run directories")
-    seq = previous.get("seq", 0) + 1
-    context.update_cursor(json.dumps({"fingerprint": digest, "seq": seq}))
-    return RunRequest(
-        run_key=f"catalog-sync-{seq}-{digest[:16]}",
-        tags={"quantlab/terminal_runs": str(count)},
+def build_catalog_sync_sensor(interval_s: int, warnings: tuple[str, ...] = ()) -> SensorDefinition:
+    """The sensor, ticking every `interval_s` seconds; `warnings` (settings that fell back to their
+    default) are logged on every tick so a bad value is visible without breaking the location."""
+
+    @sensor(
+        name="catalog_sync_sensor",
+        job=catalog_sync_job,
+        default_status=DefaultSensorStatus.RUNNING,
+        minimum_interval_seconds=interval_s,
+        description="Requests a catalog sync when terminal run directories appear, change or disappear.",
     )
+    def catalog_sync_sensor(context: SensorEvaluationContext, run_store: RunStoreResource):
+        """Cursor `{"fingerprint", "seq"}`: the digest of the terminal directories' stats last synced,
+        and a counter, so a state seen before (an archive restored) still gets a fresh run key."""
+        for warning in warnings:
+            context.log.warning(warning)
+        if not run_store.root.is_dir():
+            return SkipReason(f"runs directory {run_store.root.resolve()} does not exist yet")
+        digest, count = terminal_fingerprint(run_store.root)
+        previous = json.loads(context.cursor) if context.cursor else {}
+        if previous.get("fingerprint") == digest:
+            return SkipReason(f"no change in {count} terminal run directories under {run_store.root.resolve()}")
+        seq = previous.get("seq", 0) + 1
+        context.update_cursor(json.dumps({"fingerprint": digest, "seq": seq}))
+        return RunRequest(
+            run_key=f"catalog-sync-{seq}-{digest[:16]}",
+            tags={"quantlab/terminal_runs": str(count)},
+        )
+
+    return catalog_sync_sensor

@@ -1,7 +1,7 @@
 """IO managers: the only place Dagster touches the run directory layout (via `storage`)."""
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: Dagster must see the resource type of `run_store` to
+# accept the launch-configurable run store `build_defs` binds.
 import time
 from pathlib import Path
 from typing import Any

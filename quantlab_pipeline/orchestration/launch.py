@@ -6,17 +6,21 @@ partitions and materializations appear in `dagster dev`.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dagster import AssetKey, AssetMaterialization, DagsterInstance
+from dagster import AssetKey, AssetMaterialization, DagsterInstance, Definitions
 
 from quantlab_pipeline.core.errors import QuantlabError
 from quantlab_pipeline.core.spec import RunSpec
+from quantlab_pipeline.orchestration.defs import build_defs
 from quantlab_pipeline.orchestration.io_managers import spec_metadata
 from quantlab_pipeline.orchestration.partitions import RUN_PARTITIONS_NAME, month_run_key
+from quantlab_pipeline.orchestration.settings import Settings
 from quantlab_pipeline.storage.run_dir import RunDirectory
 from quantlab_pipeline.storage.specs import write_spec
 
@@ -54,12 +58,10 @@ def ensure_dagster_home() -> str:
     return home
 
 
-def _definitions(runs_dir: str):
-    """The project's definitions, with the run store pointed at `runs_dir` (read at execution)."""
-    os.environ["QUANTLAB_RUNS_DIR"] = str(runs_dir)
-    from quantlab_pipeline.definitions import defs
-
-    return defs
+@functools.cache
+def _definitions(runs_dir: str) -> Definitions:
+    """The project's definitions with the run store at `runs_dir` (the CLI's `--runs-dir`)."""
+    return build_defs(dataclasses.replace(Settings.from_env(), runs_dir=runs_dir))
 
 
 def get_instance() -> DagsterInstance:
@@ -97,7 +99,7 @@ def materialize_month(spec: RunSpec, month: str, *, runs_dir: str, instance: Dag
     """Materialize the run type's job for partition `month|run_id`; report the run directory state."""
     from quantlab_pipeline.orchestration.jobs import JOB_BY_RUN_TYPE
 
-    job = _definitions(runs_dir).resolve_job_def(JOB_BY_RUN_TYPE[spec.run_type])
+    job = _definitions(str(runs_dir)).resolve_job_def(JOB_BY_RUN_TYPE[spec.run_type])
     result = job.execute_in_process(
         instance=instance,
         partition_key=month_run_key(month, spec.run_id),
@@ -113,7 +115,8 @@ def materialize_month(spec: RunSpec, month: str, *, runs_dir: str, instance: Dag
     error = (manifest.get("error") or {}).get("message")
     if error is None and not result.success:
         failure = next((e for e in result.all_events if e.is_step_failure), None)
-        error = failure.step_failure_data.error.message.strip().splitlines()[0] if failure else "run failed"
+        info = failure.step_failure_data.error if failure else None
+        error = info.message.strip().splitlines()[0] if info else "run failed"
     return MonthResult(
         month=month,
         status=manifest.get("status", "failed" if not result.success else "missing"),

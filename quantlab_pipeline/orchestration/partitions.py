@@ -1,17 +1,22 @@
-"""The month × run partitions every artifact asset shares (DESIGN §3).
+"""The month × run partitions every artifact asset shares (README "What a run writes").
 
-Dagster orders dimensions by name, so a key reads `2024-01|<run_id>`.
+Dagster orders dimensions by name, so a key reads `2024-01|<run_id>`. Months run from 2009-01 —
+the first month of any crypto price history — through next month, so a run over any real data
+has its partitions; a window outside them is refused before anything is created.
 """
 
 from __future__ import annotations
 
 from dagster import DynamicPartitionsDefinition, MonthlyPartitionsDefinition, MultiPartitionsDefinition
 
+from quantlab_pipeline.core.errors import SpecError
 from quantlab_pipeline.core.spec import validate_month, validate_run_id
 
 RUN_PARTITIONS_NAME = "run"
 
-month_partitions = MonthlyPartitionsDefinition(start_date="2020-01", fmt="%Y-%m", end_offset=1)
+FIRST_MONTH = "2009-01"
+
+month_partitions = MonthlyPartitionsDefinition(start_date=FIRST_MONTH, fmt="%Y-%m", end_offset=1)
 run_partitions = DynamicPartitionsDefinition(name=RUN_PARTITIONS_NAME)
 month_run_partitions = MultiPartitionsDefinition({"month": month_partitions, "run": run_partitions})
 
@@ -26,3 +31,14 @@ def split_month_run_key(partition_key: str) -> tuple[str, str]:
     if not sep:
         raise ValueError(f"partition key {partition_key!r} is not of the form YYYY-MM|<run_id>")
     return validate_month(month), validate_run_id(run_id)
+
+
+def check_months_exist(months: list[str]) -> None:
+    """A one-line `SpecError` unless every month of a window is a month partition."""
+    last = month_partitions.get_last_partition_key()
+    outside = [m for m in months if not (FIRST_MONTH <= m <= (last or FIRST_MONTH))]
+    if outside:
+        raise SpecError(
+            f"window: month(s) {outside[0]}..{outside[-1]} are outside the month partitions "
+            f"{FIRST_MONTH}..{last} (months run from {FIRST_MONTH} through next month)"
+        )

@@ -7,33 +7,42 @@ from pathlib import Path
 
 import polars as pl
 from dagster import ConfigurableResource
-from pydantic import PrivateAttr
+from pydantic import Field, PrivateAttr
 
 from quantlab_pipeline.core.candles import Candles, plan_chunks
 from quantlab_pipeline.core.inputs import CandlesInput, read_candles
 from quantlab_pipeline.core.spec import RunSpec
-from quantlab_pipeline.storage.layout import default_runs_dir
 from quantlab_pipeline.storage.run_dir import RunDirectory
 
 
 class RunStoreResource(ConfigurableResource):
     """Where run directories and run specs live.
 
-    Unset `runs_dir` means env `QUANTLAB_RUNS_DIR` (default `runs`), read at execution time so the
-    CLI's `--runs-dir` reaches runs launched from an already-loaded `Definitions`.
+    `build_defs` binds it with `configure_at_launch`, so a run's config (the CLI's `--runs-dir`,
+    the launchpad) reaches the assets and the IO managers that hold it alike.
     """
 
-    runs_dir: str | None = None
+    runs_dir: str = Field(
+        description="Root of the run directories (relative to the code location's working directory)."
+    )
 
     @property
     def root(self) -> Path:
-        return Path(self.runs_dir or default_runs_dir())
+        return Path(self.runs_dir)
 
     def directory(self, month: str, run_id: str) -> RunDirectory:
         return RunDirectory(self.root, month, run_id)
 
 
 DEFAULT_CHUNK_CANDLES = 32_000_000  # ≈1.3 GB of candle columns: the §12 reference month in one part
+
+
+def _alert_span(alerts: pl.DataFrame) -> tuple[int, int]:
+    """First and last `alert_ts_ms` of a non-empty alerts frame."""
+    first, last = alerts.select(
+        pl.col("alert_ts_ms").min().alias("first"), pl.col("alert_ts_ms").max().alias("last")
+    ).row(0)
+    return int(first), int(last)
 
 
 class CandleStoreResource(ConfigurableResource):
@@ -73,20 +82,19 @@ class CandleStoreResource(ConfigurableResource):
     def _read(self, spec: RunSpec, alerts: pl.DataFrame) -> CandlesInput:
         if alerts.height == 0:
             return CandlesInput(candles=Candles.empty(), errors=[])
-        ts = alerts.get_column("alert_ts_ms")
+        first, last = _alert_span(alerts)
         return read_candles(
             spec.source.candles_source,
             mints=alerts.get_column("mint").unique().to_list(),
             interval=spec.interval,
-            start_ms=int(ts.min()),
-            end_ms=int(ts.max()) + spec.horizon_ms,
+            start_ms=first,
+            end_ms=last + spec.horizon_ms,
         )
 
     def _read_shared(self, spec: RunSpec, alerts: pl.DataFrame) -> CandlesInput:
         mints = tuple(sorted(alerts.get_column("mint").unique().to_list()))
-        ts = alerts.get_column("alert_ts_ms")
-        key = (spec.source.candles_source, spec.interval, spec.horizon_ms, ts.min(), ts.max(), hash(mints), len(mints))
-        if key != self._cache_key:
+        key = (spec.source.candles_source, spec.interval, spec.horizon_ms, _alert_span(alerts), hash(mints), len(mints))
+        if key != self._cache_key or self._cache_value is None:
             self._forget()  # free the previous month before reading the next
             self._cache_value = self._read(spec, alerts)
             self._cache_key = key

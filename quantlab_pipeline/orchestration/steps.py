@@ -21,6 +21,7 @@ from quantlab_pipeline.core.errors import ErrorRecord
 from quantlab_pipeline.core.spec import RunSpec, utc_now_iso
 from quantlab_pipeline.orchestration.partitions import split_month_run_key
 from quantlab_pipeline.orchestration.resources import RunStoreResource
+from quantlab_pipeline.storage.layout import REQUIRED_ARTIFACTS
 from quantlab_pipeline.storage.run_dir import LoadedArtifact
 
 # The CLI attaches a handler here to print one progress line per month and step.
@@ -86,11 +87,18 @@ def artifact_step(
 ) -> Iterator[ArtifactStep]:
     """Run an asset body for one (month, run) partition.
 
-    A month outside the run's window fails before anything touches disk. Otherwise the run is
+    An artifact the run type does not produce, or a month outside the run's window, fails before
+    anything touches disk: a completed run is never reopened by a step that cannot complete it. Otherwise the run is
     marked running (removing `_SUCCESS`), and any exception is recorded in the run directory
     (`status: failed`, errors.parquet, logs/stderr.txt) before it propagates to Dagster.
     """
     month, run_id = split_month_run_key(context.partition_key)
+    artifact = context.asset_key.path[-1]
+    if artifact not in REQUIRED_ARTIFACTS[spec.run_type]:  # e.g. "Materialize all" on a path-only run
+        raise Failure(
+            description=f"{artifact} does not apply to run {run_id} ({spec.run_type}); nothing was changed",
+            allow_retries=False,
+        )
     if not spec.covers_month(month):
         raise Failure(
             description=(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
@@ -71,16 +70,6 @@ TEMP_FILE_RE = re.compile(r"^\..+\.tmp$")
 
 RUN_DIR_RE = re.compile(r"^run_id=(?P<run_id>.+)$")
 MONTH_DIR_RE = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
-
-
-def default_runs_dir() -> str:
-    """`QUANTLAB_RUNS_DIR`, else `runs` (relative to the working directory)."""
-    return os.environ.get("QUANTLAB_RUNS_DIR", DEFAULT_RUNS_DIR)
-
-
-def default_catalog_path() -> str:
-    """`QUANTLAB_CATALOG`, else `data/backtest_catalog.duckdb`."""
-    return os.environ.get("QUANTLAB_CATALOG", DEFAULT_CATALOG)
 
 
 def run_dir_path(runs_dir: str | Path, month: str, run_id: str) -> Path:

@@ -29,7 +29,6 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from quantlab_pipeline.core.errors import ErrorRecord, QuantlabError, Reason, SpecError
-from quantlab_pipeline.core.run_creation import package_version
 from quantlab_pipeline.core.spec import RunSpec, utc_now_iso, validate_month, validate_run_id
 from quantlab_pipeline.storage.atomic import (
     atomic_write_bytes,
@@ -54,6 +53,7 @@ from quantlab_pipeline.storage.layout import (
     run_dir_path,
     spec_path,
 )
+from quantlab_pipeline.storage.run_creation import package_version
 from quantlab_pipeline.storage.specs import spec_sha256
 from quantlab_pipeline.storage.writer import RunLock, is_current_writer, writer_gone, writer_record
 

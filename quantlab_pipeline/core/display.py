@@ -1,0 +1,31 @@
+"""Numbers as people read them, the same in the CLI's tables, step logs and Dagster metadata."""
+
+from __future__ import annotations
+
+from typing import Any
+
+MISSING = "—"
+
+
+def pct(rate: float | None, digits: int = 1) -> str:
+    """A rate in [0, 1] as a percentage: 0.3297… → `33.0%`."""
+    return MISSING if rate is None else f"{100 * rate:.{digits}f}%"
+
+
+def bps(value: float | None) -> str:
+    """Basis points rounded to whole ones, thousands separated: -580.0000000000005 → `-580`."""
+    return MISSING if value is None else f"{value:,.0f}"
+
+
+def num(value: Any) -> str:
+    """Floats to two decimals, integers with separators, anything else as text."""
+    if value is None:
+        return MISSING
+    if isinstance(value, float):
+        return f"{value:,.2f}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return str(value)
+
+
+FORMATS = {"pct": pct, "bps": bps, "num": num, "str": num}

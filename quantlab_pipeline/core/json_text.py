@@ -1,0 +1,16 @@
+"""JSON text as users type it (policies, sweeps): parsed, or one `SpecError` line with the place."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from quantlab_pipeline.core.errors import SpecError
+
+
+def loads(text: str, *, field: str, source: str = "JSON") -> Any:
+    """`json.loads(text)`; a syntax error names `field`, `source` (e.g. the file) and the position."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SpecError(f"{field}: invalid {source} at line {exc.lineno} column {exc.colno}: {exc.msg}") from None

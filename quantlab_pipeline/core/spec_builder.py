@@ -1,0 +1,125 @@
+"""The one place a user's request becomes a run spec: the CLI's flags and the launchpad's config
+both fill a `SpecRequest`, and `build_spec` decides what each run type requires or rejects.
+
+Pure: paths are resolved against a `base_dir` the caller passes, JSON arguments arrive parsed
+(reading `@file.json` is the caller's I/O), and the id, creation time and provenance are given.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from dataclasses import dataclass
+from typing import Any
+
+from quantlab_pipeline.core import json_text
+from quantlab_pipeline.core.errors import SpecError
+from quantlab_pipeline.core.policy_spec import parse_policy, policy_to_dict
+from quantlab_pipeline.core.spec import RUN_TYPES, Execution, Provenance, RunSpec, Source
+
+# The defaults users see in `--help` and in the README; nowhere else.
+DEFAULT_ALERTS_PATH = "data/alerts.duckdb"
+DEFAULT_ALERTS_TABLE: str = Source.model_fields["alerts_table"].default
+DEFAULT_INTERVAL: str = RunSpec.model_fields["interval"].default
+DEFAULT_HORIZON: str = RunSpec.model_fields["horizon"].default
+DEFAULT_FEE_BPS: float = Execution.model_fields["fee_bps"].default
+DEFAULT_SLIPPAGE_BPS: float = Execution.model_fields["slippage_bps"].default
+
+# Which optional request fields each run type accepts (anything else given is refused).
+_ACCEPTS: dict[str, frozenset[str]] = {
+    "path-only": frozenset(),
+    "policy": frozenset({"policy_id", "policy", "fee_bps", "slippage_bps"}),
+    "optimization": frozenset({"sweep", "per_caller", "fee_bps", "slippage_bps"}),
+}
+_REQUIRES: dict[str, tuple[str, ...]] = {"path-only": (), "policy": ("policy_id", "policy"), "optimization": ()}
+
+
+@dataclass(frozen=True)
+class SpecRequest:
+    """What a user asks for. `None` means "not given"; the builder applies the documented
+    defaults (interval, horizon, costs) and refuses what does not fit the run type."""
+
+    run_type: str
+    alerts: str | None
+    window_from: str | None
+    window_to: str | None
+    alerts_table: str | None = None
+    candles: str | None = None
+    interval: str | None = None
+    horizon: str | None = None
+    callers: tuple[str, ...] = ()
+    chains: tuple[str, ...] = ()
+    policy_id: str | None = None
+    policy: dict[str, Any] | str | None = None  # JSON text or parsed; `@file` is read by the caller
+    fee_bps: float | None = None
+    slippage_bps: float | None = None
+    sweep: dict[str, Any] | list[Any] | str | None = None
+    per_caller: bool = False
+
+    def given(self) -> set[str]:
+        return {
+            name
+            for name in ("policy_id", "policy", "fee_bps", "slippage_bps", "sweep")
+            if getattr(self, name) is not None
+        } | ({"per_caller"} if self.per_caller else set())
+
+
+def resolve_path(path: str, base_dir: str) -> str:
+    """`path` made absolute against `base_dir` (globs stay globs), so a stored spec names the same
+    file whatever the working directory of whoever reads it later."""
+    return posixpath.normpath(posixpath.join(base_dir, path))
+
+
+def build_spec(request: SpecRequest, *, run_id: str, created_at: str, provenance: Provenance, base_dir: str) -> RunSpec:
+    """Validate `request` for its run type and return the spec; any problem is one `SpecError`
+    naming the field."""
+    if request.run_type not in RUN_TYPES:
+        raise SpecError(f"run_type: expected one of {', '.join(RUN_TYPES)}, got {request.run_type!r}")
+    for name in ("alerts", "window_from", "window_to"):
+        if not getattr(request, name):
+            raise SpecError(f"{name}: required")
+    refused = sorted(request.given() - _ACCEPTS[request.run_type])
+    if refused:
+        raise SpecError(f"{refused[0]}: not used by a {request.run_type} run")
+    for name in _REQUIRES[request.run_type]:
+        if getattr(request, name) in (None, ""):
+            raise SpecError(f"{name}: required for a {request.run_type} run")
+
+    source: dict[str, Any] = {"alerts": resolve_path(request.alerts or "", base_dir)}
+    if request.alerts_table is not None:
+        source["alerts_table"] = request.alerts_table
+    if request.candles:
+        source["candles"] = resolve_path(request.candles, base_dir)
+    fields: dict[str, Any] = {
+        "run_id": run_id,
+        "run_type": request.run_type,
+        "created_at": created_at,
+        "window": {"from": request.window_from, "to": request.window_to},
+        "source": source,
+        "filters": {"callers": list(request.callers), "chains": list(request.chains)},
+        "provenance": provenance.model_dump(mode="json"),
+    }
+    for name in ("interval", "horizon", "policy_id"):
+        if getattr(request, name) is not None:
+            fields[name] = getattr(request, name)
+    if request.policy is not None:  # stored in canonical form: equal policies, equal specs
+        fields["policy"] = policy_to_dict(parse_policy(request.policy))
+    execution = {k: getattr(request, k) for k in ("fee_bps", "slippage_bps") if getattr(request, k) is not None}
+    if execution:
+        fields["execution"] = execution
+    if request.run_type == "optimization":
+        sweep = json_text.loads(request.sweep, field="sweep") if isinstance(request.sweep, str) else request.sweep
+        fields["sweep"] = _sweep_with_per_caller(sweep, request.per_caller)
+    return RunSpec.from_dict(fields)
+
+
+def _sweep_with_per_caller(sweep: dict[str, Any] | list[Any] | None, per_caller: bool) -> Any:
+    """`--per-caller` (or the launchpad's `per_caller`) folded into the sweep spec."""
+    if not per_caller:
+        return sweep
+    if sweep is None:
+        return {"per_caller": True}
+    if isinstance(sweep, list):
+        return {"templates": sweep, "per_caller": True}
+    if isinstance(sweep, dict):
+        return {**sweep, "per_caller": True}
+    raise SpecError(f"sweep: expected a list of policy templates or an object, got {type(sweep).__name__}")

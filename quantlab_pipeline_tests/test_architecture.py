@@ -1,0 +1,130 @@
+"""The shape of the house (README "Project layout"), checked on the source itself.
+
+The layers' rules are what keep a rule of the README in one obvious file: the pure core imports
+neither Dagster nor anything that touches files, databases or processes; the storage layer does
+not import Dagster; nothing imports in a circle; no module grows past a size one can read.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "quantlab_pipeline"
+MAX_LINES = 500
+
+# Modules whose import means I/O (files, databases, processes, locks) or orchestration.
+IO_MODULES = ("duckdb", "subprocess", "filelock", "pyarrow.parquet", "shutil", "tarfile", "tempfile", "glob")
+DAGSTER = ("dagster", "dagster_duckdb")
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        out[name] = path
+    return out
+
+
+def _imports(path: Path, module: str) -> set[str]:
+    """Every module `path` imports, at any depth of the file (lazy imports count too)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*anchor, base] if base else anchor)
+            found.add(base)
+            found.update(f"{base}.{alias.name}" for alias in node.names)
+    return found
+
+
+MODULES = _modules()
+IMPORTS = {name: _imports(path, name) for name, path in MODULES.items()}
+
+
+def _internal(name: str) -> set[str]:
+    return {m for m in IMPORTS[name] if m in MODULES and m != name}
+
+
+def _is(imported: str, prefixes: tuple[str, ...]) -> bool:
+    return any(imported == p or imported.startswith(p + ".") for p in prefixes)
+
+
+def test_the_import_graph_has_no_cycle():
+    """Package `__init__` edges excluded only where Python itself adds them (a submodule's parent)."""
+    graph = {name: {m for m in _internal(name) if not name.startswith(m + ".")} for name in MODULES}
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                cycle = [*stack[stack.index(nxt) :], nxt]
+                pytest.fail("import cycle: " + " -> ".join(cycle))
+            if nxt not in state:
+                visit(nxt)
+        stack.pop()
+        state[node] = 2
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name)
+
+
+@pytest.mark.parametrize("layer", ["quantlab_pipeline.core", "quantlab_pipeline.storage", "quantlab_pipeline.sources"])
+def test_core_storage_and_sources_never_import_dagster(layer):
+    offenders = {
+        name: sorted(m for m in IMPORTS[name] if _is(m, DAGSTER)) for name in MODULES if name.startswith(layer)
+    }
+    assert {k: v for k, v in offenders.items() if v} == {}
+
+
+def test_the_core_does_no_io_and_reaches_no_outer_layer():
+    outer = (
+        "quantlab_pipeline.sources",
+        "quantlab_pipeline.storage",
+        "quantlab_pipeline.orchestration",
+        "quantlab_pipeline.cli",
+    )
+    offenders = {
+        name: sorted(m for m in IMPORTS[name] if _is(m, IO_MODULES) or _is(m, outer))
+        for name in MODULES
+        if name.startswith("quantlab_pipeline.core")
+    }
+    assert {k: v for k, v in offenders.items() if v} == {}
+    opens = [
+        name
+        for name in MODULES
+        if name.startswith("quantlab_pipeline.core")
+        for node in ast.walk(ast.parse(MODULES[name].read_text()))
+        if isinstance(node, ast.Call)
+        and getattr(node.func, "id", getattr(node.func, "attr", ""))
+        in {"open", "read_text", "read_bytes", "write_text", "write_bytes"}
+    ]
+    assert opens == []
+
+
+def test_storage_does_not_reach_the_dagster_layer_or_the_cli():
+    outer = ("quantlab_pipeline.orchestration", "quantlab_pipeline.cli")
+    offenders = {
+        name: sorted(m for m in IMPORTS[name] if _is(m, outer))
+        for name in MODULES
+        if name.startswith("quantlab_pipeline.storage")
+    }
+    assert {k: v for k, v in offenders.items() if v} == {}
+
+
+def test_no_module_is_too_long_to_read():
+    long = {name: n for name, path in MODULES.items() if (n := len(path.read_text().splitlines())) > MAX_LINES}
+    assert long == {}
