@@ -298,16 +298,16 @@ def test_ensure_runs_dir_creates_it_or_names_the_problem_in_one_line(tmp_path, m
     afile = tmp_path / "file"
     afile.write_text("x")
 
-    def problem(path) -> str:
+    def problem(path) -> tuple[str, int]:
         with pytest.raises(QuantlabError) as info:
             ensure_runs_dir(path)
-        return str(info.value)
+        return str(info.value), info.value.exit_code
 
-    assert problem(afile) == f"runs directory {afile}: not a directory"
-    assert problem(afile / "runs") == f"runs directory {afile / 'runs'}: a parent is not a directory"
+    assert problem(afile) == (f"runs directory {afile}: not a directory", 2)
+    assert problem(afile / "runs") == (f"runs directory {afile / 'runs'}: a parent is not a directory", 2)
 
     monkeypatch.setattr(lifecycle.os, "access", lambda path, mode: False)  # the tests run as root
-    assert problem(tmp_path) == f"runs directory {tmp_path}: not writable"
+    assert problem(tmp_path) == (f"runs directory {tmp_path}: not writable", 1)
 
     real = os.statvfs(tmp_path)
 
@@ -315,4 +315,4 @@ def test_ensure_runs_dir_creates_it_or_names_the_problem_in_one_line(tmp_path, m
         f_flag = real.f_flag | os.ST_RDONLY
 
     monkeypatch.setattr(lifecycle.os, "statvfs", lambda path: ReadOnly)
-    assert problem(tmp_path) == f"runs directory {tmp_path}: read-only file system"
+    assert problem(tmp_path) == (f"runs directory {tmp_path}: read-only file system", 1)

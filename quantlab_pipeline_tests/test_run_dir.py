@@ -13,7 +13,7 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 
-from quantlab_pipeline.core.errors import ErrorRecord, QuantlabError, SpecError
+from quantlab_pipeline.core.errors import EnvironmentFault, ErrorRecord, QuantlabError, SpecError
 from quantlab_pipeline.core.spec import RunSpec
 from quantlab_pipeline.storage import atomic, run_dir
 from quantlab_pipeline.storage.run_dir import RunDirectory, WriteRefused, check_artifact_applies
@@ -484,9 +484,10 @@ def test_a_full_disk_is_a_one_line_error_naming_the_file(tmp_path, monkeypatch):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(os, "fsync", full)
-    with pytest.raises(QuantlabError) as info:
+    with pytest.raises(EnvironmentFault) as info:
         write(rd, spec, "alerts", frame(5))
     monkeypatch.undo()
+    assert info.value.exit_code == 1
     assert str(info.value) == f"{rd.path / 'inputs/alerts.parquet'}: cannot write: no space left on device"
     assert info.value.__cause__ is None and info.value.__suppress_context__
     assert (rd.path / "inputs/alerts.parquet").read_bytes() == before

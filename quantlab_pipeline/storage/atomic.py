@@ -22,7 +22,7 @@ from typing import IO, Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from quantlab_pipeline.core.errors import QuantlabError
+from quantlab_pipeline.core.errors import EnvironmentFault
 
 # Environment faults a user fixes outside quantlab: reported in one line naming the file.
 _ENVIRONMENT_FAULTS = {
@@ -69,7 +69,7 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], object]) -> Path
 
     The file gets the mode an ordinary `open()` would give it (0666 less the umask; mkstemp
     alone makes it 0600, unreadable to the other users of a shared box). A full disk, a
-    read-only file system or a denied permission is a one-line `QuantlabError` naming `path`.
+    read-only file system or a denied permission is a one-line `EnvironmentFault` naming `path`.
     """
     path = Path(path)
     try:
@@ -99,7 +99,7 @@ def raise_environment_fault(path: Path, exc: OSError) -> None:
     """Re-raise `exc` as a one-line error naming `path` when it is an environment fault."""
     problem = _ENVIRONMENT_FAULTS.get(exc.errno or 0)
     if problem:
-        raise QuantlabError(f"{path}: cannot write: {problem}") from None
+        raise EnvironmentFault(f"{path}: cannot write: {problem}") from None
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -92,6 +93,11 @@ def artifact_applies(run_type: str, artifact: str) -> bool:
 
 def is_temp_file(name: str) -> bool:
     return TEMP_FILE_RE.match(name) is not None
+
+
+def temp_leftovers(directory: Path) -> list[Path]:
+    """Every atomic write's temp file under `directory`."""
+    return [Path(d) / name for d, _, names in os.walk(directory) for name in sorted(names) if is_temp_file(name)]
 
 
 def iter_run_dirs(runs_dir: str | Path):

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from quantlab_pipeline.core.errors import QuantlabError
+from quantlab_pipeline.core.errors import EnvironmentFault, QuantlabError
 from quantlab_pipeline.core.spec import RunSpec
 from quantlab_pipeline.storage.layout import SUCCESS_MARKER, iter_run_dirs
 from quantlab_pipeline.storage.run_dir import RunDirectory
@@ -88,8 +88,9 @@ def running_in_month(runs_dir: str | Path, month: str) -> list[MonthStatus]:
 
 
 def ensure_runs_dir(path: str | Path) -> Path:
-    """The runs directory, created if absent; a one-line `QuantlabError` naming it when it is a
-    file, not writable, or on a read-only file system — checked before any state is created."""
+    """The runs directory, created if absent, checked before any state is created: a one-line
+    `QuantlabError` naming it when it is (or lies under) a file, an `EnvironmentFault` (exit 1)
+    when it cannot be created, is not writable or is on a read-only file system."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise QuantlabError(f"runs directory {path}: not a directory")
@@ -98,9 +99,9 @@ def ensure_runs_dir(path: str | Path) -> Path:
     except NotADirectoryError:
         raise QuantlabError(f"runs directory {path}: a parent is not a directory") from None
     except OSError as exc:
-        raise QuantlabError(f"runs directory {path}: cannot create it: {exc.strerror or exc}") from None
+        raise EnvironmentFault(f"runs directory {path}: cannot create it: {exc.strerror or exc}") from None
     if os.statvfs(path).f_flag & os.ST_RDONLY:
-        raise QuantlabError(f"runs directory {path}: read-only file system")
+        raise EnvironmentFault(f"runs directory {path}: read-only file system")
     if not os.access(path, os.W_OK | os.X_OK):
-        raise QuantlabError(f"runs directory {path}: not writable")
+        raise EnvironmentFault(f"runs directory {path}: not writable")
     return path

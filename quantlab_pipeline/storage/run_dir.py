@@ -15,7 +15,6 @@ sha256 of the spec it was written from (`spec_sha256`): a changed spec is refuse
 from __future__ import annotations
 
 import json
-import os
 import time
 import traceback as tb
 from collections.abc import Iterable
@@ -25,16 +24,18 @@ from typing import Any, Literal, cast
 
 import polars as pl
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from quantlab_pipeline.core.errors import ErrorRecord, QuantlabError, Reason, SpecError
+from quantlab_pipeline.core.errors import ErrorRecord, QuantlabError, Reason
 from quantlab_pipeline.core.spec import RunSpec, utc_now_iso, validate_month, validate_run_id
-from quantlab_pipeline.storage.atomic import (
-    atomic_write_bytes,
-    atomic_write_json,
-    parquet_bytes,
-    sha256_bytes,
+from quantlab_pipeline.storage.atomic import atomic_write_bytes, atomic_write_json, parquet_bytes, sha256_bytes
+from quantlab_pipeline.storage.errors_file import error_rows, read_error_rows, without_phase
+from quantlab_pipeline.storage.guards import (
+    WriteRefused,
+    check_artifact_applies,
+    check_spec,
+    raise_directory_gone,
+    recorded_spec_sha256,
 )
 from quantlab_pipeline.storage.layout import (
     ARTIFACT_INPUTS,
@@ -47,29 +48,14 @@ from quantlab_pipeline.storage.layout import (
     STDERR_LOG,
     STDOUT_LOG,
     SUCCESS_MARKER,
-    artifact_applies,
-    is_temp_file,
     lock_path,
     run_dir_path,
     spec_path,
+    temp_leftovers,
 )
 from quantlab_pipeline.storage.run_creation import package_version
 from quantlab_pipeline.storage.specs import spec_sha256
 from quantlab_pipeline.storage.writer import RunLock, is_current_writer, writer_gone, writer_record
-
-ERRORS_SCHEMA = pa.schema(
-    [
-        ("run_id", pa.string()),
-        ("ts", pa.string()),
-        ("level", pa.string()),
-        ("phase", pa.string()),
-        ("call_id", pa.string()),
-        ("mint", pa.string()),
-        ("reason", pa.string()),
-        ("message", pa.string()),
-        ("details", pa.string()),
-    ]
-)
 
 
 @dataclass(frozen=True)
@@ -114,34 +100,6 @@ def frame_from_arrow(table: pa.Table) -> pl.DataFrame:
     return frame.with_columns(pl.col(c).cast(pl.Int64) for c in _STORED_AS if c in frame.columns)
 
 
-class WriteRefused(SpecError):
-    """A write refused before the run directory was touched (the spec changed since it was
-    written, the artifact is not one of its run type's, or the directory was removed while the
-    run computed). Not a failure of the run: `record_failure` records nothing for it, so a
-    completed run stays completed and a removed directory is not recreated."""
-
-
-def check_artifact_applies(spec: RunSpec, artifact: str, month: str | None = None) -> None:
-    """Refuse, before any directory is touched, an artifact the run's type never writes.
-
-    Materializing `trades` for a path-only run (Dagster's "Materialize all") would otherwise
-    reopen a completed run directory and leave it failed.
-    """
-    if not artifact_applies(spec.run_type, artifact):
-        where = f" {month}" if month else ""
-        raise WriteRefused(
-            f"{artifact}: run {spec.run_id} is a {spec.run_type} run and has no {artifact}; "
-            f"run directory{where} left untouched"
-        )
-
-
-def _recorded_spec_sha256(manifest: dict[str, Any]) -> str | None:
-    """`spec_sha256`, or for a manifest written before it was recorded, that of its `spec`."""
-    if "spec_sha256" in manifest:
-        return manifest["spec_sha256"]
-    return spec_sha256(manifest["spec"]) if "spec" in manifest else None
-
-
 class RunDirectory:
     """The directory of one (month, run) partition and everything written into it."""
 
@@ -177,7 +135,7 @@ class RunDirectory:
     def spec_changed(self, spec: RunSpec) -> bool:
         """Whether the month was written from a spec other than `spec` (its writes are refused)."""
         manifest = self.manifest()
-        recorded = _recorded_spec_sha256(manifest) if manifest else None
+        recorded = recorded_spec_sha256(manifest) if manifest else None
         return recorded is not None and recorded != spec_sha256(spec)
 
     def artifact_path(self, artifact: str) -> Path:
@@ -239,12 +197,7 @@ class RunDirectory:
         check_artifact_applies(spec, artifact, self.month)
         with self.lock:
             if inputs and not (self.path / MANIFEST).exists():
-                # Computed from artifacts read from this directory, which has since gone: never
-                # recreate it holding this artifact alone.
-                raise WriteRefused(
-                    f"{self.path}: {artifact} was computed from {', '.join(sorted(inputs))} read from this run "
-                    "directory, which has since been removed (archived?); nothing was written"
-                )
+                raise_directory_gone(self.path, artifact, inputs)
             manifest = self._reopen(spec, dagster_run_id=dagster_run_id, phase=errors[0] if errors else None)
             started = time.perf_counter()
             record = self._write_parquet(artifact, frame, parquet_metadata or {})
@@ -422,29 +375,14 @@ class RunDirectory:
     def _reopen(self, spec: RunSpec, *, dagster_run_id: str | None, phase: str | None) -> dict[str, Any]:
         """The manifest of a run being (re)written by this process, its marker removed first."""
         manifest = self._load_or_new(spec)
-        self._check_spec(manifest, spec)
+        check_spec(manifest, spec, spec_path(self.runs_dir, self.run_id), self.month)
         self._clean_leftovers()
         self._unmark()
-        previous = manifest.get("writer")
-        writer = writer_record(dagster_run_id, phase)
-        if is_current_writer(previous):  # the same process, a later step
-            writer["started_at"] = previous["started_at"]
-            writer["phase"] = phase or previous.get("phase")
-            writer["dagster_run_id"] = dagster_run_id or previous.get("dagster_run_id")
+        writer = writer_record(dagster_run_id, phase, previous=manifest.get("writer"))
         manifest.update(status="running", completed_at=None, writer=writer, spec_sha256=spec_sha256(spec))
         manifest.pop("error", None)
         self._ensure_logs()
         return manifest
-
-    def _check_spec(self, manifest: dict[str, Any], spec: RunSpec) -> None:
-        """Refuse to write a directory from a spec other than the one it was written from."""
-        recorded, current = _recorded_spec_sha256(manifest), spec_sha256(spec)
-        if recorded is not None and recorded != current:
-            raise WriteRefused(
-                f"{spec_path(self.runs_dir, self.run_id)}: the spec of run {self.run_id} changed since "
-                f"{self.month} was written (sha256 {current[:12]}, recorded {recorded[:12]}); "
-                "specs are immutable — restore it or create a new run"
-            )
 
     def _record_failure(
         self,
@@ -462,13 +400,7 @@ class RunDirectory:
         manifest["status"] = "failed"
         manifest["completed_at"] = None
         manifest["error"] = {"message": message, "phase": phase, "reason": reason, "dagster_run_id": dagster_run_id}
-        failure = ErrorRecord(
-            level="error",
-            phase=phase,  # type: ignore[arg-type]
-            reason=reason,
-            message=message,
-            details=details,
-        )
+        failure = ErrorRecord("error", phase, reason, message, details=details)  # type: ignore[arg-type]
         self._append_errors(manifest, [failure])
         what = "interrupted" if reason == "interrupted" else "failed"
         self._append_text(STDERR_LOG, f"[{utc_now_iso()}] {phase} {what}: {message}\n" + (f"{log}\n" if log else ""))
@@ -481,13 +413,9 @@ class RunDirectory:
                 atomic_write_bytes(self.path / relative, b"")
 
     def _clean_leftovers(self) -> list[Path]:
-        removed = []
-        for dirpath, _, filenames in os.walk(self.path):
-            for name in filenames:
-                if is_temp_file(name):
-                    path = Path(dirpath) / name
-                    path.unlink(missing_ok=True)
-                    removed.append(path)
+        removed = temp_leftovers(self.path)
+        for path in removed:
+            path.unlink(missing_ok=True)
         return removed
 
     def _save(self, manifest: dict[str, Any]) -> bytes:
@@ -532,53 +460,21 @@ class RunDirectory:
         }
 
     def _existing_errors(self) -> pa.Table:
-        """The rows of errors.parquet; a corrupt file is moved aside (and noted in stderr.txt)
-        so that it never blocks recording the next error."""
-        path = self.artifact_path("errors")
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            return ERRORS_SCHEMA.empty_table()
-        try:
-            return pq.read_table(pa.BufferReader(data)).select(ERRORS_SCHEMA.names).cast(ERRORS_SCHEMA)
-        except (pa.ArrowException, OSError, KeyError, ValueError) as exc:
-            aside = path.with_name(f"{path.name}.corrupt-{utc_now_iso().replace(':', '')}")
-            os.replace(path, aside)
-            problem = str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
+        rows, aside, problem = read_error_rows(self.artifact_path("errors"))
+        if aside is not None:
             self._append_text(
                 STDERR_LOG,
                 f"[{utc_now_iso()}] {ARTIFACT_PATHS['errors']} was unreadable ({problem}); "
                 f"moved aside to {aside.relative_to(self.path)}, its rows are not carried over\n",
             )
-            return ERRORS_SCHEMA.empty_table()
-
-    def _error_rows(self, records: list[ErrorRecord]) -> pa.Table:
-        now = utc_now_iso()
-        return pa.Table.from_pylist(
-            [
-                {
-                    "run_id": self.run_id,
-                    "ts": now,
-                    "level": r.level,
-                    "phase": r.phase,
-                    "call_id": r.call_id,
-                    "mint": r.mint,
-                    "reason": r.reason,
-                    "message": r.message,
-                    "details": json.dumps(r.details, default=str, sort_keys=True),
-                }
-                for r in records
-            ],
-            schema=ERRORS_SCHEMA,
-        )
+        return rows
 
     def _replace_errors(self, manifest: dict[str, Any], phase: str, records: list[ErrorRecord]) -> None:
-        existing = self._existing_errors()
-        keep = existing.filter(pc.not_equal(existing["phase"], phase)) if existing.num_rows else existing
-        self._store_errors(manifest, pa.concat_tables([keep, self._error_rows(records)]))
+        keep = without_phase(self._existing_errors(), phase)
+        self._store_errors(manifest, pa.concat_tables([keep, error_rows(self.run_id, records)]))
 
     def _append_errors(self, manifest: dict[str, Any], records: list[ErrorRecord]) -> None:
-        self._store_errors(manifest, pa.concat_tables([self._existing_errors(), self._error_rows(records)]))
+        self._store_errors(manifest, pa.concat_tables([self._existing_errors(), error_rows(self.run_id, records)]))
 
     def _store_errors(self, manifest: dict[str, Any], table: pa.Table) -> None:
         path = self.artifact_path("errors")

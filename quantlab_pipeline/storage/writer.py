@@ -46,11 +46,14 @@ def process_start(pid: int) -> str | None:
     return fields[19].decode() if len(fields) > 19 else None
 
 
-def writer_record(dagster_run_id: str | None, phase: str | None = None) -> dict[str, Any]:
-    """The manifest's `writer`: this process, now."""
+def writer_record(
+    dagster_run_id: str | None, phase: str | None = None, *, previous: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The manifest's `writer`: this process, now. When `previous` is this process too (a later
+    step of the same run), its start and whatever this step does not know are kept."""
     now = utc_now_iso()
     pid = os.getpid()
-    return {
+    record = {
         "host": socket.gethostname(),
         "pid": pid,
         "process_start": process_start(pid),
@@ -60,6 +63,11 @@ def writer_record(dagster_run_id: str | None, phase: str | None = None) -> dict[
         "started_at": now,
         "heartbeat_at": now,
     }
+    if is_current_writer(previous):
+        record["started_at"] = previous["started_at"]
+        record["phase"] = phase or previous.get("phase")
+        record["dagster_run_id"] = dagster_run_id or previous.get("dagster_run_id")
+    return record
 
 
 def is_current_writer(writer: dict[str, Any] | None) -> TypeGuard[dict[str, Any]]:
