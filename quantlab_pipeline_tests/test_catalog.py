@@ -1,7 +1,8 @@
-"""The DuckDB catalog: reconciling sync, queries, concurrency, archive (DESIGN §9)."""
+"""The DuckDB catalog: reconciling sync, queries, concurrency, archive (README "The catalog")."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import multiprocessing as mp
@@ -9,8 +10,10 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 import duckdb
@@ -20,18 +23,23 @@ import pytest
 
 from quantlab_pipeline.core.errors import QuantlabError, SpecError
 from quantlab_pipeline.core.spec import month_bounds
-from quantlab_pipeline.storage import catalog
 from quantlab_pipeline.storage.atomic import sha256_bytes, sha256_file
 from quantlab_pipeline.storage.catalog import (
+    CATALOG_SCHEMA_VERSION,
+    RunFilter,
     RunKey,
+    archive,
     archive_month,
     catalog_stats,
+    connection,
     get_artifact_path,
     query_artifacts,
     query_runs,
     rejected_runs,
+    sync,
     sync_catalog,
     terminal_fingerprint,
+    validation,
 )
 from quantlab_pipeline.storage.layout import ARTIFACT_PATHS, REQUIRED_ARTIFACTS
 
@@ -191,7 +199,7 @@ def test_first_sync_initializes_and_registers_a_completed_run(runs, db):
 
 def test_catalog_records_its_schema_version(runs, db):
     sync_catalog(db, runs)
-    assert table(db, "SELECT key, value FROM catalog_meta") == [("schema_version", catalog.CATALOG_SCHEMA_VERSION)]
+    assert table(db, "SELECT key, value FROM catalog_meta") == [("schema_version", CATALOG_SCHEMA_VERSION)]
     tables = {t for (t,) in table(db, "SELECT table_name FROM information_schema.tables")}
     assert {"runs", "artifacts", "rejected_runs", "catalog_meta"} <= tables
 
@@ -220,9 +228,11 @@ def test_second_sync_changes_nothing_and_reads_no_manifest(runs, db, monkeypatch
     def no_writes(*args):
         raise AssertionError("a no-op sync opened a write transaction")
 
-    monkeypatch.setattr(catalog, "_read_json_file", no_reads_for_known(first, no_reads, catalog._read_json_file))
-    monkeypatch.setattr(catalog, "_apply", no_writes)
-    monkeypatch.setattr(catalog, "sha256_file", no_reads)
+    monkeypatch.setattr(
+        validation, "read_json_object", no_reads_for_known(first, no_reads, validation.read_json_object)
+    )
+    monkeypatch.setattr(sync, "_apply", no_writes)
+    monkeypatch.setattr(validation, "sha256_file", no_reads)
     second = sync_catalog(db, runs)
     assert (second.registered, second.updated, second.removed, second.rejected) == ([], [], [], [])
     assert (second.unchanged, len(second.skipped), second.initialized) == (2, 1, False)
@@ -230,7 +240,7 @@ def test_second_sync_changes_nothing_and_reads_no_manifest(runs, db, monkeypatch
 
 
 def no_reads_for_known(report, fail, real):
-    """A `_read_json_file` that fails for directories the first sync registered (their stat is
+    """A `read_json_object` that fails for directories the first sync registered (their stat is
     unchanged, so reading them would be wasted work) and reads the others."""
     known = {str(k) for k in report.registered}
 
@@ -495,6 +505,34 @@ def test_verify_catches_same_size_corruption_and_the_rejection_sticks(runs, db):
     assert plain.registered == [] and len(plain.rejected) == 1
 
 
+def test_a_catalog_built_from_nothing_verifies_hashes(runs, db):
+    """Deleting the catalog must not re-admit a run that `--verify` rejected for a corrupt artifact."""
+    run_dir = make_run(runs)
+    sync_catalog(db, runs)
+    path = run_dir / "truth/paths.parquet"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size, different bytes: only a hash sees it
+    path.write_bytes(bytes(data))
+    assert len(sync_catalog(db, runs, verify=True).rejected) == 1
+    db.unlink()
+    rebuilt = sync_catalog(db, runs)  # a plain sync, but the catalog is new
+    assert rebuilt.initialized and rebuilt.registered == []
+    assert [r.reason for r in rebuilt.rejected] == [
+        "artifact paths: truth/paths.parquet sha256 does not match run.json"
+    ]
+    assert query_runs(db) == []
+
+
+def test_only_the_first_sync_of_a_catalog_hashes(runs, db, monkeypatch):
+    make_run(runs)
+    hashed: list[Path] = []
+    monkeypatch.setattr(validation, "sha256_file", lambda p: hashed.append(p) or sha256_file(p))
+    make_run(runs, "2024-02")
+    assert len(sync_catalog(db, runs).registered) == 2 and len(hashed) == 4  # 2 runs x alerts, paths
+    make_run(runs, "2024-03")
+    assert len(sync_catalog(db, runs).registered) == 1 and len(hashed) == 4  # sizes only from now on
+
+
 def test_verify_passes_intact_runs_unchanged(runs, db):
     make_run(runs)
     sync_catalog(db, runs)
@@ -620,6 +658,23 @@ def test_query_artifacts_lists_the_files_of_matching_runs(db, populated, runs):
     assert query_artifacts(db, "trades", run_type="path-only") == []
 
 
+def test_a_run_filter_is_the_same_query_as_its_keywords(db, populated):
+    where = RunFilter(status="completed", from_date="2024-02-01", git_branch="feature/x")
+    assert where == RunFilter(status="completed", from_date=dt.date(2024, 2, 1), git_branch="feature/x")
+    assert where.from_date == dt.date(2024, 2, 1)  # validated and normalised once, on construction
+    assert query_runs(db, where) == query_runs(db, status="completed", from_date="2024-02-01", git_branch="feature/x")
+    assert ids(query_runs(db, where), populated) == ["b"]
+    assert ids(query_artifacts(db, "paths", RunFilter(month="2024-01")), populated) == ["b", "a"]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        where.status = "failed"  # type: ignore[misc]
+    with pytest.raises(SpecError, match="status: expected one of completed, failed"):
+        RunFilter(status="running")
+    with pytest.raises(TypeError, match="not both"):
+        query_runs(db, where, status="failed")
+    with pytest.raises(TypeError, match="expected a RunFilter"):
+        query_runs(db, "policy")  # type: ignore[arg-type]
+
+
 def test_missing_or_foreign_catalog_is_a_one_line_error(tmp_path):
     with pytest.raises(QuantlabError, match="not found; run `quantlab backtest catalog-sync` first"):
         query_runs(tmp_path / "nope.duckdb")
@@ -705,29 +760,102 @@ def test_queries_during_syncs_never_see_a_lock_error_or_half_a_sync(runs, db):
     assert len(query_runs(db, limit=100)) == 5
 
 
-_HOLD_WRITER = """
-import sys, time, duckdb
-conn = duckdb.connect(sys.argv[1])
+# Holds the catalog open (read-write, or read-only with "ro") until a line arrives on stdin.
+_HOLD_CATALOG = """
+import sys, duckdb
+conn = duckdb.connect(sys.argv[1], read_only=sys.argv[2] == "ro")
 print("locked", flush=True)
-time.sleep(float(sys.argv[2]))
+sys.stdin.readline()
 conn.close()
 """
 
 
-def test_reader_retries_while_a_writer_holds_the_file_then_gives_up_cleanly(runs, db):
+def _hold(db: Path, mode: str) -> subprocess.Popen:
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_CATALOG, str(db), mode], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert holder.stdout.readline().strip() == "locked"
+    return holder
+
+
+def _release(holder: subprocess.Popen) -> None:
+    if holder.poll() is None:
+        holder.stdin.write("go\n")
+        holder.stdin.flush()
+    holder.wait(timeout=30)
+
+
+def test_reader_retries_while_a_writer_holds_the_file_then_gives_up_cleanly(runs, db, monkeypatch):
     make_run(runs)
     sync_catalog(db, runs)
-    holder = subprocess.Popen([sys.executable, "-c", _HOLD_WRITER, str(db), "1.5"], stdout=subprocess.PIPE, text=True)
+    holder = _hold(db, "rw")
     try:
-        assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(QuantlabError, match="is locked by another process") as err:
             query_runs(db, timeout=0.3)
-        assert "\n" not in str(err.value)
-        started = time.monotonic()
-        assert len(query_runs(db, timeout=20)) == 1  # waits for the writer to let go
-        assert time.monotonic() - started > 0.5
+        assert "\n" not in str(err.value) and f"(PID {holder.pid})" in str(err.value)
+        # The reader retries until the writer lets go: release the writer only once the reader
+        # has been refused at least once (its first backoff sleep), then it must succeed.
+        retrying, real_sleep = threading.Event(), time.sleep
+        monkeypatch.setattr(connection.time, "sleep", lambda s: (retrying.set(), real_sleep(s)))
+        result: list = []
+        worker = threading.Thread(target=lambda: result.append(len(query_runs(db, timeout=60))))
+        worker.start()
+        assert retrying.wait(timeout=30)
+        _release(holder)
+        worker.join(timeout=60)
+        assert result == [1]
     finally:
-        holder.wait(timeout=30)
+        _release(holder)
+
+
+class _DiskFull:
+    """A connection whose first write into `runs` fails like a full disk. DuckDB ends the
+    transaction itself when a write fails, so the caller's ROLLBACK then finds none."""
+
+    def __init__(self, conn: duckdb.DuckDBPyConnection):
+        self._conn = conn
+
+    def execute(self, sql: str, *args):
+        if sql.startswith("INSERT INTO runs"):
+            self._conn.execute("ROLLBACK")
+            raise duckdb.IOException('IO Error: Could not write file "catalog.duckdb.wal": No space left on device')
+        return self._conn.execute(sql, *args)
+
+    def __getattr__(self, name: str):
+        return getattr(self._conn, name)
+
+
+def test_a_failed_write_reports_its_own_error_not_the_rollback(runs, db):
+    run_dir = make_run(runs)
+
+    @contextmanager
+    def full_disk():
+        yield _DiskFull(duckdb.connect(str(db)))
+
+    with pytest.raises(QuantlabError) as err:
+        sync_catalog(db, runs, connect=full_disk)
+    message = str(err.value)
+    assert message.startswith(f"catalog {db}: cannot write:") and "No space left on device" in message
+    assert "rollback" not in message and "\n" not in message
+    assert sync_catalog(db, runs).registered == [key(run_dir)]  # nothing half-written to recover from
+
+
+def test_a_long_lived_reader_fails_a_sync_quickly_naming_the_file_and_the_holder(runs, db, monkeypatch):
+    make_run(runs)
+    sync_catalog(db, runs)
+    assert connection.WRITE_TIMEOUT_S <= 30  # a reader that never lets go is not waited on for minutes
+    monkeypatch.setattr(connection, "WRITE_TIMEOUT_S", 0.3)
+    holder = _hold(db, "ro")  # e.g. a duckdb session with ATTACH '…' (READ_ONLY)
+    try:
+        make_run(runs, "2024-02")
+        with pytest.raises(QuantlabError) as err:
+            sync_catalog(db, runs)
+        message = str(err.value)
+        assert f"catalog {db} is held open by" in message and f"(PID {holder.pid})" in message
+        assert "a catalog sync?" not in message and "\n" not in message
+    finally:
+        _release(holder)
+    assert len(sync_catalog(db, runs).registered) == 1
 
 
 # -- sensor fingerprint ----------------------------------------------------------------------------
@@ -757,6 +885,21 @@ def test_terminal_fingerprint_tracks_only_terminal_directories(runs):
 # -- archive ---------------------------------------------------------------------------------------
 
 
+def extract_safely(tarball: Path, dest: Path) -> None:
+    """`tar -xzf tarball -C dest` refusing links and members outside `dest`: tarfile's "data"
+    filter where it exists (3.11.4+), the same checks by hand on older 3.11 releases."""
+    with tarfile.open(tarball) as tar:
+        if hasattr(tarfile, "data_filter"):
+            tar.extractall(dest, filter="data")
+            return
+        root = dest.resolve()
+        for member in tar.getmembers():
+            target = (root / member.name).resolve()
+            if not (member.isfile() or member.isdir()) or not target.is_relative_to(root):
+                raise AssertionError(f"unsafe archive member {member.name}")
+        tar.extractall(dest)  # every member checked above
+
+
 def test_archive_month_round_trip(runs, db, tmp_path):
     jan = [make_run(runs, "2024-01"), make_run(runs, "2024-01", status="failed")]
     feb = make_run(runs, "2024-02")
@@ -776,8 +919,7 @@ def test_archive_month_round_trip(runs, db, tmp_path):
         archive_month(runs, "2024-02", dest, db)
     assert feb.is_dir()
     # restore as documented (`tar -xzf FILE -C runs`) and the runs come back
-    with tarfile.open(dest) as tar:
-        tar.extractall(runs, filter="data")
+    extract_safely(dest, runs)
     assert sorted(sync_catalog(db, runs).registered) == sorted(key(d) for d in jan)
 
 
@@ -794,13 +936,13 @@ def test_archive_refuses_bad_month_and_empty_month(runs, db, tmp_path):
 
 def test_archive_that_fails_verification_removes_nothing(runs, db, tmp_path, monkeypatch):
     run_dir = make_run(runs, "2024-01")
-    real_tree = catalog._tree
+    real_tree = archive._tree
 
     def tree_with_phantom(month_dir, month):
         entries = real_tree(month_dir, month)
-        return [*entries, catalog._Entry(run_dir / "run.json", f"{month}/phantom", 1, 0)]
+        return [*entries, archive._Entry(run_dir / "run.json", f"{month}/phantom", 1, 0)]
 
-    monkeypatch.setattr(catalog, "_tree", tree_with_phantom)
+    monkeypatch.setattr(archive, "_tree", tree_with_phantom)
     dest = tmp_path / "a.tar.gz"
     with pytest.raises(QuantlabError, match="failed verification"):
         archive_month(runs, "2024-01", dest, db)

@@ -14,6 +14,8 @@ import pytest
 from quantlab_pipeline_tests.helpers import run_cli
 from quantlab_pipeline_tests.test_catalog import key, make_run
 
+pytestmark = pytest.mark.slow  # every test here runs the CLI as a subprocess
+
 SEED_BLOCK = """\
 ✓ Initialized catalog tables
 ✓ Registered 1 run

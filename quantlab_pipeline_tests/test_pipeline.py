@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import shutil
 
@@ -95,9 +96,12 @@ def test_path_only_month_completes(sample_db, runs_dir, dagster_instance):
     mat = event.asset_materialization
     assert mat.partition == month_run_key("2024-01", spec.run_id)
     assert mat.metadata["dagster/row_count"].value == paths.height
-    assert mat.metadata["hit_2x_rate"].value == pytest.approx(paths.get_column("hit_2x").mean())
-    assert mat.metadata["median_peak_multiple"].value == pytest.approx(paths.get_column("peak_multiple").median())
-    assert "dagster/column_schema" in mat.metadata
+    # Readable: a rate as a percentage with one decimal, a multiple with two.
+    assert mat.metadata["hit_2x_pct"].value == round(100 * paths.get_column("hit_2x").mean(), 1)
+    assert mat.metadata["median_peak_multiple"].value == round(paths.get_column("peak_multiple").median(), 2)
+    columns = {c.name: c.description for c in mat.metadata["dagster/column_schema"].value.columns}
+    assert columns["p0"].startswith("Entry price") and columns["hit_2x"] == "Whether a window candle's high reached 2x p0."
+    assert "run_status" not in mat.metadata
 
 
 def test_policy_month_completes_with_four_artifacts(sample_db, runs_dir, dagster_instance):
@@ -295,3 +299,58 @@ def test_dagster_home_defaults_to_the_project_folder(tmp_path, monkeypatch):
     monkeypatch.setattr(launch, "project_root", lambda: None)
     with pytest.raises(QuantlabError, match="DAGSTER_HOME is unset"):
         launch.ensure_dagster_home()
+
+
+def test_every_check_of_a_policy_month_runs_and_passes(defs, sample_db, runs_dir, dagster_instance):
+    spec = new_spec(sample_db, "policy", policy_id="p", policy={"kind": "fixed_stop", "stop_loss_bps": 500})
+    create_run(spec, runs_dir=str(runs_dir), instance=dagster_instance)
+    result = defs.resolve_job_def("policy_job").execute_in_process(
+        instance=dagster_instance, partition_key=month_run_key("2024-01", spec.run_id)
+    )
+    evaluations = {(e.asset_key.path[-1], e.check_name): e for e in result.get_asset_check_evaluations()}
+    assert set(evaluations) == {
+        *((a, "manifest_consistent") for a in ("alerts", "paths", "trades", "summary")),
+        ("alerts", "call_id_unique"),
+        ("paths", "no_look_ahead"),
+        ("paths", "excluded_share"),
+        ("trades", "trades_match_paths"),
+        ("summary", "summary_matches_trades"),
+    }
+    assert all(e.passed for e in evaluations.values()), {k: e.metadata for k, e in evaluations.items() if not e.passed}
+    assert evaluations[("paths", "no_look_ahead")].metadata["p0_not_the_entry_open"].value == 0
+
+
+def test_a_look_ahead_blocks_the_trades(defs, sample_db, runs_dir, dagster_instance, monkeypatch):
+    """Paths whose p0 is not the entry open fail the blocking check: no trades are simulated."""
+    from quantlab_pipeline.orchestration import assets
+
+    real = assets.compute_paths
+
+    def peeking(*args, **kwargs):
+        result = real(*args, **kwargs)
+        return dataclasses.replace(result, paths=result.paths.with_columns(pl.col("p0") * 1.01))
+
+    monkeypatch.setattr(assets, "compute_paths", peeking)
+    spec = new_spec(sample_db, "policy", policy_id="p", policy={"kind": "fixed_stop", "stop_loss_bps": 500})
+    create_run(spec, runs_dir=str(runs_dir), instance=dagster_instance)
+    result = defs.resolve_job_def("policy_job").execute_in_process(
+        instance=dagster_instance, partition_key=month_run_key("2024-01", spec.run_id), raise_on_error=False
+    )
+    assert not result.success
+    [check] = [e for e in result.get_asset_check_evaluations() if e.check_name == "no_look_ahead"]
+    assert not check.passed and check.metadata["p0_not_the_entry_open"].value > 0
+    rd = RunDirectory(runs_dir, "2024-01", spec.run_id)
+    assert not (rd.path / "policy/trades.parquet").exists() and not (rd.path / "_SUCCESS").exists()
+
+
+def test_a_month_run_is_tagged_with_what_it_is(sample_db, runs_dir, dagster_instance):
+    spec = new_spec(sample_db, "policy", policy_id="p", policy={"kind": "fixed_stop", "stop_loss_bps": 500})
+    create_run(spec, runs_dir=str(runs_dir), instance=dagster_instance)
+    result = materialize_month(spec, "2024-01", runs_dir=str(runs_dir), instance=dagster_instance)
+    tags = dagster_instance.get_run_by_id(result.dagster_run_id).tags
+    assert {k: tags[k] for k in tags if k.startswith("quantlab/")} == {
+        "quantlab/run_id": spec.run_id,
+        "quantlab/run_type": "policy",
+        "quantlab/policy_id": "p",
+        "quantlab/month": "2024-01",
+    }

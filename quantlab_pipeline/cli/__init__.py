@@ -53,9 +53,10 @@ def runs_group() -> None:
 
 
 def _register() -> None:
-    from quantlab_pipeline.cli import backtest, catalog, sample_data
+    from quantlab_pipeline.cli import backtest, catalog, report, sample_data
 
     cli.add_command(sample_data.sample_data)
+    cli.add_command(report.report)
     for command in [*backtest.BACKTEST_COMMANDS, *catalog.COMMANDS]:
         backtest_group.add_command(command)
     runs_group.add_command(backtest.runs_create)

@@ -170,7 +170,7 @@ def _headline_table(run_type: str, results) -> Table:
     metrics: list[tuple[str, str, str, str]] = [
         ("Calls", "paths", "calls_processed", "num"),
         ("Excluded", "paths", "excluded", "num"),
-        ("Hit 2x", "paths", "hit_2x_rate", "pct"),
+        ("Hit 2x", "paths", "hit_2x_pct", "percent"),
         ("Median peak ×", "paths", "median_peak_multiple", "num"),
     ]
     if run_type == "policy":
@@ -178,8 +178,8 @@ def _headline_table(run_type: str, results) -> Table:
             ("Trades", "summary", "trades_count", "num"),
             ("Avg ret bps", "summary", "avg_return_bps", "bps"),
             ("Median ret bps", "summary", "median_return_bps", "bps"),
-            ("Stop-out", "summary", "stop_out_rate", "pct"),
-            ("Win rate", "summary", "win_rate", "pct"),
+            ("Stop-out", "summary", "stop_out_pct", "percent"),
+            ("Win rate", "summary", "win_pct", "percent"),
         ]
     if run_type == "optimization":
         metrics += [

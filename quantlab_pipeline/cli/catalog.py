@@ -1,8 +1,9 @@
-"""`quantlab backtest catalog-sync | catalog-query | catalog-archive` (DESIGN §9, §10).
+"""`quantlab backtest catalog-sync | catalog-query | catalog-archive` (README "The catalog").
 
-Thin: flags in, `storage.catalog` does the work, the seed's output style out. Every bad value
-is a one-line error with exit code 2 (values are validated by the storage layer, not by click
-choices, whose errors span several lines).
+Thin: flags in, `storage.catalog` does the work, the seed's output style out (the output
+formats live here: they are presentation, not storage). Every bad value is a one-line error with
+exit code 2 (values are validated by the storage layer, not by click choices, whose errors span
+several lines).
 """
 
 from __future__ import annotations
@@ -22,10 +23,10 @@ from rich.table import Table
 from quantlab_pipeline.cli.console import console, fail, ok, user_errors
 from quantlab_pipeline.cli.options import catalog_option, runs_dir_option
 from quantlab_pipeline.storage.catalog import (
-    OUTPUT_FORMATS,
     PUBLIC_ARTIFACT_COLUMNS,
     PUBLIC_RUN_COLUMNS,
     CatalogStats,
+    RunFilter,
     SyncReport,
     archive_month,
     query_artifacts,
@@ -34,6 +35,7 @@ from quantlab_pipeline.storage.catalog import (
 )
 
 DEFAULT_LIMIT = 10
+OUTPUT_FORMATS = ("table", "json", "csv")
 
 
 def _plural(n: int, word: str = "run", plural: str | None = None) -> str:
@@ -182,7 +184,7 @@ def catalog_query(
     if fmt not in OUTPUT_FORMATS:
         fail(f"--format: expected one of {', '.join(OUTPUT_FORMATS)}, got {fmt!r}")
     n = _parse_limit(limit)
-    filters = dict(
+    selected = RunFilter(
         run_type=run_type,
         status=status,
         from_date=from_date,
@@ -195,7 +197,7 @@ def catalog_query(
     if artifact_type is not None:
         # one run's artifact: every month it covers, unless --limit says otherwise
         n = n if n is not None or run_id is not None else DEFAULT_LIMIT
-        rows = query_artifacts(catalog_path, artifact_type, limit=n, **filters)
+        rows = query_artifacts(catalog_path, artifact_type, selected, limit=n)
         if not rows and run_id is not None:
             fail(f"run {run_id} has no {artifact_type!r} artifact in catalog {catalog_path}")
         if fmt == "table":
@@ -204,7 +206,7 @@ def catalog_query(
         else:
             _emit(rows, PUBLIC_ARTIFACT_COLUMNS, fmt)
         return
-    rows = query_runs(catalog_path, limit=n or DEFAULT_LIMIT, **filters)
+    rows = query_runs(catalog_path, selected, limit=n or DEFAULT_LIMIT)
     if fmt != "table":
         _emit(rows, PUBLIC_RUN_COLUMNS, fmt)
     elif rows:

@@ -28,4 +28,9 @@ def num(value: Any) -> str:
     return str(value)
 
 
-FORMATS = {"pct": pct, "bps": bps, "num": num, "str": num}
+def percent(value: float | None) -> str:
+    """A number that already is a percentage: 33.0 → `33.0%`."""
+    return MISSING if value is None else f"{value:.1f}%"
+
+
+FORMATS = {"pct": pct, "percent": percent, "bps": bps, "num": num, "str": num}

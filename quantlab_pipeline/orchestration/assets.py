@@ -34,9 +34,16 @@ from quantlab_pipeline.core.spec_builder import (
 from quantlab_pipeline.core.summary import summarize_trades
 from quantlab_pipeline.core.sweep import parse_sweep, run_sweep
 from quantlab_pipeline.core.truth import compute_paths
-from quantlab_pipeline.orchestration.partitions import check_months_exist, month_run_partitions, run_partitions
+from quantlab_pipeline.orchestration.headlines import (
+    frontier_headline,
+    paths_headline,
+    summary_headline,
+    trades_headline,
+)
+from quantlab_pipeline.orchestration.partitions import OWNER, check_months_exist, month_run_partitions, run_partitions
 from quantlab_pipeline.orchestration.resources import CandleStoreResource, RunStoreResource
 from quantlab_pipeline.orchestration.steps import ArtifactOutput, artifact_step
+from quantlab_pipeline.report.markdown import frontier_chart_markdown, summary_charts_markdown
 from quantlab_pipeline.storage.run_creation import create_run_spec
 from quantlab_pipeline.storage.run_dir import LoadedArtifact
 from quantlab_pipeline.storage.specs import read_spec
@@ -54,6 +61,7 @@ def artifact_asset(**kwargs: Any):
         ins={"run_spec": SPEC_INPUT},
         io_manager_key="run_io_manager",
         group_name=GROUP,
+        owners=[OWNER],
         **kwargs,
     )
 
@@ -137,7 +145,9 @@ class RunSpecConfig(Config):
         )
 
 
-@asset(partitions_def=run_partitions, io_manager_key="spec_io_manager", group_name=GROUP, kinds={"json"})
+@asset(
+    partitions_def=run_partitions, io_manager_key="spec_io_manager", group_name=GROUP, kinds={"json"}, owners=[OWNER]
+)
 def run_spec(context: AssetExecutionContext, config: RunSpecConfig, run_store: RunStoreResource) -> RunSpec:
     """One backtest configuration, immutable once written (`runs/_specs/<run_id>.json`)."""
     run_id = validate_run_id(context.partition_key)
@@ -212,21 +222,12 @@ def paths(
             excluded += len(result.errors)
             del candles  # free this part before the next one is read
         frame = pl.concat(frames).sort("alert_ts_ms", "call_id")
+        headline = paths_headline(frame, excluded)
         step.log(
-            f"{frame.height} paths, {excluded} alerts excluded; hit 2x {display.pct(_mean(frame, 'hit_2x'))}, "
-            f"median peak {display.num(_median(frame, 'peak_multiple'))}x"
+            f"{frame.height} paths, {excluded} alerts excluded; hit 2x {display.num(headline['hit_2x_pct'])}%, "
+            f"median peak {display.num(headline['median_peak_multiple'])}x"
         )
-        return step.output(
-            frame,
-            inputs=(alerts,),
-            errors=errors,
-            headline={
-                "calls_processed": frame.height,
-                "excluded": excluded,
-                "hit_2x_rate": _mean(frame, "hit_2x"),
-                "median_peak_multiple": _median(frame, "peak_multiple"),
-            },
-        )
+        return step.output(frame, inputs=(alerts,), errors=errors, headline=headline)
 
 
 @artifact_asset(kinds={"numba", "parquet"})
@@ -260,19 +261,9 @@ def trades(
         order = paths.frame.select("call_id").with_row_index("_order")
         trades_frame = pl.concat(parts)
         frame = order.join(trades_frame, on="call_id").sort("_order").select(trades_frame.columns)
-        reasons = dict(frame.group_by("exit_reason").len().sort("exit_reason").iter_rows()) if frame.height else {}
-        step.log(f"{frame.height} trades; exits {reasons}")
-        return step.output(
-            frame,
-            inputs=(alerts, paths),
-            headline={
-                "avg_return_bps": _mean(frame, "realized_return_bps"),
-                "median_return_bps": _median(frame, "realized_return_bps"),
-                "stop_out_rate": _mean(frame, "stop_out"),
-                "win_rate": _mean(frame.select(pl.col("realized_return_bps") > 0), "realized_return_bps"),
-                "exit_reasons": reasons,
-            },
-        )
+        headline = trades_headline(frame)
+        step.log(f"{frame.height} trades; exits {headline['exit_reasons'].value}")
+        return step.output(frame, inputs=(alerts, paths), headline=headline)
 
 
 @artifact_asset(kinds={"polars", "parquet"})
@@ -300,13 +291,8 @@ def summary(
             f"{row['trades_count']} trades, median return {display.bps(row['median_return_bps'])} bps, "
             f"stop-out {display.pct(row['stop_out_rate'])}, win rate {display.pct(row['win_rate'])}"
         )
-        return step.output(
-            frame,
-            inputs=(alerts, paths, trades),
-            headline={
-                k: row[k] for k in ("trades_count", "avg_return_bps", "median_return_bps", "stop_out_rate", "win_rate")
-            },
-        )
+        charts = summary_charts_markdown(trades.frame, paths.frame)
+        return step.output(frame, inputs=(alerts, paths, trades), headline=summary_headline(row, charts))
 
 
 @artifact_asset(kinds={"numba", "parquet"})
@@ -320,39 +306,21 @@ def frontier(
 ) -> ArtifactOutput:
     """The optimization frontier (`results/frontier.parquet`): a policy grid ranked under constraints."""
     with artifact_step(context, run_store, run_spec, "frontier") as step:
+        sweep = parse_sweep(run_spec.sweep)
         frame = run_sweep(
             candle_store.segments(run_spec, alerts.frame, paths.frame),
-            parse_sweep(run_spec.sweep),
+            sweep,
             run_id=run_spec.run_id,
             interval_ms=run_spec.interval_ms,
             horizon_ms=run_spec.horizon_ms,
             execution=run_spec.execution,
         )
-        overall = frame.filter(pl.col("caller_name").is_null())
-        best = overall.filter(pl.col("rank") == 1)
-        headline: dict[str, Any] = {
-            "policies": overall.height,
-            "feasible_policies": int(overall.get_column("meets_constraints").sum()),
-        }
-        if best.height:
-            headline.update(
-                best_policy_id=best.item(0, "policy_id"),
-                best_policy=best.item(0, "policy_params"),
-                best_objective_score=best.item(0, "objective_score"),
-            )
+        headline = frontier_headline(frame, frontier_chart_markdown(frame, sweep.constraints))
         step.log(
-            f"{overall.height} policies, {headline['feasible_policies']} meet the constraints; "
+            f"{headline['policies']} policies, {headline['feasible_policies']} meet the constraints; "
             f"best {headline.get('best_policy', 'n/a')} (score {display.bps(headline.get('best_objective_score'))})"
         )
         return step.output(frame, inputs=(alerts, paths), headline=headline)
-
-
-def _mean(frame: pl.DataFrame, column: str) -> float | None:
-    return frame.select(pl.col(column).cast(pl.Float64).mean()).item() if frame.height else None
-
-
-def _median(frame: pl.DataFrame, column: str) -> float | None:
-    return frame.select(pl.col(column).cast(pl.Float64).median()).item() if frame.height else None
 
 
 BACKTEST_ASSETS = [run_spec, alerts, paths, trades, summary, frontier]

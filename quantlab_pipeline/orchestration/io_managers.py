@@ -11,21 +11,16 @@ from dagster import (
     InputContext,
     MetadataValue,
     OutputContext,
-    TableColumn,
-    TableSchema,
 )
 
 from quantlab_pipeline.core.spec import RunSpec, validate_run_id
+from quantlab_pipeline.orchestration.columns import column_schema
 from quantlab_pipeline.orchestration.partitions import split_month_run_key
 from quantlab_pipeline.orchestration.resources import RunStoreResource
 from quantlab_pipeline.orchestration.steps import ArtifactOutput, progress_logger
 from quantlab_pipeline.storage.layout import spec_path
 from quantlab_pipeline.storage.run_dir import LoadedArtifact
 from quantlab_pipeline.storage.specs import read_spec, write_spec
-
-
-def _column_schema(frame) -> TableSchema:
-    return TableSchema(columns=[TableColumn(name, str(dtype)) for name, dtype in frame.schema.items()])
 
 
 class RunDirectoryIOManager(ConfigurableIOManager):
@@ -62,10 +57,11 @@ class RunDirectoryIOManager(ConfigurableIOManager):
             {
                 "dagster/row_count": record["rows"],
                 "path": MetadataValue.path(str((run_dir.path / record["path"]).resolve())),
-                "dagster/column_schema": _column_schema(obj.frame),
+                "dagster/column_schema": column_schema(obj.frame),
                 "sha256": record["sha256"],
                 "bytes": record["bytes"],
-                "run_status": manifest.get("status", "running"),
+                # The step that completes the month says so; earlier steps' status would go stale.
+                **({"month_completed": True} if manifest.get("status") == "completed" else {}),
                 **obj.headline,
             }
         )

@@ -85,6 +85,14 @@ def create_run(spec: RunSpec, *, runs_dir: str, instance: DagsterInstance) -> No
     )
 
 
+def run_tags(spec: RunSpec, month: str) -> dict[str, str]:
+    """What a month's Dagster run is, as tags the Runs page filters by."""
+    tags = {"quantlab/run_id": spec.run_id, "quantlab/run_type": spec.run_type, "quantlab/month": month}
+    if spec.policy_id:
+        tags["quantlab/policy_id"] = spec.policy_id
+    return tags
+
+
 @dataclass
 class MonthResult:
     month: str
@@ -104,6 +112,7 @@ def materialize_month(spec: RunSpec, month: str, *, runs_dir: str, instance: Dag
         instance=instance,
         partition_key=month_run_key(month, spec.run_id),
         run_config=_QUIET,
+        tags=run_tags(spec, month),
         raise_on_error=False,
     )
     run_dir = RunDirectory(runs_dir, month, spec.run_id)

@@ -53,6 +53,7 @@ from quantlab_pipeline.storage.layout import (
     spec_path,
     temp_leftovers,
 )
+from quantlab_pipeline.storage.manifest import InvalidJSONFile, read_json_object
 from quantlab_pipeline.storage.run_creation import package_version
 from quantlab_pipeline.storage.specs import spec_sha256
 from quantlab_pipeline.storage.writer import RunLock, is_current_writer, writer_gone, writer_record
@@ -118,10 +119,12 @@ class RunDirectory:
         path = Path(path)
         manifest_path = path / MANIFEST if path.is_dir() else path
         try:
-            return json.loads(manifest_path.read_bytes())
+            return read_json_object(manifest_path)[1]
         except FileNotFoundError:
             raise QuantlabError(f"{manifest_path}: no manifest (run.json) found") from None
-        except (OSError, ValueError) as exc:
+        except InvalidJSONFile as exc:
+            raise QuantlabError(f"{manifest_path}: unreadable manifest: {exc.reason}") from None
+        except OSError as exc:
             raise QuantlabError(f"{manifest_path}: unreadable manifest: {exc}") from None
 
     def manifest(self) -> dict[str, Any] | None:

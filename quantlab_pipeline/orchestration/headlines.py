@@ -1,0 +1,132 @@
+"""The headline numbers each materialization carries, as a researcher reads them: rates as
+percentages, returns in whole-ish bps, and a Markdown table on `summary` and `frontier`.
+
+The CLI's closing table reads the same keys, so the terminal and the UI always agree.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import polars as pl
+from dagster import MetadataValue
+
+from quantlab_pipeline.core import display
+
+
+def percent(rate: float | None) -> float | None:
+    """A rate in [0, 1] as a percentage with one decimal: 0.3297… → 33.0."""
+    return None if rate is None else round(100 * rate, 1)
+
+
+def rounded_bps(value: float | None) -> float | None:
+    """bps to one decimal: -580.0000000000005 → -580.0."""
+    return None if value is None else round(value, 1)
+
+
+def _mean(frame: pl.DataFrame, expr: pl.Expr) -> float | None:
+    return frame.select(expr.cast(pl.Float64).mean()).item() if frame.height else None
+
+
+def _median(frame: pl.DataFrame, expr: pl.Expr) -> float | None:
+    return frame.select(expr.cast(pl.Float64).median()).item() if frame.height else None
+
+
+def _table(header: tuple[str, ...], rows: list[tuple[Any, ...]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def paths_headline(frame: pl.DataFrame, excluded: int) -> dict[str, Any]:
+    return {
+        "calls_processed": frame.height,
+        "excluded": excluded,
+        "hit_2x_pct": percent(_mean(frame, pl.col("hit_2x"))),
+        "median_peak_multiple": None if frame.height == 0 else round(_median(frame, pl.col("peak_multiple")) or 0.0, 2),
+    }
+
+
+def trades_headline(frame: pl.DataFrame) -> dict[str, Any]:
+    reasons = dict(frame.group_by("exit_reason").len().sort("exit_reason").iter_rows()) if frame.height else {}
+    ret = pl.col("realized_return_bps")
+    return {
+        "avg_return_bps": rounded_bps(_mean(frame, ret)),
+        "median_return_bps": rounded_bps(_median(frame, ret)),
+        "stop_out_pct": percent(_mean(frame, pl.col("stop_out"))),
+        "win_pct": percent(_mean(frame, ret > 0)),
+        "exit_reasons": MetadataValue.json(reasons),
+    }
+
+
+def summary_headline(row: dict[str, Any], charts_markdown: str) -> dict[str, Any]:
+    headline = {
+        "trades_count": row["trades_count"],
+        "avg_return_bps": rounded_bps(row["avg_return_bps"]),
+        "median_return_bps": rounded_bps(row["median_return_bps"]),
+        "stop_out_pct": percent(row["stop_out_rate"]),
+        "win_pct": percent(row["win_rate"]),
+    }
+    table = _table(
+        (
+            "calls",
+            "excluded",
+            "trades",
+            "avg bps",
+            "median bps",
+            "p25 / p75 bps",
+            "stop-out",
+            "win rate",
+            "tail capture",
+        ),
+        [
+            (
+                display.num(row["calls_processed"]),
+                display.num(row["calls_excluded"]),
+                display.num(row["trades_count"]),
+                display.bps(row["avg_return_bps"]),
+                display.bps(row["median_return_bps"]),
+                f"{display.bps(row['p25_return_bps'])} / {display.bps(row['p75_return_bps'])}",
+                display.pct(row["stop_out_rate"]),
+                display.pct(row["win_rate"]),
+                display.num(row["median_tail_capture"]),
+            )
+        ],
+    )
+    return {**headline, "headline": MetadataValue.md(f"{table}\n\n{charts_markdown}")}
+
+
+FRONTIER_TOP = 10  # policies listed in the frontier's Markdown table
+
+
+def frontier_headline(frame: pl.DataFrame, charts_markdown: str) -> dict[str, Any]:
+    overall = frame.filter(pl.col("caller_name").is_null()).sort("rank")
+    headline: dict[str, Any] = {
+        "policies": overall.height,
+        "feasible_policies": int(overall.get_column("meets_constraints").sum()),
+    }
+    if overall.height:
+        best = overall.row(0, named=True)
+        headline.update(
+            best_policy_id=best["policy_id"],
+            best_policy=best["policy_params"],
+            best_objective_score=rounded_bps(best["objective_score"]),
+        )
+    table = _table(
+        ("rank", "policy", "feasible", "objective", "median bps", "p95 MAE bps", "stop-out", "trades", "pareto"),
+        [
+            (
+                r["rank"],
+                f"`{r['policy_params']}`",
+                "yes" if r["meets_constraints"] else "no",
+                display.bps(r["objective_score"]),
+                display.bps(r["median_return_bps"]),
+                display.bps(r["p95_mae_bps"]),
+                display.pct(r["stop_out_rate"]),
+                display.num(r["trades_count"]),
+                "yes" if r["pareto"] else "",
+            )
+            for r in overall.head(FRONTIER_TOP).iter_rows(named=True)
+        ],
+    )
+    return {**headline, "headline": MetadataValue.md(f"{table}\n\n{charts_markdown}")}

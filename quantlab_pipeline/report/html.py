@@ -1,0 +1,184 @@
+"""One self-contained HTML page for a run: inline SVG charts, inline CSS, no script, no fetch.
+
+The page's Content-Security-Policy forbids every external resource, so a report that renders
+once renders the same offline, from an e-mail attachment or an archive. Sections: the whole
+window, then each month when the run spans several (README "Reports").
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from dataclasses import dataclass
+
+import polars as pl
+
+from quantlab_pipeline.core.sweep import Constraints
+from quantlab_pipeline.report import charts
+from quantlab_pipeline.report.charts import Chart
+from quantlab_pipeline.report.load import MonthArtifacts, RunArtifacts
+
+_CSS = """
+body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0 auto; max-width: 1000px;
+       padding: 1.5em; color: #222; }
+h1 { margin-bottom: .2em; } h2 { border-bottom: 1px solid #ddd; padding-bottom: .2em; margin-top: 2em; }
+dl.spec { display: grid; grid-template-columns: max-content 1fr; gap: .15em 1em; }
+dl.spec dt { color: #666; } dl.spec dd { margin: 0; font-family: ui-monospace, monospace; word-break: break-all; }
+.notice { background: #fff4e5; border-left: 4px solid #f0a020; padding: .6em 1em; margin: 1em 0; }
+.badge { font-size: .7em; background: #f0a020; color: #fff; border-radius: 3px; padding: .1em .4em;
+         vertical-align: middle; }
+table.headline { border-collapse: collapse; margin: .5em 0 1em; }
+table.headline th, table.headline td { padding: .25em .8em; border-bottom: 1px solid #eee; text-align: right; }
+table.headline th { color: #666; font-weight: normal; text-align: left; }
+figure.chart { margin: 1em 0 1.8em; }
+figure.chart svg { display: block; max-width: 100%; height: auto; }
+nav a { margin-right: .8em; }
+p.aside { color: #666; }
+"""
+# No script, no remote anything: styles and images inline only.
+_CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
+
+
+@dataclass(frozen=True)
+class Section:
+    anchor: str
+    heading: str
+    months: tuple[MonthArtifacts, ...]
+    charts: tuple[Chart, ...]
+    headline: dict[str, str]
+    asides: tuple[str, ...]
+
+
+def _concat(months: tuple[MonthArtifacts, ...], artifact: str) -> pl.DataFrame | None:
+    frames = [f for m in months if (f := m.get(artifact)) is not None]
+    return pl.concat(frames, how="vertical_relaxed") if frames else None
+
+
+def _headline(
+    run_type: str, alerts: pl.DataFrame | None, paths: pl.DataFrame | None, trades: pl.DataFrame | None
+) -> dict[str, str]:
+    rows: dict[str, str] = {}
+    if alerts is not None:
+        rows["valid alerts"] = f"{alerts.height:,}"
+    if paths is not None:
+        t = charts.truth_stats(paths)
+        rows["calls with an entry"] = f"{t['calls']:,}"
+        rows["2x hit rate"] = charts.fmt_pct(t["hit_rate_2x"])
+        rows["median peak multiple"] = charts.fmt_multiple(t["median_peak_multiple"])
+        rows["median time to 2x"] = charts.fmt_hours(t["median_hours_to_2x"])
+    if run_type == "policy" and trades is not None:
+        s = charts.trade_stats(trades)
+        rows["trades"] = f"{trades.height:,}"
+        rows["median return"] = charts.fmt_bps(s["median_return_bps"])
+        rows["mean return"] = charts.fmt_bps(s["avg_return_bps"])
+        rows["win rate"] = charts.fmt_pct(s["win_rate"])
+        rows["stop-out rate"] = charts.fmt_pct(s["stop_out_rate"])
+        rows["p95 MAE"] = charts.fmt_bps(s["p95_mae_bps"])
+    return rows
+
+
+def build_section(
+    run_type: str, anchor: str, heading: str, months: tuple[MonthArtifacts, ...], constraints: Constraints | None
+) -> Section:
+    """The charts of `months` together: trades charts (policy), truth charts, frontier (one month)."""
+    alerts, paths, trades = (_concat(months, a) for a in ("alerts", "paths", "trades"))
+    built: list[Chart] = []
+    asides: list[str] = []
+    if run_type == "policy":
+        if trades is None:
+            asides.append("No trades artifact yet, so no trade charts.")
+        else:
+            built += charts.trade_charts(trades)
+    if run_type == "optimization":
+        frontier = _concat(months, "frontier")
+        if len(months) > 1:
+            asides.append("The frontier is computed per month (medians do not add up); see each month's section.")
+        elif frontier is None:
+            asides.append("No frontier artifact yet, so no frontier chart.")
+        else:
+            built.append(charts.frontier(frontier, constraints))
+    if paths is None:
+        asides.append("No truth-layer artifact (paths) yet, so no truth charts.")
+    else:
+        built += charts.truth_charts(paths)
+    return Section(anchor, heading, months, tuple(built), _headline(run_type, alerts, paths, trades), tuple(asides))
+
+
+def build_sections(run: RunArtifacts) -> list[Section]:
+    """The whole window, then one section per month when there are several."""
+    present = tuple(m for m in run.months if m.frames)
+    constraints = run.constraints
+    first, last = present[0].month, present[-1].month
+    span = first if first == last else f"{first} to {last}"
+    sections = [build_section(run.run_type, "window", f"Whole window ({span})", present, constraints)]
+    if len(present) > 1:
+        sections += [build_section(run.run_type, m.month, m.month, (m,), constraints) for m in present]
+    return sections
+
+
+def _spec_rows(run: RunArtifacts) -> dict[str, str]:
+    spec = run.spec
+    rows = {
+        "run id": run.run_id,
+        "run type": spec.run_type,
+        "window": f"{spec.window.from_ or '…'} to {spec.window.to or '…'}",
+        "interval / horizon": f"{spec.interval} / {spec.horizon}",
+        "alerts": spec.source.alerts,
+        "candles": spec.source.candles_source,
+        "created": spec.created_at,
+    }
+    if spec.policy_id:
+        rows["policy"] = f"{spec.policy_id}: {json.dumps(spec.policy)}"
+    if spec.run_type == "policy":
+        rows["fees + slippage"] = f"{spec.execution.fee_bps:g} + {spec.execution.slippage_bps:g} bps per side"
+    if spec.provenance.git_commit:
+        rows["git commit"] = f"{spec.provenance.git_commit}{' (dirty)' if spec.provenance.git_dirty else ''}"
+    rows["months"] = ", ".join(f"{m.month} ({m.status})" for m in run.months)
+    return rows
+
+
+def _section_html(section: Section) -> str:
+    e = html.escape
+    badge = ""
+    if any(not m.complete for m in section.months):
+        badge = ' <span class="badge">incomplete</span>'
+    parts = [f'<section id="{e(section.anchor)}">', f"<h2>{e(section.heading)}{badge}</h2>"]
+    if section.headline:
+        cells = "".join(f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in section.headline.items())
+        parts.append(f'<table class="headline">{cells}</table>')
+    parts += [f'<p class="aside">{e(a)}</p>' for a in section.asides]
+    for chart in section.charts:
+        anchor = f"{section.anchor}-{chart.key}"
+        parts.append(f'<figure class="chart" id="{e(anchor)}" data-chart="{e(chart.key)}">{chart.svg(anchor)}</figure>')
+    parts.append("</section>")
+    return "\n".join(parts)
+
+
+def render_html(run: RunArtifacts, sections: list[Section]) -> str:
+    """The page; deterministic for the same artifacts (no generation time, fixed SVG ids)."""
+    e = html.escape
+    spec_rows = "".join(f"<dt>{e(k)}</dt><dd>{e(v)}</dd>" for k, v in _spec_rows(run).items())
+    notices = [
+        f'<div class="notice"><strong>Incomplete month {e(m.month)}</strong>: {e(m.note)}. '
+        + ("Its artifacts that exist are included below." if m.frames else "Nothing of it is included.")
+        + "</div>"
+        for m in run.incomplete
+    ]
+    nav = " ".join(f'<a href="#{e(s.anchor)}">{e(s.heading)}</a>' for s in sections)
+    title = f"quantlab report — {run.run_type} run {run.run_id}"
+    return "\n".join(
+        [
+            "<!DOCTYPE html>",
+            '<html lang="en"><head><meta charset="utf-8">',
+            f'<meta http-equiv="Content-Security-Policy" content="{_CSP}">',
+            '<meta name="viewport" content="width=device-width, initial-scale=1">',
+            f"<title>{e(title)}</title><style>{_CSS}</style></head><body>",
+            f"<h1>Backtest report: {e(run.run_type)} run</h1>",
+            f'<dl class="spec">{spec_rows}</dl>',
+            *notices,
+            f"<nav>{nav}</nav>",
+            *(_section_html(s) for s in sections),
+            "</body></html>",
+            "",
+        ]
+    )

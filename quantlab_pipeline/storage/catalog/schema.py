@@ -1,0 +1,121 @@
+"""The catalog's tables: one column list per table drives the DDL, the Arrow schema of bulk
+inserts and the public columns (README "Catalog schema")."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import duckdb
+import pyarrow as pa
+
+from quantlab_pipeline.core.errors import QuantlabError
+from quantlab_pipeline.storage.layout import ARTIFACT_PATHS
+
+CATALOG_SCHEMA_VERSION = "1"
+CATALOG_STATUSES: tuple[str, ...] = ("completed", "failed")  # the catalog holds terminal runs only
+MANIFEST_STATUSES = ("running", "completed", "failed")
+ARTIFACT_TYPES: tuple[str, ...] = tuple(ARTIFACT_PATHS)
+TIMING_STEPS: tuple[str, ...] = (*(a for a in ARTIFACT_PATHS if a != "errors"), "total")
+
+Columns = tuple[tuple[str, str, pa.DataType], ...]
+
+RUN_COLUMNS: Columns = (
+    ("run_id", "VARCHAR NOT NULL", pa.string()),
+    ("month", "VARCHAR NOT NULL", pa.string()),
+    ("run_type", "VARCHAR NOT NULL", pa.string()),
+    ("status", "VARCHAR NOT NULL", pa.string()),
+    ("created_at", "TIMESTAMP", pa.timestamp("us")),
+    ("started_at", "TIMESTAMP", pa.timestamp("us")),
+    ("completed_at", "TIMESTAMP", pa.timestamp("us")),
+    ("policy_id", "VARCHAR", pa.string()),
+    ("interval", "VARCHAR", pa.string()),
+    ("window_from", "DATE", pa.date32()),
+    ("window_to", "DATE", pa.date32()),
+    ("calls_count", "BIGINT", pa.int64()),
+    ("git_commit", "VARCHAR", pa.string()),
+    ("git_branch", "VARCHAR", pa.string()),
+    ("git_dirty", "BOOLEAN", pa.bool_()),
+    ("quantlab_version", "VARCHAR", pa.string()),
+    ("schema_version", "VARCHAR", pa.string()),
+    ("artifacts_schema_version", "VARCHAR", pa.string()),
+    ("spec_json", "VARCHAR", pa.string()),
+    *((f"timing_{step}_ms", "BIGINT", pa.int64()) for step in TIMING_STEPS),
+    ("error_message", "VARCHAR", pa.string()),
+    ("error_phase", "VARCHAR", pa.string()),
+    ("run_dir", "VARCHAR NOT NULL", pa.string()),
+    ("manifest_path", "VARCHAR NOT NULL", pa.string()),
+    ("manifest_sha256", "VARCHAR NOT NULL", pa.string()),
+    ("fingerprint", "VARCHAR NOT NULL", pa.string()),
+    ("cataloged_at", "TIMESTAMP NOT NULL", pa.timestamp("us")),
+    ("updated_at", "TIMESTAMP NOT NULL", pa.timestamp("us")),
+)
+ARTIFACT_COLUMNS: Columns = (
+    ("run_id", "VARCHAR NOT NULL", pa.string()),
+    ("month", "VARCHAR NOT NULL", pa.string()),
+    ("artifact_type", "VARCHAR NOT NULL", pa.string()),
+    ("path", "VARCHAR NOT NULL", pa.string()),
+    ("rows", "BIGINT", pa.int64()),
+    ("bytes", "BIGINT NOT NULL", pa.int64()),
+    ("sha256", "VARCHAR NOT NULL", pa.string()),
+)
+REJECTED_COLUMNS: Columns = (
+    ("run_dir", "VARCHAR NOT NULL", pa.string()),
+    ("reason", "VARCHAR NOT NULL", pa.string()),
+    ("seen_at", "TIMESTAMP NOT NULL", pa.timestamp("us")),
+    ("fingerprint", "VARCHAR NOT NULL", pa.string()),
+)
+# `fingerprint` is bookkeeping (stat of run.json and _SUCCESS), not part of the public rows.
+PUBLIC_RUN_COLUMNS: tuple[str, ...] = tuple(c for c, _, _ in RUN_COLUMNS if c != "fingerprint")
+PUBLIC_ARTIFACT_COLUMNS: tuple[str, ...] = tuple(c for c, _, _ in ARTIFACT_COLUMNS)
+
+
+def _ddl(table: str, columns: Columns, key: str) -> str:
+    body = ", ".join(f'"{name}" {sql}' for name, sql, _ in columns)
+    return f"CREATE TABLE {table} ({body}, PRIMARY KEY ({key}))"
+
+
+DDL = (
+    "CREATE TABLE catalog_meta (key VARCHAR PRIMARY KEY, value VARCHAR NOT NULL)",
+    _ddl("runs", RUN_COLUMNS, "run_id, month"),
+    _ddl("artifacts", ARTIFACT_COLUMNS, "run_id, month, artifact_type"),
+    _ddl("rejected_runs", REJECTED_COLUMNS, "run_dir"),
+)
+
+
+class RunKey(NamedTuple):
+    run_id: str
+    month: str
+
+    def __str__(self) -> str:
+        return f"{self.month}/run_id={self.run_id}"
+
+
+class Rejection(NamedTuple):
+    run_dir: str
+    reason: str
+
+
+def arrow_table(columns: Columns, rows: list[dict[str, Any]]) -> pa.Table:
+    """Rows as an Arrow table of the table's own types, for one bulk `INSERT … BY NAME`."""
+    schema = pa.schema([(name, typ) for name, _, typ in columns])
+    return pa.Table.from_pylist(rows, schema=schema)
+
+
+def has_catalog_tables(conn: duckdb.DuckDBPyConnection) -> bool:
+    names = conn.execute(
+        "SELECT table_name FROM information_schema.tables "
+        "WHERE table_schema = 'main' AND table_catalog = current_database()"
+    ).fetchall()
+    return "catalog_meta" in {n for (n,) in names}
+
+
+def check_schema_version(conn: duckdb.DuckDBPyConnection, path: object) -> None:
+    """Refuse a catalog written by another schema version: it is derived, so rebuilding is safe."""
+    row = conn.execute("SELECT value FROM catalog_meta WHERE key = 'schema_version'").fetchone()
+    found = row[0] if row else None
+    if found != CATALOG_SCHEMA_VERSION:
+        raise QuantlabError(
+            f"catalog {path} has schema version {found!r}, this quantlab uses "
+            f"{CATALOG_SCHEMA_VERSION!r}; the catalog is derived from the run directories: "
+            "delete it and run `quantlab backtest catalog-sync`"
+        )

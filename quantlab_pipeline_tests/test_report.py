@@ -1,0 +1,522 @@
+"""`quantlab report` and the chart builders: numbers in titles, run loading, the CLI, and Chromium.
+
+The hand-made run below has numbers chosen so every title can be checked by hand:
+
+- paths (2024-01): 4 calls by callers a, a, b, c; 2x hit by 2 of them, 2 h and 6 h after entry
+  (median 4.0 h); peak multiples 2.5, 1.2, 3.0, 1.5 (median 2.00×).
+- trades (2024-01): returns -500, 1000, 3000, -200 bps (median 400, mean 825, win rate 50.0%);
+  2 of 4 stopped out; MAE -800, -100, -300, -600 (5th percentile, linear: -770 bps).
+- frontier: 4 policies of the all-callers group, p1 and p3 feasible, p1 p2 p3 on the Pareto
+  front, p1 ranked first (median 100 bps); a per-caller row that the chart leaves out.
+"""
+
+from __future__ import annotations
+
+import base64
+import fcntl
+import json
+import os
+import re
+import select
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+
+from quantlab_pipeline.core.errors import QuantlabError, SpecError
+from quantlab_pipeline.core.spec import RunSpec
+from quantlab_pipeline.core.sweep import Constraints
+from quantlab_pipeline.report import (
+    build_sections,
+    charts,
+    frontier_chart_markdown,
+    load_run,
+    render_html,
+    summary_charts_markdown,
+)
+from quantlab_pipeline.storage.run_dir import RunDirectory
+from quantlab_pipeline.storage.specs import write_spec
+from quantlab_pipeline_tests.helpers import run_cli
+
+RUN_ID = "3f2b7c1e-9a4d-4e8f-8b6a-1c2d3e4f5a6b"
+HOUR = 3_600_000
+T0 = 1_704_067_200_000  # 2024-01-01T00:00Z
+
+TRADE_CHARTS = ["returns", "exit_reasons", "mae_vs_return"]
+TRUTH_CHARTS = ["callers", "time_to_2x"]
+
+
+def alerts_frame(n: int = 4) -> pl.DataFrame:
+    return pl.DataFrame(
+        {
+            "call_id": [f"c{i}" for i in range(n)],
+            "mint": [f"m{i}" for i in range(n)],
+            "caller_name": ["a", "a", "b", "c"][:n],
+            "chain": ["solana"] * n,
+            "alert_ts_ms": [T0 + i * HOUR for i in range(n)],
+            "created_at": ["2024-01-01"] * n,
+        }
+    )
+
+
+def paths_frame() -> pl.DataFrame:
+    entry = [T0 + i * HOUR for i in range(4)]
+    return pl.DataFrame(
+        {
+            "run_id": [RUN_ID] * 4,
+            "call_id": [f"c{i}" for i in range(4)],
+            "caller_name": ["a", "a", "b", "c"],
+            "p0": [1.0] * 4,
+            "hit_2x": [True, False, True, False],
+            "t_2x_ms": [entry[0] + 2 * HOUR, None, entry[2] + 6 * HOUR, None],
+            "peak_multiple": [2.5, 1.2, 3.0, 1.5],
+            "dd_bps": [-800.0, -100.0, -300.0, -600.0],
+            "entry_ts_ms": entry,
+        }
+    )
+
+
+def trades_frame() -> pl.DataFrame:
+    return pl.DataFrame(
+        {
+            "run_id": [RUN_ID] * 4,
+            "policy_id": ["fixed-5"] * 4,
+            "call_id": [f"c{i}" for i in range(4)],
+            "exit_reason": ["stop_loss", "take_profit", "end_of_data", "stop_loss"],
+            "realized_return_bps": [-500.0, 1000.0, 3000.0, -200.0],
+            "stop_out": [True, False, False, True],
+            "max_adverse_excursion_bps": [-800.0, -100.0, -300.0, -600.0],
+            "time_exposed_ms": [HOUR] * 4,
+            "tail_capture": [None, 0.5, 0.9, None],
+        }
+    )
+
+
+def summary_frame() -> pl.DataFrame:
+    return pl.DataFrame({"run_id": [RUN_ID], "trades_count": [4], "median_return_bps": [400.0]})
+
+
+def frontier_frame() -> pl.DataFrame:
+    return pl.DataFrame(
+        {
+            "run_id": [RUN_ID] * 5,
+            "caller_name": [None, None, None, None, "a"],
+            "policy_id": ["p1", "p2", "p3", "p4", "p1"],
+            "meets_constraints": [True, False, True, False, True],
+            "median_return_bps": [100.0, 300.0, -100.0, -500.0, 900.0],
+            "p95_mae_bps": [-2000.0, -4000.0, -1000.0, -5000.0, -100.0],
+            "trades_count": [4, 4, 4, 4, 2],
+            "pareto": [True, True, True, False, True],
+            "rank": [1, 3, 2, 4, 1],
+        },
+        schema_overrides={"caller_name": pl.String},
+    )
+
+
+# -- chart builders -------------------------------------------------------------------------------
+
+
+def test_every_chart_states_its_numbers_in_its_title():
+    trades, paths = trades_frame(), paths_frame()
+    titles = {c.key: c.title for c in [*charts.trade_charts(trades), *charts.truth_charts(paths)]}
+    assert list(titles) == TRADE_CHARTS + TRUTH_CHARTS
+    assert "4 trades, median 400 bps, mean 825 bps, win rate 50.0%" in titles["returns"]
+    assert "4 trades, stop-out rate 50.0%" in titles["exit_reasons"]
+    assert "p95 MAE -770 bps, median return 400 bps" in titles["mae_vs_return"]
+    assert "3 callers, 4 calls; overall hit rate 50.0%, median peak 2.00×" in titles["callers"]
+    assert "2 of 4 calls (50.0%), median 4.0 h" in titles["time_to_2x"]
+
+    front = charts.frontier(frontier_frame(), Constraints())
+    assert front.key == "frontier"
+    assert "4 policies, 2 feasible, 3 on the Pareto front; best feasible: p1 (median 100 bps)" in front.title
+
+
+def test_chart_text_and_axes_carry_units():
+    svg = charts.return_distribution(trades_frame()).svg("t")
+    assert svg.startswith("<svg ") and 'aria-label="Realized return per trade' in svg
+    assert "bps of entry, net of fees and slippage" in svg  # fonts as text: labels are searchable
+    assert "hours from entry" in charts.time_to_2x(paths_frame()).svg("t")
+    front = charts.frontier(frontier_frame(), Constraints(min_p95_mae_bps=-3000.0)).svg("t")
+    assert "feasible region: p95 MAE ≥ -3,000 bps" in front and "Pareto front (3)" in front
+
+
+def test_a_heavy_tail_is_not_drawn_but_counted():
+    trades = pl.concat([trades_frame()] * 30).with_columns(
+        pl.Series("realized_return_bps", [-500.0] * 119 + [400_000.0])
+    )
+    chart = charts.return_distribution(trades)
+    assert "1 trade beyond the 1st–99th percentile not drawn (min -500 bps, max 400,000 bps)" in chart.svg("t")
+
+
+def test_empty_inputs_still_give_every_chart():
+    trades, paths = trades_frame().clear(), paths_frame().clear()
+    built = [*charts.trade_charts(trades), *charts.truth_charts(paths), charts.frontier(frontier_frame().clear())]
+    assert [c.key for c in built] == [*TRADE_CHARTS, *TRUTH_CHARTS, "frontier"]
+    assert "0 trades, median n/a" in built[0].title
+    assert "no trades" in built[0].svg("t") and "no calls" in built[3].svg("t")
+    assert "0 policies, 0 feasible, 0 on the Pareto front; no feasible policy" in built[-1].title
+
+
+def test_svg_is_reproducible_and_its_ids_are_prefixed():
+    a = charts.mae_vs_return(trades_frame()).svg("one")
+    assert a == charts.mae_vs_return(trades_frame()).svg("one")
+    ids = re.findall(r'\bid="([^"]+)"', a)
+    refs = re.findall(r'(?:url\(#|href="#)([^")]+)', a)
+    assert ids and refs and all(i.startswith("one-") for i in ids + refs) and set(refs) <= set(ids)
+
+
+def _images(markdown: str) -> list[tuple[str, bytes]]:
+    found = re.findall(r"!\[(.*?)\]\(data:image/png;base64,([A-Za-z0-9+/=]+)\)", markdown)
+    return [(alt, base64.b64decode(data)) for alt, data in found]
+
+
+def test_dagster_markdown_embeds_small_pngs_with_titles_as_alt_text():
+    images = _images(summary_charts_markdown(trades_frame(), paths_frame()))
+    assert len(images) == 5
+    assert images[0][0].startswith("Realized return per trade — 4 trades, median 400 bps")
+    for _, png in images:
+        assert png.startswith(b"\x89PNG\r\n\x1a\n") and 2_000 < len(png) < 60_000
+    (alt, png), *rest = _images(frontier_chart_markdown(frontier_frame(), Constraints()))
+    assert not rest and "best feasible: p1" in alt and len(png) < 60_000
+
+
+# -- a run on disk --------------------------------------------------------------------------------
+
+
+def make_spec(run_type: str, window_to: str = "2024-02-29", **extra: Any) -> RunSpec:
+    data: dict[str, Any] = {
+        "run_id": RUN_ID,
+        "run_type": run_type,
+        "created_at": "2024-03-01T00:00:00.000Z",
+        "window": {"from": "2024-01-01", "to": window_to},
+        "source": {"alerts": "/data/alerts.duckdb"},
+        **extra,
+    }
+    if run_type == "policy":
+        data.update(policy_id="fixed-5", policy={"kind": "fixed_stop", "stop_loss_bps": 500})
+    return RunSpec.from_dict(data)
+
+
+def write_month(runs: Path, spec: RunSpec, month: str, artifacts: dict[str, pl.DataFrame]) -> None:
+    rd = RunDirectory(runs, month, spec.run_id)
+    shas: dict[str, str] = {}
+    for name, frame in artifacts.items():
+        record = rd.write_artifact(name, frame, spec, inputs=shas, dagster_run_id=None, elapsed_ms=1)
+        shas[name] = record["sha256"]
+
+
+@pytest.fixture
+def policy_run(tmp_path) -> Path:
+    """Two months: 2024-01 complete, 2024-02 with alerts and paths only (still running)."""
+    runs = tmp_path / "policy-runs"
+    spec = write_spec(runs, make_spec("policy"))
+    full = {"alerts": alerts_frame(), "paths": paths_frame(), "trades": trades_frame(), "summary": summary_frame()}
+    write_month(runs, spec, "2024-01", full)
+    write_month(runs, spec, "2024-02", {"alerts": alerts_frame(), "paths": paths_frame()})
+    return runs
+
+
+@pytest.fixture
+def optimization_run(tmp_path) -> Path:
+    runs = tmp_path / "optimization-runs"
+    spec = write_spec(runs, make_spec("optimization", window_to="2024-01-31"))
+    write_month(runs, spec, "2024-01", {"alerts": alerts_frame(), "paths": paths_frame(), "frontier": frontier_frame()})
+    return runs
+
+
+def chart_keys(page: str) -> list[str]:
+    return re.findall(r'<figure class="chart" id="([^"]+)"', page)
+
+
+def test_policy_report_covers_the_window_and_each_month_and_says_what_is_incomplete(policy_run):
+    run = load_run(policy_run, RUN_ID)
+    assert [(m.month, m.status) for m in run.months] == [("2024-01", "completed"), ("2024-02", "running")]
+    assert run.months[1].note == "running; missing trades, summary"
+    page = render_html(run, build_sections(run))
+    assert chart_keys(page) == [
+        *(f"window-{k}" for k in TRADE_CHARTS + TRUTH_CHARTS),
+        *(f"2024-01-{k}" for k in TRADE_CHARTS + TRUTH_CHARTS),
+        *(f"2024-02-{k}" for k in TRUTH_CHARTS),
+    ]
+    assert page.count("<svg ") == len(chart_keys(page))
+    ids = re.findall(r'\bid="([^"]+)"', page)
+    assert len(ids) == len(set(ids))
+    assert "Incomplete month 2024-02</strong>: running; missing trades, summary" in page
+    assert "No trades artifact yet" in page
+    # The whole window holds both months' truth layer: 8 calls, 4 of them hit 2x.
+    assert "4 of 8 calls (50.0%), median 4.0 h" in page
+    # Offline by construction: no script, no remote reference, and a CSP that forbids both.
+    assert "<script" not in page and not re.search(r'(src|href)="(https?:)?//', page)
+    assert "default-src 'none'" in page
+    assert page == render_html(run, build_sections(run))
+
+
+def test_optimization_report_has_the_frontier_and_no_trade_charts(optimization_run):
+    run = load_run(optimization_run, RUN_ID)
+    page = render_html(run, build_sections(run))
+    assert chart_keys(page) == ["window-frontier", "window-callers", "window-time_to_2x"]
+    # The sweep's default constraints shade the region and name every constraint.
+    assert "feasible region: p95 MAE ≥ -3,000 bps" in page and "stop-out ≤ 30.0%" in page
+
+
+def test_path_only_report_has_the_truth_charts_only(tmp_path):
+    runs = tmp_path / "runs"
+    spec = write_spec(runs, make_spec("path-only", window_to="2024-01-31"))
+    write_month(runs, spec, "2024-01", {"alerts": alerts_frame(), "paths": paths_frame()})
+    run = load_run(runs, RUN_ID)
+    assert chart_keys(render_html(run, build_sections(run))) == ["window-callers", "window-time_to_2x"]
+
+
+def test_a_run_without_its_spec_file_is_read_from_its_manifest(policy_run):
+    (policy_run / "_specs" / f"{RUN_ID}.json").unlink()
+    assert load_run(policy_run, RUN_ID).run_type == "policy"
+
+
+def test_bad_run_id_unknown_run_and_no_completed_month_are_user_errors(tmp_path, policy_run):
+    with pytest.raises(SpecError, match="run_id: expected a lowercase UUID4"):
+        load_run(policy_run, "../etc")
+    other = "9e8d7c6b-5a4f-4e3d-8c2b-1a0f9e8d7c6b"
+    with pytest.raises(QuantlabError, match=f"run {other}: no such run"):
+        load_run(policy_run, other)
+    shutil.rmtree(policy_run / "2024-01")
+    with pytest.raises(QuantlabError, match=r"no completed month .*2024-01: no run directory; 2024-02: running"):
+        load_run(policy_run, RUN_ID)
+
+
+# -- headless Chromium ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """The Debian `chromium`, installed here if missing and possible (CI runs as root on Debian)."""
+    path = shutil.which("chromium")
+    if path is None and os.geteuid() == 0 and shutil.which("apt-get"):
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        install = ["apt-get", "install", "-y", "-q", "chromium"]
+        if subprocess.run(install, env=env, capture_output=True, timeout=1200).returncode != 0:
+            subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, timeout=600)
+            subprocess.run(install, env=env, capture_output=True, timeout=1200)
+        path = shutil.which("chromium")
+    if path is None:
+        pytest.skip("headless Chromium is missing and cannot be installed here (`apt-get install chromium` needs root)")
+    return path
+
+
+class Browser:
+    """Headless Chromium driven over the DevTools protocol on a pipe (fds 3 and 4): stdlib only."""
+
+    def __init__(self, chromium: str, profile: Path):
+        to_child, self._write = os.pipe()
+        self._read, from_child = os.pipe()
+
+        def pipes_as_fds_3_and_4() -> None:
+            high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 10) for fd in (to_child, from_child)]
+            os.dup2(high[0], 3)
+            os.dup2(high[1], 4)
+
+        flags = [
+            "--headless",
+            "--no-sandbox",  # root in CI
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-extensions",
+            "--remote-debugging-pipe",
+            f"--user-data-dir={profile}",
+            "about:blank",
+        ]
+        self.stderr = profile.with_suffix(".stderr")
+        with open(self.stderr, "wb") as err:
+            self.proc = subprocess.Popen(
+                [chromium, *flags],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                close_fds=False,  # the pipes must survive as fds 3 and 4; Python's own fds are CLOEXEC
+                preexec_fn=pipes_as_fds_3_and_4,
+            )
+        os.close(to_child)
+        os.close(from_child)
+        self._buffer = b""
+        self._id = 0
+        self.events: list[dict[str, Any]] = []
+        self.deadline = time.monotonic() + 30
+
+    def _message(self) -> dict[str, Any]:
+        while b"\0" not in self._buffer:
+            remaining = self.deadline - time.monotonic()
+            ready, _, _ = select.select([self._read], [], [], max(remaining, 0))
+            if not ready:
+                raise TimeoutError(f"Chromium did not answer in time; stderr: {self.stderr.read_text()[-2000:]}")
+            chunk = os.read(self._read, 1 << 16)
+            if not chunk:
+                raise EOFError(f"Chromium closed the pipe; stderr: {self.stderr.read_text()[-2000:]}")
+            self._buffer += chunk
+        raw, self._buffer = self._buffer.split(b"\0", 1)
+        return json.loads(raw)
+
+    def send(self, method: str, params: dict[str, Any] | None = None, session: str | None = None) -> dict[str, Any]:
+        self._id += 1
+        message: dict[str, Any] = {"id": self._id, "method": method, "params": params or {}}
+        if session:
+            message["sessionId"] = session
+        os.write(self._write, json.dumps(message).encode() + b"\0")
+        while True:
+            reply = self._message()
+            if reply.get("id") == self._id:
+                assert "error" not in reply, (method, reply["error"])
+                return reply["result"]
+            self.events.append(reply)
+
+    def wait_for(self, method: str) -> None:
+        while not any(e.get("method") == method for e in self.events):
+            self.events.append(self._message())
+
+    def close(self) -> None:
+        try:
+            self.send("Browser.close")
+            self.proc.wait(timeout=10)
+        except (OSError, TimeoutError, EOFError, subprocess.TimeoutExpired):
+            self.proc.kill()
+            self.proc.wait()
+        finally:
+            os.close(self._read)
+            os.close(self._write)
+
+
+MEASURE = """Array.from(document.querySelectorAll('figure.chart')).map(f => {
+  const g = f.querySelector(':scope > svg, :scope > img');
+  const r = g ? g.getBoundingClientRect() : {width: 0, height: 0};
+  return {id: f.id, width: r.width, height: r.height,
+          marks: g ? g.querySelectorAll('path, rect, use, text, image').length : 0};
+})"""
+
+
+def render_in_chromium(chromium: str, page: Path, profile: Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """Load `page`; return each chart's drawn size and every error the page caused."""
+    browser = Browser(chromium, profile)
+    try:
+        target = browser.send("Target.createTarget", {"url": "about:blank"})["targetId"]
+        session = browser.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+        for domain in ("Runtime", "Log", "Page", "Network"):
+            browser.send(f"{domain}.enable", session=session)
+        browser.send("Page.navigate", {"url": page.resolve().as_uri()}, session=session)
+        browser.wait_for("Page.loadEventFired")
+        sizes = browser.send("Runtime.evaluate", {"expression": MEASURE, "returnByValue": True}, session=session)
+    finally:
+        browser.close()
+    errors = []
+    for event in browser.events:
+        method, params = event.get("method"), event.get("params", {})
+        if method == "Runtime.exceptionThrown":
+            errors.append(json.dumps(params["exceptionDetails"])[:300])
+        elif method == "Runtime.consoleAPICalled" and params.get("type") in ("error", "assert", "warning"):
+            errors.append(json.dumps(params.get("args"))[:300])
+        elif method == "Log.entryAdded" and params["entry"]["level"] in ("error", "warning"):
+            errors.append(params["entry"]["text"])
+        elif method == "Network.requestWillBeSent" and not params["request"]["url"].startswith(("file:", "data:")):
+            errors.append(f"network request: {params['request']['url']}")
+    return sizes["result"]["value"], errors
+
+
+def assert_every_chart_draws(chromium: str, page: Path, profile: Path, expected: int) -> None:
+    started = time.monotonic()
+    sizes, errors = render_in_chromium(chromium, page, profile)
+    assert errors == []
+    assert len(sizes) == expected
+    for chart in sizes:
+        assert chart["width"] > 300 and chart["height"] > 150 and chart["marks"] > 20, chart
+    assert time.monotonic() - started < 20
+
+
+@pytest.mark.slow
+def test_the_chromium_check_sees_blank_charts_errors_and_fetches(chromium, tmp_path):
+    page = tmp_path / "bad.html"
+    page.write_text(
+        '<figure class="chart" id="x"><svg width="0" height="0"></svg></figure>'
+        '<img src="https://example.invalid/x.png"><script>console.error("oops"); throw new Error("boom")</script>'
+    )
+    sizes, errors = render_in_chromium(chromium, page, tmp_path / "profile")
+    assert sizes == [{"id": "x", "width": 0, "height": 0, "marks": 0}]
+    assert "network request: https://example.invalid/x.png" in errors
+    assert any("oops" in e for e in errors) and any("Uncaught" in e for e in errors)
+
+
+@pytest.mark.slow
+def test_hand_made_reports_draw_in_chromium_without_errors(chromium, tmp_path, policy_run, optimization_run):
+    for name, runs, expected in (("policy", policy_run, 12), ("optimization", optimization_run, 3)):
+        run = load_run(runs, RUN_ID)
+        page = tmp_path / f"{name}.html"
+        page.write_text(render_html(run, build_sections(run)), encoding="utf-8")
+        assert_every_chart_draws(chromium, page, tmp_path / f"profile-{name}", expected)
+
+
+# -- the CLI on a real run ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def real_policy_run(tmp_path_factory, sample_db) -> tuple[Path, str]:
+    """A policy backtest of 2024-01 on the sample data, through the CLI: (workdir, run id)."""
+    workdir = tmp_path_factory.mktemp("report_cli")
+    (workdir / "data").mkdir()
+    shutil.copy(sample_db, workdir / "data" / "alerts.duckdb")
+    proc = run_cli(
+        [
+            "backtest",
+            "policy",
+            "--calls-from-duckdb",
+            "data/alerts.duckdb",
+            "--policy-id",
+            "fixed-stop-5pct",
+            "--policy",
+            '{"kind":"fixed_stop","stop_loss_bps":500}',
+            "--from",
+            "2024-01-01",
+            "--to",
+            "2024-01-31",
+        ],
+        cwd=workdir,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    match = re.search(r"run_id\S*:?\s+([0-9a-f-]{36})", proc.stdout)
+    assert match, proc.stdout
+    return workdir, match.group(1)
+
+
+@pytest.mark.slow
+def test_cli_report_writes_the_page_and_fails_in_one_line(real_policy_run):
+    workdir, run_id = real_policy_run
+    proc = run_cli(["report", run_id], cwd=workdir)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    page = workdir / "runs" / "reports" / f"{run_id}.html"
+    assert f"Wrote {page}" in proc.stdout and "(5 charts: the whole window)" in proc.stdout
+    assert chart_keys(page.read_text()) == [f"window-{k}" for k in TRADE_CHARTS + TRUTH_CHARTS]
+
+    out = workdir / "elsewhere" / "r.html"
+    proc = run_cli(["report", run_id, "--out", str(out), "--runs-dir", "runs"], cwd=workdir)
+    assert proc.returncode == 0 and out.read_text() == page.read_text()
+
+    for args, needle in (
+        (["report", "not-a-uuid"], "run_id: expected a lowercase UUID4"),
+        (["report", RUN_ID], "no such run"),
+        (["report", run_id, "--runs-dir", "nowhere"], "no such run"),
+    ):
+        proc = run_cli(args, cwd=workdir)
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        assert proc.returncode == 2 and len(lines) == 1 and needle in lines[0], proc.stderr
+
+
+@pytest.mark.slow
+def test_cli_report_draws_in_chromium_without_errors(chromium, real_policy_run, tmp_path):
+    workdir, run_id = real_policy_run
+    out = tmp_path / "report.html"
+    proc = run_cli(["report", run_id, "--out", str(out)], cwd=workdir)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert_every_chart_draws(chromium, out, tmp_path / "profile", expected=5)
