@@ -14,7 +14,6 @@ sha256 of the spec it was written from (`spec_sha256`): a changed spec is refuse
 
 from __future__ import annotations
 
-import json
 import time
 import traceback as tb
 from collections.abc import Iterable
