@@ -137,9 +137,10 @@ def _naming_flags(exc: SpecError) -> SpecError:
 
 def _create(run_type: str, opts: dict[str, Any]):
     """Validate flags and sources, then register the run (spec + partition + run_spec)."""
-    from quantlab_pipeline.core.inputs import check_alerts_source, check_candles_source
     from quantlab_pipeline.orchestration.launch import create_run, get_instance
     from quantlab_pipeline.orchestration.partitions import check_months_exist
+    from quantlab_pipeline.sources.alerts import check_alerts_source
+    from quantlab_pipeline.sources.candles import check_candles_source
     from quantlab_pipeline.storage.run_creation import create_run_spec
 
     try:

@@ -209,7 +209,7 @@ class RunSpec(_Strict):
                 raise ValueError("a policy run needs 'policy_id' and 'policy'")
             parse_policy(self.policy)  # raises SpecError naming the bad field
         if self.run_type == "optimization":
-            from quantlab_pipeline.core.sweep import parse_sweep
+            from quantlab_pipeline.core.sweep_spec import parse_sweep
 
             parse_sweep(self.sweep)
         return self
