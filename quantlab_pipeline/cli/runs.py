@@ -69,11 +69,14 @@ def runs_resume(run_id: str, runs_dir: str) -> None:
     for status in run_status(runs_dir, spec):
         if status.state == "completed":
             ok(f"{status.month} already completed")
-            done.append(month_result(spec, status.month, runs_dir=runs_dir))
+            done.append(month_result(spec, status.month, runs_dir=runs_dir, instance=instance))
             continue
         if status.state == "running":
             err_console.print(f"[cyan]…[/cyan] {status.month} is being written by a live process; left alone")
             busy.append(status.month)
+            continue
+        if status.state == "missing":  # never started: every step
+            plan.append(MonthPlan(status.month))
             continue
         run_dir = RunDirectory(runs_dir, status.month, spec.run_id)
         for action in run_dir.repair():
@@ -82,7 +85,7 @@ def runs_resume(run_id: str, runs_dir: str) -> None:
         steps = steps_to_finish(run_dir)
         if not steps:
             ok(f"{status.month} completed by repair")
-            done.append(month_result(spec, status.month, runs_dir=runs_dir))
+            done.append(month_result(spec, status.month, runs_dir=runs_dir, instance=instance))
             continue
         plan.append(MonthPlan(status.month, steps))
     results = run_months(spec, plan, runs_dir=runs_dir, instance=instance) if plan else []
