@@ -20,6 +20,7 @@ Reason = Literal[
     "bad_candle",
     "duplicate_candle",
     "failure",
+    "interrupted",
 ]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -21,6 +22,7 @@ SUCCESS_MARKER = "_SUCCESS"
 STDOUT_LOG = "logs/stdout.txt"
 STDERR_LOG = "logs/stderr.txt"
 SPECS_DIR = "_specs"
+LOCKS_DIR = "_locks"
 
 ARTIFACT_PATHS: dict[str, str] = {
     "alerts": "inputs/alerts.parquet",
@@ -47,6 +49,18 @@ ARTIFACT_INPUTS: dict[str, tuple[str, ...]] = {
     "errors": (),
 }
 
+# The phase (errors.parquet `phase`) of the step that writes each artifact; a step replaces its
+# phase's error rows when it succeeds.
+ARTIFACT_PHASES: dict[str, str] = {
+    "alerts": "inputs",
+    "paths": "truth",
+    "trades": "policy",
+    "summary": "summary",
+    "frontier": "frontier",
+    "features": "features",
+    "walkforward": "walkforward",
+}
+
 REQUIRED_ARTIFACTS: dict[str, tuple[str, ...]] = {
     "path-only": ("alerts", "paths"),
     "policy": ("alerts", "paths", "trades", "summary"),
@@ -54,22 +68,41 @@ REQUIRED_ARTIFACTS: dict[str, tuple[str, ...]] = {
 }
 
 
+# What a materialization of each run type may write (README "What a run writes"): an asset outside its
+# run type's set is refused before the directory is touched, so a completed run stays completed.
+# `features` and `walkforward` apply to their run types whatever the spec says (a spec that turns
+# them off materializes nothing for them: orchestration.research).
+OPTIONAL_ARTIFACTS: dict[str, frozenset[str]] = {
+    "path-only": frozenset({"features"}),
+    "policy": frozenset({"features"}),
+    "optimization": frozenset({"walkforward"}),
+}
+APPLICABLE_ARTIFACTS: dict[str, frozenset[str]] = {
+    run_type: frozenset({*required, *OPTIONAL_ARTIFACTS[run_type], "errors"})
+    for run_type, required in REQUIRED_ARTIFACTS.items()
+}
+
+
 def required_artifacts(run_type: str, spec: Mapping[str, Any] | None) -> tuple[str, ...]:
     """What completes a month of a run, given its stored spec (`RunSpec.to_dict()`, the
     manifest's `spec`): `REQUIRED_ARTIFACTS` plus `features` for path-only and policy runs unless
-    the spec says `features: false`, plus `walkforward` for a walk-forward optimization.
+    the spec says `features: false`, plus `walkforward` for a walk-forward optimization; each
+    after the artifacts it is computed from.
 
     A spec written before features existed has no `features` key and is complete without them.
     """
     spec = spec or {}
-    required = REQUIRED_ARTIFACTS[run_type]
-    if run_type in ("path-only", "policy") and spec.get("features", False):
-        required = (*required, "features")
     sweep = spec.get("sweep")
-    if run_type == "optimization" and isinstance(sweep, Mapping) and sweep.get("walk_forward") is not None:
-        required = (*required, "walkforward")
-    return required
+    wanted = {
+        "features": bool(spec.get("features", False)),
+        "walkforward": isinstance(sweep, Mapping) and sweep.get("walk_forward") is not None,
+    }
+    return (*REQUIRED_ARTIFACTS[run_type], *(a for a in sorted(OPTIONAL_ARTIFACTS[run_type]) if wanted[a]))
 
+
+# `.<name>.<random>.tmp`: an atomic write's temp file (storage/atomic.py). One left behind by a
+# killed writer is never part of a run: not archived, not counted, removed by `clean_leftovers`.
+TEMP_FILE_RE = re.compile(r"^\..+\.tmp$")
 
 RUN_DIR_RE = re.compile(r"^run_id=(?P<run_id>.+)$")
 MONTH_DIR_RE = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
@@ -82,6 +115,24 @@ def run_dir_path(runs_dir: str | Path, month: str, run_id: str) -> Path:
 
 def spec_path(runs_dir: str | Path, run_id: str) -> Path:
     return Path(runs_dir) / SPECS_DIR / f"{validate_run_id(run_id)}.json"
+
+
+def lock_path(runs_dir: str | Path, month: str, run_id: str) -> Path:
+    """`runs/_locks/<month>_<run_id>.lock`: exists only while a writer holds it."""
+    return Path(runs_dir) / LOCKS_DIR / f"{validate_month(month)}_{validate_run_id(run_id)}.lock"
+
+
+def artifact_applies(run_type: str, artifact: str) -> bool:
+    return artifact in APPLICABLE_ARTIFACTS.get(run_type, frozenset())
+
+
+def is_temp_file(name: str) -> bool:
+    return TEMP_FILE_RE.match(name) is not None
+
+
+def temp_leftovers(directory: Path) -> list[Path]:
+    """Every atomic write's temp file under `directory`."""
+    return [Path(d) / name for d, _, names in os.walk(directory) for name in sorted(names) if is_temp_file(name)]
 
 
 def iter_run_dirs(runs_dir: str | Path):
