@@ -37,7 +37,9 @@ class RunStoreResource(ConfigurableResource):
         return RunDirectory(self.root, month, run_id)
 
 
-DEFAULT_CHUNK_CANDLES = 32_000_000  # ≈1.5 GB of candle columns (ts, OHLC, volume): the reference month in one part
+# ≈1.9 GB of candle columns (ts, OHLC, volume): the reference month, 20,000 alerts × (5 d + the
+# features' 25 h look-back) of 5-minute candles as `plan_chunks` estimates it, in one part.
+DEFAULT_CHUNK_CANDLES = 40_000_000
 
 
 def _alert_span(alerts: pl.DataFrame) -> tuple[int, int]:
