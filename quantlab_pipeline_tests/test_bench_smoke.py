@@ -309,6 +309,9 @@ def test_quick_run_reports_the_research_figures(quick_run):
     assert features["overhead"] == pytest.approx(
         features["with_features"]["wall_s"]["median"] / features["without_features"]["wall_s"]["median"] - 1
     )
+    assert features["step_share"] == pytest.approx(
+        features["with_features"]["compute_s"]["features"]["median"] / features["without_features"]["wall_s"]["median"]
+    )
     walk = research["walk_forward"]
     for variant in ("optimize", "walk_forward", "walk_forward_k2"):
         _figure(walk, variant, "wall_s")
