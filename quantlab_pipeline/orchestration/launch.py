@@ -28,8 +28,9 @@ from quantlab_pipeline.storage.run_dir import RunDirectory
 from quantlab_pipeline.storage.specs import write_spec
 from quantlab_pipeline.storage.writer import writer_gone
 
-# Dagster's own console logs would drown the progress lines; warnings and errors still show.
-_QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+# The CLI prints its own progress and one line per failure; Dagster's console log would add
+# stack traces (each failure's trace is in the month's logs/stderr.txt and the Dagster UI).
+_QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 
 
 def project_root() -> Path | None:
