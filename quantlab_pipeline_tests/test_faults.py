@@ -192,3 +192,30 @@ def test_a_broken_dagster_home_is_one_line_exit_1(workdir):
     assert proc.returncode == 1, proc.stdout + proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "dagster.yaml" in lines[0] and "Traceback" not in proc.stderr, proc.stderr
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 64 KiB tmpfs for the runs directory: room for a spec and a manifest, not for a run."""
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    proc = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True, text=True
+    )
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.strip() or 'mount failed'}): ENOSPC is not rehearsed")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def test_a_full_disk_is_one_line_exit_1_and_nothing_incomplete_is_catalogued(workdir, tiny_disk):
+    runs = tiny_disk / "runs"
+    proc = backtest(workdir, None, "--runs-dir", str(runs))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "no space left on device" in lines[0], proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+    synced = run_cli(["backtest", "catalog-sync", "--runs-dir", str(runs)], workdir)
+    assert synced.returncode == 0 and "Registered 0 runs" in synced.stdout, synced.stdout + synced.stderr
