@@ -12,7 +12,8 @@ from dagster import AssetKey
 
 from quantlab_pipeline.core.spec_builder import SpecRequest
 from quantlab_pipeline.orchestration.defs import build_defs
-from quantlab_pipeline.orchestration.launch import create_run, materialize_month
+from quantlab_pipeline.orchestration.launch import create_run
+from quantlab_pipeline.orchestration.month_runs import materialize_month
 from quantlab_pipeline.orchestration.partitions import month_run_key
 from quantlab_pipeline.orchestration.settings import Settings
 from quantlab_pipeline.storage.run_creation import create_run_spec
