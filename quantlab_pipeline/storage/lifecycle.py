@@ -15,8 +15,9 @@ from typing import Literal
 
 from quantlab_pipeline.core.errors import EnvironmentFault, QuantlabError
 from quantlab_pipeline.core.spec import RunSpec
-from quantlab_pipeline.storage.layout import SUCCESS_MARKER, iter_run_dirs
+from quantlab_pipeline.storage.layout import ARTIFACT_INPUTS, REQUIRED_ARTIFACTS, SUCCESS_MARKER, iter_run_dirs
 from quantlab_pipeline.storage.run_dir import RunDirectory
+from quantlab_pipeline.storage.specs import read_spec
 from quantlab_pipeline.storage.writer import writer_gone
 
 State = Literal["completed", "failed", "interrupted", "running", "missing"]
@@ -76,6 +77,24 @@ def run_status(runs_dir: str | Path, spec: RunSpec) -> list[MonthStatus]:
     else:
         months = sorted({m for m, run_id, _ in iter_run_dirs(runs_dir) if run_id == spec.run_id})
     return [month_status(RunDirectory(runs_dir, month, spec.run_id)) for month in months]
+
+
+def steps_to_finish(run_dir: RunDirectory, spec: RunSpec | None = None) -> list[str]:
+    """The artifacts to materialize, in dependency order, for the month to complete: each
+    required one that is missing or stale, and everything downstream of it (rewriting an
+    artifact may change its bytes, which would leave its dependents stale). Empty when the month
+    is complete. The run type comes from the manifest, else from `spec` (read from the runs
+    directory when not given): a month never written needs every step."""
+    manifest = run_dir.manifest()
+    if manifest is None:
+        spec = spec or read_spec(run_dir.runs_dir, run_dir.run_id)
+        return list(REQUIRED_ARTIFACTS[spec.run_type])
+    completion = run_dir.completion(manifest)
+    pending: list[str] = []
+    for artifact in REQUIRED_ARTIFACTS[manifest["run_type"]]:
+        if artifact in completion.missing + completion.stale or set(ARTIFACT_INPUTS[artifact]) & set(pending):
+            pending.append(artifact)
+    return pending
 
 
 def running_in_month(runs_dir: str | Path, month: str) -> list[MonthStatus]:
