@@ -100,7 +100,9 @@ def test_path_only_month_completes(sample_db, runs_dir, dagster_instance):
     assert mat.metadata["hit_2x_pct"].value == round(100 * paths.get_column("hit_2x").mean(), 1)
     assert mat.metadata["median_peak_multiple"].value == round(paths.get_column("peak_multiple").median(), 2)
     columns = {c.name: c.description for c in mat.metadata["dagster/column_schema"].value.columns}
-    assert columns["p0"].startswith("Entry price") and columns["hit_2x"] == "Whether a window candle's high reached 2x p0."
+    assert (
+        columns["p0"].startswith("Entry price") and columns["hit_2x"] == "Whether a window candle's high reached 2x p0."
+    )
     assert "run_status" not in mat.metadata
 
 

@@ -124,3 +124,19 @@ def ensure_runs_dir(path: str | Path) -> Path:
     if not os.access(path, os.W_OK | os.X_OK):
         raise EnvironmentFault(f"runs directory {path}: not writable")
     return path
+
+
+def steps_to_finish(run_dir: RunDirectory) -> tuple[str, ...]:
+    """The artifacts a month still needs, in the order they are computed: every required one
+    that is missing or stale, and everything computed from those (README "When a run is
+    interrupted"). Empty when the month is complete."""
+    manifest = run_dir.manifest()
+    if manifest is None:
+        return ()
+    required = REQUIRED_ARTIFACTS[manifest["run_type"]]
+    completion = run_dir.completion(manifest)
+    todo = set(completion.missing) | set(completion.stale)
+    for artifact in required:  # REQUIRED_ARTIFACTS lists upstream before downstream
+        if any(upstream in todo for upstream in ARTIFACT_INPUTS[artifact]):
+            todo.add(artifact)
+    return tuple(a for a in required if a in todo)
