@@ -192,23 +192,23 @@ def test_steps_to_finish_are_the_missing_and_stale_artifacts_and_their_dependent
     rd = RunDirectory(tmp_path, "2024-01", RUN_ID)
     with pytest.raises(QuantlabError, match="no run spec"):  # never written, no spec file either
         steps_to_finish(rd)
-    assert steps_to_finish(rd, spec) == ["alerts", "paths", "trades", "summary"]
+    assert steps_to_finish(rd, spec) == ("alerts", "paths", "trades", "summary")
     write_spec(tmp_path, spec)
-    assert steps_to_finish(rd) == ["alerts", "paths", "trades", "summary"]
+    assert steps_to_finish(rd) == ("alerts", "paths", "trades", "summary")
 
     alerts = write(rd, spec, "alerts", frame(3))
     paths = write(rd, spec, "paths", frame(2), inputs={"alerts": alerts["sha256"]})
-    assert steps_to_finish(rd) == ["trades", "summary"]
+    assert steps_to_finish(rd) == ("trades", "summary")
     up = {"alerts": alerts["sha256"], "paths": paths["sha256"]}
     trades = write(rd, spec, "trades", frame(2, "t"), inputs=up)
     write(rd, spec, "summary", frame(1, "s"), inputs={**up, "trades": trades["sha256"]})
-    assert steps_to_finish(rd) == []
+    assert steps_to_finish(rd) == ()
     (rd.path / "truth/paths.parquet").unlink()  # paths lost: trades and summary depend on it
-    assert steps_to_finish(rd) == ["paths", "trades", "summary"]
+    assert steps_to_finish(rd) == ("paths", "trades", "summary")
     write(rd, spec, "paths", frame(2), inputs={"alerts": alerts["sha256"]})  # identical bytes
-    assert steps_to_finish(rd) == []
+    assert steps_to_finish(rd) == ()
     write(rd, spec, "trades", frame(3, "t"), inputs=up)  # new trades: summary is stale
-    assert steps_to_finish(rd) == ["summary"]
+    assert steps_to_finish(rd) == ("summary",)
 
 
 def test_spec_changed_compares_with_the_recorded_spec(rd):
