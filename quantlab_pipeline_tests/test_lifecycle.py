@@ -18,8 +18,15 @@ import pytest
 from quantlab_pipeline.core.errors import QuantlabError
 from quantlab_pipeline.storage import lifecycle
 from quantlab_pipeline.storage.layout import lock_path
-from quantlab_pipeline.storage.lifecycle import ensure_runs_dir, month_status, run_status, running_in_month
+from quantlab_pipeline.storage.lifecycle import (
+    ensure_runs_dir,
+    month_status,
+    run_status,
+    running_in_month,
+    steps_to_finish,
+)
 from quantlab_pipeline.storage.run_dir import RunDirectory, WriteRefused
+from quantlab_pipeline.storage.specs import write_spec
 from quantlab_pipeline.storage.writer import RunLock, process_start, writer_gone, writer_record
 from quantlab_pipeline_tests.test_run_dir import RUN_ID, complete_path_only, frame, make_spec, write
 
@@ -178,6 +185,30 @@ def test_a_directory_removed_while_its_run_computed_is_not_recreated(rd):
         write(rd, spec, "paths", frame(2), inputs={"alerts": alerts["sha256"]})
     rd.record_failure(spec, phase="truth", exc=info.value)
     assert not rd.path.exists()
+
+
+def test_steps_to_finish_are_the_missing_and_stale_artifacts_and_their_dependents(tmp_path):
+    spec = make_spec("policy")
+    rd = RunDirectory(tmp_path, "2024-01", RUN_ID)
+    with pytest.raises(QuantlabError, match="no run spec"):  # never written, no spec file either
+        steps_to_finish(rd)
+    assert steps_to_finish(rd, spec) == ("alerts", "paths", "trades", "summary")
+    write_spec(tmp_path, spec)
+    assert steps_to_finish(rd) == ("alerts", "paths", "trades", "summary")
+
+    alerts = write(rd, spec, "alerts", frame(3))
+    paths = write(rd, spec, "paths", frame(2), inputs={"alerts": alerts["sha256"]})
+    assert steps_to_finish(rd) == ("trades", "summary")
+    up = {"alerts": alerts["sha256"], "paths": paths["sha256"]}
+    trades = write(rd, spec, "trades", frame(2, "t"), inputs=up)
+    write(rd, spec, "summary", frame(1, "s"), inputs={**up, "trades": trades["sha256"]})
+    assert steps_to_finish(rd) == ()
+    (rd.path / "truth/paths.parquet").unlink()  # paths lost: trades and summary depend on it
+    assert steps_to_finish(rd) == ("paths", "trades", "summary")
+    write(rd, spec, "paths", frame(2), inputs={"alerts": alerts["sha256"]})  # identical bytes
+    assert steps_to_finish(rd) == ()
+    write(rd, spec, "trades", frame(3, "t"), inputs=up)  # new trades: summary is stale
+    assert steps_to_finish(rd) == ("summary",)
 
 
 def test_spec_changed_compares_with_the_recorded_spec(rd):

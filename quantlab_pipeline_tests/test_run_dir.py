@@ -7,8 +7,10 @@ import hashlib
 import json
 import os
 import stat
+import subprocess
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pyarrow.parquet as pq
 import pytest
@@ -491,4 +493,33 @@ def test_a_full_disk_is_a_one_line_error_naming_the_file(tmp_path, monkeypatch):
     assert str(info.value) == f"{rd.path / 'inputs/alerts.parquet'}: cannot write: no space left on device"
     assert info.value.__cause__ is None and info.value.__suppress_context__
     assert (rd.path / "inputs/alerts.parquet").read_bytes() == before
+    assert not [p for p in rd.path.rglob("*.tmp")]
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 256 KiB tmpfs: a real full disk, where this machine lets the tests mount one."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.decode().strip() or done.returncode})")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_a_really_full_disk_is_a_one_line_error_and_leaves_the_run_as_it_was(small_disk):
+    spec = make_spec()
+    rd = RunDirectory(small_disk / "runs", "2024-01", RUN_ID)
+    alerts = write(rd, spec, "alerts", frame(3))
+    manifest = (rd.path / "run.json").read_bytes()
+    rng = np.random.default_rng(0)
+    big = pl.DataFrame({"call_id": [f"c{i}" for i in range(100_000)], "x": rng.random(100_000)})
+    with pytest.raises(EnvironmentFault) as info:
+        write(rd, spec, "paths", big, inputs={"alerts": alerts["sha256"]})
+    assert str(info.value) == f"{rd.path / 'truth/paths.parquet'}: cannot write: no space left on device"
+    assert (rd.path / "run.json").read_bytes() == manifest
+    assert not (rd.path / "truth/paths.parquet").exists()
     assert not [p for p in rd.path.rglob("*.tmp")]

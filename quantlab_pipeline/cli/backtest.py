@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from quantlab_pipeline.cli.console import console, err_console, user_errors
-from quantlab_pipeline.cli.months import MonthPlan, finish, run_months
+from quantlab_pipeline.cli.months import MonthPlan, default_parallel, finish, run_months
 from quantlab_pipeline.cli.options import runs_dir_option
 from quantlab_pipeline.cli.walkforward import print_walk_forward
 from quantlab_pipeline.core.errors import SpecError
@@ -158,9 +158,11 @@ def _naming_flags(exc: SpecError) -> SpecError:
 def _create(run_type: str, opts: dict[str, Any]):
     """Validate flags and sources, then register the run (spec + partition + run_spec)."""
     from quantlab_pipeline.orchestration.launch import create_run, get_instance
+    from quantlab_pipeline.orchestration.month_runs import check_queue
     from quantlab_pipeline.orchestration.partitions import check_months_exist
     from quantlab_pipeline.sources.alerts import check_alerts_source
     from quantlab_pipeline.sources.candles import check_candles_source
+    from quantlab_pipeline.storage.lifecycle import ensure_runs_dir
     from quantlab_pipeline.storage.run_creation import create_run_spec
 
     try:
@@ -171,23 +173,63 @@ def _create(run_type: str, opts: dict[str, Any]):
     check_months_exist(months)
     check_alerts_source(spec.source.alerts, spec.source.alerts_table)
     check_candles_source(spec.source.candles_source, interval=spec.interval)
+    ensure_runs_dir(opts["runs_dir"])  # last check, first thing created
     instance = get_instance()
+    if opts.get("submit"):
+        check_queue(instance)
     create_run(spec, runs_dir=opts["runs_dir"], instance=instance)
     return spec, months, instance
 
 
 def _backtest(run_type: str, opts: dict[str, Any]) -> None:
+    from quantlab_pipeline.orchestration.month_runs import submit_month
+    from quantlab_pipeline.storage.layout import required_artifacts
+
+    if opts.get("walk_forward") and (opts["submit"] or (opts["parallel"] or 1) > 1):
+        # each month selects its policy on the months before it (README "Walk-forward optimization")
+        flag = "--submit" if opts["submit"] else "--parallel"
+        raise SpecError(f"{flag}: a walk-forward optimization runs its months in order, one at a time")
     spec, months, instance = _create(run_type, opts)
-    console.print(f"[bold]Run[/bold] {spec.run_id} ({run_type}, {len(months)} month(s): {months[0]}..{months[-1]})")
-    results = run_months(spec, [MonthPlan(m) for m in months], runs_dir=opts["runs_dir"], instance=instance)
+    in_order = "walkforward" in required_artifacts(run_type, spec.to_dict())
+    if opts["submit"]:
+        for month in months:
+            submit_month(spec, month, runs_dir=opts["runs_dir"], instance=instance)
+        err_console.print(
+            f"Queued {len(months)} month run(s) of {run_type} run {spec.run_id}; "
+            f"follow them with `quantlab runs wait {spec.run_id}`"
+        )
+        console.print(spec.run_id)
+        return
+    parallel = 1 if in_order else opts["parallel"] or default_parallel(len(months))
+    console.print(
+        f"[bold]Run[/bold] {spec.run_id} ({run_type}, {len(months)} month(s): {months[0]}..{months[-1]}, "
+        f"{parallel} at a time)"
+    )
+    plan = [MonthPlan(m) for m in months]
+    results = run_months(spec, plan, runs_dir=opts["runs_dir"], instance=instance, parallel=parallel)
     try:
         finish(spec, results)
     finally:  # after the headline table, also when a month did not complete
         print_walk_forward(spec, results, runs_dir=opts["runs_dir"])
 
 
+def _launch_options(fn: Callable) -> Callable:
+    fn = click.option(
+        "--submit",
+        is_flag=True,
+        help="Queue the months on the instance's run queue and return; follow with `quantlab runs wait RUN_ID`.",
+    )(fn)
+    return click.option(
+        "--parallel",
+        type=click.IntRange(min=1),
+        default=None,
+        help="Months at once [default: one per core, as many as memory holds at ~2 GiB a month].",
+    )(fn)
+
+
 @click.command("path-only")
 @_run_options
+@_launch_options
 @_features_option
 @user_errors
 def path_only(**opts: Any) -> None:
@@ -197,6 +239,7 @@ def path_only(**opts: Any) -> None:
 
 @click.command("policy")
 @_run_options
+@_launch_options
 @_policy_options
 @_features_option
 @_execution_options
@@ -208,6 +251,7 @@ def policy(**opts: Any) -> None:
 
 @click.command("optimize")
 @_run_options
+@_launch_options
 @_sweep_options
 @_execution_options
 @user_errors

@@ -8,6 +8,7 @@ and the command exits 130 or 143 with one line saying how to finish the run.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import logging
 import os
@@ -25,6 +26,7 @@ from quantlab_pipeline.core import display
 from quantlab_pipeline.core.spec import RunSpec
 
 _EXIT_ON_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
+MONTH_MEMORY_BYTES = 2 << 30
 
 
 @dataclass(frozen=True)
@@ -67,39 +69,105 @@ def _signals_seen() -> Iterator[Callable[[], list[int]]]:
         os.close(write_fd)
 
 
-def run_months(spec: RunSpec, plan: Sequence[MonthPlan], *, runs_dir: str, instance: Any) -> list[Any]:
-    """Materialize each planned month through Dagster, in order; stop at an interruption."""
-    from quantlab_pipeline.orchestration.launch import materialize_month, record_interruption
-    from quantlab_pipeline.orchestration.steps import progress_logger
+def default_parallel(months: int) -> int:
+    """Months at once when `--parallel` is not given: one per core, as many as memory holds at
+    ~2 GiB each (a month's candles plus its share of the process), never more than the months."""
+    cores = os.cpu_count() or 1
+    try:
+        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        available = 2 * MONTH_MEMORY_BYTES
+    return max(1, min(cores, available // MONTH_MEMORY_BYTES, months))
+
+
+def run_months(
+    spec: RunSpec, plan: Sequence[MonthPlan], *, runs_dir: str, instance: Any, parallel: int = 1
+) -> list[Any]:
+    """Materialize each planned month through Dagster in this process, `parallel` at a time (each
+    month a Dagster run); stop at an interruption."""
+    from quantlab_pipeline.orchestration.month_runs import materialize_month, record_interruption
+    from quantlab_pipeline.orchestration.steps import STOP, progress_logger
 
     handler = _ProgressHandler()
     progress_logger.addHandler(handler)
     progress_logger.setLevel(logging.INFO)
     progress_logger.propagate = False
-    results = []
+
+    def one(item: MonthPlan) -> Any:
+        started = time.perf_counter()
+        steps = f" ({', '.join(item.steps)})" if item.steps else ""
+        console.print(f"[bold]{item.month}[/bold] materializing{steps}…")
+        try:
+            result = materialize_month(spec, item.month, runs_dir=runs_dir, instance=instance, steps=item.steps)
+        except KeyboardInterrupt:  # outside a step: no step recorded it
+            result = record_interruption(spec, item.month, runs_dir=runs_dir, instance=instance)
+        _report(result, time.perf_counter() - started)
+        return result
+
+    results: dict[str, Any] = {}
     try:
         with _signals_seen() as received:
-            for item in plan:
-                started = time.perf_counter()
-                steps = f" ({', '.join(item.steps)})" if item.steps else ""
-                console.print(f"[bold]{item.month}[/bold] materializing{steps}…")
-                try:
-                    result = materialize_month(spec, item.month, runs_dir=runs_dir, instance=instance, steps=item.steps)
-                except KeyboardInterrupt:  # outside a step: no step recorded it
-                    result = record_interruption(spec, item.month, runs_dir=runs_dir, instance=instance)
-                results.append(result)
-                if received() or result.status == "interrupted":
-                    _interrupted(spec, item.month, received())
-                elapsed = time.perf_counter() - started
-                if result.status == "completed":
-                    console.print(f"[green]✓[/green] {item.month} completed in {elapsed:.1f} s")
-                else:
-                    err_console.print(
-                        f"[red]✗[/red] {item.month} {result.status}: {escape(result.error or 'incomplete')}"
-                    )
+            if parallel <= 1 or len(plan) <= 1:
+                for item in plan:
+                    results[item.month] = one(item)
+                    if received() or results[item.month].status == "interrupted":
+                        _interrupted(spec, item.month, received())
+            else:
+                with concurrent.futures.ThreadPoolExecutor(max_workers=parallel) as pool:
+                    futures = {pool.submit(one, item): item.month for item in plan}
+                    try:
+                        for future in concurrent.futures.as_completed(futures):
+                            results[futures[future]] = future.result()
+                    except KeyboardInterrupt:  # only the main thread gets signals: stop the others
+                        STOP.set()
+                        for future in futures:
+                            future.cancel()
+                        concurrent.futures.wait(futures)
+                        _interrupted(spec, ", ".join(sorted(futures.values())), received() or [signal.SIGINT])
     finally:
+        STOP.clear()
         progress_logger.removeHandler(handler)
-    return results
+    return [results[m] for m in sorted(results)]
+
+
+def _report(result: Any, elapsed: float) -> None:
+    if result.status == "completed":
+        console.print(f"[green]✓[/green] {result.month} completed in {elapsed:.1f} s")
+    else:
+        err_console.print(f"[red]✗[/red] {result.month} {result.status}: {escape(result.error or 'incomplete')}")
+
+
+def follow_queued(
+    spec: RunSpec, months: Sequence[str], *, runs_dir: str, instance: Any, poll_s: float = 1.0
+) -> list[Any]:
+    """Wait for the month runs the daemon launches (`--submit`), printing each step's line as its
+    materialization is recorded and each month's result as it ends, in order of completion."""
+    from dagster import DagsterEventType
+
+    from quantlab_pipeline.orchestration.month_runs import latest_month_runs, month_result
+
+    cursors: dict[str, int] = {}
+    results: dict[str, Any] = {}
+    started = time.perf_counter()
+    while len(results) < len(months):
+        runs = latest_month_runs(instance, spec.run_id)
+        for month in months:
+            run = runs.get(month)
+            if month in results or run is None:
+                continue
+            records = instance.get_records_for_run(run.run_id, cursor=str(cursors.get(month, -1))).records
+            for record in records:
+                cursors[month] = record.storage_id
+                event = record.event_log_entry.dagster_event
+                if event is not None and event.event_type == DagsterEventType.ASSET_MATERIALIZATION:
+                    step = event.asset_key.path[-1] if event.asset_key else ""
+                    console.print(f"  [dim]{month}[/dim] [cyan]{step:<8}[/cyan] materialized")
+            if run.is_finished:
+                results[month] = month_result(spec, month, runs_dir=runs_dir, instance=instance, run=run)
+                _report(results[month], time.perf_counter() - started)
+        if len(results) < len(months):
+            time.sleep(poll_s)
+    return [results[m] for m in sorted(results)]
 
 
 def _interrupted(spec: RunSpec, month: str, seen: list[int]) -> None:

@@ -15,7 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from quantlab_pipeline.cli.console import console, err_console, fail, ok, user_errors
-from quantlab_pipeline.cli.months import MonthPlan, finish, run_months
+from quantlab_pipeline.cli.months import MonthPlan, finish, follow_queued, run_months
 from quantlab_pipeline.cli.options import runs_dir_option
 from quantlab_pipeline.core.spec import validate_run_id
 
@@ -58,7 +58,8 @@ def runs_status(run_id: str, runs_dir: str, fmt: str) -> None:
 def runs_resume(run_id: str, runs_dir: str) -> None:
     """Finish every month of a run that is not completed, running only the steps whose artifacts
     are missing or stale; exits 0 only when every month is complete."""
-    from quantlab_pipeline.orchestration.launch import get_instance, month_result, settle_dead_dagster_run
+    from quantlab_pipeline.orchestration.launch import get_instance
+    from quantlab_pipeline.orchestration.month_runs import month_result, settle_dead_dagster_run
     from quantlab_pipeline.storage.lifecycle import run_status, steps_to_finish
     from quantlab_pipeline.storage.run_dir import RunDirectory
     from quantlab_pipeline.storage.specs import read_spec
@@ -95,4 +96,20 @@ def runs_resume(run_id: str, runs_dir: str) -> None:
         fail(f"month(s) {', '.join(busy)} still being written; run `quantlab runs resume {spec.run_id}` again later", 1)
 
 
-COMMANDS = [runs_status, runs_resume]
+@click.command("wait")
+@click.argument("run_id")
+@runs_dir_option
+@user_errors
+def runs_wait(run_id: str, runs_dir: str) -> None:
+    """Follow the queued months of a run (`backtest … --submit`) to the end: the same progress,
+    closing table and exit status as a foreground backtest."""
+    from quantlab_pipeline.orchestration.launch import get_instance
+    from quantlab_pipeline.storage.specs import read_spec
+
+    spec = read_spec(runs_dir, validate_run_id(run_id))
+    instance = get_instance()
+    console.print(f"[bold]Run[/bold] {spec.run_id} ({spec.run_type}): waiting for {len(spec.months())} month run(s)")
+    finish(spec, follow_queued(spec, spec.months(), runs_dir=runs_dir, instance=instance))
+
+
+COMMANDS = [runs_status, runs_resume, runs_wait]

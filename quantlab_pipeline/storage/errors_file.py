@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from quantlab_pipeline.core.errors import ErrorRecord
+from quantlab_pipeline.core.errors import ErrorRecord, first_line
 from quantlab_pipeline.core.spec import utc_now_iso
 
 ERRORS_SCHEMA = pa.schema(
@@ -44,7 +44,7 @@ def read_error_rows(path: Path) -> tuple[pa.Table, Path | None, str | None]:
     except (pa.ArrowException, OSError, KeyError, ValueError) as exc:
         aside = path.with_name(f"{path.name}.corrupt-{utc_now_iso().replace(':', '')}")
         os.replace(path, aside)
-        problem = str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
+        problem = first_line(exc)
         return ERRORS_SCHEMA.empty_table(), aside, problem
 
 

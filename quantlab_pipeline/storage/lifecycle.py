@@ -13,10 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from quantlab_pipeline.core.errors import EnvironmentFault, QuantlabError
+from quantlab_pipeline.core.errors import EnvironmentFault, QuantlabError, first_line
 from quantlab_pipeline.core.spec import RunSpec
 from quantlab_pipeline.storage.layout import ARTIFACT_INPUTS, REQUIRED_ARTIFACTS, SUCCESS_MARKER, iter_run_dirs
 from quantlab_pipeline.storage.run_dir import RunDirectory
+from quantlab_pipeline.storage.specs import read_spec
 from quantlab_pipeline.storage.writer import writer_gone
 
 State = Literal["completed", "failed", "interrupted", "running", "missing"]
@@ -56,7 +57,7 @@ def month_status(run_dir: RunDirectory) -> MonthStatus:
     state = manifest.get("status")
     if state == "failed":
         error = manifest.get("error") or {}
-        message = str(error.get("message") or "failed (no error recorded)").splitlines()[0]
+        message = first_line(str(error.get("message") or "failed (no error recorded)"))
         return status("interrupted" if error.get("reason") == "interrupted" else "failed", message)
     if state == "completed" and (run_dir.path / SUCCESS_MARKER).exists():
         return status("completed")
@@ -76,6 +77,25 @@ def run_status(runs_dir: str | Path, spec: RunSpec) -> list[MonthStatus]:
     else:
         months = sorted({m for m, run_id, _ in iter_run_dirs(runs_dir) if run_id == spec.run_id})
     return [month_status(RunDirectory(runs_dir, month, spec.run_id)) for month in months]
+
+
+def steps_to_finish(run_dir: RunDirectory, spec: RunSpec | None = None) -> tuple[str, ...]:
+    """The artifacts a month still needs, in the order they are computed: every required one
+    that is missing or stale, and everything computed from those (rewriting an artifact may
+    change its bytes and leave its dependents stale; README "When a run is interrupted"). Empty
+    when the month is complete. A month never written needs every step of its run type, taken
+    from `spec` (read from the runs directory when not given)."""
+    manifest = run_dir.manifest()
+    if manifest is None:
+        spec = spec or read_spec(run_dir.runs_dir, run_dir.run_id)
+        return REQUIRED_ARTIFACTS[spec.run_type]
+    completion = run_dir.completion(manifest)
+    todo = set(completion.missing) | set(completion.stale)
+    required = REQUIRED_ARTIFACTS[manifest["run_type"]]
+    for artifact in required:  # REQUIRED_ARTIFACTS lists upstream before downstream
+        if any(upstream in todo for upstream in ARTIFACT_INPUTS[artifact]):
+            todo.add(artifact)
+    return tuple(a for a in required if a in todo)
 
 
 def running_in_month(runs_dir: str | Path, month: str) -> list[MonthStatus]:
@@ -105,19 +125,3 @@ def ensure_runs_dir(path: str | Path) -> Path:
     if not os.access(path, os.W_OK | os.X_OK):
         raise EnvironmentFault(f"runs directory {path}: not writable")
     return path
-
-
-def steps_to_finish(run_dir: RunDirectory) -> tuple[str, ...]:
-    """The artifacts a month still needs, in the order they are computed: every required one
-    that is missing or stale, and everything computed from those (README "When a run is
-    interrupted"). Empty when the month is complete."""
-    manifest = run_dir.manifest()
-    if manifest is None:
-        return ()
-    required = REQUIRED_ARTIFACTS[manifest["run_type"]]
-    completion = run_dir.completion(manifest)
-    todo = set(completion.missing) | set(completion.stale)
-    for artifact in required:  # REQUIRED_ARTIFACTS lists upstream before downstream
-        if any(upstream in todo for upstream in ARTIFACT_INPUTS[artifact]):
-            todo.add(artifact)
-    return tuple(a for a in required if a in todo)

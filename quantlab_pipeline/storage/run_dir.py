@@ -25,13 +25,14 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from quantlab_pipeline.core.errors import ErrorRecord, QuantlabError, Reason
+from quantlab_pipeline.core.errors import ErrorRecord, QuantlabError, Reason, first_line
 from quantlab_pipeline.core.spec import RunSpec, utc_now_iso, validate_month, validate_run_id
 from quantlab_pipeline.storage.atomic import atomic_write_bytes, atomic_write_json, parquet_bytes, sha256_bytes
 from quantlab_pipeline.storage.errors_file import error_rows, read_error_rows, without_phase
 from quantlab_pipeline.storage.guards import (
     WriteRefused,
     check_artifact_applies,
+    check_not_archiving,
     check_spec,
     raise_directory_gone,
     recorded_spec_sha256,
@@ -241,7 +242,7 @@ class RunDirectory:
         if isinstance(exc, WriteRefused):
             return
         trace = "".join(tb.format_exception(exc))
-        message = str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
+        message = first_line(exc)
         with self.lock:
             manifest = self._load_or_new(spec)
             self._record_failure(
@@ -376,6 +377,7 @@ class RunDirectory:
 
     def _reopen(self, spec: RunSpec, *, dagster_run_id: str | None, phase: str | None) -> dict[str, Any]:
         """The manifest of a run being (re)written by this process, its marker removed first."""
+        check_not_archiving(self.path.parent, self.run_id)
         manifest = self._load_or_new(spec)
         check_spec(manifest, spec, spec_path(self.runs_dir, self.run_id), self.month)
         self._clean_leftovers()
