@@ -16,15 +16,16 @@ from dataset import INTERVAL
 from measure import summarize, timed
 
 from quantlab_pipeline.core import policy as policy_core
-from quantlab_pipeline.core import truth as truth_core
 from quantlab_pipeline.core.candles import Candles
 from quantlab_pipeline.core.frontier import run_sweep
+from quantlab_pipeline.core.nb import policy as policy_nb
+from quantlab_pipeline.core.nb import truth as truth_nb
 from quantlab_pipeline.core.policy_spec import parse_policy
 from quantlab_pipeline.core.spec import Execution
 from quantlab_pipeline.core.sweep_spec import DEFAULT_GRID, Sweep, parse_sweep
 from quantlab_pipeline.core.truth import compute_paths
 
-# One representative policy per kind (DESIGN §6), mid-grid parameters.
+# One representative policy per kind (README "Policies"), mid-grid parameters.
 POLICIES: dict[str, str] = {
     "fixed_stop": '{"kind":"fixed_stop","stop_loss_bps":2000,"take_profit_bps":10000}',
     "trailing_stop": '{"kind":"trailing_stop","activation_bps":2000,"trail_bps":1500,"hard_stop_bps":3000}',
@@ -82,7 +83,7 @@ def truth_kernel(month, repeat: int, floor_candles_per_s: float) -> tuple[dict, 
     multiples = np.asarray(params.multiples, dtype=np.float64)
 
     def kernel_call():
-        return truth_core.truth_kernel(
+        return truth_nb.truth_kernel(
             candles.ts,
             candles.open,
             candles.high,
@@ -126,13 +127,13 @@ def _trade_inputs(paths: pl.DataFrame, candles: Candles, horizon_ms: int):
 
 
 def _policy_kernel(kernel, candles: Candles, trade_inputs, compiled, interval_ms: int):
-    """One call of a policy kernel (`_simulate_serial` / `_simulate_parallel`) as `simulate_policies`
+    """One call of a policy kernel (`nb.policy.simulate_serial` / `simulate_parallel`) as `simulate_policies`
     makes it; returns the exit timestamps and reasons, shape (policies, trades)."""
     entry_ts, p0, _, start, stop = trade_inputs
     shape = (compiled.n_policies, entry_ts.shape[0])
     out_ts = np.zeros(shape, dtype=np.int64)
     out_px = np.zeros(shape, dtype=np.float64)
-    out_reason = np.full(shape, -1, dtype=np.int8)
+    out_reason = np.full(shape, policy_nb.NO_TRADE, dtype=np.int8)
     out_low = np.zeros(shape, dtype=np.float64)
     kernel(
         *_columns(candles),
@@ -179,7 +180,7 @@ def single_policies(month, paths: pl.DataFrame, repeat: int, floor_candles_per_s
         compiled = policy_core.compile_policies([policy])
 
         def kernel_call(compiled=compiled):
-            return _policy_kernel(policy_core._simulate_serial, candles, inputs, compiled, month.interval_ms)
+            return _policy_kernel(policy_nb.simulate_serial, candles, inputs, compiled, month.interval_ms)
 
         exit_ts, reason = kernel_call()
         visited = _visited_candles(paths, candles, inputs, exit_ts[0], reason[0])
@@ -242,7 +243,7 @@ def sweep(month, paths: pl.DataFrame, repeat: int, threads: int) -> dict:
             )
 
         def kernel_only():
-            return _policy_kernel(policy_core._simulate_parallel, candles, inputs, compiled, month.interval_ms)
+            return _policy_kernel(policy_nb.simulate_parallel, candles, inputs, compiled, month.interval_ms)
 
         small = Sweep(policies=grid.policies[:2])
         run_sweep(

@@ -12,8 +12,10 @@ import polars as pl
 import pytest
 
 from quantlab_pipeline.core.candles import Candles
+from quantlab_pipeline.core.nb.truth import truth_kernel
 from quantlab_pipeline.core.spec import TruthParams
-from quantlab_pipeline.core.truth import compute_paths, paths_schema, truth_kernel
+from quantlab_pipeline.core.truth import compute_paths, paths_schema
+from quantlab_pipeline_tests.builders import candles_at_steps
 
 T0 = 1_704_067_200_000  # 2024-01-01T00:00:00Z, a minute boundary
 MIN = 60_000
@@ -24,14 +26,7 @@ PARAMS = TruthParams()
 
 def candles(rows: dict[str, list[tuple[int, float, float, float, float]]]) -> Candles:
     """`{mint: [(minute offset from T0, open, high, low, close), ...]}`."""
-    records = [
-        {"mint": mint, "ts_ms": T0 + m * MIN, "open": o, "high": h, "low": lo, "close": c}
-        for mint, bars in rows.items()
-        for m, o, h, lo, c in bars
-    ]
-    if not records:
-        return Candles.empty()
-    return Candles.from_frame(pl.DataFrame(records))
+    return candles_at_steps(rows, t0=T0, step_ms=MIN)
 
 
 def alerts(*rows: tuple[str, str, int]) -> pl.DataFrame:

@@ -10,24 +10,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numba
 import numpy as np
 import polars as pl
 
-
-@numba.njit(cache=True, nogil=True)
-def _bounds(offsets, ts, mint_idx, lo_ts, hi_ts, start, stop):
-    for i in range(mint_idx.shape[0]):
-        k = mint_idx[i]
-        if k < 0:
-            start[i] = 0
-            stop[i] = 0
-            continue
-        a = offsets[k]
-        b = offsets[k + 1]
-        seg = ts[a:b]
-        start[i] = a + np.searchsorted(seg, lo_ts[i], side="left")
-        stop[i] = max(start[i], a + np.searchsorted(seg, hi_ts[i], side="left"))
+from quantlab_pipeline.core.nb.windows import fill_window_bounds
 
 
 @dataclass(frozen=True)
@@ -62,7 +48,7 @@ class Candles:
         idx = self.mint_index(mints)
         start = np.empty(idx.shape[0], dtype=np.int64)
         stop = np.empty(idx.shape[0], dtype=np.int64)
-        _bounds(
+        fill_window_bounds(
             self.offsets,
             self.ts,
             idx,
