@@ -38,32 +38,33 @@ def run_leaf(ts, op, hi, lo, cl, a, b, end, p0, entry_ts, interval_ms, prices, r
 
     Returns (candle, step, order key, exit_ts, exit_px, exit reason, lowest price held); candle is
     `NEVER` when `end < b` and nothing exited before `end` (a later combo leaf that cannot win).
+
+    The per-candle loop reads only the low and the high: the time stop's candle is found once by
+    binary search, the open is read only on an exit, and the stop level (fixed or trailing) is
+    recomputed only when the peak moves, since it depends on nothing else.
     """
     stop_px = p0 * prices[0]
     activation_px = p0 * prices[1]
     keep = prices[2]
     stop_reason, profit_reason, max_hold, nxt, lv_end = rules[0], rules[1], rules[2], rules[3], rules[4]
-    deadline = entry_ts + max_hold if max_hold >= 0 else NEVER
+    time_i = end  # the first candle at or after the deadline: the time stop exits at its open
+    if max_hold >= 0:
+        time_i = a + np.searchsorted(ts[a:end], entry_ts + max_hold, side="left")
     peak = p0
     armed = peak >= activation_px
+    level = stop_px
+    reason = stop_reason
+    if armed and peak * keep > level:
+        level = peak * keep
+        reason = TRAILING_STOP
     remaining = 1.0
     proceeds = 0.0
     low_held = p0
     next_px = p0 * levels[nxt, 0] if nxt < lv_end else np.inf
-    for i in range(a, end):
-        o = op[i]
-        if ts[i] >= deadline:
-            proceeds += remaining * o
-            return i, STEP_OPEN, 0.0, ts[i], proceeds, TIME_STOP, min(low_held, o)
-        level = stop_px
-        reason = stop_reason
-        if armed:
-            trail_px = peak * keep
-            if trail_px > level:
-                level = trail_px
-                reason = TRAILING_STOP
+    for i in range(a, time_i):
         low = lo[i]
         if low <= level:
+            o = op[i]
             if o <= level:
                 proceeds += remaining * o
                 return i, STEP_STOP, -level, ts[i], proceeds, reason, min(low_held, o)
@@ -71,6 +72,7 @@ def run_leaf(ts, op, hi, lo, cl, a, b, end, p0, entry_ts, interval_ms, prices, r
             return i, STEP_STOP, -level, ts[i], proceeds, reason, min(low_held, low)
         high = hi[i]
         if high >= next_px:
+            o = op[i]
             filled_px = next_px
             while high >= next_px and remaining > FRACTION_TOLERANCE:
                 filled_px = next_px
@@ -88,6 +90,13 @@ def run_leaf(ts, op, hi, lo, cl, a, b, end, p0, entry_ts, interval_ms, prices, r
             peak = high
             if peak >= activation_px:
                 armed = True
+            if armed and peak * keep > stop_px:
+                level = peak * keep
+                reason = TRAILING_STOP
+    if time_i < end:
+        o = op[time_i]
+        proceeds += remaining * o
+        return time_i, STEP_OPEN, 0.0, ts[time_i], proceeds, TIME_STOP, min(low_held, o)
     if end < b:
         return NEVER, STEP_CLOSE, 0.0, NEVER, 0.0, NO_TRADE, 0.0
     close = cl[b - 1]
