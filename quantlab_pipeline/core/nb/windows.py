@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+from llvmlite import ir
+from numba.core import cgutils, types
+from numba.extending import intrinsic
 
 
 @numba.njit(cache=True, nogil=True)
@@ -24,3 +27,25 @@ def fill_window_bounds(offsets, ts, mint_idx, lo_ts, hi_ts, start, stop):
         seg = ts[a:b]
         start[i] = a + np.searchsorted(seg, lo_ts[i], side="left")
         stop[i] = max(start[i], a + np.searchsorted(seg, hi_ts[i], side="left"))
+
+
+@intrinsic
+def prefetch(typingctx, arr, i):
+    """Ask the CPU to start loading the cache line of `arr[i]` (LLVM `prefetch`, read, keep in all
+    cache levels); no effect on results. Kernels that jump from window to window issue it for the
+    next window's first candles so that its memory latency overlaps the current window's work."""
+    if not isinstance(arr, types.Array) or not isinstance(i, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        array_type = signature.args[0]
+        array = context.make_array(array_type)(context, builder, args[0])
+        pointer = cgutils.get_item_pointer(context, builder, array_type, array, [args[1]], wraparound=False)
+        i32 = ir.IntType(32)
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [pointer.type, i32, i32, i32]), "llvm.prefetch.p0"
+        )
+        builder.call(fn, [pointer, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+
+    return types.void(arr, i), codegen
