@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numba
 import numpy as np
 from llvmlite import ir
@@ -29,8 +31,7 @@ def fill_window_bounds(offsets, ts, mint_idx, lo_ts, hi_ts, start, stop):
         stop[i] = max(start[i], a + np.searchsorted(seg, hi_ts[i], side="left"))
 
 
-@intrinsic
-def prefetch(typingctx, arr, i):
+def _prefetch(typingctx, arr, i):
     """Ask the CPU to start loading the cache line of `arr[i]` (LLVM `prefetch`, read, keep in all
     cache levels); no effect on results. Kernels that jump from window to window issue it for the
     next window's first candles so that its memory latency overlaps the current window's work."""
@@ -49,3 +50,7 @@ def prefetch(typingctx, arr, i):
         return context.get_dummy_value()
 
     return types.void(arr, i), codegen
+
+
+# Called from kernels as `prefetch(array, index)`; the annotation gives type checkers that signature.
+prefetch: Callable[[np.ndarray, int], None] = intrinsic(_prefetch)
