@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import cast
 
 import numba
 import numpy as np
@@ -53,4 +54,4 @@ def _prefetch(typingctx, arr, i):
 
 
 # Called from kernels as `prefetch(array, index)`; the annotation gives type checkers that signature.
-prefetch: Callable[[np.ndarray, int], None] = intrinsic(_prefetch)
+prefetch = cast(Callable[[np.ndarray, int], None], intrinsic(_prefetch))
