@@ -13,6 +13,7 @@ import pytest
 
 from quantlab_pipeline.core.candles import Candles
 from quantlab_pipeline.core.nb.truth import truth_kernel
+from quantlab_pipeline.core.nb.windows import lower_bound
 from quantlab_pipeline.core.spec import TruthParams
 from quantlab_pipeline.core.truth import compute_paths, paths_schema
 from quantlab_pipeline_tests.builders import candles_at_steps
@@ -348,3 +349,15 @@ def test_kernel_on_raw_arrays():
         0.5,
         60_000,
     )
+
+
+def test_window_search_equals_searchsorted_on_irregular_times():
+    """`lower_bound` (interpolation, gallop, bisection) gives `np.searchsorted`'s row on sorted
+    times with gaps and repeats, for targets before, inside, between and after them."""
+    rng = np.random.default_rng(7)
+    for _ in range(2000):
+        ts = np.sort(rng.choice(np.arange(-5, 200, dtype=np.int64), size=int(rng.integers(0, 40))))
+        a = int(rng.integers(0, ts.size + 1))
+        b = int(rng.integers(a, ts.size + 1))
+        for x in rng.integers(-10, 210, size=8):
+            assert lower_bound(ts, a, b, np.int64(x)) == a + np.searchsorted(ts[a:b], x, side="left")

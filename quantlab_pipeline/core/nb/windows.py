@@ -12,7 +12,44 @@ from numba.core import cgutils, types
 from numba.extending import intrinsic
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def lower_bound(ts, a, b, x):
+    """`a + np.searchsorted(ts[a:b], x, side="left")`: the first row of sorted `ts[a:b]` with `ts >= x`.
+
+    Candle times are close to evenly spaced, so the search starts where linear interpolation
+    between `ts[a]` and `ts[b - 1]` puts `x`, gallops outwards to bracket it, and bisects the
+    bracket: a few cache lines per search instead of a dozen cold ones for a plain bisection.
+    """
+    if a >= b or x <= ts[a]:
+        return a
+    if x > ts[b - 1]:
+        return b
+    # Here ts[a] < x <= ts[b - 1]: find the bracket ts[left] < x <= ts[right].
+    span = ts[b - 1] - ts[a]
+    guess = a + int((x - ts[a]) / span * (b - 1 - a)) if span > 0 else a
+    guess = min(max(guess, a), b - 1)
+    if ts[guess] < x:
+        left, right, step = guess, guess + 1, 1
+        while ts[right] < x:  # ts[b - 1] >= x stops it
+            left = right
+            step *= 2
+            right = min(guess + step, b - 1)
+    else:
+        left, right, step = guess - 1, guess, 1
+        while left > a and ts[left] >= x:  # ts[a] < x stops it
+            right = left
+            step *= 2
+            left = max(guess - step, a)
+    while right - left > 1:
+        mid = (left + right) // 2
+        if ts[mid] < x:
+            left = mid
+        else:
+            right = mid
+    return right
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def fill_window_bounds(offsets, ts, mint_idx, lo_ts, hi_ts, start, stop):
     """Fill `start[i], stop[i]` with the rows of mint `mint_idx[i]` whose `lo_ts[i] <= ts < hi_ts[i]`.
 
@@ -27,9 +64,8 @@ def fill_window_bounds(offsets, ts, mint_idx, lo_ts, hi_ts, start, stop):
             continue
         a = offsets[k]
         b = offsets[k + 1]
-        seg = ts[a:b]
-        start[i] = a + np.searchsorted(seg, lo_ts[i], side="left")
-        stop[i] = max(start[i], a + np.searchsorted(seg, hi_ts[i], side="left"))
+        start[i] = lower_bound(ts, a, b, lo_ts[i])
+        stop[i] = max(start[i], lower_bound(ts, start[i], b, hi_ts[i]))
 
 
 def _prefetch(typingctx, arr, i):
