@@ -153,8 +153,12 @@ def _create(run_type: str, opts: dict[str, Any]):
 
 
 def _backtest(run_type: str, opts: dict[str, Any]) -> None:
+    from quantlab_pipeline.core.nb import kernels_compiled
+
     spec, months, instance = _create(run_type, opts)
     console.print(f"[bold]Run[/bold] {spec.run_id} ({run_type}, {len(months)} month(s): {months[0]}..{months[-1]})")
+    if not kernels_compiled(policy=run_type == "policy", sweep=run_type == "optimization"):
+        console.print("[dim]compiling the numba kernels (first run only, a few seconds)…[/dim]")
     results = run_months(spec, [MonthPlan(m) for m in months], runs_dir=opts["runs_dir"], instance=instance)
     finish(spec, results)
 
