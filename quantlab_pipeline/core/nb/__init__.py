@@ -10,6 +10,10 @@ and return only NumPy arrays and scalars, so they can be benchmarked and tested 
 - `policy`   — exit-policy simulation, one policy or a grid
 """
 
+from __future__ import annotations
+
+from typing import Any
+
 
 def kernels_compiled(*, policy: bool = False, sweep: bool = False) -> bool:
     """Whether numba's on-disk cache holds a current build of the kernels a backtest runs: the
@@ -23,7 +27,7 @@ def kernels_compiled(*, policy: bool = False, sweep: bool = False) -> bool:
     from quantlab_pipeline.core.nb import policy as policy_nb
     from quantlab_pipeline.core.nb import truth, windows
 
-    kernels = [windows.fill_window_bounds, truth.truth_kernel]
+    kernels: list[Any] = [windows.fill_window_bounds, truth.truth_kernel]  # numba dispatchers
     kernels += [policy_nb.simulate_serial] if policy else []
     kernels += [policy_nb.simulate_parallel] if sweep else []
     # `_load_index` is numba's own staleness check, run before it loads a cached build: {} when cold.
