@@ -9,8 +9,8 @@ column — the order of a pandas DataFrame's `.values`, and the faster one for b
 column is one window, read front to back); this project's is the public `simulate_policies`
 (window bounds, kernel and trade frame), and its kernel alone beside it.
 
-Times are the calling thread's CPU time (`time.thread_time`): both sides run on that one thread,
-and on a shared machine another job's load then cannot land on one side of a ratio only.
+Times are CPU seconds of the process (`kernels.cpu_timed`; Polars' pool threads count for this
+side): on a shared machine another job's load then cannot land on one side of a ratio only.
 
 vectorbt reports the stop *level* of the exit candle; a fill is that level unless the candle opened
 through it (`min(open, level)` for a stop, `max(open, level)` for a target) — the rule vectorbt's
@@ -26,6 +26,7 @@ import time
 import numba
 import numpy as np
 import polars as pl
+from kernels import cpu_timed
 from measure import summarize
 
 from quantlab_pipeline.core.nb import policy as policy_nb
@@ -78,16 +79,6 @@ def _vectorbt():
     except ImportError:
         return None
     return generate_ohlc_stop_ex, StopType
-
-
-def _cpu_timed(fn, repeat: int) -> list[float]:
-    """CPU seconds of the calling thread for `repeat` calls of `fn` (warmed up by the caller)."""
-    out = []
-    for _ in range(repeat):
-        started = time.thread_time()
-        fn()
-        out.append(time.thread_time() - started)
-    return out
 
 
 def _layout(candles, start: np.ndarray, stop: np.ndarray) -> dict[str, np.ndarray]:
@@ -158,9 +149,9 @@ def peer(month, paths: pl.DataFrame, repeat: int) -> dict:
     keep = stop > start
     paths, start, stop = paths.filter(pl.Series(keep)), start[keep], stop[keep]
     last_row = stop - start - 1
-    layout_started = time.thread_time()
+    layout_started = time.process_time()
     arrays = _layout(candles, start, stop)
-    layout_s = time.thread_time() - layout_started
+    layout_s = time.process_time() - layout_started
     rows = np.arange(arrays["open"].shape[0], dtype=np.int64)[:, None]
     ts_window = candles.ts[np.minimum(start[None, :] + rows, len(candles) - 1)]
     execution = Execution()
@@ -182,8 +173,8 @@ def peer(month, paths: pl.DataFrame, repeat: int) -> dict:
                 )
 
             frame = ours()
-            ours_s = _cpu_timed(ours, repeat)
-            kernel_s = _cpu_timed(_kernel_call(candles, paths, start, stop, policy, month.interval_ms), repeat)
+            ours_s = cpu_timed(ours, repeat)
+            kernel_s = cpu_timed(_kernel_call(candles, paths, start, stop, policy, month.interval_ms), repeat)
             ours_ts = frame.get_column("exit_ts_ms").to_numpy()
             ours_px = frame.get_column("exit_px").to_numpy()
             ours_median = float(np.median(ours_s))
@@ -202,7 +193,7 @@ def peer(month, paths: pl.DataFrame, repeat: int) -> dict:
                     return _vbt_call(generate, arrays, kwargs, engine, out)
 
                 exits = call()
-                seconds = _cpu_timed(call, repeat)
+                seconds = cpu_timed(call, repeat)
                 vbt_ts, vbt_px = _vbt_exits(exits, *out, stop_types, arrays, ts_window, last_row, month.interval_ms)
                 figure["engines"][engine] = {
                     "seconds": summarize(seconds, "s"),

@@ -164,7 +164,8 @@ def _rows(s: dict) -> list[tuple[str, str, str]]:
 def render(results: dict, console: Console) -> None:
     scales = sorted(results["scales"].values(), key=lambda s: s["scale"])
     table = Table(
-        title=f"quantlab benchmark — median (min–max) of {results['meta']['repeat']} run(s)", title_justify="left"
+        title=f"quantlab benchmark — median (min–max) of {results['meta']['repeat']} run(s); one-thread rates per CPU second",
+        title_justify="left",
     )
     table.add_column("figure")
     for s in scales:
