@@ -33,7 +33,13 @@ lint: install
 test: install
 	$(BIN)/python -m pytest -q
 
-bench: install
+# The benchmark's peer section needs vectorbt (the optional `bench` extra), never a runtime dependency.
+BENCH_STAMP := $(VENV)/.bench-stamp
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e ".[dev,bench]"
+	touch $(BENCH_STAMP)
+
+bench: install $(BENCH_STAMP)
 	$(BIN)/python bench/run.py
 
 dev: install
