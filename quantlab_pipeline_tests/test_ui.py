@@ -26,8 +26,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from dagster import (
+    AssetKey,
+    DagsterEventType,
+    DagsterInstance,
+    Definitions,
+    build_run_status_sensor_context,
+)
 
+from quantlab_pipeline.orchestration import launchpad
+from quantlab_pipeline.orchestration.defs import build_defs
+from quantlab_pipeline.orchestration.resources import RunStoreResource
+from quantlab_pipeline.orchestration.settings import Settings
 from quantlab_pipeline.storage.run_dir import RunDirectory
+from quantlab_pipeline.storage.specs import read_spec
 from quantlab_pipeline_tests.browser import Browser, chromium_or_skip
 from quantlab_pipeline_tests.helpers import BIN, run_cli
 
@@ -70,11 +82,18 @@ def test_dg_list_defs_loads_the_project(tmp_path):
     assert proc.stderr.strip() == ""  # no venv-mismatch or supersession warning
     defs = json.loads(proc.stdout)
     assert {a["asset_key"] for a in defs["assets"]} == {*BACKTEST_ASSETS, "backtest_catalog"}
-    assert {"path_only_job", "policy_job", "optimization_job", "catalog_sync_job"} <= {j["name"] for j in defs["jobs"]}
+    assert {j["name"] for j in defs["jobs"]} == {
+        "run_spec_job",
+        "path_only_job",
+        "policy_job",
+        "optimization_job",
+        "catalog_sync_job",
+        "new_backtest_job",
+    }
     assert {"paths:no_look_ahead", "backtest_catalog:catalog_artifacts_verified"} <= {
         c["key"] for c in defs["asset_checks"]
     }
-    assert [s["name"] for s in defs["sensors"]] == ["catalog_sync_sensor"]
+    assert {s["name"] for s in defs["sensors"]} == {"catalog_sync_sensor", "new_backtest_months_sensor"}
 
 
 def test_runs_create_then_dg_launch(workdir):
@@ -102,6 +121,70 @@ def test_runs_create_then_dg_launch(workdir):
     assert (rd / "_SUCCESS").exists()
     manifest = RunDirectory.read_manifest(rd)
     assert manifest["status"] == "completed" and set(manifest["artifacts"]) >= {"alerts", "paths"}
+
+
+# -- the launchpad job ---------------------------------------------------------------------------
+
+
+def launch_new_backtest(instance: DagsterInstance, runs: Path, config: dict[str, Any]):
+    """`new_backtest_job` as the launchpad runs it; its run store named in the run config (the
+    code location's default points elsewhere, so the months must inherit it)."""
+    defs = Definitions.merge(build_defs(Settings(runs_dir=str(runs.parent / "elsewhere"))), launchpad.LAUNCHPAD)
+    run_config = {
+        "ops": {"create_backtest": {"config": config}},
+        "resources": {"run_store": {"config": {"runs_dir": str(runs)}}},
+    }
+    result = defs.resolve_job_def("new_backtest_job").execute_in_process(
+        instance=instance, run_config=run_config, raise_on_error=False
+    )
+    return defs, result
+
+
+def test_new_backtest_job_creates_the_run_and_its_months_follow(sample_db, tmp_path, dagster_instance):
+    runs = tmp_path / "runs"
+    config = {"run_type": "path_only", "alerts": str(sample_db), "window_from": "2024-01-20", "window_to": "2024-02-10"}
+    defs, result = launch_new_backtest(dagster_instance, runs, config)
+    assert result.success
+    run_id = result.output_for_node("create_backtest")
+    assert read_spec(runs, run_id).months() == ["2024-01", "2024-02"]
+    assert dagster_instance.has_dynamic_partition("run", run_id)
+    spec_event = dagster_instance.get_latest_materialization_event(AssetKey("run_spec"))
+    assert spec_event is not None and spec_event.dagster_event.partition == run_id
+    launcher = dagster_instance.get_run_by_id(result.run_id)
+    assert launcher.tags["quantlab/run_id"] == run_id and launcher.tags["quantlab/run_type"] == "path-only"
+
+    success = next(e for e in result.all_events if e.event_type == DagsterEventType.RUN_SUCCESS)
+    sensor = defs.resolve_sensor_def("new_backtest_months_sensor")
+    context = build_run_status_sensor_context(
+        sensor_name=sensor.name,
+        dagster_event=success,
+        dagster_instance=dagster_instance,
+        dagster_run=launcher,
+        resources={"run_store": RunStoreResource(runs_dir=str(runs.parent / "elsewhere"))},
+    )
+    requests = list(sensor(context))
+    assert [(r.job_name, r.partition_key, r.run_key, r.tags["quantlab/month"]) for r in requests] == [
+        ("path_only_job", f"{month}|{run_id}", f"{month}|{run_id}", month) for month in ("2024-01", "2024-02")
+    ]
+    assert all(r.run_config == {"resources": {"run_store": {"config": {"runs_dir": str(runs)}}}} for r in requests)
+
+    first = requests[0]
+    month = defs.resolve_job_def(first.job_name).execute_in_process(
+        instance=dagster_instance, partition_key=first.partition_key, run_config=first.run_config, tags=first.tags
+    )
+    assert month.success
+    assert (runs / "2024-01" / f"run_id={run_id}" / "_SUCCESS").exists()
+    assert not (runs.parent / "elsewhere").exists()
+
+
+def test_new_backtest_job_refuses_an_incomplete_form_and_creates_nothing(sample_db, tmp_path, dagster_instance):
+    runs = tmp_path / "runs"
+    _, result = launch_new_backtest(dagster_instance, runs, {"run_type": "policy", "alerts": str(sample_db)})
+    assert not result.success
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    assert "window" in failure.step_failure_data.error.message.splitlines()[0]
+    assert not runs.exists()
+    assert dagster_instance.get_dynamic_partitions("run") == []
 
 
 # -- the UI ---------------------------------------------------------------------------------------
@@ -268,7 +351,7 @@ def test_every_materialized_backtest_asset_has_passing_checks(ui):
 
 
 RUNS = """query ($tags: [ExecutionTag!]) { runsOrError(filter: {tags: $tags}) { ... on Runs {
-  results { jobName status tags { key value } } } } }"""
+  results { runId jobName status tags { key value } } } } }"""
 
 
 def test_cli_runs_carry_the_quantlab_tags(ui):
@@ -347,15 +430,72 @@ def test_the_pages_render_without_errors(ui, chromium, tmp_path):
         show("/assets/paths?view=checks", text_shown("manifest_consistent", "no_look_ahead", "Succeeded"))
         browser.screenshot(tab, shots / "2-paths-checks.png")
 
-        show(f"/runs?q%5B%5D=tag%3Aquantlab%2Frun_id%3D{ui.run_id}", text_shown("policy_job", ui.run_id[:8]))
-
         show("/assets/summary?view=events", text_shown("[Show Markdown]"))
         assert browser.evaluate(CLICK % json.dumps("[Show Markdown]"), tab)
         assert browser.wait_until(f"{DIALOG_IMAGES} >= 5", tab, timeout_s=20)
         time.sleep(0.5)  # the dialog's opening transition
         browser.screenshot(tab, shots / "3-summary-headline.png")
+
+        show("/locations/quantlab_pipeline/jobs/new_backtest_job/playground", text_shown("create_backtest"))
+        browser.screenshot(tab, shots / "4-new-backtest-launchpad.png")
+
+        show(f"/runs?q%5B%5D=tag%3Aquantlab%2Frun_id%3D{ui.run_id}", text_shown("policy_job", ui.run_id[:8]))
     finally:
         browser.close()
     assert browser.errors(allowed_origins=(ui.url, "data:", "blob:")) == []
     for png in shots.glob("*.png"):
         assert png.read_bytes().startswith(b"\x89PNG") and png.stat().st_size > 20_000, png
+
+
+# -- the launchpad, end to end (last: it adds a run the tests above do not expect) ---------------
+
+
+LAUNCH = """mutation ($params: ExecutionParams!) { launchRun(executionParams: $params) { __typename
+  ... on LaunchRunSuccess { run { runId } } ... on PythonError { message } } }"""
+RUN = "query ($id: ID!) { runOrError(runId: $id) { ... on Run { status tags { key value } } } }"
+
+
+def wait_for_run(ui: UI, run_id: str, timeout_s: float) -> dict[str, str]:
+    """The tags of Dagster run `run_id` once it succeeded (queued, launched by the daemon)."""
+    until = time.monotonic() + timeout_s
+    while True:
+        run = ui.graphql(RUN, id=run_id)["runOrError"]
+        assert run["status"] not in ("FAILURE", "CANCELED"), (run, ui.log.read_text()[-3000:])
+        if run["status"] == "SUCCESS":
+            return {t["key"]: t["value"] for t in run["tags"]}
+        assert time.monotonic() < until, run
+        time.sleep(1)
+
+
+def test_a_backtest_started_from_the_launchpad_runs_its_month(ui):
+    config = {
+        "run_type": "path_only",
+        "alerts": str(ui.workdir / "data" / "alerts.duckdb"),
+        "window_from": "2024-02-01",
+        "window_to": "2024-02-29",
+    }
+    params = {
+        "selector": {
+            "repositoryLocationName": "quantlab_pipeline",
+            "repositoryName": "__repository__",
+            "jobName": "new_backtest_job",
+        },
+        "runConfigData": {"ops": {"create_backtest": {"config": config}}},
+    }
+    launched = ui.graphql(LAUNCH, params=params)["launchRun"]
+    assert launched["__typename"] == "LaunchRunSuccess", launched
+    run_id = wait_for_run(ui, launched["run"]["runId"], timeout_s=120)["quantlab/run_id"]
+    # new_backtest_months_sensor (every 5 s) requests the month; the daemon launches it.
+    until = time.monotonic() + 60
+    while True:
+        runs = ui.graphql(RUNS, tags=[{"key": "quantlab/run_id", "value": run_id}])["runsOrError"]["results"]
+        months = [r for r in runs if r["jobName"] == "path_only_job"]
+        if months:
+            break
+        assert time.monotonic() < until, f"no month run was requested: {runs}"
+        time.sleep(1)
+    assert len(months) == 1
+    tags = wait_for_run(ui, months[0]["runId"], timeout_s=180)
+    assert tags["dagster/partition"] == f"2024-02|{run_id}" and tags["quantlab/month"] == "2024-02"
+    rd = ui.workdir / "runs" / "2024-02" / f"run_id={run_id}"
+    assert RunDirectory.read_manifest(rd)["status"] == "completed" and (rd / "_SUCCESS").exists()
