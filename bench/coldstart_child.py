@@ -15,12 +15,14 @@ import time
 def main(db: str, month: str, interval: str, horizon: str) -> None:
     started = time.perf_counter()
     from quantlab_pipeline.core.durations import interval_ms, parse_duration_ms
-    from quantlab_pipeline.core.inputs import read_alerts, read_candles
+    from quantlab_pipeline.core.frontier import run_sweep
     from quantlab_pipeline.core.policy import simulate_trades
     from quantlab_pipeline.core.policy_spec import parse_policy
     from quantlab_pipeline.core.spec import Execution, TruthParams, date_to_ms, month_bounds
-    from quantlab_pipeline.core.sweep import parse_sweep, run_sweep
+    from quantlab_pipeline.core.sweep_spec import parse_sweep
     from quantlab_pipeline.core.truth import compute_paths
+    from quantlab_pipeline.sources.alerts import read_alerts
+    from quantlab_pipeline.sources.candles import read_candles
 
     import_core_s = time.perf_counter() - started
     started = time.perf_counter()

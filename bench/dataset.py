@@ -16,10 +16,12 @@ from measure import summarize, timed
 from quantlab_pipeline.core import sample_data
 from quantlab_pipeline.core.candles import Candles
 from quantlab_pipeline.core.durations import interval_ms, parse_duration_ms
-from quantlab_pipeline.core.inputs import read_alerts, read_candles
 from quantlab_pipeline.core.spec import TruthParams, date_to_ms, month_bounds
+from quantlab_pipeline.sources import sample_db
+from quantlab_pipeline.sources.alerts import read_alerts
+from quantlab_pipeline.sources.candles import read_candles
 
-REFERENCE_ALERTS = 20_000  # DESIGN §12: 20,000 alerts × 1,440 five-minute candles a month
+REFERENCE_ALERTS = 20_000  # README "Performance": 20,000 alerts × 1,440 five-minute candles a month
 MONTH = "2024-01"
 INTERVAL = "5m"
 HORIZON = "5d"
@@ -31,8 +33,12 @@ def alerts_for_scale(scale: float) -> int:
 
 
 def _generator_version() -> str:
-    """A short hash of the generator's source: a changed generator never reuses stale data."""
-    return hashlib.sha256(Path(sample_data.__file__).read_bytes()).hexdigest()[:10]
+    """A short hash of the generator's and the writer's source: a changed generator never reuses
+    stale data."""
+    digest = hashlib.sha256()
+    for module in (sample_data, sample_db):
+        digest.update(Path(module.__file__).read_bytes())
+    return digest.hexdigest()[:10]
 
 
 def ensure_database(cache_dir: Path, alerts_per_month: int, seed: int) -> tuple[Path, float | None]:
@@ -50,7 +56,7 @@ def ensure_database(cache_dir: Path, alerts_per_month: int, seed: int) -> tuple[
     for stale in Path(cache_dir).glob(f"{stem}-g*.duckdb"):
         stale.unlink()
     started = time.perf_counter()
-    sample_data.generate_sample_data(
+    sample_db.generate_sample_data(
         path, months=[MONTH], alerts_per_month=alerts_per_month, seed=seed, interval=INTERVAL
     )
     return path, time.perf_counter() - started

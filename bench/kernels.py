@@ -18,9 +18,10 @@ from measure import summarize, timed
 from quantlab_pipeline.core import policy as policy_core
 from quantlab_pipeline.core import truth as truth_core
 from quantlab_pipeline.core.candles import Candles
+from quantlab_pipeline.core.frontier import run_sweep
 from quantlab_pipeline.core.policy_spec import parse_policy
 from quantlab_pipeline.core.spec import Execution
-from quantlab_pipeline.core.sweep import DEFAULT_GRID, Sweep, parse_sweep, run_sweep
+from quantlab_pipeline.core.sweep_spec import DEFAULT_GRID, Sweep, parse_sweep
 from quantlab_pipeline.core.truth import compute_paths
 
 # One representative policy per kind (DESIGN §6), mid-grid parameters.

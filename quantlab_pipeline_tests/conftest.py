@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from dagster import instance_for_test
 
-from quantlab_pipeline.core.sample_data import generate_sample_data
+from quantlab_pipeline.sources.sample_db import generate_sample_data
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""Input readers and validation (DESIGN §2): alerts, candles, and their one-line errors."""
+"""Input readers and validation (README "Inputs"): alerts, candles, and their one-line errors."""
 
 from __future__ import annotations
 
@@ -12,13 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from quantlab_pipeline.core.errors import InputError, SpecError
-from quantlab_pipeline.core.inputs import (
-    ALERT_COLUMNS,
-    check_alerts_source,
-    check_candles_source,
-    read_alerts,
-    read_candles,
-)
+from quantlab_pipeline.core.inputs import ALERT_COLUMNS, clean_candles
+from quantlab_pipeline.sources.alerts import check_alerts_source, read_alerts
+from quantlab_pipeline.sources.candles import check_candles_source, read_candles
 
 JAN = 1_704_067_200_000  # 2024-01-01T00:00Z
 FEB = 1_706_745_600_000  # 2024-02-01T00:00Z
@@ -481,6 +477,24 @@ def test_integer_and_float_price_columns_are_read_as_double(tmp_path):
     assert series(out.candles, "A") == [(0, 1.5, 2.25, 1.0, 2.0)]
 
 
+def test_the_candle_rules_run_on_arrays_alone():
+    # No source at all: `clean_candles` sorts, validates and de-duplicates grouped raw rows.
+    ts = np.array([2, 0, 1, 1, 5, 5], dtype=np.int64)  # A: rows 0-3, out of order; B: rows 4-5
+    op = np.array([3.0, 1.0, 2.0, 2.0, 0.0, 4.0])  # B's first row is bad (open 0)
+    cl = op.copy()
+    cl[3] = 2.5  # conflicting duplicate of ts 1, with the higher volume
+    vol = np.array([1.0, 1.0, 1.0, 9.0, 1.0, 1.0])
+    hi, lo = np.maximum(op, cl), np.minimum(op, cl)
+    out = clean_candles(["A", "B"], np.array([0, 4, 6]), ts, op, hi, lo, cl, vol, interval="5m")
+    c = out.candles
+    assert c.mints == ("A", "B") and c.offsets.tolist() == [0, 3, 4]
+    assert c.ts.tolist() == [0, 1, 2, 5] and c.close.tolist() == [1.0, 2.5, 3.0, 4.0]
+    assert [(e.reason, e.mint, e.details) for e in out.errors] == [
+        ("bad_candle", "B", {"count": 1}),
+        ("duplicate_candle", "A", {"count": 1, "conflicting": 1}),
+    ]
+
+
 # -- candles: Parquet sources -----------------------------------------------------------------
 
 
@@ -599,12 +613,16 @@ def test_check_candles_source_requires_the_interval(tmp_path):
 
 
 def test_read_leaves_the_source_readable_by_others(tmp_path):
-    # Read-only connections: a writer can open the file right after a read.
+    # Read-only connections, closed after every read (a failed check too): a writer can open the
+    # file right after, and the next read sees what it wrote.
     path = candles_db(tmp_path, [bar("A", 0)])
-    read(path)
+    assert series(read(path).candles, "A") == [(JAN, 1.0, 1.0, 1.0, 1.0)]
+    with pytest.raises(InputError, match="no candles with interval '15m'"):
+        check_candles_source(str(path), interval="15m")
     con = duckdb.connect(str(path))
-    con.execute("INSERT INTO ohlcv_candles VALUES ('A', 'solana', '5m', 1, 1, 1, 1, 1, 1)")
+    con.execute("INSERT INTO ohlcv_candles VALUES ('A', 'solana', '5m', ?, 2, 2, 2, 2, 1)", [JAN + STEP])
     con.close()
+    assert series(read(path).candles, "A") == [(JAN, 1.0, 1.0, 1.0, 1.0), (JAN + STEP, 2.0, 2.0, 2.0, 2.0)]
 
 
 def test_large_grouped_source_matches_a_reference_grouping(tmp_path):

@@ -100,7 +100,9 @@ def test_path_only_month_completes(sample_db, runs_dir, dagster_instance):
     assert mat.metadata["hit_2x_pct"].value == round(100 * paths.get_column("hit_2x").mean(), 1)
     assert mat.metadata["median_peak_multiple"].value == round(paths.get_column("peak_multiple").median(), 2)
     columns = {c.name: c.description for c in mat.metadata["dagster/column_schema"].value.columns}
-    assert columns["p0"].startswith("Entry price") and columns["hit_2x"] == "Whether a window candle's high reached 2x p0."
+    assert (
+        columns["p0"].startswith("Entry price") and columns["hit_2x"] == "Whether a window candle's high reached 2x p0."
+    )
     assert "run_status" not in mat.metadata
 
 
@@ -341,3 +343,16 @@ def test_a_look_ahead_blocks_the_trades(defs, sample_db, runs_dir, dagster_insta
     assert not check.passed and check.metadata["p0_not_the_entry_open"].value > 0
     rd = RunDirectory(runs_dir, "2024-01", spec.run_id)
     assert not (rd.path / "policy/trades.parquet").exists() and not (rd.path / "_SUCCESS").exists()
+
+
+def test_a_month_run_is_tagged_with_what_it_is(sample_db, runs_dir, dagster_instance):
+    spec = new_spec(sample_db, "policy", policy_id="p", policy={"kind": "fixed_stop", "stop_loss_bps": 500})
+    create_run(spec, runs_dir=str(runs_dir), instance=dagster_instance)
+    result = materialize_month(spec, "2024-01", runs_dir=str(runs_dir), instance=dagster_instance)
+    tags = dagster_instance.get_run_by_id(result.dagster_run_id).tags
+    assert {k: tags[k] for k in tags if k.startswith("quantlab/")} == {
+        "quantlab/run_id": spec.run_id,
+        "quantlab/run_type": "policy",
+        "quantlab/policy_id": "p",
+        "quantlab/month": "2024-01",
+    }

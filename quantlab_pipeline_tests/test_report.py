@@ -24,7 +24,7 @@ import pytest
 
 from quantlab_pipeline.core.errors import QuantlabError, SpecError
 from quantlab_pipeline.core.spec import RunSpec
-from quantlab_pipeline.core.sweep import Constraints
+from quantlab_pipeline.core.sweep_spec import Constraints
 from quantlab_pipeline.report import (
     build_sections,
     charts,

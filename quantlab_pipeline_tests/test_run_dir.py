@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import stat
+from pathlib import Path
 
 import polars as pl
 import pyarrow.parquet as pq
 import pytest
 
-from quantlab_pipeline.core.errors import ErrorRecord, QuantlabError, SpecError
+from quantlab_pipeline.core.errors import EnvironmentFault, ErrorRecord, QuantlabError, SpecError
 from quantlab_pipeline.core.spec import RunSpec
-from quantlab_pipeline.storage import atomic
-from quantlab_pipeline.storage.run_dir import RunDirectory
-from quantlab_pipeline.storage.specs import read_spec, write_spec
+from quantlab_pipeline.storage import atomic, run_dir
+from quantlab_pipeline.storage.run_dir import RunDirectory, WriteRefused, check_artifact_applies
+from quantlab_pipeline.storage.specs import read_spec, spec_sha256, write_spec
 
 RUN_ID = "0b7c8a4e-1d2f-4a3b-9c4d-5e6f7a8b9c0d"
 
@@ -262,3 +265,230 @@ def test_specs_are_immutable(tmp_path):
 def test_atomic_write_json_returns_the_bytes_on_disk(tmp_path):
     data = atomic.atomic_write_json(tmp_path / "x.json", {"a": 1})
     assert (tmp_path / "x.json").read_bytes() == data
+
+
+# -- lifecycle: logs, writer, spec, run type, leftovers, faults -------------------------------------
+
+
+def complete_path_only(rd: RunDirectory, spec: RunSpec) -> None:
+    alerts = write(rd, spec, "alerts", frame(3))
+    write(rd, spec, "paths", frame(2), inputs={"alerts": alerts["sha256"]})
+    assert (rd.path / "_SUCCESS").exists()
+
+
+def test_both_logs_exist_from_the_first_write_and_nothing_changes_after_success(tmp_path):
+    spec = make_spec()
+    rd = RunDirectory(tmp_path, "2024-01", RUN_ID)
+    write(rd, spec, "alerts", frame(3))
+    assert (rd.path / "logs/stderr.txt").read_bytes() == b""  # promised by the layout, empty when clean
+    alerts = RunDirectory.read_manifest(rd.path)["artifacts"]["alerts"]
+    write(rd, spec, "paths", frame(2), inputs={"alerts": alerts["sha256"]})
+    log = (rd.path / "logs/stdout.txt").read_text().splitlines()
+    assert [line.split("] ", 1)[1].split(" in ")[0] for line in log] == [
+        f"wrote inputs/alerts.parquet: 3 rows, {alerts['bytes']} bytes",
+        f"wrote truth/paths.parquet: 2 rows, {(rd.path / 'truth/paths.parquet').stat().st_size} bytes",
+    ]
+    marker = (rd.path / "_SUCCESS").stat().st_mtime_ns
+    assert max(p.stat().st_mtime_ns for p in rd.path.rglob("*") if p.is_file()) == marker
+
+
+def test_the_lock_file_exists_only_while_held_and_reading_creates_nothing(tmp_path):
+    runs = tmp_path / "runs"
+    rd = RunDirectory(runs, "2024-01", RUN_ID)
+    assert rd.manifest() is None and not runs.exists()
+    with rd.lock:
+        assert (runs / "_locks" / f"2024-01_{RUN_ID}.lock").exists()
+    complete_path_only(rd, make_spec())
+    assert list((runs / "_locks").iterdir()) == []
+
+
+def test_the_manifest_records_its_writer_and_spec(tmp_path):
+    spec = make_spec()
+    write_spec(tmp_path, spec)
+    rd = RunDirectory(tmp_path, "2024-01", RUN_ID)
+    rd.begin(spec, phase="inputs", dagster_run_id="dr-0")
+    writer = RunDirectory.read_manifest(rd.path)["writer"]
+    assert writer["pid"] == os.getpid() and writer["host"] == os.uname().nodename
+    assert writer["process_start"] == Path(f"/proc/{os.getpid()}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    assert (writer["phase"], writer["dagster_run_id"]) == ("inputs", "dr-0")
+    assert writer["heartbeat_at"] == writer["started_at"]
+    write(rd, spec, "alerts", frame(3))
+    manifest = RunDirectory.read_manifest(rd.path)
+    # the same process's next step keeps its start, takes the step's Dagster run id
+    assert manifest["writer"]["started_at"] == writer["started_at"]
+    assert manifest["writer"]["dagster_run_id"] == "dagster-run-1"
+    # sha256 of the spec file's very bytes
+    assert manifest["spec_sha256"] == sha(tmp_path / "_specs" / f"{RUN_ID}.json") == spec_sha256(spec)
+
+
+def test_heartbeat_is_refreshed_only_by_the_running_writer(tmp_path):
+    spec = make_spec()
+    rd = RunDirectory(tmp_path, "2024-01", RUN_ID)
+    assert rd.heartbeat() is False  # nothing written yet
+    rd.begin(spec)
+    manifest = RunDirectory.read_manifest(rd.path)
+    manifest["writer"]["heartbeat_at"] = "2024-01-01T00:00:00.000Z"
+    (rd.path / "run.json").write_text(json.dumps(manifest))
+    assert rd.heartbeat() is True
+    assert RunDirectory.read_manifest(rd.path)["writer"]["heartbeat_at"] > "2024-01-01T00:00:00.000Z"
+    manifest = RunDirectory.read_manifest(rd.path)
+    manifest["writer"]["pid"] = 1  # another process is the writer now
+    (rd.path / "run.json").write_text(json.dumps(manifest))
+    assert rd.heartbeat() is False
+
+
+def test_an_interruption_is_recorded_as_a_failure_with_reason_interrupted(tmp_path):
+    spec = make_spec()
+    rd = RunDirectory(tmp_path, "2024-01", RUN_ID)
+    rd.begin(spec)
+    rd.record_failure(spec, phase="truth", exc=KeyboardInterrupt(), dagster_run_id="dr-9", reason="interrupted")
+    manifest = RunDirectory.read_manifest(rd.path)
+    assert manifest["status"] == "failed"
+    assert manifest["error"] == {
+        "message": "KeyboardInterrupt",
+        "phase": "truth",
+        "reason": "interrupted",
+        "dagster_run_id": "dr-9",
+    }
+    row = pl.read_parquet(rd.path / "errors/errors.parquet").row(0, named=True)
+    assert (row["level"], row["phase"], row["reason"]) == ("error", "truth", "interrupted")
+    assert "truth interrupted: KeyboardInterrupt" in (rd.path / "logs/stderr.txt").read_text()
+
+
+def test_a_corrupt_errors_file_is_moved_aside_and_does_not_block_the_next_error(tmp_path):
+    spec = make_spec()
+    rd = RunDirectory(tmp_path, "2024-01", RUN_ID)
+    dup = ErrorRecord(level="warning", phase="inputs", reason="duplicate_call", message="dup", call_id="c")
+    write(rd, spec, "alerts", frame(3), errors=("inputs", [dup]))
+    errors_path = rd.path / "errors/errors.parquet"
+    errors_path.write_bytes(b"PAR1 not parquet at all")
+    try:
+        raise RuntimeError("candles source vanished")
+    except RuntimeError as exc:
+        rd.record_failure(spec, phase="truth", exc=exc)
+    assert pl.read_parquet(errors_path).select("phase", "reason").rows() == [("truth", "failure")]
+    [aside] = (rd.path / "errors").glob("errors.parquet.corrupt-*")
+    assert aside.read_bytes() == b"PAR1 not parquet at all"
+    assert f"moved aside to errors/{aside.name}" in (rd.path / "logs/stderr.txt").read_text()
+    manifest = RunDirectory.read_manifest(rd.path)
+    assert manifest["artifacts"]["errors"]["sha256"] == sha(errors_path)
+    # and a later artifact write that replaces its phase's rows goes through as well
+    errors_path.write_bytes(b"garbage")
+    write(rd, spec, "alerts", frame(3), errors=("inputs", [dup]))
+    assert pl.read_parquet(errors_path).get_column("reason").to_list() == ["duplicate_call"]
+
+
+def test_a_changed_spec_is_refused_before_anything_is_touched(tmp_path):
+    spec = make_spec("policy")
+    rd = RunDirectory(tmp_path, "2024-01", RUN_ID)
+    write(rd, spec, "alerts", frame(3))
+    before = (rd.path / "run.json").read_bytes()
+    edited = make_spec("policy", policy={"kind": "fixed_stop", "stop_loss_bps": 900})
+    with pytest.raises(SpecError, match=r"spec of run .* changed since 2024-01 was written") as info:
+        rd.begin(edited)
+    assert len(str(info.value).splitlines()) == 1
+    with pytest.raises(WriteRefused, match="changed since") as refused:
+        write(rd, edited, "alerts", frame(3))
+    rd.record_failure(edited, phase="inputs", exc=refused.value)
+    assert (rd.path / "run.json").read_bytes() == before
+    # a manifest written before spec_sha256 was recorded is checked against its recorded spec
+    legacy = RunDirectory.read_manifest(rd.path)
+    del legacy["spec_sha256"]
+    (rd.path / "run.json").write_text(json.dumps(legacy))
+    with pytest.raises(SpecError, match="changed since"):
+        rd.begin(edited)
+    rd.begin(spec)
+    assert RunDirectory.read_manifest(rd.path)["spec_sha256"] == spec_sha256(spec)
+
+
+def test_an_artifact_of_another_run_type_never_reopens_a_completed_run(tmp_path):
+    spec = make_spec()
+    rd = RunDirectory(tmp_path, "2024-01", RUN_ID)
+    complete_path_only(rd, spec)
+    before = (rd.path / "run.json").read_bytes()
+    with pytest.raises(SpecError, match="path-only run and has no trades; run directory 2024-01 left untouched"):
+        rd.begin(spec, artifact="trades")
+    with pytest.raises(WriteRefused, match="has no frontier") as info:
+        write(rd, spec, "frontier", frame(1))
+    # the IO manager records whatever a write raises: a refusal is not a failure of the run
+    rd.record_failure(spec, phase="frontier", exc=info.value)
+    assert (rd.path / "_SUCCESS").exists() and (rd.path / "run.json").read_bytes() == before
+    check_artifact_applies(make_spec("policy"), "trades")
+    check_artifact_applies(make_spec("optimization"), "frontier")
+    with pytest.raises(SpecError, match="has no frontier"):
+        check_artifact_applies(make_spec("policy"), "frontier")
+
+
+def test_temp_leftovers_are_removed_by_the_next_write_and_by_clean_leftovers(tmp_path):
+    spec = make_spec()
+    rd = RunDirectory(tmp_path, "2024-01", RUN_ID)
+    write(rd, spec, "alerts", frame(3))
+    leftovers = [rd.path / "inputs/.alerts.parquet.k3j2_x.tmp", rd.path / ".run.json.abc123.tmp"]
+    for path in leftovers:
+        path.write_bytes(b"half")
+    keep = rd.path / "inputs/notes.tmp"  # not an atomic write's temp file
+    keep.write_bytes(b"mine")
+    assert sorted(rd.clean_leftovers()) == sorted(leftovers)
+    assert not any(p.exists() for p in leftovers) and keep.exists()
+    leftovers[0].write_bytes(b"half")
+    rd.begin(spec)
+    assert not leftovers[0].exists()
+
+
+def test_a_kill_between_the_completed_manifest_and_the_marker_is_finished_by_the_next_write(tmp_path, monkeypatch):
+    spec = make_spec()
+    rd = RunDirectory(tmp_path, "2024-01", RUN_ID)
+    alerts = write(rd, spec, "alerts", frame(3))
+    real = run_dir.atomic_write_json
+
+    def killed_at_marker(path, obj):
+        if path.name == "_SUCCESS":
+            raise SystemExit("killed")
+        return real(path, obj)
+
+    monkeypatch.setattr(run_dir, "atomic_write_json", killed_at_marker)
+    with pytest.raises(SystemExit):
+        write(rd, spec, "paths", frame(2), inputs={"alerts": alerts["sha256"]})
+    monkeypatch.undo()
+    assert RunDirectory.read_manifest(rd.path)["status"] == "completed"
+    assert not (rd.path / "_SUCCESS").exists()
+    write(rd, spec, "alerts", frame(3))  # identical bytes: the run is complete again
+    marker = json.loads((rd.path / "_SUCCESS").read_text())
+    assert marker["manifest_sha256"] == sha(rd.path / "run.json")
+
+
+def test_files_honour_the_umask(tmp_path):
+    old = os.umask(0o027)
+    try:
+        assert atomic.current_umask() == 0o027
+        atomic.atomic_write_bytes(tmp_path / "a.bin", b"x")
+        os.umask(0o002)
+        spec = make_spec()
+        rd = RunDirectory(tmp_path / "runs", "2024-01", RUN_ID)
+        complete_path_only(rd, spec)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.bin").stat().st_mode) == 0o640
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in rd.path.rglob("*") if p.is_file()}
+    assert set(modes.values()) == {0o664}, modes
+    assert {"run.json", "_SUCCESS", "alerts.parquet", "paths.parquet", "stderr.txt"} <= set(modes)
+
+
+def test_a_full_disk_is_a_one_line_error_naming_the_file(tmp_path, monkeypatch):
+    spec = make_spec()
+    rd = RunDirectory(tmp_path, "2024-01", RUN_ID)
+    write(rd, spec, "alerts", frame(3))
+    before = (rd.path / "inputs/alerts.parquet").read_bytes()
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(EnvironmentFault) as info:
+        write(rd, spec, "alerts", frame(5))
+    monkeypatch.undo()
+    assert info.value.exit_code == 1
+    assert str(info.value) == f"{rd.path / 'inputs/alerts.parquet'}: cannot write: no space left on device"
+    assert info.value.__cause__ is None and info.value.__suppress_context__
+    assert (rd.path / "inputs/alerts.parquet").read_bytes() == before
+    assert not [p for p in rd.path.rglob("*.tmp")]

@@ -10,10 +10,11 @@ import pytest
 from click.testing import CliRunner
 
 from quantlab_pipeline.core.errors import SpecError
-from quantlab_pipeline.core.inputs import read_alerts, read_candles
-from quantlab_pipeline.core.sample_data import generate_sample_data
 from quantlab_pipeline.core.spec import TruthParams
 from quantlab_pipeline.core.truth import compute_paths
+from quantlab_pipeline.sources.alerts import read_alerts
+from quantlab_pipeline.sources.candles import read_candles
+from quantlab_pipeline.sources.sample_db import generate_sample_data
 
 MONTHS = ["2024-01", "2024-02"]
 JAN, FEB, MAR = 1_704_067_200_000, 1_706_745_600_000, 1_709_251_200_000

@@ -1,4 +1,4 @@
-"""Sweep specs and the frontier (DESIGN §8) on a tiny hand-computed case."""
+"""Sweep specs and the frontier (README "Run a backtest", Optimization) on a tiny hand-computed case."""
 
 from __future__ import annotations
 
@@ -10,11 +10,12 @@ import pytest
 
 from quantlab_pipeline.core.candles import Candles
 from quantlab_pipeline.core.errors import SpecError
+from quantlab_pipeline.core.frontier import FRONTIER_SCHEMA, run_sweep
 from quantlab_pipeline.core.policy import simulate_trades
 from quantlab_pipeline.core.policy_spec import parse_policy, policy_id_of, policy_json
 from quantlab_pipeline.core.spec import Execution
 from quantlab_pipeline.core.summary import summarize_trades
-from quantlab_pipeline.core.sweep import FRONTIER_SCHEMA, MAX_POLICIES, Constraints, parse_sweep, run_sweep
+from quantlab_pipeline.core.sweep_spec import MAX_POLICIES, Constraints, parse_sweep
 
 DELTA = 300_000
 NO_COSTS = Execution(fee_bps=0, slippage_bps=0)

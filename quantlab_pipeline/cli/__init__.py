@@ -49,17 +49,18 @@ def backtest_group() -> None:
 
 @cli.group("runs")
 def runs_group() -> None:
-    """Create runs for `dagster asset materialize`."""
+    """Create runs for `dagster asset materialize`; see where a run stands; finish it."""
 
 
 def _register() -> None:
-    from quantlab_pipeline.cli import backtest, catalog, report, sample_data
+    from quantlab_pipeline.cli import backtest, catalog, report, runs, sample_data
 
     cli.add_command(sample_data.sample_data)
     cli.add_command(report.report)
     for command in [*backtest.BACKTEST_COMMANDS, *catalog.COMMANDS]:
         backtest_group.add_command(command)
-    runs_group.add_command(backtest.runs_create)
+    for command in [backtest.runs_create, *runs.COMMANDS]:
+        runs_group.add_command(command)
 
 
 _register()

@@ -7,18 +7,14 @@ month of the window through Dagster.
 
 from __future__ import annotations
 
-import logging
-import time
 from collections.abc import Callable
 from typing import Any
 
 import click
-from rich.markup import escape
-from rich.table import Table
 
 from quantlab_pipeline.cli.console import console, err_console, user_errors
+from quantlab_pipeline.cli.months import MonthPlan, finish, run_months
 from quantlab_pipeline.cli.options import runs_dir_option
-from quantlab_pipeline.core import display
 from quantlab_pipeline.core.errors import SpecError
 from quantlab_pipeline.core.spec_builder import (
     DEFAULT_ALERTS_PATH,
@@ -137,9 +133,10 @@ def _naming_flags(exc: SpecError) -> SpecError:
 
 def _create(run_type: str, opts: dict[str, Any]):
     """Validate flags and sources, then register the run (spec + partition + run_spec)."""
-    from quantlab_pipeline.core.inputs import check_alerts_source, check_candles_source
     from quantlab_pipeline.orchestration.launch import create_run, get_instance
     from quantlab_pipeline.orchestration.partitions import check_months_exist
+    from quantlab_pipeline.sources.alerts import check_alerts_source
+    from quantlab_pipeline.sources.candles import check_candles_source
     from quantlab_pipeline.storage.run_creation import create_run_spec
 
     try:
@@ -155,82 +152,11 @@ def _create(run_type: str, opts: dict[str, Any]):
     return spec, months, instance
 
 
-class _ProgressHandler(logging.Handler):
-    """Prints the steps' progress lines (`quantlab_pipeline.progress`) as they happen."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        month = getattr(record, "month", "")
-        step = getattr(record, "step", "")
-        console.print(f"  [dim]{month}[/dim] [cyan]{step:<8}[/cyan] {escape(record.getMessage())}")
-
-
-def _headline_table(run_type: str, results) -> Table:
-    """One row per metric, one column per month: fits any terminal width."""
-    table = Table(title="Headline numbers", title_justify="left")
-    metrics: list[tuple[str, str, str, str]] = [
-        ("Calls", "paths", "calls_processed", "num"),
-        ("Excluded", "paths", "excluded", "num"),
-        ("Hit 2x", "paths", "hit_2x_pct", "percent"),
-        ("Median peak ×", "paths", "median_peak_multiple", "num"),
-    ]
-    if run_type == "policy":
-        metrics += [
-            ("Trades", "summary", "trades_count", "num"),
-            ("Avg ret bps", "summary", "avg_return_bps", "bps"),
-            ("Median ret bps", "summary", "median_return_bps", "bps"),
-            ("Stop-out", "summary", "stop_out_pct", "percent"),
-            ("Win rate", "summary", "win_pct", "percent"),
-        ]
-    if run_type == "optimization":
-        metrics += [
-            ("Policies", "frontier", "policies", "num"),
-            ("Feasible", "frontier", "feasible_policies", "num"),
-            ("Best policy", "frontier", "best_policy", "str"),
-            ("Best score", "frontier", "best_objective_score", "bps"),
-        ]
-    table.add_column("")
-    for r in results:
-        table.add_column(r.month, justify="right")
-    table.add_row(
-        "Status",
-        *("[green]completed[/green]" if r.status == "completed" else f"[red]{r.status}[/red]" for r in results),
-    )
-    for title, asset, key, kind in metrics:
-        table.add_row(title, *(display.FORMATS[kind](r.headline.get(asset, {}).get(key)) for r in results))
-    return table
-
-
 def _backtest(run_type: str, opts: dict[str, Any]) -> None:
-    from quantlab_pipeline.orchestration.launch import materialize_month
-    from quantlab_pipeline.orchestration.steps import progress_logger
-
     spec, months, instance = _create(run_type, opts)
     console.print(f"[bold]Run[/bold] {spec.run_id} ({run_type}, {len(months)} month(s): {months[0]}..{months[-1]})")
-    handler = _ProgressHandler()
-    progress_logger.addHandler(handler)
-    progress_logger.setLevel(logging.INFO)
-    progress_logger.propagate = False
-    results = []
-    try:
-        for month in months:
-            started = time.perf_counter()
-            console.print(f"[bold]{month}[/bold] materializing…")
-            result = materialize_month(spec, month, runs_dir=opts["runs_dir"], instance=instance)
-            elapsed = time.perf_counter() - started
-            if result.status == "completed":
-                console.print(f"[green]✓[/green] {month} completed in {elapsed:.1f} s")
-            else:
-                err_console.print(f"[red]✗[/red] {month} {result.status}: {escape(result.error or 'incomplete')}")
-            results.append(result)
-    finally:
-        progress_logger.removeHandler(handler)
-    console.print()
-    console.print(f"[bold]run_id[/bold]: {spec.run_id}")
-    for r in results:
-        console.print(f"  {r.month}: {r.run_dir}")
-    console.print(_headline_table(run_type, results))
-    if any(r.status != "completed" for r in results):
-        raise SystemExit(1)
+    results = run_months(spec, [MonthPlan(m) for m in months], runs_dir=opts["runs_dir"], instance=instance)
+    finish(spec, results)
 
 
 @click.command("path-only")

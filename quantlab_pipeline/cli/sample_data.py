@@ -10,8 +10,8 @@ from rich.table import Table
 
 from quantlab_pipeline.cli.console import console, ok, user_errors
 from quantlab_pipeline.core.errors import SpecError
-from quantlab_pipeline.core.sample_data import generate_sample_data
 from quantlab_pipeline.core.spec import MONTH_RE, month_bounds, months_between
+from quantlab_pipeline.sources.sample_db import generate_sample_data
 
 
 def parse_month_range(text: str) -> list[str]:

@@ -1,4 +1,5 @@
-"""Pure computation: input readers and validation, truth and policy kernels, summary and sweep.
+"""Pure computation: the input rules, truth and policy kernels, summary, sweep and frontier.
 
-Nothing here imports Dagster, so every rule can be tested and benchmarked on its own.
+Nothing here imports Dagster or touches files or databases (reading the inputs is
+`quantlab_pipeline.sources`), so every rule can be tested and benchmarked on its own.
 """

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 MISSING = "—"
@@ -33,4 +34,4 @@ def percent(value: float | None) -> str:
     return MISSING if value is None else f"{value:.1f}%"
 
 
-FORMATS = {"pct": pct, "percent": percent, "bps": bps, "num": num, "str": num}
+FORMATS: dict[str, Callable[[Any], str]] = {"pct": pct, "percent": percent, "bps": bps, "num": num, "str": num}

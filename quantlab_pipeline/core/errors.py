@@ -2,7 +2,7 @@
 
 `QuantlabError` is the one-line, user-facing failure (bad file, table, column, flag): the CLI
 prints its message and exits 2. Bad *rows* are never exceptions; they become `ErrorRecord`s that
-the run directory writes to `errors/errors.parquet` (DESIGN §2, §4).
+the run directory writes to `errors/errors.parquet` (README "What a run writes").
 """
 
 from __future__ import annotations
@@ -20,7 +20,17 @@ Reason = Literal[
     "bad_candle",
     "duplicate_candle",
     "failure",
+    "interrupted",
 ]
+
+
+def first_line(error: BaseException | str) -> str:
+    """The first line of an error's message: user-facing failures are one line. An exception
+    without a message is named by its type, so the line is never empty."""
+    text = str(error).strip()
+    if text:
+        return text.splitlines()[0]
+    return type(error).__name__ if isinstance(error, BaseException) else ""
 
 
 class QuantlabError(Exception):
@@ -54,3 +64,17 @@ class ErrorRecord:
     call_id: str | None = None
     mint: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def warning(
+        cls,
+        phase: Phase,
+        reason: Reason,
+        message: str,
+        *,
+        call_id: str | None = None,
+        mint: str | None = None,
+        **details: Any,
+    ) -> ErrorRecord:
+        """A skipped or dropped row: reported, and the run goes on (README "Inputs")."""
+        return cls("warning", phase, reason, message, call_id, mint, details)

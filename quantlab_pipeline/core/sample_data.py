@@ -1,21 +1,19 @@
 """A deterministic, messy sample dataset: alerts from callers of different skill and memecoin-like
-candles, written as one DuckDB file the pipeline reads like real data.
+candles, as Arrow tables (`sources.sample_db` writes them to the DuckDB file the pipeline reads).
 
-Everything is vectorised NumPy handed to DuckDB through Arrow, a block of tokens at a time, so the
-§12 reference month (20,000 alerts × 1,440 five-minute candles) is generated in seconds and in
-bounded memory. The mess is deliberate — every data-quality rule of DESIGN §2 and §5 has rows to
-act on: gaps, tokens without candles, late first candles (delayed entries and `no_entry`), repeated
-call ids (same month and across months), null call ids (derived ids), null mints, a null
-timestamp, bad candles, and identical and conflicting duplicate candles.
+Everything is vectorised NumPy, a block of tokens at a time, so the reference month of README
+"Performance" (20,000 alerts × 1,440 five-minute candles) is generated in seconds and in bounded
+memory. The mess is deliberate — every data-quality rule of README "Inputs" and of the truth layer
+has rows to act on: gaps, tokens without candles, late first candles (delayed entries and
+`no_entry`), repeated call ids (same month and across months), null call ids (derived ids), null
+mints, a null timestamp, bad candles, and identical and conflicting duplicate candles.
 """
 
 from __future__ import annotations
 
-import os
+from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
-import duckdb
 import numpy as np
 import pyarrow as pa
 
@@ -41,23 +39,18 @@ _BASE_INTERVAL_MS = 300_000  # path parameters are written for 5-minute candles,
 _TOKENS_PER_BLOCK = 1_000
 _BASE58 = np.frombuffer(b"123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz", dtype=np.uint8)
 
-ALERTS_DDL = (
-    "CREATE TABLE alerts (call_id VARCHAR, mint VARCHAR, caller_name VARCHAR, chain VARCHAR, alert_ts_ms BIGINT)"
-)
-CANDLES_DDL = (
-    "CREATE TABLE ohlcv_candles (mint VARCHAR, chain VARCHAR, interval VARCHAR, ts_ms BIGINT, "
-    "open DOUBLE, high DOUBLE, low DOUBLE, close DOUBLE, volume DOUBLE)"
-)
-
 
 @dataclass(frozen=True)
-class SampleDataSummary:
-    path: Path
+class SampleTables:
+    """The generated rows. `candle_blocks` yields the candles (columns `mint, chain, ts_ms, open,
+    high, low, close, volume`; every row of `interval`) one block of tokens at a time, then the
+    duplicate re-deliveries of all blocks: a single pass, so memory stays bounded by a block."""
+
     months: tuple[str, ...]
-    alert_rows: int
-    candle_rows: int
+    interval: str
+    alerts: pa.Table  # call_id, mint, caller_name, chain, alert_ts_ms
+    candle_blocks: Iterator[pa.Table]
     tokens: int
-    callers: int
 
 
 @dataclass(frozen=True)
@@ -306,23 +299,11 @@ def _to_arrow(tokens: _Tokens, sel: np.ndarray, cols: dict[str, np.ndarray]) -> 
     )
 
 
-def _insert_candles(con: duckdb.DuckDBPyConnection, block: pa.Table, interval: str) -> None:
-    con.register("candle_block", block)
-    con.execute(
-        "INSERT INTO ohlcv_candles SELECT mint::VARCHAR, chain::VARCHAR, ?, ts_ms, open, high, low, close, volume "
-        "FROM candle_block",
-        [interval],
-    )
-    con.unregister("candle_block")
-
-
-def generate_sample_data(
-    out: Path, *, months: list[str], alerts_per_month: int, seed: int, interval: str = "5m"
-) -> SampleDataSummary:
-    """Write `alerts` and `ohlcv_candles` to the DuckDB file `out`, replacing it atomically.
-
-    The same arguments always produce the same rows.
-    """
+def generate_sample_tables(
+    months: list[str], *, alerts_per_month: int, seed: int, interval: str = "5m"
+) -> SampleTables:
+    """The sample rows of `months`; the same arguments always produce the same rows. Bad arguments
+    are one `SpecError` line, raised before anything is generated."""
     months = sorted({validate_month(m) for m in months})
     if not months:
         raise SpecError("months: give at least one month")
@@ -331,46 +312,17 @@ def generate_sample_data(
     step_ms = interval_ms(interval)
     if HORIZON_MS % step_ms:
         raise SpecError(f"interval: {interval!r} does not divide the 5-day horizon of the sample candles")
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     alerts, tokens = _alerts_and_tokens(rng, months, alerts_per_month, step_ms)
+    return SampleTables(tuple(months), interval, alerts, _candle_blocks(rng, tokens, step_ms), int(tokens.mint.size))
 
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    for leftover in (tmp, Path(f"{tmp}.wal")):
-        leftover.unlink(missing_ok=True)
-    try:
-        con = duckdb.connect(str(tmp))
-        try:
-            con.execute(ALERTS_DDL)
-            con.register("alert_rows", alerts)
-            con.execute("INSERT INTO alerts SELECT * FROM alert_rows ORDER BY alert_ts_ms NULLS LAST, call_id")
-            con.unregister("alert_rows")
-            con.execute(CANDLES_DDL)
-            with_candles = np.flatnonzero(tokens.has_candles)
-            duplicates = []
-            for lo in range(0, with_candles.size, _TOKENS_PER_BLOCK):
-                block, dups = _candle_block(rng, tokens, with_candles[lo : lo + _TOKENS_PER_BLOCK], step_ms)
-                _insert_candles(con, block, interval)
-                duplicates.append(dups)
-            if duplicates:
-                _insert_candles(con, pa.concat_tables(duplicates), interval)
-            alert_rows = con.execute("SELECT count(*) FROM alerts").fetchall()[0][0]
-            candle_rows = con.execute("SELECT count(*) FROM ohlcv_candles").fetchall()[0][0]
-            con.execute("CHECKPOINT")
-        finally:
-            con.close()
-        Path(f"{out}.wal").unlink(missing_ok=True)  # a stale log of the replaced file must not replay onto this one
-        os.replace(tmp, out)
-    except BaseException:
-        for leftover in (tmp, Path(f"{tmp}.wal")):
-            leftover.unlink(missing_ok=True)
-        raise
-    return SampleDataSummary(
-        path=out,
-        months=tuple(months),
-        alert_rows=int(alert_rows),
-        candle_rows=int(candle_rows),
-        tokens=int(tokens.mint.size),
-        callers=len(CALLERS),
-    )
+
+def _candle_blocks(rng: np.random.Generator, tokens: _Tokens, step_ms: int) -> Iterator[pa.Table]:
+    with_candles = np.flatnonzero(tokens.has_candles)
+    duplicates = []
+    for lo in range(0, with_candles.size, _TOKENS_PER_BLOCK):
+        block, dups = _candle_block(rng, tokens, with_candles[lo : lo + _TOKENS_PER_BLOCK], step_ms)
+        yield block
+        duplicates.append(dups)
+    if duplicates:
+        yield pa.concat_tables(duplicates)

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from quantlab_pipeline.core.durations import interval_ms, parse_duration_ms
 from quantlab_pipeline.core.errors import SpecError
 from quantlab_pipeline.core.policy_spec import BPS, MAX_DURATION_MS, Policy, parse_policy
+from quantlab_pipeline.core.sweep_spec import parse_sweep
 
 RUN_ID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
 MONTH_RE = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
@@ -209,8 +210,6 @@ class RunSpec(_Strict):
                 raise ValueError("a policy run needs 'policy_id' and 'policy'")
             parse_policy(self.policy)  # raises SpecError naming the bad field
         if self.run_type == "optimization":
-            from quantlab_pipeline.core.sweep import parse_sweep
-
             parse_sweep(self.sweep)
         return self
 

@@ -1,4 +1,5 @@
-"""Aggregate metrics over trades (DESIGN §7), shared by `results/summary.parquet` and the frontier.
+"""Aggregate metrics over trades, shared by `results/summary.parquet` and the frontier (README
+"Semantics chosen where the design leaves a choice": Summary and frontier).
 
 Medians are true medians (the mean of the two middle values for an even count); quartiles and
 the 5th percentile use linear interpolation between the closest ranks (numpy's default "linear"
@@ -79,5 +80,5 @@ def summarize_trades(
             pl.lit(policy_id, dtype=pl.String).alias("policy_id"),
         )
         .select(SUMMARY_SCHEMA.names())
-        .cast(dict(SUMMARY_SCHEMA))
+        .cast(SUMMARY_SCHEMA)
     )

@@ -20,7 +20,7 @@ from pydantic import Field
 
 from quantlab_pipeline.core import display
 from quantlab_pipeline.core.errors import QuantlabError, SpecError
-from quantlab_pipeline.core.inputs import check_alerts_source, check_candles_source, read_alerts
+from quantlab_pipeline.core.frontier import run_sweep
 from quantlab_pipeline.core.policy import simulate_trades
 from quantlab_pipeline.core.spec import RunSpec, validate_run_id
 from quantlab_pipeline.core.spec_builder import (
@@ -32,7 +32,7 @@ from quantlab_pipeline.core.spec_builder import (
     SpecRequest,
 )
 from quantlab_pipeline.core.summary import summarize_trades
-from quantlab_pipeline.core.sweep import parse_sweep, run_sweep
+from quantlab_pipeline.core.sweep_spec import parse_sweep
 from quantlab_pipeline.core.truth import compute_paths
 from quantlab_pipeline.orchestration.headlines import (
     frontier_headline,
@@ -40,10 +40,12 @@ from quantlab_pipeline.orchestration.headlines import (
     summary_headline,
     trades_headline,
 )
-from quantlab_pipeline.orchestration.partitions import check_months_exist, month_run_partitions, run_partitions
+from quantlab_pipeline.orchestration.partitions import OWNER, check_months_exist, month_run_partitions, run_partitions
 from quantlab_pipeline.orchestration.resources import CandleStoreResource, RunStoreResource
 from quantlab_pipeline.orchestration.steps import ArtifactOutput, artifact_step
 from quantlab_pipeline.report.markdown import frontier_chart_markdown, summary_charts_markdown
+from quantlab_pipeline.sources.alerts import check_alerts_source, read_alerts
+from quantlab_pipeline.sources.candles import check_candles_source
 from quantlab_pipeline.storage.run_creation import create_run_spec
 from quantlab_pipeline.storage.run_dir import LoadedArtifact
 from quantlab_pipeline.storage.specs import read_spec
@@ -61,6 +63,7 @@ def artifact_asset(**kwargs: Any):
         ins={"run_spec": SPEC_INPUT},
         io_manager_key="run_io_manager",
         group_name=GROUP,
+        owners=[OWNER],
         **kwargs,
     )
 
@@ -144,7 +147,9 @@ class RunSpecConfig(Config):
         )
 
 
-@asset(partitions_def=run_partitions, io_manager_key="spec_io_manager", group_name=GROUP, kinds={"json"})
+@asset(
+    partitions_def=run_partitions, io_manager_key="spec_io_manager", group_name=GROUP, kinds={"json"}, owners=[OWNER]
+)
 def run_spec(context: AssetExecutionContext, config: RunSpecConfig, run_store: RunStoreResource) -> RunSpec:
     """One backtest configuration, immutable once written (`runs/_specs/<run_id>.json`)."""
     run_id = validate_run_id(context.partition_key)

@@ -1,4 +1,4 @@
-"""The catalog in Dagster (DESIGN §9, §11): the `backtest_catalog` asset, its job and the sensor.
+"""The catalog in Dagster (README "The catalog"): the `backtest_catalog` asset, its job and the sensor.
 
 The sensor only looks at the disk (a stat per terminal run directory, no hashing, no database)
 and requests `catalog_sync_job`; the sync itself runs in that job, serialised by the `catalog`
@@ -8,6 +8,8 @@ pool (configure it with one slot) and by the catalog's file lock.
 import json
 
 from dagster import (
+    AllPartitionMapping,
+    AssetDep,
     AssetExecutionContext,
     DefaultSensorStatus,
     MaterializeResult,
@@ -22,6 +24,7 @@ from dagster import (
 )
 from dagster_duckdb import DuckDBResource
 
+from quantlab_pipeline.orchestration.partitions import OWNER
 from quantlab_pipeline.orchestration.resources import RunStoreResource
 from quantlab_pipeline.storage.catalog import sync_catalog, terminal_fingerprint
 
@@ -31,6 +34,12 @@ CATALOG_POOL = "catalog"
 @asset(
     pool=CATALOG_POOL,
     group_name="catalog",
+    # One lineage graph: the catalog indexes what the backtest assets write.
+    deps=[
+        AssetDep(name, partition_mapping=AllPartitionMapping())
+        for name in ("alerts", "paths", "trades", "summary", "frontier")
+    ],
+    owners=[OWNER],
     kinds={"duckdb"},
     description="DuckDB index of the terminal run directories, reconciled with the disk.",
 )

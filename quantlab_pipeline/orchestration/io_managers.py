@@ -2,7 +2,6 @@
 
 # No `from __future__ import annotations`: Dagster must see the resource type of `run_store` to
 # accept the launch-configurable run store `build_defs` binds.
-import time
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ from quantlab_pipeline.core.spec import RunSpec, validate_run_id
 from quantlab_pipeline.orchestration.columns import column_schema
 from quantlab_pipeline.orchestration.partitions import split_month_run_key
 from quantlab_pipeline.orchestration.resources import RunStoreResource
-from quantlab_pipeline.orchestration.steps import ArtifactOutput, progress_logger
+from quantlab_pipeline.orchestration.steps import ArtifactOutput, progress_logger, recording_failures
 from quantlab_pipeline.storage.layout import spec_path
 from quantlab_pipeline.storage.run_dir import LoadedArtifact
 from quantlab_pipeline.storage.specs import read_spec, write_spec
@@ -33,8 +32,7 @@ class RunDirectoryIOManager(ConfigurableIOManager):
         artifact = context.asset_key.path[-1]
         spec = read_spec(self.run_store.root, run_id)
         run_dir = self.run_store.directory(month, run_id)
-        started = time.perf_counter()
-        try:
+        with recording_failures(run_dir, spec, obj.phase, context.run_id):
             record = run_dir.write_artifact(
                 artifact,
                 obj.frame,
@@ -45,13 +43,8 @@ class RunDirectoryIOManager(ConfigurableIOManager):
                 parquet_metadata=obj.parquet_metadata,
                 errors=(obj.phase, obj.errors),
             )
-        except Exception as exc:
-            run_dir.record_failure(spec, phase=obj.phase, exc=exc, dagster_run_id=context.run_id)
-            raise
-        write_ms = int((time.perf_counter() - started) * 1000)
         manifest = run_dir.manifest() or {}
-        line = f"wrote {record['path']}: {record['rows']} rows, {record['bytes']} bytes in {write_ms} ms"
-        run_dir.append_stdout([line])
+        line = f"wrote {record['path']}: {record['rows']} rows, {record['bytes']} bytes"
         progress_logger.info(line, extra={"month": month, "step": artifact})
         context.add_output_metadata(
             {

@@ -13,6 +13,7 @@ from quantlab_pipeline.core.errors import SpecError
 from quantlab_pipeline.core.spec import validate_month, validate_run_id
 
 RUN_PARTITIONS_NAME = "run"
+OWNER = "team:quant-research"  # owner of every asset, shown in the UI's catalog
 
 FIRST_MONTH = "2009-01"
 

@@ -10,8 +10,9 @@ from dagster import ConfigurableResource
 from pydantic import Field, PrivateAttr
 
 from quantlab_pipeline.core.candles import Candles, plan_chunks
-from quantlab_pipeline.core.inputs import CandlesInput, read_candles
+from quantlab_pipeline.core.inputs import CandlesInput
 from quantlab_pipeline.core.spec import RunSpec
+from quantlab_pipeline.sources.candles import read_candles
 from quantlab_pipeline.storage.run_dir import RunDirectory
 
 

@@ -8,21 +8,22 @@ manager writes it into the run directory.
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import polars as pl
-from dagster import AssetExecutionContext, Failure
+from dagster import AssetExecutionContext, DagsterExecutionInterruptedError, Failure
 
 from quantlab_pipeline.core.errors import ErrorRecord
 from quantlab_pipeline.core.spec import RunSpec, utc_now_iso
 from quantlab_pipeline.orchestration.partitions import split_month_run_key
 from quantlab_pipeline.orchestration.resources import RunStoreResource
-from quantlab_pipeline.storage.layout import REQUIRED_ARTIFACTS
-from quantlab_pipeline.storage.run_dir import LoadedArtifact
+from quantlab_pipeline.storage.guards import WriteRefused
+from quantlab_pipeline.storage.run_dir import LoadedArtifact, RunDirectory
 
 # The CLI attaches a handler here to print one progress line per month and step.
 progress_logger = logging.getLogger("quantlab_pipeline.progress")
@@ -81,24 +82,41 @@ class ArtifactStep:
         )
 
 
+HEARTBEAT_EVERY_S = 60.0  # well inside storage.writer.HEARTBEAT_STALE_AFTER
+
+
+@contextmanager
+def _heartbeat(run_dir: RunDirectory) -> Iterator[None]:
+    """Refresh the writer's heartbeat while a step computes, so a reader on another host can
+    tell this live writer from a dead one (on this host the process table tells)."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(HEARTBEAT_EVERY_S):
+            run_dir.heartbeat()
+
+    thread = threading.Thread(target=beat, name="quantlab-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+
+
 @contextmanager
 def artifact_step(
     context: AssetExecutionContext, run_store: RunStoreResource, spec: RunSpec, phase: str
 ) -> Iterator[ArtifactStep]:
     """Run an asset body for one (month, run) partition.
 
-    An artifact the run type does not produce, or a month outside the run's window, fails before
-    anything touches disk: a completed run is never reopened by a step that cannot complete it. Otherwise the run is
-    marked running (removing `_SUCCESS`), and any exception is recorded in the run directory
-    (`status: failed`, errors.parquet, logs/stderr.txt) before it propagates to Dagster.
+    A month outside the run's window, an artifact the run type does not produce, or a spec that
+    changed since the directory was written fails before anything touches disk: a completed run
+    is never reopened by a step that cannot complete it. Otherwise the run is marked running
+    (removing `_SUCCESS`, recording this writer), and an exception is recorded in the run
+    directory (`status: failed`, errors.parquet, logs/stderr.txt) before it propagates to
+    Dagster — an interruption (Ctrl-C, SIGTERM, a run terminated from the UI) as `interrupted`.
     """
     month, run_id = split_month_run_key(context.partition_key)
-    artifact = context.asset_key.path[-1]
-    if artifact not in REQUIRED_ARTIFACTS[spec.run_type]:  # e.g. "Materialize all" on a path-only run
-        raise Failure(
-            description=f"{artifact} does not apply to run {run_id} ({spec.run_type}); nothing was changed",
-            allow_retries=False,
-        )
     if not spec.covers_month(month):
         raise Failure(
             description=(
@@ -108,13 +126,33 @@ def artifact_step(
             allow_retries=False,
         )
     run_dir = run_store.directory(month, run_id)
-    run_dir.begin(spec)
+    try:
+        run_dir.begin(spec, artifact=context.asset_key.path[-1], phase=phase, dagster_run_id=context.run_id)
+    except WriteRefused as exc:
+        raise Failure(description=str(exc), allow_retries=False) from None
     step = ArtifactStep(context, phase, month, run_id)
     try:
-        yield step
-    except Exception as exc:
-        step.log(f"failed: {exc}")
-        run_dir.record_failure(spec, phase=phase, exc=exc, dagster_run_id=context.run_id)
-        raise
+        with recording_failures(run_dir, spec, phase, context.run_id, log=step.log), _heartbeat(run_dir):
+            yield step
     finally:
         run_dir.append_stdout(step.lines)
+
+
+@contextmanager
+def recording_failures(
+    run_dir: RunDirectory, spec: RunSpec, phase: str, dagster_run_id: str, log: Callable[[str], None] | None = None
+) -> Iterator[None]:
+    """Record whatever stops a step in its run directory, then let it propagate: an interruption
+    (Ctrl-C, SIGTERM, a run terminated from the UI) as `interrupted`, anything else as a failure."""
+    try:
+        yield
+    except (KeyboardInterrupt, DagsterExecutionInterruptedError) as exc:
+        if log:
+            log("interrupted")
+        run_dir.record_failure(spec, phase=phase, exc=exc, dagster_run_id=dagster_run_id, reason="interrupted")
+        raise
+    except Exception as exc:
+        if log:
+            log(f"failed: {exc}")
+        run_dir.record_failure(spec, phase=phase, exc=exc, dagster_run_id=dagster_run_id)
+        raise

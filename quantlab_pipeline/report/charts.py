@@ -28,7 +28,7 @@ from matplotlib.ticker import FixedLocator, NullLocator, StrMethodFormatter
 from PIL import Image
 
 from quantlab_pipeline.core.summary import metric_exprs
-from quantlab_pipeline.core.sweep import Constraints
+from quantlab_pipeline.core.sweep_spec import Constraints
 
 BLUE, RED, GREY, GREEN = "#1f77b4", "#d62728", "#8c8c8c", "#2ca02c"
 # Above this many points a scatter is embedded as one bitmap inside the SVG: 20 k vector markers

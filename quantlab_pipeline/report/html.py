@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from quantlab_pipeline.core.sweep import Constraints
+from quantlab_pipeline.core.sweep_spec import Constraints
 from quantlab_pipeline.report import charts
 from quantlab_pipeline.report.charts import Chart
 from quantlab_pipeline.report.load import MonthArtifacts, RunArtifacts

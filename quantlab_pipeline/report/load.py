@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 
 from quantlab_pipeline.core.errors import QuantlabError
 from quantlab_pipeline.core.spec import RunSpec, validate_run_id
-from quantlab_pipeline.core.sweep import Constraints, parse_sweep
+from quantlab_pipeline.core.sweep_spec import Constraints, parse_sweep
 from quantlab_pipeline.storage.layout import (
     ARTIFACT_PATHS,
     MANIFEST,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from quantlab_pipeline.core.sweep import Constraints
+from quantlab_pipeline.core.sweep_spec import Constraints
 from quantlab_pipeline.report import charts
 from quantlab_pipeline.report.charts import Chart
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -19,6 +20,7 @@ SUCCESS_MARKER = "_SUCCESS"
 STDOUT_LOG = "logs/stdout.txt"
 STDERR_LOG = "logs/stderr.txt"
 SPECS_DIR = "_specs"
+LOCKS_DIR = "_locks"
 
 ARTIFACT_PATHS: dict[str, str] = {
     "alerts": "inputs/alerts.parquet",
@@ -41,11 +43,31 @@ ARTIFACT_INPUTS: dict[str, tuple[str, ...]] = {
     "errors": (),
 }
 
+# The phase (errors.parquet `phase`) of the step that writes each artifact; a step replaces its
+# phase's error rows when it succeeds.
+ARTIFACT_PHASES: dict[str, str] = {
+    "alerts": "inputs",
+    "paths": "truth",
+    "trades": "policy",
+    "summary": "summary",
+    "frontier": "frontier",
+}
+
 REQUIRED_ARTIFACTS: dict[str, tuple[str, ...]] = {
     "path-only": ("alerts", "paths"),
     "policy": ("alerts", "paths", "trades", "summary"),
     "optimization": ("alerts", "paths", "frontier"),
 }
+
+# What a materialization of each run type may write (README "What a run writes"): an asset outside its
+# run type's set is refused before the directory is touched, so a completed run stays completed.
+APPLICABLE_ARTIFACTS: dict[str, frozenset[str]] = {
+    run_type: frozenset({*required, "errors"}) for run_type, required in REQUIRED_ARTIFACTS.items()
+}
+
+# `.<name>.<random>.tmp`: an atomic write's temp file (storage/atomic.py). One left behind by a
+# killed writer is never part of a run: not archived, not counted, removed by `clean_leftovers`.
+TEMP_FILE_RE = re.compile(r"^\..+\.tmp$")
 
 RUN_DIR_RE = re.compile(r"^run_id=(?P<run_id>.+)$")
 MONTH_DIR_RE = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
@@ -58,6 +80,24 @@ def run_dir_path(runs_dir: str | Path, month: str, run_id: str) -> Path:
 
 def spec_path(runs_dir: str | Path, run_id: str) -> Path:
     return Path(runs_dir) / SPECS_DIR / f"{validate_run_id(run_id)}.json"
+
+
+def lock_path(runs_dir: str | Path, month: str, run_id: str) -> Path:
+    """`runs/_locks/<month>_<run_id>.lock`: exists only while a writer holds it."""
+    return Path(runs_dir) / LOCKS_DIR / f"{validate_month(month)}_{validate_run_id(run_id)}.lock"
+
+
+def artifact_applies(run_type: str, artifact: str) -> bool:
+    return artifact in APPLICABLE_ARTIFACTS.get(run_type, frozenset())
+
+
+def is_temp_file(name: str) -> bool:
+    return TEMP_FILE_RE.match(name) is not None
+
+
+def temp_leftovers(directory: Path) -> list[Path]:
+    """Every atomic write's temp file under `directory`."""
+    return [Path(d) / name for d, _, names in os.walk(directory) for name in sorted(names) if is_temp_file(name)]
 
 
 def iter_run_dirs(runs_dir: str | Path):

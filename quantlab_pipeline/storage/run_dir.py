@@ -1,38 +1,45 @@
-"""One run directory `runs/YYYY-MM/run_id=<uuid>/` (DESIGN §4): artifacts, manifest, completion.
+"""One run directory `runs/YYYY-MM/run_id=<uuid>/` (README "What a run writes"): artifacts,
+manifest, completion.
 
-Every mutation happens under a per-run file lock (several Dagster runs may write one directory)
-and every file is replaced atomically. The manifest is the source of truth for completion: a run
+Every mutation happens under a per-run lock (several Dagster runs may write one directory) and
+every file is replaced atomically. The manifest is the source of truth for completion: a run
 is complete when each artifact its run type requires is present with its recorded size and was
 computed from the *current* version of each upstream artifact (recorded input sha256 == upstream
-sha256). `_SUCCESS` is written last and removed first.
+sha256). `_SUCCESS` is written last and removed first; a kill between the manifest's `completed`
+and the marker is finished by the next write or by `repair`.
+
+The manifest also records who writes the directory (`writer`, see storage/writer.py) and the
+sha256 of the spec it was written from (`spec_sha256`): a changed spec is refused.
 """
 
 from __future__ import annotations
 
-import json
+import time
 import traceback as tb
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
 import polars as pl
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from filelock import FileLock
 
-from quantlab_pipeline.core.errors import ErrorRecord, QuantlabError
+from quantlab_pipeline.core.errors import ErrorRecord, QuantlabError, Reason
 from quantlab_pipeline.core.spec import RunSpec, utc_now_iso, validate_month, validate_run_id
-from quantlab_pipeline.storage.atomic import (
-    atomic_write_bytes,
-    atomic_write_json,
-    parquet_bytes,
-    sha256_bytes,
+from quantlab_pipeline.storage.atomic import atomic_write_bytes, atomic_write_json, parquet_bytes, sha256_bytes
+from quantlab_pipeline.storage.errors_file import error_rows, read_error_rows, without_phase
+from quantlab_pipeline.storage.guards import (
+    WriteRefused,
+    check_artifact_applies,
+    check_spec,
+    raise_directory_gone,
+    recorded_spec_sha256,
 )
 from quantlab_pipeline.storage.layout import (
     ARTIFACT_INPUTS,
     ARTIFACT_PATHS,
+    ARTIFACT_PHASES,
     ARTIFACT_SCHEMA_VERSION,
     MANIFEST,
     MANIFEST_SCHEMA_VERSION,
@@ -40,26 +47,15 @@ from quantlab_pipeline.storage.layout import (
     STDERR_LOG,
     STDOUT_LOG,
     SUCCESS_MARKER,
+    lock_path,
     run_dir_path,
+    spec_path,
+    temp_leftovers,
 )
 from quantlab_pipeline.storage.manifest import InvalidJSONFile, read_json_object
 from quantlab_pipeline.storage.run_creation import package_version
-
-LOCKS_DIR = "_locks"
-
-ERRORS_SCHEMA = pa.schema(
-    [
-        ("run_id", pa.string()),
-        ("ts", pa.string()),
-        ("level", pa.string()),
-        ("phase", pa.string()),
-        ("call_id", pa.string()),
-        ("mint", pa.string()),
-        ("reason", pa.string()),
-        ("message", pa.string()),
-        ("details", pa.string()),
-    ]
-)
+from quantlab_pipeline.storage.specs import spec_sha256
+from quantlab_pipeline.storage.writer import RunLock, is_current_writer, writer_gone, writer_record
 
 
 @dataclass(frozen=True)
@@ -100,7 +96,7 @@ def frame_to_arrow(frame: pl.DataFrame) -> pa.Table:
 
 
 def frame_from_arrow(table: pa.Table) -> pl.DataFrame:
-    frame = pl.from_arrow(table)
+    frame = cast(pl.DataFrame, pl.from_arrow(table))  # a Table always converts to a DataFrame
     return frame.with_columns(pl.col(c).cast(pl.Int64) for c in _STORED_AS if c in frame.columns)
 
 
@@ -112,9 +108,7 @@ class RunDirectory:
         self.month = validate_month(month)
         self.run_id = validate_run_id(run_id)
         self.path = run_dir_path(self.runs_dir, month, run_id)
-        lock_path = self.runs_dir / LOCKS_DIR / f"{month}_{run_id}.lock"
-        lock_path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = FileLock(lock_path)
+        self.lock = RunLock(lock_path(self.runs_dir, month, run_id))
 
     # -- reading ---------------------------------------------------------------------------------
 
@@ -140,6 +134,12 @@ class RunDirectory:
                 raise
             return None
 
+    def spec_changed(self, spec: RunSpec) -> bool:
+        """Whether the month was written from a spec other than `spec` (its writes are refused)."""
+        manifest = self.manifest()
+        recorded = recorded_spec_sha256(manifest) if manifest else None
+        return recorded is not None and recorded != spec_sha256(spec)
+
     def artifact_path(self, artifact: str) -> Path:
         return self.path / ARTIFACT_PATHS[artifact]
 
@@ -158,10 +158,22 @@ class RunDirectory:
 
     # -- lifecycle -------------------------------------------------------------------------------
 
-    def begin(self, spec: RunSpec) -> None:
-        """Mark the run as being (re)written: `_SUCCESS` goes first, status becomes `running`."""
-        with self._lock:
-            self._save(self._reopen(spec))
+    def begin(
+        self,
+        spec: RunSpec,
+        *,
+        artifact: str | None = None,
+        phase: str | None = None,
+        dagster_run_id: str | None = None,
+    ) -> None:
+        """Mark the run as being (re)written by this process: `_SUCCESS` goes first, status
+        becomes `running`, the writer is recorded. Refused (nothing touched) when `artifact`
+        does not apply to the run type or the spec changed since the directory was written.
+        """
+        if artifact is not None:
+            check_artifact_applies(spec, artifact, self.month)
+        with self.lock:
+            self._save(self._reopen(spec, dagster_run_id=dagster_run_id, phase=phase))
 
     def write_artifact(
         self,
@@ -179,17 +191,28 @@ class RunDirectory:
 
         `inputs` maps each upstream artifact to the sha256 it was computed from. `errors` is
         `(phase, records)`: the phase's previous rows are replaced by these.
-        Returns the artifact's manifest record.
+        Its `wrote <path>: … in N ms` line goes to logs/stdout.txt before the run is finalized,
+        so nothing in the directory changes after `_SUCCESS`. Returns the artifact's manifest record.
         """
         if artifact not in ARTIFACT_PATHS or artifact == "errors":
             raise ValueError(f"unknown artifact {artifact!r}")
-        with self._lock:
-            manifest = self._reopen(spec)
+        check_artifact_applies(spec, artifact, self.month)
+        with self.lock:
+            if inputs and not (self.path / MANIFEST).exists():
+                raise_directory_gone(self.path, artifact, inputs)
+            manifest = self._reopen(spec, dagster_run_id=dagster_run_id, phase=errors[0] if errors else None)
+            started = time.perf_counter()
             record = self._write_parquet(artifact, frame, parquet_metadata or {})
             record["inputs"] = {u: inputs[u] for u in ARTIFACT_INPUTS[artifact] if u in inputs}
             manifest["artifacts"][artifact] = record
             if errors is not None:
                 self._replace_errors(manifest, *errors)
+            write_ms = int((time.perf_counter() - started) * 1000)
+            self._append_text(
+                STDOUT_LOG,
+                f"{utc_now_iso()} [{artifact}] wrote {record['path']}: {record['rows']} rows, "
+                f"{record['bytes']} bytes in {write_ms} ms\n",
+            )
             if artifact == "alerts":
                 manifest["dataset"]["calls_count"] = frame.height
             manifest["provenance"].setdefault("dagster_runs", {})[artifact] = dagster_run_id
@@ -207,32 +230,103 @@ class RunDirectory:
         phase: str,
         exc: BaseException,
         dagster_run_id: str | None = None,
+        reason: Literal["failure", "interrupted"] = "failure",
     ) -> None:
-        """`status: failed`, the error in errors.parquet (level error) and logs/stderr.txt."""
+        """`status: failed`, the error in errors.parquet (level error, `reason`) and logs/stderr.txt.
+
+        `reason="interrupted"` records a run stopped by a signal or Ctrl-C (README "When a run is
+        interrupted"); `quantlab runs status` shows such a month as `interrupted`. A
+        `WriteRefused` touched nothing and is not recorded.
+        """
+        if isinstance(exc, WriteRefused):
+            return
         trace = "".join(tb.format_exception(exc))
-        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        with self._lock:
+        message = str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
+        with self.lock:
             manifest = self._load_or_new(spec)
-            self._unmark()
-            manifest["status"] = "failed"
-            manifest["completed_at"] = None
-            manifest["error"] = {"message": message, "phase": phase, "dagster_run_id": dagster_run_id}
-            failure = ErrorRecord(
-                level="error",
-                phase=phase,  # type: ignore[arg-type]
-                reason="failure",
+            self._record_failure(
+                manifest,
+                phase=phase,
                 message=message,
+                reason=reason,
+                dagster_run_id=dagster_run_id,
                 details={"exception": type(exc).__name__, "traceback": trace},
+                log=trace,
             )
-            self._append_errors(manifest, [failure])
-            self._append_text(STDERR_LOG, f"[{utc_now_iso()}] {phase} failed: {message}\n{trace}\n")
-            self._save(manifest)
 
     def append_stdout(self, lines: Iterable[str]) -> None:
+        """Append step log lines. Call before the step's `write_artifact`, which may finalize
+        the run: nothing in a directory changes after its `_SUCCESS`."""
         text = "".join(f"{line}\n" for line in lines)
         if text:
-            with self._lock:
+            with self.lock:
                 self._append_text(STDOUT_LOG, text)
+
+    def heartbeat(self) -> bool:
+        """Refresh `writer.heartbeat_at` if this process is the run's writer and it is running.
+
+        On the writer's own host the process table tells a live writer from a dead one; from
+        another host only this heartbeat can (storage/writer.py `HEARTBEAT_STALE_AFTER`).
+        Returns whether the heartbeat was written.
+        """
+        with self.lock:
+            manifest = self.manifest()
+            if manifest is None or manifest.get("status") != "running":
+                return False
+            writer = manifest.get("writer")
+            if not is_current_writer(writer):
+                return False
+            writer["heartbeat_at"] = utc_now_iso()
+            self._save(manifest)
+            return True
+
+    def clean_leftovers(self) -> list[Path]:
+        """Remove the temp files (`.<name>.<random>.tmp`) killed writers left in the directory.
+
+        Every write into the directory happens under its lock, so with the lock held no temp
+        file belongs to a live write. Returns the files removed.
+        """
+        with self.lock:
+            return self._clean_leftovers()
+
+    def repair(self) -> list[str]:
+        """Bring a directory a writer died in to a state the next run can build on.
+
+        Removes temp leftovers; finalizes a run that is complete but lacks `_SUCCESS` (a kill
+        between the manifest's `completed` and the marker, or after the last artifact's write);
+        records a `running` run whose writer is gone as failed with reason `interrupted`. A run
+        whose writer is alive is left alone. Returns what was done, one line per action.
+        """
+        with self.lock:
+            done = [f"removed leftover {p.relative_to(self.path)}" for p in self._clean_leftovers()]
+            manifest = self.manifest()
+            status = manifest.get("status") if manifest else None
+            if manifest is None or status == "failed" or (self.path / SUCCESS_MARKER).exists():
+                return done
+            # Under the lock a `completed` manifest without marker is a crash, never a finalize
+            # in progress; a `running` one may be a live writer between two steps.
+            gone = writer_gone(manifest.get("writer")) if status == "running" else "finalize was cut short"
+            if gone is None:
+                return done
+            completion = self.completion(manifest)
+            if completion.complete:
+                self._finalize_if_complete(manifest)
+                return [*done, "finalized: every artifact present and current, _SUCCESS written"]
+            # Recorded against the first step still to run: its success replaces the row.
+            pending = [
+                a for a in REQUIRED_ARTIFACTS[manifest["run_type"]] if a in completion.missing + completion.stale
+            ]
+            writer = manifest.get("writer") or {}
+            self._record_failure(
+                manifest,
+                phase=ARTIFACT_PHASES[pending[0]],
+                message=f"{gone}; {completion.describe()}",
+                reason="interrupted",
+                dagster_run_id=writer.get("dagster_run_id"),
+                details={"writer": writer},
+                log=None,
+            )
+            return [*done, f"recorded as interrupted: {gone}"]
 
     def completion(self, manifest: dict[str, Any] | None = None) -> Completion:
         """Which required artifacts are missing (or not at their recorded size) or stale."""
@@ -243,7 +337,7 @@ class RunDirectory:
         missing, stale = [], []
         for name in REQUIRED_ARTIFACTS[manifest["run_type"]]:
             rec = artifacts.get(name)
-            path = self.path / rec["path"] if rec else None
+            path = self.path / rec["path"] if rec else self.path / ARTIFACT_PATHS[name]
             if rec is None or not path.is_file() or path.stat().st_size != rec["bytes"]:
                 missing.append(name)
                 continue
@@ -280,13 +374,51 @@ class RunDirectory:
             "logs": {"stdout": STDOUT_LOG, "stderr": STDERR_LOG},
         }
 
-    def _reopen(self, spec: RunSpec) -> dict[str, Any]:
-        """The manifest of a run being (re)written, its marker removed first (§4)."""
+    def _reopen(self, spec: RunSpec, *, dagster_run_id: str | None, phase: str | None) -> dict[str, Any]:
+        """The manifest of a run being (re)written by this process, its marker removed first."""
         manifest = self._load_or_new(spec)
+        check_spec(manifest, spec, spec_path(self.runs_dir, self.run_id), self.month)
+        self._clean_leftovers()
         self._unmark()
-        manifest.update(status="running", completed_at=None)
+        writer = writer_record(dagster_run_id, phase, previous=manifest.get("writer"))
+        manifest.update(status="running", completed_at=None, writer=writer, spec_sha256=spec_sha256(spec))
         manifest.pop("error", None)
+        self._ensure_logs()
         return manifest
+
+    def _record_failure(
+        self,
+        manifest: dict[str, Any],
+        *,
+        phase: str,
+        message: str,
+        reason: Reason,
+        dagster_run_id: str | None,
+        details: dict[str, Any],
+        log: str | None,
+    ) -> None:
+        self._unmark()
+        self._ensure_logs()
+        manifest["status"] = "failed"
+        manifest["completed_at"] = None
+        manifest["error"] = {"message": message, "phase": phase, "reason": reason, "dagster_run_id": dagster_run_id}
+        failure = ErrorRecord("error", phase, reason, message, details=details)  # type: ignore[arg-type]
+        self._append_errors(manifest, [failure])
+        what = "interrupted" if reason == "interrupted" else "failed"
+        self._append_text(STDERR_LOG, f"[{utc_now_iso()}] {phase} {what}: {message}\n" + (f"{log}\n" if log else ""))
+        self._save(manifest)
+
+    def _ensure_logs(self) -> None:
+        """Both logs exist from the first write on (stderr.txt empty while nothing failed)."""
+        for relative in (STDOUT_LOG, STDERR_LOG):
+            if not (self.path / relative).exists():
+                atomic_write_bytes(self.path / relative, b"")
+
+    def _clean_leftovers(self) -> list[Path]:
+        removed = temp_leftovers(self.path)
+        for path in removed:
+            path.unlink(missing_ok=True)
+        return removed
 
     def _save(self, manifest: dict[str, Any]) -> bytes:
         return atomic_write_json(self.path / MANIFEST, manifest)
@@ -330,38 +462,21 @@ class RunDirectory:
         }
 
     def _existing_errors(self) -> pa.Table:
-        path = self.artifact_path("errors")
-        if not path.exists():
-            return ERRORS_SCHEMA.empty_table()
-        return pq.read_table(path).select(ERRORS_SCHEMA.names).cast(ERRORS_SCHEMA)
-
-    def _error_rows(self, records: list[ErrorRecord]) -> pa.Table:
-        now = utc_now_iso()
-        return pa.Table.from_pylist(
-            [
-                {
-                    "run_id": self.run_id,
-                    "ts": now,
-                    "level": r.level,
-                    "phase": r.phase,
-                    "call_id": r.call_id,
-                    "mint": r.mint,
-                    "reason": r.reason,
-                    "message": r.message,
-                    "details": json.dumps(r.details, default=str, sort_keys=True),
-                }
-                for r in records
-            ],
-            schema=ERRORS_SCHEMA,
-        )
+        rows, aside, problem = read_error_rows(self.artifact_path("errors"))
+        if aside is not None:
+            self._append_text(
+                STDERR_LOG,
+                f"[{utc_now_iso()}] {ARTIFACT_PATHS['errors']} was unreadable ({problem}); "
+                f"moved aside to {aside.relative_to(self.path)}, its rows are not carried over\n",
+            )
+        return rows
 
     def _replace_errors(self, manifest: dict[str, Any], phase: str, records: list[ErrorRecord]) -> None:
-        existing = self._existing_errors()
-        keep = existing.filter(pc.not_equal(existing["phase"], phase)) if existing.num_rows else existing
-        self._store_errors(manifest, pa.concat_tables([keep, self._error_rows(records)]))
+        keep = without_phase(self._existing_errors(), phase)
+        self._store_errors(manifest, pa.concat_tables([keep, error_rows(self.run_id, records)]))
 
     def _append_errors(self, manifest: dict[str, Any], records: list[ErrorRecord]) -> None:
-        self._store_errors(manifest, pa.concat_tables([self._existing_errors(), self._error_rows(records)]))
+        self._store_errors(manifest, pa.concat_tables([self._existing_errors(), error_rows(self.run_id, records)]))
 
     def _store_errors(self, manifest: dict[str, Any], table: pa.Table) -> None:
         path = self.artifact_path("errors")
@@ -370,7 +485,7 @@ class RunDirectory:
             manifest["artifacts"].pop("errors", None)
             return
         manifest["artifacts"]["errors"] = {
-            **self._write_parquet("errors", pl.from_arrow(table), {}),
+            **self._write_parquet("errors", frame_from_arrow(table), {}),
             "inputs": {},
         }
 

@@ -1,4 +1,8 @@
-"""Run specs on disk: `runs/_specs/<run_id>.json`, written once and never changed (DESIGN §3)."""
+"""Run specs on disk: `runs/_specs/<run_id>.json`, written once and never changed.
+
+Each run directory records the sha256 of its spec (`spec_sha256` in run.json) and refuses to be
+written from another one, so an edited spec file cannot silently change a run's numbers.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ from pathlib import Path
 
 from quantlab_pipeline.core.errors import QuantlabError, SpecError
 from quantlab_pipeline.core.spec import RunSpec
-from quantlab_pipeline.storage.atomic import atomic_write_json
+from quantlab_pipeline.storage.atomic import atomic_write_bytes, sha256_bytes
 from quantlab_pipeline.storage.layout import spec_path
 
 # Fields fixed at creation; two specs that differ only in these describe the same backtest.
@@ -19,6 +23,17 @@ def _semantic(spec: RunSpec) -> dict:
     for key in _CREATION_FIELDS:
         data.pop(key, None)
     return data
+
+
+def spec_bytes(spec: RunSpec | dict) -> bytes:
+    """The canonical JSON of a spec: exactly the bytes `write_spec` stores."""
+    data = spec.to_dict() if isinstance(spec, RunSpec) else spec
+    return (json.dumps(data, indent=2, default=str) + "\n").encode()
+
+
+def spec_sha256(spec: RunSpec | dict) -> str:
+    """sha256 of the canonical spec JSON (of the spec file's bytes, unless hand-reformatted)."""
+    return sha256_bytes(spec_bytes(spec))
 
 
 def read_spec(runs_dir: str | Path, run_id: str) -> RunSpec:
@@ -44,5 +59,5 @@ def write_spec(runs_dir: str | Path, spec: RunSpec) -> RunSpec:
                 f"{path}: run {spec.run_id} already has a different spec; specs are immutable — create a new run"
             )
         return existing
-    atomic_write_json(path, spec.to_dict())
+    atomic_write_bytes(path, spec_bytes(spec))
     return spec

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import duckdb
 
-from quantlab_pipeline.core.errors import QuantlabError
+from quantlab_pipeline.core.errors import QuantlabError, first_line
 from quantlab_pipeline.storage.catalog.schema import check_schema_version, has_catalog_tables
 
 READ_TIMEOUT_S = 20.0  # a reader waits this long for a sync's write phase
@@ -28,11 +28,6 @@ _LOCK_CONFLICTS = ("Could not set lock", "different configuration")
 _HOLDER_RE = re.compile(r"held in (.+?) \(PID (\d+)\)")
 
 Connect = Callable[[], AbstractContextManager[duckdb.DuckDBPyConnection]]
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _holder(exc: BaseException) -> str:
@@ -50,7 +45,7 @@ def open_catalog(path: Path, *, read_only: bool, timeout: float) -> duckdb.DuckD
             return duckdb.connect(str(path), read_only=read_only)
         except (duckdb.IOException, duckdb.ConnectionException) as exc:
             if not any(marker in str(exc) for marker in _LOCK_CONFLICTS):
-                raise QuantlabError(f"catalog {path}: cannot open: {_first_line(exc)}") from None
+                raise QuantlabError(f"catalog {path}: cannot open: {first_line(exc)}") from None
             if time.monotonic() + delay > deadline:
                 if read_only:
                     raise QuantlabError(
@@ -116,5 +111,5 @@ def transaction(conn: duckdb.DuckDBPyConnection, path: Path) -> Iterator[None]:
         with suppress(duckdb.Error):  # already rolled back by DuckDB: the error to report is `exc`
             conn.execute("ROLLBACK")
         if isinstance(exc, duckdb.Error):
-            raise QuantlabError(f"catalog {path}: cannot write: {_first_line(exc)}") from exc
+            raise QuantlabError(f"catalog {path}: cannot write: {first_line(exc)}") from exc
         raise

@@ -1,0 +1,98 @@
+"""`quantlab runs status | resume RUN_ID` (README "When a run is interrupted").
+
+`status` reads each month's directory and says where it stands; `resume` repairs what a dead
+writer left (temp files, a finalize cut short, a `running` manifest nobody writes any more) and
+materializes only the steps whose artifacts are missing or stale, month by month.
+"""
+
+from __future__ import annotations
+
+import json
+
+import click
+from rich import box
+from rich.markup import escape
+from rich.table import Table
+
+from quantlab_pipeline.cli.console import console, err_console, fail, ok, user_errors
+from quantlab_pipeline.cli.months import MonthPlan, finish, run_months
+from quantlab_pipeline.cli.options import runs_dir_option
+from quantlab_pipeline.core.spec import validate_run_id
+
+_STYLE = {"completed": "green", "failed": "red", "interrupted": "yellow", "running": "cyan", "missing": "dim"}
+
+
+@click.command("status")
+@click.argument("run_id")
+@runs_dir_option
+@click.option("--format", "fmt", default="table", show_default=True, help="table | json.")
+@user_errors
+def runs_status(run_id: str, runs_dir: str, fmt: str) -> None:
+    """Where each month of a run stands: completed, failed, interrupted (writer gone), running
+    (writer alive) or missing."""
+    from quantlab_pipeline.storage.lifecycle import run_status
+    from quantlab_pipeline.storage.specs import read_spec
+
+    if fmt not in ("table", "json"):
+        fail(f"--format: expected one of table, json, got {fmt!r}")
+    spec = read_spec(runs_dir, validate_run_id(run_id))
+    statuses = run_status(runs_dir, spec)
+    if fmt == "json":
+        click.echo(json.dumps([s.to_dict() for s in statuses], indent=2))
+        return
+    table = Table(
+        title=f"Run {spec.run_id} ({spec.run_type})", title_justify="left", box=box.SIMPLE_HEAD, show_edge=False
+    )
+    for name in ("month", "status", "detail", "directory"):
+        table.add_column(name)
+    for s in statuses:
+        style = _STYLE[s.state]
+        table.add_row(s.month, f"[{style}]{s.state}[/{style}]", escape(s.detail or ""), escape(str(s.path)))
+    console.print(table)
+
+
+@click.command("resume")
+@click.argument("run_id")
+@runs_dir_option
+@user_errors
+def runs_resume(run_id: str, runs_dir: str) -> None:
+    """Finish every month of a run that is not completed, running only the steps whose artifacts
+    are missing or stale; exits 0 only when every month is complete."""
+    from quantlab_pipeline.orchestration.launch import get_instance, month_result, settle_dead_dagster_run
+    from quantlab_pipeline.storage.lifecycle import run_status, steps_to_finish
+    from quantlab_pipeline.storage.run_dir import RunDirectory
+    from quantlab_pipeline.storage.specs import read_spec
+
+    spec = read_spec(runs_dir, validate_run_id(run_id))
+    instance = get_instance()
+    plan, done, busy = [], [], []
+    for status in run_status(runs_dir, spec):
+        if status.state == "completed":
+            ok(f"{status.month} already completed")
+            done.append(month_result(spec, status.month, runs_dir=runs_dir, instance=instance))
+            continue
+        if status.state == "running":
+            err_console.print(f"[cyan]…[/cyan] {status.month} is being written by a live process; left alone")
+            busy.append(status.month)
+            continue
+        if status.state == "missing":  # never started: every step
+            plan.append(MonthPlan(status.month))
+            continue
+        run_dir = RunDirectory(runs_dir, status.month, spec.run_id)
+        for action in run_dir.repair():
+            console.print(f"  [dim]{status.month}[/dim] {escape(action)}")
+        settle_dead_dagster_run(run_dir, instance)
+        steps = steps_to_finish(run_dir)
+        if not steps:
+            ok(f"{status.month} completed by repair")
+            done.append(month_result(spec, status.month, runs_dir=runs_dir, instance=instance))
+            continue
+        plan.append(MonthPlan(status.month, steps))
+    results = run_months(spec, plan, runs_dir=runs_dir, instance=instance) if plan else []
+    by_month = {r.month: r for r in [*done, *results]}
+    finish(spec, [by_month[m] for m in sorted(by_month)])
+    if busy:
+        fail(f"month(s) {', '.join(busy)} still being written; run `quantlab runs resume {spec.run_id}` again later", 1)
+
+
+COMMANDS = [runs_status, runs_resume]

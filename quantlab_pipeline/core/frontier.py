@@ -1,0 +1,186 @@
+"""The frontier of an optimization run (README "Run a backtest", Optimization): every policy of a
+`Sweep` simulated over the same entries, with its metrics, feasibility, Pareto flag and rank.
+
+A group with no trades never meets the constraints. `pareto` = not dominated on
+(median_return_bps higher, p95_mae_bps higher) within the caller group, rows without trades never
+on it. `rank` within the group: feasible first, then the objective descending (nulls last), ties
+by `policy_id` (README "Semantics chosen where the design leaves a choice": Summary and frontier).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import polars as pl
+
+from quantlab_pipeline.core.candles import Candles
+from quantlab_pipeline.core.inputs import DEFAULT_CALLER
+from quantlab_pipeline.core.policy import simulate_policies
+from quantlab_pipeline.core.policy_spec import policy_id_of, policy_json
+from quantlab_pipeline.core.spec import Execution
+from quantlab_pipeline.core.summary import metric_exprs
+from quantlab_pipeline.core.sweep_spec import Constraints, Sweep
+
+# Policies simulated per kernel call: bounds the per-trade outcome frame (policies x trades rows).
+POLICY_CHUNK = 128
+
+FRONTIER_SCHEMA = pl.Schema(
+    {
+        "run_id": pl.String,
+        "caller_name": pl.String,
+        "policy_id": pl.String,
+        "policy_params": pl.String,
+        "meets_constraints": pl.Boolean,
+        "objective_score": pl.Float64,
+        "avg_return_bps": pl.Float64,
+        "median_return_bps": pl.Float64,
+        "stop_out_rate": pl.Float64,
+        "p95_mae_bps": pl.Float64,
+        "avg_tail_capture": pl.Float64,
+        "trades_count": pl.Int64,
+        "pareto": pl.Boolean,
+        "rank": pl.Int64,
+    }
+)
+
+
+_STAT_NAMES = (
+    "trades_count",
+    "avg_return_bps",
+    "median_return_bps",
+    "stop_out_rate",
+    "p95_mae_bps",
+    "avg_tail_capture",
+    "avg_time_exposed_ms",
+)
+
+
+def run_sweep(
+    segments: Iterable[tuple[pl.DataFrame, Candles]],
+    sweep: Sweep,
+    *,
+    run_id: str,
+    interval_ms: int,
+    horizon_ms: int,
+    execution: Execution,
+) -> pl.DataFrame:
+    """`results/frontier.parquet`: one row per policy (and per policy x caller with `per_caller`).
+
+    `segments` are the partition's `(paths, candles)`: one pair, or several when a large month is
+    streamed in parts (re-iterable: it is walked once per `POLICY_CHUNK` policies). Each chunk of
+    policies is one parallel kernel call per segment; the per-trade outcomes are then aggregated
+    by polars, never per policy in Python. Rows: the all-callers group (`caller_name` null)
+    first, then callers by name; within a group by `rank`.
+    """
+    stats = []
+    callers: set[str] = set()
+    for lo in range(0, len(sweep.policies), POLICY_CHUNK):
+        parts = []
+        for paths, candles in segments:
+            # a null caller is the default one (README "Inputs")
+            caller = paths.get_column("caller_name").cast(pl.String).fill_null(DEFAULT_CALLER)
+            callers.update(caller.unique().to_list())
+            outcomes = simulate_policies(
+                paths,
+                candles,
+                sweep.policies[lo : lo + POLICY_CHUNK],
+                interval_ms=interval_ms,
+                horizon_ms=horizon_ms,
+                execution=execution,
+            )
+            parts.append(
+                outcomes.with_columns(
+                    pl.col("policy_index") + lo, caller.gather(outcomes.get_column("path_index")).alias("caller_name")
+                )
+            )
+            del candles  # a streamed part is freed before the next one is read
+        outcomes = pl.concat(parts)
+        stats.append(outcomes.group_by("policy_index").agg(metric_exprs(*_STAT_NAMES)).with_columns(_group=pl.lit(0)))
+        if sweep.per_caller:
+            stats.append(outcomes.group_by("policy_index", "caller_name").agg(metric_exprs(*_STAT_NAMES)))
+    # _group 0 = all callers, k >= 1 = caller_names[k - 1]
+    caller_names = sorted(callers)
+    codes = pl.DataFrame(
+        {"caller_name": caller_names, "_group": range(1, len(caller_names) + 1)},
+        schema={"caller_name": pl.String, "_group": pl.Int64},
+    )
+    stats_frame = pl.concat(
+        [
+            (s if "_group" in s.columns else s.join(codes, on="caller_name")).select(
+                pl.col("policy_index", "_group").cast(pl.Int64), *_STAT_NAMES
+            )
+            for s in stats
+        ]
+    )
+
+    groups = pl.DataFrame(
+        {
+            "_group": [0, *range(1, len(caller_names) + 1)] if sweep.per_caller else [0],
+            "caller_name": [None, *caller_names] if sweep.per_caller else [None],
+        },
+        schema={"_group": pl.Int64, "caller_name": pl.String},
+    )
+    policies = pl.DataFrame(
+        {
+            "policy_index": range(len(sweep.policies)),
+            "policy_id": [policy_id_of(p) for p in sweep.policies],
+            "policy_params": [policy_json(p) for p in sweep.policies],
+        },
+        schema={"policy_index": pl.Int64, "policy_id": pl.String, "policy_params": pl.String},
+    )
+    frame = (
+        groups.join(policies, how="cross")
+        .join(stats_frame, on=["policy_index", "_group"], how="left")
+        .with_columns(
+            pl.col("trades_count").fill_null(0),
+            _feasible(sweep.constraints).fill_null(False).alias("meets_constraints"),
+            pl.col(sweep.objective).alias("objective_score"),
+        )
+    )
+    frame = frame.with_columns(pl.Series("pareto", _pareto_by_group(frame)))
+    return (
+        frame.sort(
+            ["_group", "meets_constraints", "objective_score", "policy_id"],
+            descending=[False, True, True, False],
+            nulls_last=True,
+        )
+        .with_columns(
+            pl.lit(run_id, dtype=pl.String).alias("run_id"),
+            pl.int_range(1, pl.len() + 1, dtype=pl.Int64).over("_group").alias("rank"),
+        )
+        .select(FRONTIER_SCHEMA.names())
+        .cast(FRONTIER_SCHEMA)
+    )
+
+
+def _feasible(constraints: Constraints) -> pl.Expr:
+    ok = pl.col("trades_count") > 0
+    if constraints.max_stop_out_rate is not None:
+        ok = ok & (pl.col("stop_out_rate") <= constraints.max_stop_out_rate)
+    if constraints.min_p95_mae_bps is not None:
+        ok = ok & (pl.col("p95_mae_bps") >= constraints.min_p95_mae_bps)
+    if constraints.max_avg_time_exposed_ms is not None:
+        ok = ok & (pl.col("avg_time_exposed_ms") <= constraints.max_avg_time_exposed_ms)
+    return ok
+
+
+def _pareto_by_group(frame: pl.DataFrame) -> np.ndarray:
+    """Per row: not dominated within its `_group` on (median_return_bps, p95_mae_bps), both higher
+    is better; a row dominates another when it is >= on both and > on one. Rows without trades
+    (null metrics) are neither dominated nor on the frontier."""
+    median = frame.get_column("median_return_bps").fill_null(np.nan).to_numpy()
+    mae = frame.get_column("p95_mae_bps").fill_null(np.nan).to_numpy()
+    group = frame.get_column("_group").to_numpy()
+    pareto = np.zeros(frame.height, dtype=bool)
+    for g in np.unique(group):
+        rows = np.flatnonzero((group == g) & ~np.isnan(median) & ~np.isnan(mae))
+        m, a = median[rows], mae[rows]
+        # dominated[i, j]: row j dominates row i
+        dominated = (
+            (m[None, :] >= m[:, None])
+            & (a[None, :] >= a[:, None])
+            & ((m[None, :] > m[:, None]) | (a[None, :] > a[:, None]))
+        )
+        pareto[rows] = ~dominated.any(axis=1)
+    return pareto
