@@ -149,7 +149,7 @@ class Browser:
             if method == "Runtime.exceptionThrown":
                 found.append(json.dumps(params["exceptionDetails"])[:300])
             elif method == "Runtime.consoleAPICalled" and params.get("type") in ("error", "assert", "warning"):
-                found.append(json.dumps(params.get("args"))[:300])
+                found.append(f"console.{params['type']}: {json.dumps(params.get('args'))[:300]}")
             elif method == "Log.entryAdded" and params["entry"]["level"] in ("error", "warning"):
                 found.append(params["entry"]["text"])
             elif method == "Network.requestWillBeSent" and not params["request"]["url"].startswith(allowed_origins):

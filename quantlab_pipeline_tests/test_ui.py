@@ -151,7 +151,7 @@ def test_new_backtest_job_creates_the_run_and_its_months_follow(sample_db, tmp_p
     spec_event = dagster_instance.get_latest_materialization_event(AssetKey("run_spec"))
     assert spec_event is not None and spec_event.dagster_event.partition == run_id
     launcher = dagster_instance.get_run_by_id(result.run_id)
-    assert launcher.tags["quantlab/run_id"] == run_id and launcher.tags["quantlab/run_type"] == "path-only"
+    assert launcher.tags["quantlab/run_id"] == run_id
 
     success = next(e for e in result.all_events if e.event_type == DagsterEventType.RUN_SUCCESS)
     sensor = defs.resolve_sensor_def("new_backtest_months_sensor")
@@ -403,6 +403,12 @@ DIALOG_IMAGES = """Array.from(document.querySelectorAll('[role=dialog] img'))
   .filter(i => i.complete && i.naturalWidth > 100).length"""
 
 
+def dagster_ui_noise(error: str) -> bool:
+    """The one warning Dagster 1.13's own front end logs, whatever the project: its Apollo client's
+    deprecation notice for `useLazyQuery(variables)` (Apollo error 103)."""
+    return error.startswith("console.warning:") and "go.apollo.dev/c/err" in error and "useLazyQuery" in error
+
+
 def text_shown(*texts: str) -> str:
     return " && ".join(f"document.body && document.body.innerText.includes({json.dumps(t)})" for t in texts)
 
@@ -424,7 +430,9 @@ def test_the_pages_render_without_errors(ui, chromium, tmp_path):
             shown = browser.wait_until(ready, tab, timeout_s=30)
             assert shown, (path, browser.evaluate("document.body.innerText.slice(0, 2000)", tab))
 
-        show("/locations/quantlab_pipeline/asset-groups/backtest/lineage", text_shown(*sorted(BACKTEST_ASSETS)))
+        # The group's graph, with the catalog drawn as its downstream neighbour in group `catalog`.
+        lineage = text_shown(*sorted(BACKTEST_ASSETS), "backtest_catalog")
+        show("/locations/quantlab_pipeline/asset-groups/backtest/lineage", lineage)
         browser.screenshot(tab, shots / "1-lineage.png")
 
         show("/assets/paths?view=checks", text_shown("manifest_consistent", "no_look_ahead", "Succeeded"))
@@ -442,7 +450,8 @@ def test_the_pages_render_without_errors(ui, chromium, tmp_path):
         show(f"/runs?q%5B%5D=tag%3Aquantlab%2Frun_id%3D{ui.run_id}", text_shown("policy_job", ui.run_id[:8]))
     finally:
         browser.close()
-    assert browser.errors(allowed_origins=(ui.url, "data:", "blob:")) == []
+    errors = [e for e in browser.errors(allowed_origins=(ui.url, "data:", "blob:")) if not dagster_ui_noise(e)]
+    assert errors == [], "\n".join(errors)
     for png in shots.glob("*.png"):
         assert png.read_bytes().startswith(b"\x89PNG") and png.stat().st_size > 20_000, png
 

@@ -30,26 +30,15 @@ from dagster import (
 )
 
 from quantlab_pipeline.core.errors import SpecError
-from quantlab_pipeline.core.spec import RunSpec
 from quantlab_pipeline.orchestration.assets import RunSpecConfig
 from quantlab_pipeline.orchestration.jobs import JOB_BY_RUN_TYPE, optimization_job, path_only_job, policy_job
-from quantlab_pipeline.orchestration.launch import create_run
+from quantlab_pipeline.orchestration.launch import create_run, run_tags
 from quantlab_pipeline.orchestration.partitions import check_months_exist, month_run_key
 from quantlab_pipeline.orchestration.resources import RunStoreResource
 from quantlab_pipeline.storage.run_creation import create_run_spec
 from quantlab_pipeline.storage.specs import read_spec
 
-RUN_ID_TAG = "quantlab/run_id"
-
-
-def run_tags(spec: RunSpec, month: str | None = None) -> dict[str, str]:
-    """The tags the Runs page filters a backtest by."""
-    tags = {RUN_ID_TAG: spec.run_id, "quantlab/run_type": spec.run_type}
-    if spec.policy_id:
-        tags["quantlab/policy_id"] = spec.policy_id
-    if month:
-        tags["quantlab/month"] = month
-    return tags
+RUN_ID_TAG = "quantlab/run_id"  # the key `launch.run_tags` gives every month's run too
 
 
 @op(
@@ -63,7 +52,7 @@ def create_backtest(context: OpExecutionContext, config: RunSpecConfig, run_stor
     except SpecError as exc:
         raise Failure(description=str(exc), allow_retries=False) from None
     create_run(spec, runs_dir=str(run_store.root), instance=context.instance)
-    context.instance.add_run_tags(context.run_id, run_tags(spec))
+    context.instance.add_run_tags(context.run_id, {RUN_ID_TAG: spec.run_id})
     context.log.info(
         f"run_id {spec.run_id}: {spec.run_type} over {', '.join(spec.months())}; "
         f"{JOB_BY_RUN_TYPE[spec.run_type]} runs follow, one per month"
