@@ -1,10 +1,13 @@
 """The Dagster surface as its users meet it: `dg` commands, and the UI in a real browser.
 
-The UI test starts `dg dev` on a temporary project state (instance, runs directory, catalog, sample
-data, one policy backtest of 2024-01 done with the CLI), asserts through the webserver's GraphQL API
-what a researcher must find there, and opens the pages in headless Chromium: they must render with
-no console error, and three screenshots are kept (`QUANTLAB_UI_SCREENSHOTS=DIR` to keep them
-elsewhere than the test's temporary folder).
+The UI tests start `dg dev` on a temporary project state (instance, runs directory, catalog, sample
+data, one policy backtest of 2024-01 done with the CLI) and assert through the webserver's GraphQL
+API what a researcher must find there: one lineage graph, checks with results, run tags, column
+descriptions, the summary's headline. Headless Chromium then opens the pages: they must render
+with no console error, and screenshots of the lineage, the Checks tab of `paths`, the summary's
+headline and the `new_backtest_job` launchpad are kept (`QUANTLAB_UI_SCREENSHOTS=DIR` to keep them
+elsewhere than the test's temporary folder). Last, a backtest is started as a UI user would: a
+launch of `new_backtest_job`, whose month run the daemon then queues and runs.
 """
 
 from __future__ import annotations

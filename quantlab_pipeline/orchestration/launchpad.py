@@ -23,7 +23,6 @@ from dagster import (
     OpExecutionContext,
     RunRequest,
     RunStatusSensorContext,
-    SkipReason,
     job,
     op,
     run_status_sensor,
@@ -74,13 +73,8 @@ def new_backtest_job() -> None:
     minimum_interval_seconds=5,
     description="After new_backtest_job: one run of the run type's job per month of the new backtest.",
 )
-def new_backtest_months_sensor(
-    context: RunStatusSensorContext, run_store: RunStoreResource
-) -> Iterator[RunRequest | SkipReason]:
-    run_id = context.dagster_run.tags.get(RUN_ID_TAG)
-    if run_id is None:
-        yield SkipReason(f"run {context.dagster_run.run_id} created no backtest")
-        return
+def new_backtest_months_sensor(context: RunStatusSensorContext, run_store: RunStoreResource) -> Iterator[RunRequest]:
+    run_id = context.dagster_run.tags[RUN_ID_TAG]  # set by create_backtest before the run succeeded
     # The months use the run store the launcher was given (launchpad resource config), if any.
     run_config: dict[str, Any] = dict(context.dagster_run.run_config)
     store: dict[str, Any] | None = (run_config.get("resources") or {}).get("run_store")
