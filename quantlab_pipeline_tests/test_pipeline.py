@@ -356,3 +356,39 @@ def test_a_month_run_is_tagged_with_what_it_is(sample_db, runs_dir, dagster_inst
         "quantlab/policy_id": "p",
         "quantlab/month": "2024-01",
     }
+
+
+def test_a_missing_upstream_is_recorded_against_the_step_that_needed_it(defs, sample_db, runs_dir, dagster_instance):
+    spec = new_spec(sample_db, "policy", policy_id="p", policy={"kind": "fixed_stop", "stop_loss_bps": 500})
+    create_run(spec, runs_dir=str(runs_dir), instance=dagster_instance)
+    selection = [AssetKey("alerts"), AssetKey("trades"), AssetKey("summary")]  # no paths yet
+    result = defs.resolve_job_def("policy_job").execute_in_process(
+        instance=dagster_instance,
+        partition_key=month_run_key("2024-01", spec.run_id),
+        asset_selection=selection,
+        raise_on_error=False,
+    )
+    assert not result.success
+    rd = RunDirectory(runs_dir, "2024-01", spec.run_id)
+    manifest = rd.manifest()
+    assert manifest["status"] == "failed" and manifest["error"]["phase"] == "policy"
+    assert "has not been materialized" in manifest["error"]["message"]
+    assert "paths" in (rd.path / "logs/stderr.txt").read_text()
+
+
+def test_materializing_an_artifact_of_another_run_type_leaves_a_completed_run_alone(
+    defs, sample_db, runs_dir, dagster_instance
+):
+    spec = new_spec(sample_db)
+    create_run(spec, runs_dir=str(runs_dir), instance=dagster_instance)
+    assert materialize_month(spec, "2024-01", runs_dir=str(runs_dir), instance=dagster_instance).status == "completed"
+    rd = RunDirectory(runs_dir, "2024-01", spec.run_id)
+    before = (rd.path / "run.json").read_bytes()
+    result = defs.resolve_job_def("policy_job").execute_in_process(
+        instance=dagster_instance,
+        partition_key=month_run_key("2024-01", spec.run_id),
+        asset_selection=[AssetKey("trades")],
+        raise_on_error=False,
+    )
+    assert not result.success
+    assert (rd.path / "run.json").read_bytes() == before and (rd.path / "_SUCCESS").exists()

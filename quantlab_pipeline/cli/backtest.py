@@ -137,6 +137,7 @@ def _create(run_type: str, opts: dict[str, Any]):
     from quantlab_pipeline.orchestration.partitions import check_months_exist
     from quantlab_pipeline.sources.alerts import check_alerts_source
     from quantlab_pipeline.sources.candles import check_candles_source
+    from quantlab_pipeline.storage.lifecycle import ensure_runs_dir
     from quantlab_pipeline.storage.run_creation import create_run_spec
 
     try:
@@ -147,6 +148,7 @@ def _create(run_type: str, opts: dict[str, Any]):
     check_months_exist(months)
     check_alerts_source(spec.source.alerts, spec.source.alerts_table)
     check_candles_source(spec.source.candles_source, interval=spec.interval)
+    ensure_runs_dir(opts["runs_dir"])  # last check, first thing created
     instance = get_instance()
     create_run(spec, runs_dir=opts["runs_dir"], instance=instance)
     return spec, months, instance

@@ -17,7 +17,7 @@ from quantlab_pipeline.orchestration.columns import column_schema
 from quantlab_pipeline.orchestration.partitions import split_month_run_key
 from quantlab_pipeline.orchestration.resources import RunStoreResource
 from quantlab_pipeline.orchestration.steps import ArtifactOutput, progress_logger, recording_failures
-from quantlab_pipeline.storage.layout import spec_path
+from quantlab_pipeline.storage.layout import ARTIFACT_PHASES, artifact_applies, spec_path
 from quantlab_pipeline.storage.run_dir import LoadedArtifact
 from quantlab_pipeline.storage.specs import read_spec, write_spec
 
@@ -60,8 +60,16 @@ class RunDirectoryIOManager(ConfigurableIOManager):
         )
 
     def load_input(self, context: InputContext) -> LoadedArtifact:
+        """The upstream artifact as the step will use it. A missing or unreadable one fails the
+        step that needed it, recorded in the run directory like any other failure of that step."""
         month, run_id = split_month_run_key(context.asset_partition_key)
-        return self.run_store.directory(month, run_id).read_artifact(context.asset_key.path[-1])
+        run_dir = self.run_store.directory(month, run_id)
+        step = context.op_def.name
+        spec = read_spec(self.run_store.root, run_id)
+        if step not in ARTIFACT_PHASES or not artifact_applies(spec.run_type, step):
+            return run_dir.read_artifact(context.asset_key.path[-1])
+        with recording_failures(run_dir, spec, ARTIFACT_PHASES[step], context.step_context.run_id):
+            return run_dir.read_artifact(context.asset_key.path[-1])
 
 
 def spec_metadata(runs_dir: Path, spec: RunSpec) -> dict[str, Any]:

@@ -28,8 +28,9 @@ from quantlab_pipeline.storage.run_dir import RunDirectory
 from quantlab_pipeline.storage.specs import write_spec
 from quantlab_pipeline.storage.writer import writer_gone
 
-# Dagster's own console logs would drown the progress lines; warnings and errors still show.
-_QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+# The CLI prints its own progress and one line per failure; Dagster's console log would add
+# stack traces (each failure's trace is in the month's logs/stderr.txt and the Dagster UI).
+_QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 
 
 def project_root() -> Path | None:
@@ -162,12 +163,15 @@ def materialize_month(
         raise_on_error=False,
     )
     outcome = month_result(spec, month, runs_dir=runs_dir, instance=instance, dagster_run_id=result.run_id)
-    if outcome.error is None and not result.success:  # failed before the directory was touched
+    if not result.success and (outcome.error is None or outcome.status in ("missing", "running")):
+        # Failed before the directory was touched, or could not record it (a full disk): the
+        # run's own error says why, and this process is no longer writing the month.
         failure = next((e for e in result.all_events if e.is_step_failure), None)
         info = failure.step_failure_data.error if failure else None
+        while info is not None and info.cause is not None:  # Dagster wraps the user's error
+            info = info.cause
         outcome.error = first_line(info.message) if info else "run failed"
-        if outcome.status == "missing":
-            outcome.status = "failed"
+        outcome.status = "failed"
     return outcome
 
 

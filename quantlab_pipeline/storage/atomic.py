@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from quantlab_pipeline.core.errors import EnvironmentFault
+from quantlab_pipeline.storage.faults import fault_point
 
 # Environment faults a user fixes outside quantlab: reported in one line naming the file.
 _ENVIRONMENT_FAULTS = {
@@ -84,6 +85,7 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], object]) -> Path
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
+        fault_point(path.name)
         os.replace(tmp, path)
     except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):

@@ -11,7 +11,7 @@ from typing import Any
 
 from quantlab_pipeline.core.errors import SpecError
 from quantlab_pipeline.core.spec import RunSpec
-from quantlab_pipeline.storage.layout import artifact_applies
+from quantlab_pipeline.storage.layout import ARCHIVING_MARKER, artifact_applies
 from quantlab_pipeline.storage.specs import spec_sha256
 
 
@@ -55,3 +55,10 @@ def raise_directory_gone(path: Path, artifact: str, inputs: dict[str, str]) -> N
         f"{path}: {artifact} was computed from {', '.join(sorted(inputs))} read from this run "
         "directory, which has since been removed (archived?); nothing was written"
     )
+
+
+def check_not_archiving(month_dir: Path, run_id: str) -> None:
+    """Refuse to write into a month `catalog-archive` is taking away: the write would be lost
+    with the directory, or recreate a lone artifact after it."""
+    if (month_dir / ARCHIVING_MARKER).exists():
+        raise WriteRefused(f"{month_dir.name} is being archived; run {run_id} cannot write into it now")

@@ -91,6 +91,9 @@ def artifact_applies(run_type: str, artifact: str) -> bool:
     return artifact in APPLICABLE_ARTIFACTS.get(run_type, frozenset())
 
 
+ARCHIVING_MARKER = ".archiving"  # in a month directory while `catalog-archive` takes it away
+
+
 def is_temp_file(name: str) -> bool:
     return TEMP_FILE_RE.match(name) is not None
 

@@ -32,6 +32,7 @@ from quantlab_pipeline.storage.errors_file import error_rows, read_error_rows, w
 from quantlab_pipeline.storage.guards import (
     WriteRefused,
     check_artifact_applies,
+    check_not_archiving,
     check_spec,
     raise_directory_gone,
     recorded_spec_sha256,
@@ -376,6 +377,7 @@ class RunDirectory:
 
     def _reopen(self, spec: RunSpec, *, dagster_run_id: str | None, phase: str | None) -> dict[str, Any]:
         """The manifest of a run being (re)written by this process, its marker removed first."""
+        check_not_archiving(self.path.parent, self.run_id)
         manifest = self._load_or_new(spec)
         check_spec(manifest, spec, spec_path(self.runs_dir, self.run_id), self.month)
         self._clean_leftovers()

@@ -14,10 +14,11 @@ from typing import IO, NamedTuple
 
 from quantlab_pipeline.core.errors import QuantlabError
 from quantlab_pipeline.core.spec import validate_month
-from quantlab_pipeline.storage.atomic import atomic_write
+from quantlab_pipeline.storage.atomic import atomic_write, atomic_write_bytes
 from quantlab_pipeline.storage.catalog.connection import Connect
 from quantlab_pipeline.storage.catalog.sync import SyncReport, sync_catalog
-from quantlab_pipeline.storage.layout import iter_run_dirs
+from quantlab_pipeline.storage.layout import ARCHIVING_MARKER, is_temp_file, iter_run_dirs
+from quantlab_pipeline.storage.lifecycle import running_in_month
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,7 @@ def _tree(month_dir: Path, month: str) -> list[_Entry]:
     for dirpath, dirnames, filenames in os.walk(month_dir):
         dirnames.sort()
         base = Path(dirpath)
-        for name in [*dirnames, *sorted(filenames)]:
+        for name in [*dirnames, *sorted(f for f in filenames if not (is_temp_file(f) or f == ARCHIVING_MARKER))]:
             entries.append(entry(base / name, f"{month}/{(base / name).relative_to(month_dir)}"))
     return entries
 
@@ -102,6 +103,28 @@ def archive_month(
         raise QuantlabError(f"archive {dest} already exists; refusing to overwrite it")
     if dest.resolve().is_relative_to(month_dir.resolve()):
         raise QuantlabError(f"archive {dest} is inside {month_dir}, which it is about to remove")
+    # Writers refuse a month with the marker; a live writer already in it makes archiving refuse.
+    atomic_write_bytes(month_dir / ARCHIVING_MARKER, b"")
+    try:
+        return _archive_marked(root, month, month_dir, dest, run_dirs, catalog_path, connect)
+    finally:
+        (month_dir / ARCHIVING_MARKER).unlink(missing_ok=True)
+
+
+def _archive_marked(
+    root: Path,
+    month: str,
+    month_dir: Path,
+    dest: Path,
+    run_dirs: list[str],
+    catalog_path: str | Path,
+    connect: Connect | None,
+) -> ArchiveReport:
+    live = running_in_month(root, month)
+    if live:
+        raise QuantlabError(
+            f"{month} has {len(live)} run(s) still being written, e.g. {live[0].path}; archive the month once they end"
+        )
     entries = _tree(month_dir, month)
 
     def write(fh: IO[bytes]) -> None:

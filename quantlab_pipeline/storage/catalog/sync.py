@@ -39,6 +39,7 @@ from quantlab_pipeline.storage.catalog.schema import (
     has_catalog_tables,
 )
 from quantlab_pipeline.storage.catalog.validation import REJECTING, Rows, read_terminal
+from quantlab_pipeline.storage.faults import fault_point
 from quantlab_pipeline.storage.layout import iter_run_dirs
 
 LOCK_TIMEOUT_S = 600.0  # a sync waits this long for another sync (the file lock)
@@ -228,6 +229,7 @@ def sync_catalog(
     except Timeout:
         raise QuantlabError(f"catalog {path}: another sync holds {path}.lock for more than {lock_timeout:g}s") from None
     try:
+        fault_point("catalog.sync")
         with session(connect) as conn:
             initialized = _ensure_schema(conn, path)
             stored_runs, stored_rejected = _load_state(conn)
