@@ -1,0 +1,165 @@
+"""The deploy rehearsal (README "Running on a cluster"): what can be rehearsed on one machine.
+
+A real PostgreSQL server, the daemon and the webserver on `deploy/dagster.yaml` (month limit 2),
+a 4-month backtest submitted to the queue, a UI-style backfill, and a killed run worker. Skipped,
+with the reason, only when no PostgreSQL server can be started.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+
+import pytest
+
+from quantlab_pipeline_tests.deploy.cluster import (
+    MONTH_LIMIT,
+    Cluster,
+    max_in_flight,
+    running_cluster,
+    runs_where,
+    submit_backtest,
+    wait_for,
+    wait_until_finished,
+)
+from quantlab_pipeline_tests.deploy.postgres import ServerUnavailable, temporary_postgres
+
+pytestmark = [pytest.mark.deploy, pytest.mark.slow]
+
+MONTHS = ["2024-01", "2024-02", "2024-03", "2024-04"]
+WINDOW = ["--from", "2024-01-01", "--to", "2024-04-30"]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory) -> Iterator[Cluster]:
+    pytest.importorskip(
+        "dagster_postgres", reason="the deploy extra is not installed (pip install -e '.[deploy-test]')"
+    )
+    with ExitStack() as stack:
+        try:
+            postgres = stack.enter_context(temporary_postgres())
+        except ServerUnavailable as exc:
+            pytest.skip(f"deploy rehearsal: no PostgreSQL server: {exc}")
+        running = stack.enter_context(running_cluster(postgres, tmp_path_factory.mktemp("deploy")))
+        made = running.quantlab(
+            "sample-data", "--out", "data/alerts.duckdb", "--months", "2024-01..2024-04", "--alerts-per-month", "40"
+        )
+        assert made.returncode == 0, made.stderr
+        yield running
+
+
+def _alerts(cluster: Cluster) -> list[str]:
+    return ["--calls-from-duckdb", str(cluster.work / "data" / "alerts.duckdb")]
+
+
+def _catalog_rows(cluster: Cluster, run_id: str) -> list[dict] | None:
+    """The catalog's rows for `run_id`, or None while the CLI cannot read it (a sync holds the file)."""
+    got = cluster.quantlab("backtest", "catalog-query", "--run-id", run_id, "--format", "json", "--limit", "100")
+    return json.loads(got.stdout) if got.returncode == 0 and got.stdout.strip() else None
+
+
+def test_a_submitted_backtest_runs_its_months_concurrently_up_to_the_limit_and_the_sensor_catalogs_them(cluster):
+    policy = ["--policy-id", "fixed-stop-5pct", "--policy", '{"kind":"fixed_stop","stop_loss_bps":500}']
+    run_id, dagster_run_ids = submit_backtest(cluster, "policy", MONTHS, [*_alerts(cluster), *WINDOW, *policy])
+
+    runs = wait_until_finished(
+        cluster, "the 4 months of the policy backtest", lambda: runs_where(cluster, run_ids=dagster_run_ids), 4, 150
+    )
+    assert {r["status"] for r in runs} == {"SUCCESS"}, [(r["tags"]["dagster/partition"], r["status"]) for r in runs]
+    assert sorted(r["tags"]["dagster/partition/month"] for r in runs) == MONTHS
+    # Queued, then dequeued two at a time: months overlapped, never more than the limit.
+    assert max_in_flight(runs) == MONTH_LIMIT, [(r["startTime"], r["endTime"]) for r in runs]
+    for month in MONTHS:
+        assert (cluster.runs_dir / month / f"run_id={run_id}" / "_SUCCESS").is_file(), month
+
+    # The catalog sensor (every 5 s here) sees the new terminal directories and a sync registers them.
+    rows = wait_for(
+        "the catalog sensor to register the 4 months",
+        lambda: (rows := _catalog_rows(cluster, run_id)) and len(rows) == 4 and rows,
+        timeout_s=90,
+        every_s=2,
+    )
+    assert sorted(r["month"] for r in rows) == MONTHS
+    assert {r["status"] for r in rows} == {"completed"}
+
+
+def test_a_ui_backfill_runs_one_run_per_month_under_the_same_limit(cluster):
+    created = cluster.quantlab("runs", "create", "--run-type", "path-only", *_alerts(cluster), *WINDOW)
+    assert created.returncode == 0, created.stderr
+    run_id = created.stdout.strip().splitlines()[-1]
+    launched = cluster.graphql(
+        """
+        mutation Backfill($params: LaunchBackfillParams!) {
+          launchPartitionBackfill(backfillParams: $params) {
+            __typename
+            ... on LaunchBackfillSuccess { backfillId }
+            ... on PythonError { message }
+            ... on UnauthorizedError { message }
+          }
+        }
+        """,
+        {
+            "params": {
+                "partitionNames": [f"{month}|{run_id}" for month in MONTHS],
+                "assetSelection": [{"path": ["alerts"]}, {"path": ["paths"]}],
+            }
+        },
+    )["launchPartitionBackfill"]
+    assert launched["__typename"] == "LaunchBackfillSuccess", launched
+    backfill = {"dagster/backfill": launched["backfillId"]}
+
+    runs = wait_until_finished(cluster, "the backfill's 4 runs", lambda: runs_where(cluster, tags=backfill), 4, 150)
+    assert {r["status"] for r in runs} == {"SUCCESS"}
+    # One run per month × run partition, each with the month tag the queue limits.
+    assert sorted(r["tags"]["dagster/partition"] for r in runs) == [f"{m}|{run_id}" for m in MONTHS]
+    assert sorted(r["tags"]["dagster/partition/month"] for r in runs) == MONTHS
+    assert 1 <= max_in_flight(runs) <= MONTH_LIMIT
+    for month in MONTHS:
+        assert (cluster.runs_dir / month / f"run_id={run_id}" / "_SUCCESS").is_file(), month
+
+
+_STARTED_PID = re.compile(r"Started process for run \(pid: (\d+)\)")
+
+
+def _worker_pid(cluster: Cluster, dagster_run_id: str) -> int | None:
+    """The run worker's pid, from the engine event it logs when it starts."""
+    data = cluster.graphql(
+        """
+        query Logs($runId: ID!) {
+          logsForRun(runId: $runId) { ... on EventConnection { events { ... on MessageEvent { message } } } }
+        }
+        """,
+        {"runId": dagster_run_id},
+    )
+    for event in (data["logsForRun"] or {}).get("events", []):
+        match = _STARTED_PID.search(event.get("message") or "")
+        if match:
+            return int(match.group(1))
+    return None
+
+
+def test_a_killed_run_worker_is_detected_and_its_run_marked_failed(cluster):
+    # An optimization month (a grid of policies) runs long enough to be killed mid-way.
+    run_id, (dagster_run_id,) = submit_backtest(cluster, "optimization", ["2024-02"], [*_alerts(cluster), *WINDOW])
+
+    def started_pid() -> int | None:
+        (run,) = runs_where(cluster, run_ids=[dagster_run_id])
+        assert run["status"] not in {"SUCCESS", "FAILURE"}, f"the run ended ({run['status']}) before it could be killed"
+        return _worker_pid(cluster, dagster_run_id) if run["status"] == "STARTED" else None
+
+    pid = wait_for("the optimization run's worker to start", started_pid, timeout_s=90, every_s=0.2)
+    killed_at = time.monotonic()
+    os.kill(pid, signal.SIGKILL)
+
+    (run,) = wait_until_finished(
+        cluster, "the killed run to be marked failed", lambda: runs_where(cluster, run_ids=[dagster_run_id]), 1, 60
+    )
+    assert run["status"] == "FAILURE"
+    print(f"killed worker detected after {time.monotonic() - killed_at:.1f} s")
+    assert not (Path(cluster.runs_dir) / "2024-02" / f"run_id={run_id}" / "_SUCCESS").exists()
