@@ -44,6 +44,7 @@ def test_the_postgres_credentials_come_from_the_environment(monkeypatch):
         monkeypatch.setenv(key, value)
     processed = process_config(pg_config(), _load("dagster.yaml")["storage"]["postgres"])
     assert processed.success, processed.errors
+    assert processed.value is not None
     db = processed.value["postgres_db"]
     assert (db["username"], db["password"], db["hostname"], db["db_name"], db["port"]) == ("u", "p", "h", "d", 6543)
 
@@ -73,6 +74,7 @@ def test_the_compose_services_set_every_variable_the_docker_launcher_forwards_to
 def test_helm_values_carry_the_shared_limits_pools_and_monitoring():
     shared, values = _load("dagster.yaml"), _load("k8s", "values.yaml")
     runs, pools = shared["concurrency"]["runs"], shared["concurrency"]["pools"]
+    assert values["concurrency"]["enabled"] is True
     assert values["concurrency"]["runs"] == {
         "maxConcurrentRuns": runs["max_concurrent_runs"],
         "tagConcurrencyLimits": runs["tag_concurrency_limits"],

@@ -79,12 +79,11 @@ def test_a_submitted_backtest_runs_its_months_concurrently_up_to_the_limit_and_t
         assert (cluster.runs_dir / month / f"run_id={run_id}" / "_SUCCESS").is_file(), month
 
     # The catalog sensor (every 5 s here) sees the new terminal directories and a sync registers them.
-    rows = wait_for(
-        "the catalog sensor to register the 4 months",
-        lambda: (rows := _catalog_rows(cluster, run_id)) and len(rows) == 4 and rows,
-        timeout_s=90,
-        every_s=2,
-    )
+    def four_rows() -> list[dict] | None:
+        rows = _catalog_rows(cluster, run_id)
+        return rows if rows and len(rows) == 4 else None
+
+    rows = wait_for("the catalog sensor to register the 4 months", four_rows, timeout_s=90, every_s=2)
     assert sorted(r["month"] for r in rows) == MONTHS
     assert {r["status"] for r in rows} == {"completed"}
 
@@ -127,8 +126,8 @@ def test_a_ui_backfill_runs_one_run_per_month_under_the_same_limit(cluster):
 _STARTED_PID = re.compile(r"Started process for run \(pid: (\d+)\)")
 
 
-def _worker_pid(cluster: Cluster, dagster_run_id: str) -> int | None:
-    """The run worker's pid, from the engine event it logs when it starts."""
+def _messages(cluster: Cluster, dagster_run_id: str) -> list[str]:
+    """The run's event log messages, oldest first."""
     data = cluster.graphql(
         """
         query Logs($runId: ID!) {
@@ -137,8 +136,13 @@ def _worker_pid(cluster: Cluster, dagster_run_id: str) -> int | None:
         """,
         {"runId": dagster_run_id},
     )
-    for event in (data["logsForRun"] or {}).get("events", []):
-        match = _STARTED_PID.search(event.get("message") or "")
+    return [e.get("message") or "" for e in (data["logsForRun"] or {}).get("events", [])]
+
+
+def _worker_pid(cluster: Cluster, dagster_run_id: str) -> int | None:
+    """The run worker's pid, from the engine event it logs when it starts."""
+    for message in _messages(cluster, dagster_run_id):
+        match = _STARTED_PID.search(message)
         if match:
             return int(match.group(1))
     return None
@@ -162,4 +166,8 @@ def test_a_killed_run_worker_is_detected_and_its_run_marked_failed(cluster):
     )
     assert run["status"] == "FAILURE"
     print(f"killed worker detected after {time.monotonic() - killed_at:.1f} s")
+    # The failure says why: the worker process was killed, not that a step failed.
+    assert any("was terminated by signal 9 (SIGKILL)" in m for m in _messages(cluster, dagster_run_id)), _messages(
+        cluster, dagster_run_id
+    )[-5:]
     assert not (Path(cluster.runs_dir) / "2024-02" / f"run_id={run_id}" / "_SUCCESS").exists()
