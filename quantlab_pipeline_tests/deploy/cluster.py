@@ -109,7 +109,7 @@ def _stop(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGTERM)
         with suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=20)
+            proc.wait(timeout=5)
     # Children outlive a parent that exited on SIGTERM; the group is ours alone.
     with suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)

@@ -64,34 +64,8 @@ def _catalog_rows(cluster: Cluster, run_id: str) -> list[dict] | None:
     return json.loads(got.stdout) if got.returncode == 0 and got.stdout.strip() else None
 
 
-def test_a_submitted_backtest_runs_its_months_concurrently_up_to_the_limit_and_the_sensor_catalogs_them(cluster):
-    policy = ["--policy-id", "fixed-stop-5pct", "--policy", '{"kind":"fixed_stop","stop_loss_bps":500}']
-    run_id, dagster_run_ids = submit_backtest(cluster, "policy", MONTHS, [*_alerts(cluster), *WINDOW, *policy])
-
-    runs = wait_until_finished(
-        cluster, "the 4 months of the policy backtest", lambda: runs_where(cluster, run_ids=dagster_run_ids), 4, 150
-    )
-    assert {r["status"] for r in runs} == {"SUCCESS"}, [(r["tags"]["dagster/partition"], r["status"]) for r in runs]
-    assert sorted(r["tags"]["dagster/partition/month"] for r in runs) == MONTHS
-    # Queued, then dequeued two at a time: months overlapped, never more than the limit.
-    assert max_in_flight(runs) == MONTH_LIMIT, [(r["startTime"], r["endTime"]) for r in runs]
-    for month in MONTHS:
-        assert (cluster.runs_dir / month / f"run_id={run_id}" / "_SUCCESS").is_file(), month
-
-    # The catalog sensor (every 5 s here) sees the new terminal directories and a sync registers them.
-    def four_rows() -> list[dict] | None:
-        rows = _catalog_rows(cluster, run_id)
-        return rows if rows and len(rows) == 4 else None
-
-    rows = wait_for("the catalog sensor to register the 4 months", four_rows, timeout_s=90, every_s=2)
-    assert sorted(r["month"] for r in rows) == MONTHS
-    assert {r["status"] for r in rows} == {"completed"}
-
-
-def test_a_ui_backfill_runs_one_run_per_month_under_the_same_limit(cluster):
-    created = cluster.quantlab("runs", "create", "--run-type", "path-only", *_alerts(cluster), *WINDOW)
-    assert created.returncode == 0, created.stderr
-    run_id = created.stdout.strip().splitlines()[-1]
+def _launch_ui_backfill(cluster: Cluster, run_id: str, assets: list[str]) -> str:
+    """What the UI's *Materialize* over month × run partitions sends; the backfill id."""
     launched = cluster.graphql(
         """
         mutation Backfill($params: LaunchBackfillParams!) {
@@ -106,21 +80,56 @@ def test_a_ui_backfill_runs_one_run_per_month_under_the_same_limit(cluster):
         {
             "params": {
                 "partitionNames": [f"{month}|{run_id}" for month in MONTHS],
-                "assetSelection": [{"path": ["alerts"]}, {"path": ["paths"]}],
+                "assetSelection": [{"path": [asset]} for asset in assets],
             }
         },
     )["launchPartitionBackfill"]
     assert launched["__typename"] == "LaunchBackfillSuccess", launched
-    backfill = {"dagster/backfill": launched["backfillId"]}
+    return launched["backfillId"]
 
-    runs = wait_until_finished(cluster, "the backfill's 4 runs", lambda: runs_where(cluster, tags=backfill), 4, 150)
-    assert {r["status"] for r in runs} == {"SUCCESS"}
-    # One run per month × run partition, each with the month tag the queue limits.
-    assert sorted(r["tags"]["dagster/partition"] for r in runs) == [f"{m}|{run_id}" for m in MONTHS]
-    assert sorted(r["tags"]["dagster/partition/month"] for r in runs) == MONTHS
-    assert 1 <= max_in_flight(runs) <= MONTH_LIMIT
+
+def test_a_submitted_backtest_and_a_ui_backfill_share_the_month_limit_complete_and_are_catalogued(cluster):
+    """A UI backfill of a path-only run and a submitted policy backtest, 4 months each, at once."""
+    created = cluster.quantlab("runs", "create", "--run-type", "path-only", *_alerts(cluster), *WINDOW)
+    assert created.returncode == 0, created.stderr
+    backfill_run_id = created.stdout.strip().splitlines()[-1]
+    backfill_id = _launch_ui_backfill(cluster, backfill_run_id, ["alerts", "paths"])
+    policy = ["--policy-id", "fixed-stop-5pct", "--policy", '{"kind":"fixed_stop","stop_loss_bps":500}']
+    run_id, dagster_run_ids = submit_backtest(cluster, "policy", MONTHS, [*_alerts(cluster), *WINDOW, *policy])
+
+    submitted = wait_until_finished(
+        cluster, "the 4 months of the policy backtest", lambda: runs_where(cluster, run_ids=dagster_run_ids), 4, 180
+    )
+    assert {r["status"] for r in submitted} == {"SUCCESS"}, [
+        (r["tags"]["dagster/partition"], r["status"]) for r in submitted
+    ]
+    assert sorted(r["tags"]["dagster/partition/month"] for r in submitted) == MONTHS
     for month in MONTHS:
         assert (cluster.runs_dir / month / f"run_id={run_id}" / "_SUCCESS").is_file(), month
+
+    # The backfill (the daemon picks it up within 30 s): one run per month × run partition, each
+    # with the month tag the queue limits.
+    backfilled = wait_until_finished(
+        cluster, "the backfill's 4 runs", lambda: runs_where(cluster, tags={"dagster/backfill": backfill_id}), 4, 180
+    )
+    assert {r["status"] for r in backfilled} == {"SUCCESS"}
+    assert sorted(r["tags"]["dagster/partition"] for r in backfilled) == [f"{m}|{backfill_run_id}" for m in MONTHS]
+    for month in MONTHS:
+        assert (cluster.runs_dir / month / f"run_id={backfill_run_id}" / "_SUCCESS").is_file(), month
+
+    # Queued, then dequeued up to the limit across both: months overlapped, never more than 2.
+    spans = sorted((r["startTime"], r["endTime"], r["tags"]["dagster/partition"]) for r in submitted + backfilled)
+    print("month runs (start, end, partition):", *spans, sep="\n  ")
+    assert max_in_flight(submitted + backfilled) == MONTH_LIMIT, spans
+
+    # The catalog sensor (every 5 s here) sees the new terminal directories and a sync registers them.
+    def four_rows() -> list[dict] | None:
+        rows = _catalog_rows(cluster, run_id)
+        return rows if rows and len(rows) == 4 else None
+
+    rows = wait_for("the catalog sensor to register the 4 months", four_rows, timeout_s=90, every_s=2)
+    assert sorted(r["month"] for r in rows) == MONTHS
+    assert {r["status"] for r in rows} == {"completed"}
 
 
 _STARTED_PID = re.compile(r"Started process for run \(pid: (\d+)\)")
