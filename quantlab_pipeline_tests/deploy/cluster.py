@@ -3,7 +3,7 @@
 `deploy/dagster.yaml` pointed at a temporary PostgreSQL server, with `dagster-daemon run` and
 `dagster-webserver` started from the project root on `workspace.yaml`, as a platform engineer
 runs them; the test process talks to them the way a UI/CI user does (the `quantlab` CLI and the
-webserver's GraphQL API) and reads the shared instance to check what happened.
+webserver's GraphQL API), and reads the run records back through that API.
 """
 
 from __future__ import annotations

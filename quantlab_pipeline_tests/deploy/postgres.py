@@ -11,7 +11,6 @@ from __future__ import annotations
 import glob
 import importlib.util
 import os
-import pwd
 import shutil
 import signal
 import socket
@@ -74,6 +73,8 @@ def _server_user() -> tuple[int, int] | None:
     """`(uid, gid)` to run the server as when we are root (PostgreSQL refuses root), else None."""
     if os.geteuid() != 0:
         return None
+    import pwd  # POSIX only, like the rest of the rehearsal
+
     nobody = pwd.getpwnam("nobody")
     return nobody.pw_uid, nobody.pw_gid
 
