@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 export DAGSTER_HOME ?= $(CURDIR)
 
-.PHONY: install demo test lint bench dev clean
+.PHONY: install demo test lint bench dev clean deploy-test
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if (3, 11) <= sys.version_info[:2] < (3, 14) else "quantlab_pipeline needs Python 3.11, 3.12 or 3.13; $(PYTHON) is " + sys.version.split()[0] + " (set PYTHON=...)")'
@@ -30,10 +30,21 @@ lint: install
 	$(BIN)/ruff format --check quantlab_pipeline quantlab_pipeline_tests bench
 	$(BIN)/mypy
 
-test: install
+test: lint
 	$(BIN)/python -m pytest -q
 
-bench: install
+# The deploy rehearsal alone (README "Running on a cluster"): a real PostgreSQL server, the daemon
+# and the webserver with deploy/dagster.yaml, a 4-month backtest, a UI-style backfill, a killed worker.
+deploy-test: install
+	$(BIN)/python -m pytest -q -m deploy quantlab_pipeline_tests/deploy
+
+# The benchmark's peer section needs vectorbt (the optional `bench` extra), never a runtime dependency.
+BENCH_STAMP := $(VENV)/.bench-stamp
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e ".[dev,bench]"
+	touch $(BENCH_STAMP)
+
+bench: install $(BENCH_STAMP)
 	$(BIN)/python bench/run.py
 
 dev: install

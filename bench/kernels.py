@@ -5,9 +5,17 @@ compiled and run once before timing. Throughput is counted in *window candles*: 
 the per-alert `[entry, alert + horizon)` windows, the same denominator for truth and policies, so
 each figure reads "this many candles of the month per second". A policy that exits early visits
 fewer; the visited count is reported beside it so an early exit cannot pass for a fast loop.
+
+The one-thread figures are CPU seconds of this process (`cpu_timed`), not wall seconds: the
+machine is shared, and a busy neighbour stretches wall time by whatever share of a core it takes
+(at a load of 9 on 2 cores, the truth kernel's wall figure halved while its CPU time did not
+move). The multi-threaded sweep stays in wall seconds.
 """
 
 from __future__ import annotations
+
+import time
+from collections.abc import Callable
 
 import numba
 import numpy as np
@@ -16,15 +24,16 @@ from dataset import INTERVAL
 from measure import summarize, timed
 
 from quantlab_pipeline.core import policy as policy_core
-from quantlab_pipeline.core import truth as truth_core
 from quantlab_pipeline.core.candles import Candles
 from quantlab_pipeline.core.frontier import run_sweep
+from quantlab_pipeline.core.nb import policy as policy_nb
+from quantlab_pipeline.core.nb import truth as truth_nb
 from quantlab_pipeline.core.policy_spec import parse_policy
 from quantlab_pipeline.core.spec import Execution
 from quantlab_pipeline.core.sweep_spec import DEFAULT_GRID, Sweep, parse_sweep
 from quantlab_pipeline.core.truth import compute_paths
 
-# One representative policy per kind (DESIGN §6), mid-grid parameters.
+# One representative policy per kind (README "Policies"), mid-grid parameters.
 POLICIES: dict[str, str] = {
     "fixed_stop": '{"kind":"fixed_stop","stop_loss_bps":2000,"take_profit_bps":10000}',
     "trailing_stop": '{"kind":"trailing_stop","activation_bps":2000,"trail_bps":1500,"hard_stop_bps":3000}',
@@ -37,6 +46,17 @@ E2E_POLICY_ID, E2E_POLICY = "bench-fixed-stop", POLICIES["fixed_stop"]
 # The default grid (96 policies over the five kinds) plus four wide fixed stops: 100 policies.
 SWEEP_TEMPLATES = [*DEFAULT_GRID, {"kind": "fixed_stop", "stop_loss_bps": [1500, 2500, 4000, 7000]}]
 SWEEP_SIZE = 100
+
+
+def cpu_timed(fn: Callable[[], object], repeat: int) -> list[float]:
+    """CPU seconds of this process (every thread, e.g. Polars' pool) for `repeat` calls of `fn`;
+    the caller warms it up first."""
+    out = []
+    for _ in range(repeat):
+        started = time.process_time()
+        fn()
+        out.append(time.process_time() - started)
+    return out
 
 
 @numba.njit(cache=True, nogil=True, fastmath=True)
@@ -61,7 +81,7 @@ def streaming_floor(candles: Candles, repeat: int) -> dict:
     n = len(candles)
     nbytes = sum(c.nbytes for c in cols)
     _stream(*cols)
-    seconds = timed(lambda: _stream(*cols), repeat)
+    seconds = cpu_timed(lambda: _stream(*cols), repeat)
     return {
         "bytes": nbytes,
         "candles": n,
@@ -82,7 +102,7 @@ def truth_kernel(month, repeat: int, floor_candles_per_s: float) -> tuple[dict, 
     multiples = np.asarray(params.multiples, dtype=np.float64)
 
     def kernel_call():
-        return truth_core.truth_kernel(
+        return truth_nb.truth_kernel(
             candles.ts,
             candles.open,
             candles.high,
@@ -96,7 +116,7 @@ def truth_kernel(month, repeat: int, floor_candles_per_s: float) -> tuple[dict, 
         )
 
     n_window = int(kernel_call()[3].sum())  # n_candles: the window candles of every entered alert
-    seconds = timed(kernel_call, repeat)
+    seconds = cpu_timed(kernel_call, repeat)
 
     def api_call():
         return compute_paths(
@@ -104,7 +124,7 @@ def truth_kernel(month, repeat: int, floor_candles_per_s: float) -> tuple[dict, 
         ).paths
 
     paths = api_call()
-    api_seconds = timed(api_call, repeat)
+    api_seconds = cpu_timed(api_call, repeat)
     figure = {
         "alerts": alerts.height,
         "paths": paths.height,
@@ -126,13 +146,13 @@ def _trade_inputs(paths: pl.DataFrame, candles: Candles, horizon_ms: int):
 
 
 def _policy_kernel(kernel, candles: Candles, trade_inputs, compiled, interval_ms: int):
-    """One call of a policy kernel (`_simulate_serial` / `_simulate_parallel`) as `simulate_policies`
+    """One call of a policy kernel (`nb.policy.simulate_serial` / `simulate_parallel`) as `simulate_policies`
     makes it; returns the exit timestamps and reasons, shape (policies, trades)."""
     entry_ts, p0, _, start, stop = trade_inputs
     shape = (compiled.n_policies, entry_ts.shape[0])
     out_ts = np.zeros(shape, dtype=np.int64)
     out_px = np.zeros(shape, dtype=np.float64)
-    out_reason = np.full(shape, -1, dtype=np.int8)
+    out_reason = np.full(shape, policy_nb.NO_TRADE, dtype=np.int8)
     out_low = np.zeros(shape, dtype=np.float64)
     kernel(
         *_columns(candles),
@@ -179,11 +199,11 @@ def single_policies(month, paths: pl.DataFrame, repeat: int, floor_candles_per_s
         compiled = policy_core.compile_policies([policy])
 
         def kernel_call(compiled=compiled):
-            return _policy_kernel(policy_core._simulate_serial, candles, inputs, compiled, month.interval_ms)
+            return _policy_kernel(policy_nb.simulate_serial, candles, inputs, compiled, month.interval_ms)
 
         exit_ts, reason = kernel_call()
         visited = _visited_candles(paths, candles, inputs, exit_ts[0], reason[0])
-        seconds = timed(kernel_call, repeat)
+        seconds = cpu_timed(kernel_call, repeat)
 
         def api_call(policy=policy, kind=kind):
             return policy_core.simulate_trades(
@@ -198,7 +218,7 @@ def single_policies(month, paths: pl.DataFrame, repeat: int, floor_candles_per_s
             )
 
         api_call()
-        api_seconds = timed(api_call, repeat)
+        api_seconds = cpu_timed(api_call, repeat)
         out[kind] = {
             "policy": text,
             "trades": int((reason[0] >= 0).sum()),
@@ -242,7 +262,7 @@ def sweep(month, paths: pl.DataFrame, repeat: int, threads: int) -> dict:
             )
 
         def kernel_only():
-            return _policy_kernel(policy_core._simulate_parallel, candles, inputs, compiled, month.interval_ms)
+            return _policy_kernel(policy_nb.simulate_parallel, candles, inputs, compiled, month.interval_ms)
 
         small = Sweep(policies=grid.policies[:2])
         run_sweep(

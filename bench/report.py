@@ -16,6 +16,12 @@ TARGETS = {
     "e2e_policy_to_bare_scan": {"op": "<=", "target": 3.0},
     "peak_rss_to_candles": {"op": "<=", "target": 2.0},
 }
+# Issue 13, checked when vectorbt was measured: the slowest ratio over the comparable kinds (this
+# project's time over vectorbt's fastest engine) and the exits that differ between them.
+PEER_TARGETS = {
+    "peer_slowest_ratio": {"op": ">=", "target": 2.0},
+    "peer_differing_exits": {"op": "<=", "target": 0},
+}
 
 # Figures followed across scales: (name, path in a scale's results, kind).
 SCALING_FIGURES: tuple[tuple[str, tuple[str, ...], str], ...] = (
@@ -83,9 +89,17 @@ def checks(scales: dict[str, dict]) -> dict:
         "e2e_policy_to_bare_scan": s["e2e"]["policy"]["ratio_to_bare_scan"]["median"],
         "peak_rss_to_candles": max(e["peak_rss_to_candles"]["median"] for e in s["e2e"].values()),
     }
+    targets = dict(TARGETS)
+    kinds = s.get("peer", {}).get("kinds")
+    if kinds:
+        values["peer_slowest_ratio"] = min(k["ratio_to_fastest"] for k in kinds.values())
+        values["peer_differing_exits"] = sum(
+            e["differing_exits"] for k in kinds.values() for e in k["engines"].values()
+        )
+        targets.update(PEER_TARGETS)
     out = {"scale": s["scale"], "reference": s["scale"] == 1.0}
     for name, value in values.items():
-        target = TARGETS[name]
+        target = targets[name]
         ok = value >= target["target"] if target["op"] == ">=" else value <= target["target"]
         out[name] = {**target, "value": value, "pass": bool(ok)}
     return out
@@ -150,7 +164,8 @@ def _rows(s: dict) -> list[tuple[str, str, str]]:
 def render(results: dict, console: Console) -> None:
     scales = sorted(results["scales"].values(), key=lambda s: s["scale"])
     table = Table(
-        title=f"quantlab benchmark — median (min–max) of {results['meta']['repeat']} run(s)", title_justify="left"
+        title=f"quantlab benchmark — median (min–max) of {results['meta']['repeat']} run(s); one-thread rates per CPU second",
+        title_justify="left",
     )
     table.add_column("figure")
     for s in scales:
@@ -194,14 +209,59 @@ def render(results: dict, console: Console) -> None:
             sc.add_row(f"{name} ({fig['kind']})", *cells)
         console.print(sc)
 
+    for s in scales:
+        _render_peer(s, console)
+
     chk = results["checks"]
     where = "reference month" if chk["reference"] else f"scale {scale_key(chk['scale'])} (not the reference size)"
     ct = Table(title=f"DESIGN §12 targets on the {where}", title_justify="left")
     for col in ("target", "value", "goal", "result"):
         ct.add_column(col, justify="right" if col != "target" else "left")
-    for name in TARGETS:
+    for name in [*TARGETS, *(n for n in PEER_TARGETS if n in chk)]:
         c = chk[name]
         value = f"{c['value'] / 1e6:,.0f} M/s" if name.endswith("per_s") else f"{c['value']:,.2f}"
         goal = f"{c['op']} {c['target'] / 1e6:,.0f} M/s" if name.endswith("per_s") else f"{c['op']} {c['target']:g}"
         ct.add_row(name, value, goal, "[green]pass[/green]" if c["pass"] else "[red]miss[/red]")
     console.print(ct)
+
+
+def _render_peer(s: dict, console: Console) -> None:
+    """The vectorbt comparison of one scale: CPU ms (median, min–max), ratios, differing exits."""
+    p = s.get("peer")
+    if p is None:
+        return
+    title = f"peer at scale {scale_key(s['scale'])}: vectorbt 1.2 OHLC stop generator vs simulate_policies, one thread"
+    if "skipped" in p:
+        console.print(f"{title}: skipped, {p['skipped']}")
+        return
+    table = Table(
+        title=f"{title} — CPU ms, {p['paths']:,} windows, {p['window_candles'] / 1e6:,.1f} M candles",
+        title_justify="left",
+    )
+    for col in (
+        "kind",
+        "simulate_policies",
+        "  kernel",
+        "vectorbt rust",
+        "vectorbt numba",
+        "× fastest",
+        "differing exits",
+    ):
+        table.add_column(col, justify="left" if col == "kind" else "right")
+    for kind, k in p["kinds"].items():
+        rust, nb = k["engines"]["rust"], k["engines"]["numba"]
+        table.add_row(
+            kind,
+            _fmt(k["seconds"], 1e-3, 1),
+            _fmt(k["kernel_seconds"], 1e-3, 1),
+            _fmt(rust["seconds"], 1e-3, 1),
+            _fmt(nb["seconds"], 1e-3, 1),
+            f"{k['ratio_to_fastest']:.2f}",
+            f"{rust['differing_exits']} / {nb['differing_exits']}",
+        )
+    console.print(table)
+    console.print(
+        f"  vectorbt needs the windows as a padded {p['rows']:,}-row matrix: laying it out took "
+        f"{p['layout_seconds'] * 1e3:,.0f} ms (not in its times). Not expressible in its generator: "
+        + "; ".join(f"{k} ({why})" for k, why in p["not_expressible"].items())
+    )

@@ -2,7 +2,8 @@
 
 Builds the reference month with the sample generator (20,000 alerts × 1,440 five-minute candles,
 cached in `bench/.cache/` by size, seed and generator version) and measures, at each requested scale, the streaming
-floor, the truth kernel, one policy of each kind, a 100-policy sweep, the bare DuckDB scan, and
+floor, the truth kernel, one policy of each kind, a 100-policy sweep, the same exits computed by
+vectorbt (the `bench` extra; `peer.py`), the bare DuckDB scan, and
 `quantlab backtest path-only|policy` end to end (wall, Dagster overhead, peak memory); once, the
 cold start. Every figure is the median of `--repeat` runs with min and max.
 
@@ -31,6 +32,7 @@ import dataset
 import endtoend
 import kernels
 import numba
+import peer
 import report
 import research
 from measure import ratio
@@ -101,6 +103,11 @@ def _meta(args: argparse.Namespace) -> dict:
         name: metadata.version(name)
         for name in ("quantlab_pipeline", "dagster", "duckdb", "numba", "numpy", "polars", "pyarrow")
     }
+    for name in ("vectorbt", "vectorbt-rust"):  # the optional `bench` extra
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
     return {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "host": platform.node(),
@@ -160,6 +167,9 @@ def _measure_scale(scale: float, args: argparse.Namespace, work_dir: Path, conso
         numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
     say(f"sweep of {kernels.SWEEP_SIZE} policies")
     sweep = kernels.sweep(month, paths, args.repeat, threads=numba.config.NUMBA_NUM_THREADS)
+    say("peer: vectorbt's OHLC stop generator, both engines, one thread")
+    peers = peer.peer(month, paths, args.repeat)
+    gc.collect()
     say("bare DuckDB scan")
     scan = endtoend.bare_scan(month, args.repeat)
 
@@ -188,6 +198,7 @@ def _measure_scale(scale: float, args: argparse.Namespace, work_dir: Path, conso
         "truth": truth,
         "policies": policies,
         "sweep": sweep,
+        "peer": peers,
         "bare_scan": scan,
         "e2e": e2e,
     }

@@ -123,6 +123,18 @@ def test_quick_run_reports_every_figure(quick_run):
         for key in ("process_s", "import_core_s", "import_dagster_s", "jit_s", "peak_rss_bytes"):
             _figure(results, "cold_start", state, key)
 
+    peer = scale["peer"]  # vectorbt is the optional `bench` extra: measured when installed
+    if "skipped" in peer:
+        assert "vectorbt" in peer["skipped"]
+    else:
+        assert peer["paths"] == scale["dataset"]["paths"]
+        for kind, figure in peer["kinds"].items():
+            assert figure["trades"] == peer["paths"], kind
+            _figure(peer, "kinds", kind, "seconds")
+            for engine in ("rust", "numba"):
+                _figure(peer, "kinds", kind, "engines", engine, "seconds")
+                assert figure["engines"][engine]["differing_exits"] == 0, (kind, engine)
+
 
 @pytest.mark.slow
 def test_quick_run_checks_targets_and_prints_the_table(quick_run):
@@ -139,7 +151,7 @@ def test_quick_run_checks_targets_and_prints_the_table(quick_run):
 # -- the derived sections, on hand-made figures --------------------------------------------------
 
 
-BENCH_MODULES = ("coldstart_child", "dataset", "endtoend", "kernels", "measure", "report", "rusage_child")
+BENCH_MODULES = ("coldstart_child", "dataset", "endtoend", "kernels", "measure", "peer", "report", "rusage_child")
 
 
 @pytest.fixture
@@ -227,6 +239,19 @@ def test_checks_take_the_reference_month_and_the_worst_policy_and_memory(bench):
     assert not got["sweep_100_policies_s"]["pass"]  # 31 s > 30 s
     assert got["e2e_policy_to_bare_scan"]["pass"]  # 2.5 <= 3
     assert got["peak_rss_to_candles"]["value"] == 2.2 and not got["peak_rss_to_candles"]["pass"]  # max(1.5, 2.2) > 2
+    assert "peer_slowest_ratio" not in got  # no vectorbt figures: no peer targets
+
+    reference = scale(1.0, 200e6, (120e6, 90e6), 31.0, 2.5, (1.5, 2.2))
+    engines = {"rust": {"differing_exits": 0}, "numba": {"differing_exits": 1}}
+    reference["peer"] = {
+        "kinds": {
+            "a": {"ratio_to_fastest": 2.5, "engines": engines},
+            "b": {"ratio_to_fastest": 1.9, "engines": engines},
+        }
+    }
+    got = report.checks({"1": reference})
+    assert got["peer_slowest_ratio"]["value"] == 1.9 and not got["peer_slowest_ratio"]["pass"]  # min(2.5, 1.9) < 2
+    assert got["peer_differing_exits"]["value"] == 2 and not got["peer_differing_exits"]["pass"]  # 1 per kind
 
 
 def test_a_child_reports_its_own_peak_memory_not_the_benchmarks(bench, tmp_path):

@@ -13,6 +13,7 @@ from quantlab_pipeline.core.candles import Candles
 from quantlab_pipeline.core.policy import TRADES_SCHEMA, simulate_trades
 from quantlab_pipeline.core.policy_spec import parse_policy
 from quantlab_pipeline.core.spec import Execution
+from quantlab_pipeline_tests.builders import candles_from_bars
 
 DELTA = 300_000
 T0 = 1_704_067_200_000  # 2024-01-01T00:00Z
@@ -22,13 +23,7 @@ NO_COSTS = Execution(fee_bps=0, slippage_bps=0)
 def make_candles(
     bars: dict[str, list[tuple[float, float, float, float]]], ts: dict[str, list[int]] | None = None
 ) -> Candles:
-    rows = []
-    for mint, ohlc in bars.items():
-        times = (ts or {}).get(mint) or [T0 + i * DELTA for i in range(len(ohlc))]
-        rows += [(mint, t, *bar) for t, bar in zip(times, ohlc)]
-    return Candles.from_frame(
-        pl.DataFrame(rows, schema=["mint", "ts_ms", "open", "high", "low", "close"], orient="row")
-    )
+    return candles_from_bars(bars, t0=T0, step_ms=DELTA, ts=ts)
 
 
 def one_path(bars, *, alert_ts=T0, entry_ts=T0, peak=None, mint="M", call_id="c1") -> pl.DataFrame:

@@ -17,10 +17,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from quantlab_pipeline.core.candles import Candles
 from quantlab_pipeline.core.policy import simulate_policies, simulate_trades
 from quantlab_pipeline.core.policy_spec import parse_policy, policy_to_dict
 from quantlab_pipeline.core.spec import Execution
+from quantlab_pipeline_tests.builders import candles_from_rows
 
 DELTA = 300_000
 T0 = 1_700_000_000_000
@@ -194,9 +194,7 @@ def test_kernels_match_the_reference(specs, series, alert_offset, horizon_candle
         window = [b for b in bars if T0 <= b[0] < T0 - alert_offset + horizon]
         p0 = bars[0][1]
         paths.append((f"c{k}", "x", mint, T0 - alert_offset, p0, T0, max(b[2] for b in window) / p0, window))
-    candles = Candles.from_frame(
-        pl.DataFrame(rows, schema=["mint", "ts_ms", "open", "high", "low", "close"], orient="row")
-    )
+    candles = candles_from_rows(rows)
     frame = pl.DataFrame(
         [p[:7] for p in paths],
         schema=["call_id", "caller_name", "mint", "alert_ts_ms", "p0", "entry_ts_ms", "peak_multiple"],

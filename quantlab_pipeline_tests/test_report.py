@@ -13,13 +13,8 @@ The hand-made run below has numbers chosen so every title can be checked by hand
 from __future__ import annotations
 
 import base64
-import fcntl
-import json
-import os
 import re
-import select
 import shutil
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -40,6 +35,7 @@ from quantlab_pipeline.report import (
 )
 from quantlab_pipeline.storage.run_dir import RunDirectory
 from quantlab_pipeline.storage.specs import write_spec
+from quantlab_pipeline_tests.browser import Browser, chromium_or_skip
 from quantlab_pipeline_tests.helpers import run_cli
 
 RUN_ID = "3f2b7c1e-9a4d-4e8f-8b6a-1c2d3e4f5a6b"
@@ -292,103 +288,7 @@ def test_bad_run_id_unknown_run_and_no_completed_month_are_user_errors(tmp_path,
 
 @pytest.fixture(scope="session")
 def chromium() -> str:
-    """The Debian `chromium`, installed here if missing and possible (CI runs as root on Debian)."""
-    path = shutil.which("chromium")
-    if path is None and os.geteuid() == 0 and shutil.which("apt-get"):
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        install = ["apt-get", "install", "-y", "-q", "chromium"]
-        if subprocess.run(install, env=env, capture_output=True, timeout=1200).returncode != 0:
-            subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, timeout=600)
-            subprocess.run(install, env=env, capture_output=True, timeout=1200)
-        path = shutil.which("chromium")
-    if path is None:
-        pytest.skip("headless Chromium is missing and cannot be installed here (`apt-get install chromium` needs root)")
-    return path
-
-
-class Browser:
-    """Headless Chromium driven over the DevTools protocol on a pipe (fds 3 and 4): stdlib only."""
-
-    def __init__(self, chromium: str, profile: Path):
-        to_child, self._write = os.pipe()
-        self._read, from_child = os.pipe()
-
-        def pipes_as_fds_3_and_4() -> None:
-            high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 10) for fd in (to_child, from_child)]
-            os.dup2(high[0], 3)
-            os.dup2(high[1], 4)
-
-        flags = [
-            "--headless",
-            "--no-sandbox",  # root in CI
-            "--disable-gpu",
-            "--disable-dev-shm-usage",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--disable-extensions",
-            "--remote-debugging-pipe",
-            f"--user-data-dir={profile}",
-            "about:blank",
-        ]
-        self.stderr = profile.with_suffix(".stderr")
-        with open(self.stderr, "wb") as err:
-            self.proc = subprocess.Popen(
-                [chromium, *flags],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=err,
-                close_fds=False,  # the pipes must survive as fds 3 and 4; Python's own fds are CLOEXEC
-                preexec_fn=pipes_as_fds_3_and_4,
-            )
-        os.close(to_child)
-        os.close(from_child)
-        self._buffer = b""
-        self._id = 0
-        self.events: list[dict[str, Any]] = []
-        self.deadline = time.monotonic() + 30
-
-    def _message(self) -> dict[str, Any]:
-        while b"\0" not in self._buffer:
-            remaining = self.deadline - time.monotonic()
-            ready, _, _ = select.select([self._read], [], [], max(remaining, 0))
-            if not ready:
-                raise TimeoutError(f"Chromium did not answer in time; stderr: {self.stderr.read_text()[-2000:]}")
-            chunk = os.read(self._read, 1 << 16)
-            if not chunk:
-                raise EOFError(f"Chromium closed the pipe; stderr: {self.stderr.read_text()[-2000:]}")
-            self._buffer += chunk
-        raw, self._buffer = self._buffer.split(b"\0", 1)
-        return json.loads(raw)
-
-    def send(self, method: str, params: dict[str, Any] | None = None, session: str | None = None) -> dict[str, Any]:
-        self._id += 1
-        message: dict[str, Any] = {"id": self._id, "method": method, "params": params or {}}
-        if session:
-            message["sessionId"] = session
-        os.write(self._write, json.dumps(message).encode() + b"\0")
-        while True:
-            reply = self._message()
-            if reply.get("id") == self._id:
-                assert "error" not in reply, (method, reply["error"])
-                return reply["result"]
-            self.events.append(reply)
-
-    def wait_for(self, method: str) -> None:
-        while not any(e.get("method") == method for e in self.events):
-            self.events.append(self._message())
-
-    def close(self) -> None:
-        try:
-            self.send("Browser.close")
-            self.proc.wait(timeout=10)
-        except (OSError, TimeoutError, EOFError, subprocess.TimeoutExpired):
-            self.proc.kill()
-            self.proc.wait()
-        finally:
-            os.close(self._read)
-            os.close(self._write)
+    return chromium_or_skip()
 
 
 MEASURE = """Array.from(document.querySelectorAll('figure.chart')).map(f => {
@@ -403,27 +303,12 @@ def render_in_chromium(chromium: str, page: Path, profile: Path) -> tuple[list[d
     """Load `page`; return each chart's drawn size and every error the page caused."""
     browser = Browser(chromium, profile)
     try:
-        target = browser.send("Target.createTarget", {"url": "about:blank"})["targetId"]
-        session = browser.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
-        for domain in ("Runtime", "Log", "Page", "Network"):
-            browser.send(f"{domain}.enable", session=session)
-        browser.send("Page.navigate", {"url": page.resolve().as_uri()}, session=session)
-        browser.wait_for("Page.loadEventFired")
-        sizes = browser.send("Runtime.evaluate", {"expression": MEASURE, "returnByValue": True}, session=session)
+        session = browser.open_page()
+        browser.navigate(page.resolve().as_uri(), session)
+        sizes = browser.evaluate(MEASURE, session)
     finally:
         browser.close()
-    errors = []
-    for event in browser.events:
-        method, params = event.get("method"), event.get("params", {})
-        if method == "Runtime.exceptionThrown":
-            errors.append(json.dumps(params["exceptionDetails"])[:300])
-        elif method == "Runtime.consoleAPICalled" and params.get("type") in ("error", "assert", "warning"):
-            errors.append(json.dumps(params.get("args"))[:300])
-        elif method == "Log.entryAdded" and params["entry"]["level"] in ("error", "warning"):
-            errors.append(params["entry"]["text"])
-        elif method == "Network.requestWillBeSent" and not params["request"]["url"].startswith(("file:", "data:")):
-            errors.append(f"network request: {params['request']['url']}")
-    return sizes["result"]["value"], errors
+    return sizes, browser.errors()
 
 
 def assert_every_chart_draws(chromium: str, page: Path, profile: Path, expected: int) -> None:

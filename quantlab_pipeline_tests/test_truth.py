@@ -12,8 +12,11 @@ import polars as pl
 import pytest
 
 from quantlab_pipeline.core.candles import Candles
+from quantlab_pipeline.core.nb.truth import truth_kernel
+from quantlab_pipeline.core.nb.windows import lower_bound
 from quantlab_pipeline.core.spec import TruthParams
-from quantlab_pipeline.core.truth import compute_paths, paths_schema, truth_kernel
+from quantlab_pipeline.core.truth import compute_paths, paths_schema
+from quantlab_pipeline_tests.builders import candles_at_steps
 
 T0 = 1_704_067_200_000  # 2024-01-01T00:00:00Z, a minute boundary
 MIN = 60_000
@@ -24,14 +27,7 @@ PARAMS = TruthParams()
 
 def candles(rows: dict[str, list[tuple[int, float, float, float, float]]]) -> Candles:
     """`{mint: [(minute offset from T0, open, high, low, close), ...]}`."""
-    records = [
-        {"mint": mint, "ts_ms": T0 + m * MIN, "open": o, "high": h, "low": lo, "close": c}
-        for mint, bars in rows.items()
-        for m, o, h, lo, c in bars
-    ]
-    if not records:
-        return Candles.empty()
-    return Candles.from_frame(pl.DataFrame(records))
+    return candles_at_steps(rows, t0=T0, step_ms=MIN)
 
 
 def alerts(*rows: tuple[str, str, int]) -> pl.DataFrame:
@@ -353,3 +349,15 @@ def test_kernel_on_raw_arrays():
         0.5,
         60_000,
     )
+
+
+def test_window_search_equals_searchsorted_on_irregular_times():
+    """`lower_bound` (interpolation, gallop, bisection) gives `np.searchsorted`'s row on sorted
+    times with gaps and repeats, for targets before, inside, between and after them."""
+    rng = np.random.default_rng(7)
+    for _ in range(2000):
+        ts = np.sort(rng.choice(np.arange(-5, 200, dtype=np.int64), size=int(rng.integers(0, 40))))
+        a = int(rng.integers(0, ts.size + 1))
+        b = int(rng.integers(a, ts.size + 1))
+        for x in rng.integers(-10, 210, size=8):
+            assert lower_bound(ts, a, b, np.int64(x)) == a + np.searchsorted(ts[a:b], x, side="left")

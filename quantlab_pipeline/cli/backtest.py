@@ -182,6 +182,7 @@ def _create(run_type: str, opts: dict[str, Any]):
 
 
 def _backtest(run_type: str, opts: dict[str, Any]) -> None:
+    from quantlab_pipeline.core.nb import kernels_compiled
     from quantlab_pipeline.orchestration.month_runs import submit_month
     from quantlab_pipeline.storage.layout import required_artifacts
 
@@ -205,6 +206,8 @@ def _backtest(run_type: str, opts: dict[str, Any]) -> None:
         f"[bold]Run[/bold] {spec.run_id} ({run_type}, {len(months)} month(s): {months[0]}..{months[-1]}, "
         f"{parallel} at a time)"
     )
+    if not kernels_compiled(policy=run_type == "policy", sweep=run_type == "optimization"):
+        console.print("[dim]compiling the numba kernels (first run only, a few seconds)…[/dim]")
     plan = [MonthPlan(m) for m in months]
     results = run_months(spec, plan, runs_dir=opts["runs_dir"], instance=instance, parallel=parallel)
     try:

@@ -8,11 +8,11 @@ and the command exits 130 or 143 with one line saying how to finish the run.
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import logging
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -83,51 +83,105 @@ def default_parallel(months: int) -> int:
 def run_months(
     spec: RunSpec, plan: Sequence[MonthPlan], *, runs_dir: str, instance: Any, parallel: int = 1
 ) -> list[Any]:
-    """Materialize each planned month through Dagster in this process, `parallel` at a time (each
-    month a Dagster run); stop at an interruption."""
-    from quantlab_pipeline.orchestration.month_runs import materialize_month, record_interruption
-    from quantlab_pipeline.orchestration.steps import STOP, progress_logger
+    """Materialize each planned month as a Dagster run: one at a time in this process, or
+    `parallel` at a time in Dagster run worker processes. Stops at an interruption."""
+    from quantlab_pipeline.orchestration.steps import progress_logger
 
     handler = _ProgressHandler()
     progress_logger.addHandler(handler)
     progress_logger.setLevel(logging.INFO)
     progress_logger.propagate = False
+    try:
+        with _signals_seen() as received:
+            if parallel <= 1 or len(plan) <= 1:
+                return _in_process(spec, plan, runs_dir=runs_dir, instance=instance, received=received)
+            return _in_workers(spec, plan, runs_dir=runs_dir, instance=instance, parallel=parallel, received=received)
+    finally:
+        progress_logger.removeHandler(handler)
 
-    def one(item: MonthPlan) -> Any:
+
+def _in_process(spec: RunSpec, plan: Sequence[MonthPlan], *, runs_dir: str, instance: Any, received) -> list[Any]:
+    from quantlab_pipeline.orchestration.month_runs import materialize_month, record_interruption
+
+    results = []
+    for item in plan:
         started = time.perf_counter()
-        steps = f" ({', '.join(item.steps)})" if item.steps else ""
-        console.print(f"[bold]{item.month}[/bold] materializing{steps}…")
+        console.print(f"[bold]{item.month}[/bold] materializing{_steps(item)}…")
         try:
             result = materialize_month(spec, item.month, runs_dir=runs_dir, instance=instance, steps=item.steps)
         except KeyboardInterrupt:  # outside a step: no step recorded it
             result = record_interruption(spec, item.month, runs_dir=runs_dir, instance=instance)
+        results.append(result)
         _report(result, time.perf_counter() - started)
-        return result
+        if received() or result.status == "interrupted":
+            _interrupted(spec, item.month, received())
+    return results
 
+
+def _in_workers(
+    spec: RunSpec, plan: Sequence[MonthPlan], *, runs_dir: str, instance: Any, parallel: int, received
+) -> list[Any]:
+    """Up to `parallel` run workers at once; their steps' lines printed from the runs' events."""
+    from quantlab_pipeline.orchestration.month_runs import create_month_run, month_result, start_month_worker
+
+    pending = list(plan)
+    active: dict[str, tuple[Any, subprocess.Popen, float]] = {}
     results: dict[str, Any] = {}
+    events = _EventPrinter(instance)
     try:
-        with _signals_seen() as received:
-            if parallel <= 1 or len(plan) <= 1:
-                for item in plan:
-                    results[item.month] = one(item)
-                    if received() or results[item.month].status == "interrupted":
-                        _interrupted(spec, item.month, received())
-            else:
-                with concurrent.futures.ThreadPoolExecutor(max_workers=parallel) as pool:
-                    futures = {pool.submit(one, item): item.month for item in plan}
-                    try:
-                        for future in concurrent.futures.as_completed(futures):
-                            results[futures[future]] = future.result()
-                    except KeyboardInterrupt:  # only the main thread gets signals: stop the others
-                        STOP.set()
-                        for future in futures:
-                            future.cancel()
-                        concurrent.futures.wait(futures)
-                        _interrupted(spec, ", ".join(sorted(futures.values())), received() or [signal.SIGINT])
-    finally:
-        STOP.clear()
-        progress_logger.removeHandler(handler)
+        while pending or active:
+            while pending and len(active) < parallel:
+                item = pending.pop(0)
+                run = create_month_run(spec, item.month, runs_dir=runs_dir, instance=instance, steps=item.steps)
+                console.print(f"[bold]{item.month}[/bold] materializing{_steps(item)}… (Dagster run {run.run_id[:8]})")
+                active[item.month] = (run, start_month_worker(spec, run, instance), time.perf_counter())
+            for month, (run, worker, started) in list(active.items()):
+                done = worker.poll() is not None
+                events.print_new(month, run.run_id)
+                if done:
+                    results[month] = month_result(
+                        spec, month, runs_dir=runs_dir, instance=instance, run=instance.get_run_by_id(run.run_id)
+                    )
+                    _report(results[month], time.perf_counter() - started)
+                    del active[month]
+            if pending or active:
+                time.sleep(0.3)
+    except KeyboardInterrupt:  # stop the workers: each records its step as interrupted
+        for _, worker, _ in active.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(worker.pid, signal.SIGTERM)
+        for _, worker, _ in active.values():
+            worker.wait()
+        _interrupted(spec, ", ".join(sorted(active)), received() or [signal.SIGINT])
     return [results[m] for m in sorted(results)]
+
+
+def _steps(item: MonthPlan) -> str:
+    return f" ({', '.join(item.steps)})" if item.steps else ""
+
+
+class _EventPrinter:
+    """One line per materialization a run records, read from the instance's event log."""
+
+    def __init__(self, instance: Any):
+        self.instance = instance
+        self.cursors: dict[str, str] = {}
+
+    def print_new(self, month: str, run_id: str) -> None:
+        from dagster import DagsterEventType
+
+        result = self.instance.get_records_for_run(run_id, cursor=self.cursors.get(run_id))
+        self.cursors[run_id] = result.cursor
+        for record in result.records:
+            event = record.event_log_entry.dagster_event
+            if event is None or event.event_type != DagsterEventType.ASSET_MATERIALIZATION:
+                continue
+            materialization = event.step_materialization_data.materialization
+            rows = materialization.metadata.get("dagster/row_count")
+            detail = f": {rows.value:,} rows" if rows is not None else ""
+            console.print(
+                f"  [dim]{month}[/dim] [cyan]{materialization.asset_key.path[-1]:<8}[/cyan] materialized{detail}"
+            )
 
 
 def _report(result: Any, elapsed: float) -> None:
@@ -142,11 +196,9 @@ def follow_queued(
 ) -> list[Any]:
     """Wait for the month runs the daemon launches (`--submit`), printing each step's line as its
     materialization is recorded and each month's result as it ends, in order of completion."""
-    from dagster import DagsterEventType
-
     from quantlab_pipeline.orchestration.month_runs import latest_month_runs, month_result
 
-    cursors: dict[str, int] = {}
+    events = _EventPrinter(instance)
     results: dict[str, Any] = {}
     started = time.perf_counter()
     while len(results) < len(months):
@@ -155,13 +207,7 @@ def follow_queued(
             run = runs.get(month)
             if month in results or run is None:
                 continue
-            records = instance.get_records_for_run(run.run_id, cursor=str(cursors.get(month, -1))).records
-            for record in records:
-                cursors[month] = record.storage_id
-                event = record.event_log_entry.dagster_event
-                if event is not None and event.event_type == DagsterEventType.ASSET_MATERIALIZATION:
-                    step = event.asset_key.path[-1] if event.asset_key else ""
-                    console.print(f"  [dim]{month}[/dim] [cyan]{step:<8}[/cyan] materialized")
+            events.print_new(month, run.run_id)
             if run.is_finished:
                 results[month] = month_result(spec, month, runs_dir=runs_dir, instance=instance, run=run)
                 _report(results[month], time.perf_counter() - started)

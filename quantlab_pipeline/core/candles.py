@@ -9,25 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
-import numba
 import numpy as np
 import polars as pl
 
-
-@numba.njit(cache=True, nogil=True)
-def _bounds(offsets, ts, mint_idx, lo_ts, hi_ts, start, stop):
-    for i in range(mint_idx.shape[0]):
-        k = mint_idx[i]
-        if k < 0:
-            start[i] = 0
-            stop[i] = 0
-            continue
-        a = offsets[k]
-        b = offsets[k + 1]
-        seg = ts[a:b]
-        start[i] = a + np.searchsorted(seg, lo_ts[i], side="left")
-        stop[i] = max(start[i], a + np.searchsorted(seg, hi_ts[i], side="left"))
+from quantlab_pipeline.core.nb.windows import fill_window_bounds
 
 
 @dataclass(frozen=True)
@@ -54,10 +41,22 @@ class Candles:
         columns = (self.offsets, self.ts, self.open, self.high, self.low, self.close, self.volume)
         return sum(a.nbytes for a in columns if a is not None)
 
+    @cached_property
+    def _mint_rows(self) -> pl.DataFrame:
+        """`mint → row of offsets`, built once per candle set, to join against."""
+        return pl.DataFrame(
+            {"mint": pl.Series(self.mints, dtype=pl.String), "_row": np.arange(len(self.mints), dtype=np.int64)}
+        )
+
     def mint_index(self, mints: Sequence[str] | pl.Series) -> np.ndarray:
-        """Row index into `offsets` for each mint; -1 where the mint has no candles."""
-        lookup = {m: i for i, m in enumerate(self.mints)}
-        return np.fromiter((lookup.get(m, -1) for m in mints), dtype=np.int64, count=len(mints))
+        """Row index into `offsets` for each mint; -1 where the mint has no candles.
+
+        A join rather than a Python dict lookup per alert: the month's 20,000 alerts took ~8 ms
+        that way, as long as the policy kernel itself.
+        """
+        names = mints.cast(pl.String) if isinstance(mints, pl.Series) else pl.Series(list(mints), dtype=pl.String)
+        rows = names.rename("mint").to_frame().join(self._mint_rows, on="mint", how="left", maintain_order="left")
+        return rows.get_column("_row").fill_null(-1).to_numpy().astype(np.int64, copy=False)
 
     def window_bounds(
         self, mints: Sequence[str] | pl.Series, lo_ts: np.ndarray, hi_ts: np.ndarray
@@ -66,7 +65,7 @@ class Candles:
         idx = self.mint_index(mints)
         start = np.empty(idx.shape[0], dtype=np.int64)
         stop = np.empty(idx.shape[0], dtype=np.int64)
-        _bounds(
+        fill_window_bounds(
             self.offsets,
             self.ts,
             idx,

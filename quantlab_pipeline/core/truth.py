@@ -1,117 +1,31 @@
-"""Truth layer (DESIGN §5): what the market did after each call, independent of any policy.
+"""Truth layer: what the market did after each call, independent of any policy.
 
-One numba pass over each alert's window of candles. The loop body is two loads and two compares
-per candle: everything else happens only when a candle makes a new high or a new low, because
-every "first candle with high >= X" is the first time the running maximum reaches X (and the
-same for lows), so hits, the peak and activity are all found inside those rare branches.
+`compute_paths` builds the arrays of `nb.truth.truth_kernel` (one numba pass over each alert's
+window of candles) and turns its outputs into the `truth/paths.parquet` frame.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import numba
 import numpy as np
 import polars as pl
+from polars._typing import PolarsDataType
 
 from quantlab_pipeline.core.candles import Candles
 from quantlab_pipeline.core.durations import interval_ms
 from quantlab_pipeline.core.errors import ErrorRecord
+from quantlab_pipeline.core.nb.truth import NO_ENTRY, NO_TS, OK, truth_kernel
 from quantlab_pipeline.core.spec import TruthParams
-
-OK, NO_ENTRY, BAD_PRICE = 0, 1, 2
-NO_TS = np.iinfo(np.int64).min  # "never" in the kernel's timestamp outputs; null in the frame
-DD_MULTIPLE = 2.0  # dd_to_2x_bps always measures up to the 2x candle
-
-
-@numba.njit(cache=True, nogil=True)
-def truth_kernel(ts, open_, high, low, start, stop, alert_ts, entry_limit_ts, multiples, activity_move):
-    """Per alert `i`, over candle rows `[start[i], stop[i])` (its `alert_ts <= ts < alert_ts + H`).
-
-    The entry candle is row `start[i]` if its `ts < entry_limit_ts[i]`; `multiples` must be
-    ascending (`TruthParams` sorts them). Returns arrays
-    `(status, p0, entry_ts, n_candles, t_hit[n_alerts, n_multiples], peak_high, t_peak, min_low,
-    t_2x, min_low_to_2x, t_active)`; timestamps are `NO_TS` when the event never happens.
-    """
-    n = start.shape[0]
-    n_mult = multiples.shape[0]
-    status = np.full(n, OK, dtype=np.int8)
-    p0 = np.full(n, np.nan)
-    entry_ts = np.full(n, NO_TS, dtype=np.int64)
-    n_candles = np.zeros(n, dtype=np.int64)
-    t_hit = np.full((n, n_mult), NO_TS, dtype=np.int64)
-    peak_high = np.full(n, np.nan)
-    t_peak = np.full(n, NO_TS, dtype=np.int64)
-    min_low = np.full(n, np.nan)
-    t_2x = np.full(n, NO_TS, dtype=np.int64)
-    min_low_to_2x = np.full(n, np.nan)
-    t_active = np.full(n, NO_TS, dtype=np.int64)
-    thresholds = np.empty(n_mult)
-    for i in range(n):
-        a = start[i]
-        b = stop[i]
-        if a >= b or ts[a] >= entry_limit_ts[i]:
-            status[i] = NO_ENTRY
-            continue
-        p = open_[a]
-        p0[i] = p
-        entry_ts[i] = ts[a]
-        if not (p > 0.0 and p < np.inf):
-            status[i] = BAD_PRICE
-            continue
-        for m in range(n_mult):
-            thresholds[m] = multiples[m] * p
-        two_x = DD_MULTIPLE * p
-        up = p * (1.0 + activity_move)
-        down = p * (1.0 - activity_move)
-        hi = -np.inf
-        lo = np.inf
-        t_hi = NO_TS
-        next_m = 0
-        hit_2x = NO_TS
-        lo_2x = np.nan
-        up_ts = NO_TS
-        down_ts = NO_TS
-        for j in range(a, b):
-            l = low[j]
-            h = high[j]
-            if l < lo:
-                lo = l
-                if l <= down and down_ts == NO_TS:
-                    down_ts = ts[j]
-            if h > hi:
-                hi = h
-                t_hi = ts[j]
-                if h >= up and up_ts == NO_TS:
-                    up_ts = ts[j]
-                while next_m < n_mult and h >= thresholds[next_m]:
-                    t_hit[i, next_m] = ts[j]
-                    next_m += 1
-                if hit_2x == NO_TS and h >= two_x:
-                    hit_2x = ts[j]
-                    lo_2x = lo  # includes this candle's low
-        n_candles[i] = b - a
-        peak_high[i] = hi
-        t_peak[i] = t_hi
-        min_low[i] = lo
-        t_2x[i] = hit_2x
-        min_low_to_2x[i] = lo_2x
-        if up_ts == NO_TS:
-            t_active[i] = down_ts
-        elif down_ts == NO_TS:
-            t_active[i] = up_ts
-        else:
-            t_active[i] = min(up_ts, down_ts)
-    return status, p0, entry_ts, n_candles, t_hit, peak_high, t_peak, min_low, t_2x, min_low_to_2x, t_active
 
 
 def multiple_label(m: float) -> str:
     return f"{m:g}x"
 
 
-def paths_schema(multiples: tuple[float, ...]) -> dict[str, pl.DataType]:
+def paths_schema(multiples: tuple[float, ...]) -> pl.Schema:
     """Column names and types of `truth/paths.parquet`, in order (hit/t columns follow `multiples`)."""
-    schema: dict[str, pl.DataType] = {
+    schema: dict[str, PolarsDataType] = {
         "run_id": pl.String,
         "call_id": pl.String,
         "caller_name": pl.String,
@@ -135,7 +49,7 @@ def paths_schema(multiples: tuple[float, ...]) -> dict[str, pl.DataType]:
             "n_candles": pl.Int64,
         }
     )
-    return schema
+    return pl.Schema(schema)
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import os
+import subprocess
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -156,6 +157,23 @@ def materialize_month(
     recon, _ = _job(spec.run_type)
     execute_run(recon, run, instance)
     return month_result(spec, month, runs_dir=runs_dir, instance=instance, run=instance.get_run_by_id(run.run_id))
+
+
+def start_month_worker(spec: RunSpec, run: DagsterRun, instance: DagsterInstance) -> subprocess.Popen:
+    """Execute a created run in a Dagster run worker process (`dagster api execute_run`, what
+    the instance's default launcher starts too), in its own process group."""
+    from dagster._grpc.types import ExecuteRunArgs
+    from dagster._serdes import serialize_value
+
+    recon, _ = _job(spec.run_type)
+    args = ExecuteRunArgs(job_origin=recon.get_python_origin(), run_id=run.run_id, instance_ref=instance.get_ref())
+    return subprocess.Popen(
+        [sys.executable, "-m", "dagster", "api", "execute_run", serialize_value(args)],
+        stdin=subprocess.DEVNULL,  # this process's working directory: dagster.yaml's relative state paths
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,  # the run's events and the month's logs/ say what happened
+        start_new_session=True,  # Ctrl-C reaches the CLI, which stops its workers itself
+    )
 
 
 def submit_month(

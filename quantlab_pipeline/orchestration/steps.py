@@ -82,9 +82,6 @@ class ArtifactStep:
         )
 
 
-# Set by a command that was interrupted while months ran in threads (only the main thread gets
-# signals): steps not yet begun stop instead, recorded as interrupted.
-STOP = threading.Event()
 HEARTBEAT_EVERY_S = 60.0  # well inside storage.writer.HEARTBEAT_STALE_AFTER
 
 
@@ -129,11 +126,6 @@ def artifact_step(
             allow_retries=False,
         )
     run_dir = run_store.directory(month, run_id)
-    if STOP.is_set():
-        run_dir.record_failure(
-            spec, phase=phase, exc=KeyboardInterrupt("interrupted"), dagster_run_id=context.run_id, reason="interrupted"
-        )
-        raise DagsterExecutionInterruptedError()
     try:
         run_dir.begin(spec, artifact=context.asset_key.path[-1], phase=phase, dagster_run_id=context.run_id)
     except WriteRefused as exc:

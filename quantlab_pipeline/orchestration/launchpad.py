@@ -1,0 +1,93 @@
+"""`new_backtest_job`: start a backtest from the UI's launchpad without inventing a run id.
+
+The job's one op does what `quantlab runs create` does (README "Dagster"): a fresh run id, the
+spec, the `run` partition and the `run_spec` materialization, and it tags its own Dagster run
+with the run id. The months then run as ordinary queued runs of the run type's job, requested by
+`new_backtest_months_sensor` when the job succeeds: a sensor is how Dagster turns one run's
+outcome into further runs, so they go through the instance's run queue and concurrency limits
+like any run started from the UI.
+
+Wired in `quantlab_pipeline.definitions`, not in `build_defs`: the op calls
+`launch.create_run`, and `launch` imports `defs`. (No `from __future__ import annotations`:
+Dagster reads the op's config class from its annotation at definition time.)
+"""
+
+from collections.abc import Iterator
+from typing import Any
+
+from dagster import (
+    DagsterRunStatus,
+    DefaultSensorStatus,
+    Definitions,
+    Failure,
+    OpExecutionContext,
+    RunRequest,
+    RunStatusSensorContext,
+    job,
+    op,
+    run_status_sensor,
+)
+
+from quantlab_pipeline.core.errors import SpecError
+from quantlab_pipeline.orchestration.assets import RunSpecConfig
+from quantlab_pipeline.orchestration.jobs import JOB_BY_RUN_TYPE, optimization_job, path_only_job, policy_job
+from quantlab_pipeline.orchestration.launch import create_run, run_tags
+from quantlab_pipeline.orchestration.partitions import check_months_exist, month_run_key
+from quantlab_pipeline.orchestration.resources import RunStoreResource
+from quantlab_pipeline.storage.run_creation import create_run_spec
+from quantlab_pipeline.storage.specs import read_spec
+
+RUN_ID_TAG = "quantlab/run_id"  # the key `launch.run_tags` gives every month's run too
+
+
+@op(
+    description="Create a backtest: a fresh run id, its spec (runs/_specs/<run_id>.json), the `run` "
+    "partition and the `run_spec` materialization. Each month then runs as a run of the run type's job."
+)
+def create_backtest(context: OpExecutionContext, config: RunSpecConfig, run_store: RunStoreResource) -> str:
+    try:
+        spec = create_run_spec(config.request())
+        check_months_exist(spec.months())
+    except SpecError as exc:
+        raise Failure(description=str(exc), allow_retries=False) from None
+    create_run(spec, runs_dir=str(run_store.root), instance=context.instance)
+    context.instance.add_run_tags(context.run_id, {RUN_ID_TAG: spec.run_id})
+    context.log.info(
+        f"run_id {spec.run_id}: {spec.run_type} over {', '.join(spec.months())}; "
+        f"{JOB_BY_RUN_TYPE[spec.run_type]} runs follow, one per month"
+    )
+    return spec.run_id
+
+
+@job(description="Start a backtest from the launchpad: fill in the run, the run id is made for you.")
+def new_backtest_job() -> None:
+    create_backtest()
+
+
+@run_status_sensor(
+    name="new_backtest_months_sensor",
+    run_status=DagsterRunStatus.SUCCESS,
+    monitored_jobs=[new_backtest_job],
+    request_jobs=[path_only_job, policy_job, optimization_job],
+    default_status=DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=5,
+    description="After new_backtest_job: one run of the run type's job per month of the new backtest.",
+)
+def new_backtest_months_sensor(context: RunStatusSensorContext, run_store: RunStoreResource) -> Iterator[RunRequest]:
+    run_id = context.dagster_run.tags[RUN_ID_TAG]  # set by create_backtest before the run succeeded
+    # The months use the run store the launcher was given (launchpad resource config), if any.
+    run_config: dict[str, Any] = dict(context.dagster_run.run_config)
+    store: dict[str, Any] | None = (run_config.get("resources") or {}).get("run_store")
+    runs_dir = (store or {}).get("config", {}).get("runs_dir") or run_store.runs_dir
+    spec = read_spec(runs_dir, run_id)
+    for month in spec.months():
+        yield RunRequest(
+            run_key=month_run_key(month, run_id),
+            job_name=JOB_BY_RUN_TYPE[spec.run_type],
+            partition_key=month_run_key(month, run_id),
+            run_config={"resources": {"run_store": store}} if store else {},
+            tags=run_tags(spec, month),
+        )
+
+
+LAUNCHPAD = Definitions(jobs=[new_backtest_job], sensors=[new_backtest_months_sensor])
