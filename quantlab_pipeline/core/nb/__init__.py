@@ -8,6 +8,7 @@ and return only NumPy arrays and scalars, so they can be benchmarked and tested 
 - `windows`  — per-alert `[start, stop)` candle row bounds
 - `truth`    — the truth layer (entry, multiples hit, peak, drawdowns)
 - `policy`   — exit-policy simulation, one policy or a grid
+- `features` — what was known at each alert: pre-alert candle features, the caller's prior record
 """
 
 from __future__ import annotations
