@@ -1,4 +1,4 @@
-"""One job per run type (the artifacts that complete it, DESIGN §3) and the spec job."""
+"""One job per run type (the artifacts that complete it: README "What a run writes") and the spec job."""
 
 from __future__ import annotations
 

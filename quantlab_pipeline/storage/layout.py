@@ -1,4 +1,4 @@
-"""Where everything lives on disk (DESIGN §4) and which artifacts complete which run type (§3)."""
+"""Where everything lives on disk and which artifacts complete which run type (README "What a run writes")."""
 
 from __future__ import annotations
 
