@@ -8,7 +8,7 @@ import math
 from rich.console import Console
 from rich.table import Table
 
-# DESIGN §12, checked on the reference month (scale 1).
+# The performance targets (README "Performance"), checked on the reference month (scale 1).
 TARGETS = {
     "truth_candles_per_s": {"op": ">=", "target": 150e6, "stretch": 300e6},
     "single_policy_candles_per_s": {"op": ">=", "target": 100e6},
@@ -214,7 +214,7 @@ def render(results: dict, console: Console) -> None:
 
     chk = results["checks"]
     where = "reference month" if chk["reference"] else f"scale {scale_key(chk['scale'])} (not the reference size)"
-    ct = Table(title=f"DESIGN §12 targets on the {where}", title_justify="left")
+    ct = Table(title=f"Performance targets on the {where}", title_justify="left")
     for col in ("target", "value", "goal", "result"):
         ct.add_column(col, justify="right" if col != "target" else "left")
     for name in [*TARGETS, *(n for n in PEER_TARGETS if n in chk)]:

@@ -1,4 +1,4 @@
-"""`make bench`: the DESIGN §12 performance figures of this machine, as a table and as JSON.
+"""`make bench`: the performance figures (README "Performance") of this machine, as a table and as JSON.
 
 Builds the reference month with the sample generator (20,000 alerts × 1,440 five-minute candles,
 cached in `bench/.cache/` by size, seed and generator version) and measures, at each requested scale, the streaming

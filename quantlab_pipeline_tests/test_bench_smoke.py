@@ -144,7 +144,7 @@ def test_quick_run_checks_targets_and_prints_the_table(quick_run):
     for name in TARGETS:
         assert isinstance(checks[name]["pass"], bool) and math.isfinite(checks[name]["value"])
     assert results["scaling"] == {"base_scale": None, "figures": {}}  # one scale: nothing to compare
-    for title in ("quantlab benchmark", "cold start", "DESIGN §12 targets"):
+    for title in ("quantlab benchmark", "cold start", "Performance targets"):
         assert title in stdout
 
 

@@ -36,9 +36,7 @@ def _home_config(workdir: Path, *, queued: bool) -> None:
     launches a re-execution itself, no daemon needed)."""
     text = (PROJECT / "dagster.yaml").read_text()
     if not queued:
-        text = text.replace(
-            "run_coordinator:\n  module: dagster._core.run_coordinator\n  class: QueuedRunCoordinator\n", ""
-        )
+        text = text.replace("class: QueuedRunCoordinator", "class: DefaultRunCoordinator")
         assert "QueuedRunCoordinator" not in text
     (workdir / ".dagster_home" / "dagster.yaml").write_text(text)
 
@@ -60,7 +58,7 @@ def _service(argv: list[str], workdir: Path):
     """A long-running Dagster process from the project root, ended with its process group."""
     log = open(workdir / f"{Path(argv[0]).name}.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(
-        argv, cwd=PROJECT, env=_env(workdir), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        argv, cwd=workdir, env=_env(workdir), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
     )
     try:
         yield proc

@@ -152,7 +152,7 @@ def test_empty_inputs_still_give_every_chart():
     trades, paths = trades_frame().clear(), paths_frame().clear()
     built = [*charts.trade_charts(trades), *charts.truth_charts(paths), charts.frontier(frontier_frame().clear())]
     assert [c.key for c in built] == [*TRADE_CHARTS, *TRUTH_CHARTS, "frontier"]
-    assert "0 trades, median n/a" in built[0].title
+    assert "0 trades, median —" in built[0].title
     assert "no trades" in built[0].svg("t") and "no calls" in built[3].svg("t")
     assert "0 policies, 0 feasible, 0 on the Pareto front; no feasible policy" in built[-1].title
 

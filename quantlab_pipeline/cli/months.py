@@ -111,10 +111,10 @@ def _in_process(spec: RunSpec, plan: Sequence[MonthPlan], *, runs_dir: str, inst
             result = materialize_month(spec, item.month, runs_dir=runs_dir, instance=instance, steps=item.steps)
         except KeyboardInterrupt:  # outside a step: no step recorded it
             result = record_interruption(spec, item.month, runs_dir=runs_dir, instance=instance)
+        if received() or result.status == "interrupted":  # one line, not the ✗ line as well
+            _interrupted(spec, item.month, received())
         results.append(result)
         _report(result, time.perf_counter() - started)
-        if received() or result.status == "interrupted":
-            _interrupted(spec, item.month, received())
     return results
 
 

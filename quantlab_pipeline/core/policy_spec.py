@@ -1,4 +1,4 @@
-"""Policy specs (DESIGN §6): parse and validate the user's JSON, normalise it, give it a stable id.
+"""Policy specs (README "Policies"): parse and validate the user's JSON, normalise it, give it a stable id.
 
 A policy is a tree of frozen dataclasses. The four leaf kinds are exit rules; a `Combo` holds
 sub-policies that each run from the same entry, the earliest exit winning. `leaves()` flattens a
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from quantlab_pipeline.core import json_text
-from quantlab_pipeline.core.durations import parse_duration_ms
+from quantlab_pipeline.core.durations import format_duration_ms, parse_duration_ms
 from quantlab_pipeline.core.errors import SpecError
 
 BPS = 10_000.0
@@ -236,7 +236,7 @@ def policy_to_dict(policy: Policy) -> dict[str, Any]:
         out["trail_bps"] = _num(policy.trail_bps)
         _put(out, "hard_stop_bps", policy.hard_stop_bps)
     elif isinstance(policy, TimeStop):
-        out["max_hold"] = _duration_text(policy.max_hold_ms)
+        out["max_hold"] = format_duration_ms(policy.max_hold_ms)
         _put(out, "take_profit_bps", policy.take_profit_bps)
         _put(out, "stop_loss_bps", policy.stop_loss_bps)
     else:
@@ -262,13 +262,3 @@ def _num(value: float) -> int | float:
 def _put(out: dict[str, Any], key: str, value: float | None) -> None:
     if value is not None:
         out[key] = _num(value)
-
-
-_UNITS = (("w", 604_800_000), ("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1_000))
-
-
-def _duration_text(ms: int) -> str:
-    for unit, size in _UNITS:
-        if ms % size == 0:
-            return f"{ms // size}{unit}"
-    return f"{ms}ms"

@@ -1,4 +1,4 @@
-"""The run spec (DESIGN §3): one backtest configuration, immutable once written.
+"""The run spec (README "Run a backtest"): one backtest configuration, immutable once written.
 
 Also the identifiers that may become paths (run ids, months) and the month arithmetic of a run's
 window. Validation errors are `SpecError`s whose message names the offending field.

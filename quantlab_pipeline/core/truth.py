@@ -145,30 +145,27 @@ def _exclusions(excluded: pl.DataFrame, interval: str, max_delay: int) -> list[E
     for row in excluded.iter_rows(named=True):
         if row["_status"] == NO_ENTRY:
             errors.append(
-                ErrorRecord(
-                    level="warning",
-                    phase="truth",
-                    reason="no_entry",
-                    message=f"call excluded: no {interval} candle within {max_delay} candle(s) after the alert",
+                ErrorRecord.warning(
+                    "truth",
+                    "no_entry",
+                    f"call excluded: no {interval} candle within {max_delay} candle(s) after the alert",
                     call_id=row["call_id"],
                     mint=row["mint"],
-                    details={"alert_ts_ms": row["alert_ts_ms"], "max_entry_delay_candles": max_delay},
+                    alert_ts_ms=row["alert_ts_ms"],
+                    max_entry_delay_candles=max_delay,
                 )
             )
         else:
             errors.append(
-                ErrorRecord(
-                    level="warning",
-                    phase="truth",
-                    reason="bad_price",
-                    message=f"call excluded: entry candle open {row['p0']!r} is not a positive finite price",
+                ErrorRecord.warning(
+                    "truth",
+                    "bad_price",
+                    f"call excluded: entry candle open {row['p0']!r} is not a positive finite price",
                     call_id=row["call_id"],
                     mint=row["mint"],
-                    details={
-                        "alert_ts_ms": row["alert_ts_ms"],
-                        "entry_ts_ms": row["entry_ts_ms"],
-                        "open": repr(row["p0"]),
-                    },
+                    alert_ts_ms=row["alert_ts_ms"],
+                    entry_ts_ms=row["entry_ts_ms"],
+                    open=repr(row["p0"]),
                 )
             )
     return errors

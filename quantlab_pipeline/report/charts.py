@@ -27,6 +27,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, NullLocator, StrMethodFormatter
 from PIL import Image
 
+from quantlab_pipeline.core import display
 from quantlab_pipeline.core.summary import metric_exprs
 from quantlab_pipeline.core.sweep_spec import Constraints
 
@@ -104,19 +105,18 @@ def _styled(builder: Callable[P, Chart]) -> Callable[P, Chart]:
 
 
 def fmt_bps(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:,.0f} bps"
+    return display.MISSING if value is None else f"{display.bps(value)} bps"
 
 
-def fmt_pct(rate: float | None) -> str:
-    return "n/a" if rate is None else f"{rate * 100:.1f}%"
+fmt_pct = display.pct
 
 
 def fmt_multiple(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.2f}×"
+    return display.MISSING if value is None else f"{value:.2f}×"
 
 
 def fmt_hours(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.1f} h"
+    return display.MISSING if value is None else f"{value:.1f} h"
 
 
 def trade_stats(trades: pl.DataFrame) -> dict[str, Any]:

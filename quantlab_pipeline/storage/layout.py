@@ -1,4 +1,4 @@
-"""Where everything lives on disk (README "What a run writes") and which artifacts complete a run."""
+"""Where everything lives on disk and which artifacts complete which run type (README "What a run writes")."""
 
 from __future__ import annotations
 
