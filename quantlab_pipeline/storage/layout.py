@@ -84,10 +84,11 @@ APPLICABLE_ARTIFACTS: dict[str, frozenset[str]] = {
 
 
 def required_artifacts(run_type: str, spec: Mapping[str, Any] | None) -> tuple[str, ...]:
-    """What completes a month of a run, given its stored spec (`RunSpec.to_dict()`, the
+    """What a month of a run is to hold, given its stored spec (`RunSpec.to_dict()`, the
     manifest's `spec`): `REQUIRED_ARTIFACTS` plus `features` for path-only and policy runs unless
     the spec says `features: false`, plus `walkforward` for a walk-forward optimization; each
-    after the artifacts it is computed from.
+    after the artifacts it is computed from. The steps, the candle read and `runs create` follow
+    it; `RunDirectory.completion` still checks `REQUIRED_ARTIFACTS` alone.
 
     A spec written before features existed has no `features` key and is complete without them.
     """
