@@ -50,7 +50,7 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]  # the dg project: pyproject.toml's [tool.dg]
 POLICY = '{"kind":"fixed_stop","stop_loss_bps":500}'
-BACKTEST_ASSETS = {"run_spec", "alerts", "paths", "trades", "summary", "frontier"}
+BACKTEST_ASSETS = {"run_spec", "alerts", "paths", "features", "trades", "summary", "frontier", "walkforward"}
 # An instance without telemetry: the UI would otherwise load a script from the internet.
 INSTANCE_YAML = "telemetry:\n  enabled: false\n"
 
