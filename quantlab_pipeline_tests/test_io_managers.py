@@ -37,8 +37,8 @@ ALERTS = pl.DataFrame(
 
 @pytest.fixture
 def spec(tmp_path) -> RunSpec:
-    request = SpecRequest(
-        run_type="path-only", alerts="alerts.duckdb", window_from="2024-01-01", window_to="2024-01-31"
+    request = SpecRequest(  # no features: the throwaway assets stand for alerts and paths only
+        run_type="path-only", alerts="alerts.duckdb", window_from="2024-01-01", window_to="2024-01-31", features=False
     )
     return create_run_spec(request, base_dir=str(tmp_path))
 

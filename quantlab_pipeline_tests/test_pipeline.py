@@ -147,6 +147,8 @@ def test_assets_materialized_in_separate_runs_complete_the_run(defs, sample_db, 
     job.execute_in_process(instance=dagster_instance, partition_key=key, asset_selection=[AssetKey("alerts")])
     assert rd.manifest()["status"] == "running" and not (rd.path / "_SUCCESS").exists()
     job.execute_in_process(instance=dagster_instance, partition_key=key, asset_selection=[AssetKey("paths")])
+    assert not (rd.path / "_SUCCESS").exists()  # a path-only month also needs its features
+    job.execute_in_process(instance=dagster_instance, partition_key=key, asset_selection=[AssetKey("features")])
     assert (rd.path / "_SUCCESS").exists()
     first = rd.manifest()["artifacts"]["paths"]["sha256"]
 
@@ -180,7 +182,8 @@ def test_a_failed_step_is_recorded_and_recovered(defs, sample_db, runs_dir, dags
     assert not (rd.path / "_SUCCESS").exists()
 
     (tmp_path / "moved.duckdb").rename(candles)
-    job.execute_in_process(instance=dagster_instance, partition_key=key, asset_selection=[AssetKey("paths")])
+    steps = [AssetKey("paths"), AssetKey("features")]
+    job.execute_in_process(instance=dagster_instance, partition_key=key, asset_selection=steps)
     manifest = rd.manifest()
     assert manifest["status"] == "completed" and "error" not in manifest
     assert pl.read_parquet(rd.path / "errors/errors.parquet").filter(pl.col("level") == "error").height == 0

@@ -32,6 +32,7 @@ def make_spec(run_type: str = "path-only", **extra) -> RunSpec:
         "interval": "5m",
         "window": {"from": "2024-01-10", "to": "2024-02-20"},
         "source": {"alerts": "/data/alerts.duckdb"},
+        "features": False,  # these cases are about the core artifacts; features' own rule is tested below
         **extra,
     }
     if run_type == "policy":
@@ -523,3 +524,19 @@ def test_a_really_full_disk_is_a_one_line_error_and_leaves_the_run_as_it_was(sma
     assert (rd.path / "run.json").read_bytes() == manifest
     assert not (rd.path / "truth/paths.parquet").exists()
     assert not [p for p in rd.path.rglob("*.tmp")]
+
+
+def test_a_month_with_features_completes_only_with_them(tmp_path):
+    spec = make_spec(features=True)
+    rd = RunDirectory(tmp_path, "2024-01", RUN_ID)
+    a = write(rd, spec, "alerts", frame(3))
+    write(rd, spec, "paths", frame(3), inputs={"alerts": a["sha256"]})
+    assert rd.manifest()["status"] == "running" and rd.completion().missing == ("features",)
+    write(
+        rd,
+        spec,
+        "features",
+        frame(3),
+        inputs={"alerts": a["sha256"], "paths": rd.manifest()["artifacts"]["paths"]["sha256"]},
+    )
+    assert rd.manifest()["status"] == "completed" and (rd.path / "_SUCCESS").exists()

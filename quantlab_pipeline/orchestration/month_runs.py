@@ -35,7 +35,7 @@ from quantlab_pipeline.core.spec import RunSpec
 from quantlab_pipeline.orchestration.jobs import JOB_BY_RUN_TYPE
 from quantlab_pipeline.orchestration.launch import project_root, run_tags
 from quantlab_pipeline.orchestration.partitions import month_run_key
-from quantlab_pipeline.storage.layout import ARTIFACT_PHASES, REQUIRED_ARTIFACTS
+from quantlab_pipeline.storage.layout import ARTIFACT_PHASES, required_artifacts
 from quantlab_pipeline.storage.lifecycle import month_status, steps_to_finish
 from quantlab_pipeline.storage.run_dir import RunDirectory
 from quantlab_pipeline.storage.writer import writer_gone
@@ -107,7 +107,7 @@ def _headline(instance: DagsterInstance, spec: RunSpec, month: str) -> dict[str,
     """Each artifact's latest materialization metadata for the partition (what the UI shows)."""
     key = month_run_key(month, spec.run_id)
     headline = {}
-    for artifact in REQUIRED_ARTIFACTS[spec.run_type]:
+    for artifact in required_artifacts(spec.run_type, spec.to_dict()):
         records = instance.fetch_materializations(
             AssetRecordsFilter(asset_key=AssetKey(artifact), asset_partitions=[key]), limit=1
         ).records
@@ -212,7 +212,7 @@ def record_interruption(spec: RunSpec, month: str, *, runs_dir: str, instance: D
     run_dir = RunDirectory(runs_dir, month, spec.run_id)
     manifest = run_dir.manifest()
     if manifest is not None and manifest.get("status") == "running":
-        pending = steps_to_finish(run_dir) or list(REQUIRED_ARTIFACTS[spec.run_type])
+        pending = steps_to_finish(run_dir) or list(required_artifacts(spec.run_type, spec.to_dict()))
         run_dir.record_failure(
             spec, phase=ARTIFACT_PHASES[pending[0]], exc=KeyboardInterrupt("interrupted"), reason="interrupted"
         )

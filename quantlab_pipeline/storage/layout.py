@@ -87,8 +87,8 @@ def required_artifacts(run_type: str, spec: Mapping[str, Any] | None) -> tuple[s
     """What a month of a run is to hold, given its stored spec (`RunSpec.to_dict()`, the
     manifest's `spec`): `REQUIRED_ARTIFACTS` plus `features` for path-only and policy runs unless
     the spec says `features: false`, plus `walkforward` for a walk-forward optimization; each
-    after the artifacts it is computed from. The steps, the candle read and `runs create` follow
-    it; `RunDirectory.completion` still checks `REQUIRED_ARTIFACTS` alone.
+    after the artifacts it is computed from. Completion, the catalog's validation, the steps, the
+    candle read, `runs create` and `runs resume` all follow it.
 
     A spec written before features existed has no `features` key and is complete without them.
     """

@@ -15,7 +15,7 @@ from typing import Literal
 
 from quantlab_pipeline.core.errors import EnvironmentFault, QuantlabError, first_line
 from quantlab_pipeline.core.spec import RunSpec
-from quantlab_pipeline.storage.layout import ARTIFACT_INPUTS, REQUIRED_ARTIFACTS, SUCCESS_MARKER, iter_run_dirs
+from quantlab_pipeline.storage.layout import ARTIFACT_INPUTS, SUCCESS_MARKER, iter_run_dirs, required_artifacts
 from quantlab_pipeline.storage.run_dir import RunDirectory
 from quantlab_pipeline.storage.specs import read_spec
 from quantlab_pipeline.storage.writer import writer_gone
@@ -88,10 +88,10 @@ def steps_to_finish(run_dir: RunDirectory, spec: RunSpec | None = None) -> tuple
     manifest = run_dir.manifest()
     if manifest is None:
         spec = spec or read_spec(run_dir.runs_dir, run_dir.run_id)
-        return REQUIRED_ARTIFACTS[spec.run_type]
+        return required_artifacts(spec.run_type, spec.to_dict())
     completion = run_dir.completion(manifest)
     todo = set(completion.missing) | set(completion.stale)
-    required = REQUIRED_ARTIFACTS[manifest["run_type"]]
+    required = required_artifacts(manifest["run_type"], manifest.get("spec"))
     for artifact in required:  # REQUIRED_ARTIFACTS lists upstream before downstream
         if any(upstream in todo for upstream in ARTIFACT_INPUTS[artifact]):
             todo.add(artifact)

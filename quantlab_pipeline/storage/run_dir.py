@@ -49,6 +49,7 @@ from quantlab_pipeline.storage.layout import (
     STDOUT_LOG,
     SUCCESS_MARKER,
     lock_path,
+    required_artifacts,
     run_dir_path,
     spec_path,
     temp_leftovers,
@@ -315,7 +316,9 @@ class RunDirectory:
                 return [*done, "finalized: every artifact present and current, _SUCCESS written"]
             # Recorded against the first step still to run: its success replaces the row.
             pending = [
-                a for a in REQUIRED_ARTIFACTS[manifest["run_type"]] if a in completion.missing + completion.stale
+                a
+                for a in required_artifacts(manifest["run_type"], manifest.get("spec"))
+                if a in completion.missing + completion.stale
             ]
             writer = manifest.get("writer") or {}
             self._record_failure(
@@ -336,7 +339,7 @@ class RunDirectory:
             return Completion(False, missing=REQUIRED_ARTIFACTS["path-only"])
         artifacts = manifest.get("artifacts", {})
         missing, stale = [], []
-        for name in REQUIRED_ARTIFACTS[manifest["run_type"]]:
+        for name in required_artifacts(manifest["run_type"], manifest.get("spec")):
             rec = artifacts.get(name)
             path = self.path / rec["path"] if rec else self.path / ARTIFACT_PATHS[name]
             if rec is None or not path.is_file() or path.stat().st_size != rec["bytes"]:

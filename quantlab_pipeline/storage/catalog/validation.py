@@ -20,9 +20,9 @@ from quantlab_pipeline.storage.layout import (
     ARTIFACT_PATHS,
     ARTIFACT_SCHEMA_VERSION,
     MANIFEST,
-    REQUIRED_ARTIFACTS,
     SUCCESS_MARKER,
     SUPPORTED_MANIFEST_VERSIONS,
+    required_artifacts,
 )
 from quantlab_pipeline.storage.manifest import InvalidJSONFile, read_json_object
 
@@ -145,7 +145,7 @@ def checked_artifacts(manifest: dict[str, Any], run_dir: Path, run_type: str, ve
     """Every recorded artifact must exist inside the run directory at its recorded size
     (and, with `verify`, its recorded sha256); the run type's required ones must be recorded."""
     recorded = _get_dict(manifest, "artifacts", MANIFEST)
-    missing = [a for a in REQUIRED_ARTIFACTS[run_type] if a not in recorded]
+    missing = [a for a in required_artifacts(run_type, _get_dict(manifest, "spec", MANIFEST)) if a not in recorded]
     if missing:
         raise Invalid(f"{MANIFEST}: run_type {run_type} requires artifact(s) {', '.join(missing)}")
     base = run_dir.resolve()
