@@ -26,7 +26,6 @@ from measure import summarize, timed
 from quantlab_pipeline.core import policy as policy_core
 from quantlab_pipeline.core.candles import Candles
 from quantlab_pipeline.core.frontier import run_sweep
-from quantlab_pipeline.core.nb import policy as policy_nb
 from quantlab_pipeline.core.nb import truth as truth_nb
 from quantlab_pipeline.core.policy_spec import parse_policy
 from quantlab_pipeline.core.spec import Execution
@@ -145,30 +144,12 @@ def _trade_inputs(paths: pl.DataFrame, candles: Candles, horizon_ms: int):
     return entry_ts, p0, hi_ts, start, stop
 
 
-def _policy_kernel(kernel, candles: Candles, trade_inputs, compiled, interval_ms: int):
-    """One call of a policy kernel (`nb.policy.simulate_serial` / `simulate_parallel`) as `simulate_policies`
+def _policy_kernel(parallel: bool, candles: Candles, trade_inputs, compiled, interval_ms: int):
+    """One call of the policy kernel (`run_policies`, serial or parallel) as `simulate_policies`
     makes it; returns the exit timestamps and reasons, shape (policies, trades)."""
     entry_ts, p0, _, start, stop = trade_inputs
-    shape = (compiled.n_policies, entry_ts.shape[0])
-    out_ts = np.zeros(shape, dtype=np.int64)
-    out_px = np.zeros(shape, dtype=np.float64)
-    out_reason = np.full(shape, policy_nb.NO_TRADE, dtype=np.int8)
-    out_low = np.zeros(shape, dtype=np.float64)
-    kernel(
-        *_columns(candles),
-        start,
-        stop,
-        p0,
-        entry_ts,
-        np.int64(interval_ms),
-        compiled.leaf_offsets,
-        compiled.leaf_prices,
-        compiled.leaf_rules,
-        compiled.levels,
-        out_ts,
-        out_px,
-        out_reason,
-        out_low,
+    out_ts, _, out_reason, _ = policy_core.run_policies(
+        candles, start, stop, p0, entry_ts, interval_ms, compiled, parallel=parallel
     )
     return out_ts, out_reason
 
@@ -199,7 +180,7 @@ def single_policies(month, paths: pl.DataFrame, repeat: int, floor_candles_per_s
         compiled = policy_core.compile_policies([policy])
 
         def kernel_call(compiled=compiled):
-            return _policy_kernel(policy_nb.simulate_serial, candles, inputs, compiled, month.interval_ms)
+            return _policy_kernel(False, candles, inputs, compiled, month.interval_ms)
 
         exit_ts, reason = kernel_call()
         visited = _visited_candles(paths, candles, inputs, exit_ts[0], reason[0])
@@ -262,7 +243,7 @@ def sweep(month, paths: pl.DataFrame, repeat: int, threads: int) -> dict:
             )
 
         def kernel_only():
-            return _policy_kernel(policy_nb.simulate_parallel, candles, inputs, compiled, month.interval_ms)
+            return _policy_kernel(True, candles, inputs, compiled, month.interval_ms)
 
         small = Sweep(policies=grid.policies[:2])
         run_sweep(

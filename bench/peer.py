@@ -29,8 +29,7 @@ import polars as pl
 from kernels import cpu_timed
 from measure import summarize
 
-from quantlab_pipeline.core.nb import policy as policy_nb
-from quantlab_pipeline.core.policy import compile_policies, simulate_policies
+from quantlab_pipeline.core.policy import compile_policies, run_policies, simulate_policies
 from quantlab_pipeline.core.policy_spec import parse_policy
 from quantlab_pipeline.core.spec import Execution
 
@@ -218,33 +217,13 @@ def peer(month, paths: pl.DataFrame, repeat: int) -> dict:
 
 
 def _kernel_call(candles, paths: pl.DataFrame, start, stop, policy, interval_ms: int):
-    """`nb.policy.simulate_serial` alone on prepared arrays (what `simulate_policies` wraps)."""
+    """The serial policy kernel alone on prepared windows (what `simulate_policies` wraps)."""
     compiled = compile_policies([policy])
     entry_ts = np.ascontiguousarray(paths.get_column("entry_ts_ms").to_numpy(), dtype=np.int64)
     p0 = np.ascontiguousarray(paths.get_column("p0").to_numpy(), dtype=np.float64)
-    shape = (1, paths.height)
 
     def call():
-        policy_nb.simulate_serial(
-            candles.ts,
-            candles.open,
-            candles.high,
-            candles.low,
-            candles.close,
-            start,
-            stop,
-            p0,
-            entry_ts,
-            np.int64(interval_ms),
-            compiled.leaf_offsets,
-            compiled.leaf_prices,
-            compiled.leaf_rules,
-            compiled.levels,
-            np.zeros(shape, dtype=np.int64),
-            np.zeros(shape, dtype=np.float64),
-            np.full(shape, policy_nb.NO_TRADE, dtype=np.int8),
-            np.zeros(shape, dtype=np.float64),
-        )
+        run_policies(candles, start, stop, p0, entry_ts, interval_ms, compiled, parallel=False)
 
     call()
     return call

@@ -140,32 +140,25 @@ def compile_policies(policies: Sequence[Policy]) -> CompiledPolicies:
 # -- frames ------------------------------------------------------------------------------------
 
 
-def simulate_policies(
-    paths: pl.DataFrame,
+def run_policies(
     candles: Candles,
-    policies: Sequence[Policy],
-    *,
+    start: np.ndarray,
+    stop: np.ndarray,
+    p0: np.ndarray,
+    entry_ts: np.ndarray,
     interval_ms: int,
-    horizon_ms: int,
-    execution: Execution,
-    parallel: bool = True,
-) -> pl.DataFrame:
-    """Every policy over every path in one compiled call: one row per (policy, trade).
-
-    Columns: `policy_index` (position in `policies`), `path_index` (row of `paths`), then the
-    trade columns of `TRADES_SCHEMA` from `entry_ts_ms` on. Paths without candles in their window are absent.
-    """
-    compiled = compile_policies(policies)
-    n_pol, n_paths = compiled.n_policies, paths.height
-    out_ts = np.zeros((n_pol, n_paths), dtype=np.int64)
-    out_px = np.zeros((n_pol, n_paths), dtype=np.float64)
-    out_reason = np.full((n_pol, n_paths), NO_TRADE, dtype=np.int8)
-    out_low = np.zeros((n_pol, n_paths), dtype=np.float64)
-    entry_ts = np.ascontiguousarray(paths.get_column("entry_ts_ms").to_numpy(), dtype=np.int64)
-    p0 = np.ascontiguousarray(paths.get_column("p0").to_numpy(), dtype=np.float64)
-    if n_paths and n_pol:
-        hi_ts = paths.get_column("alert_ts_ms").to_numpy().astype(np.int64) + np.int64(horizon_ms)
-        start, stop = candles.window_bounds(paths.get_column("mint"), entry_ts, hi_ts)
+    compiled: CompiledPolicies,
+    *,
+    parallel: bool,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The policy kernel over prepared windows: `(exit_ts, exit_px, exit_reason, lowest_held)`,
+    each shaped (policies, trades); reason `NO_TRADE` where a window has no candle."""
+    shape = (compiled.n_policies, start.shape[0])
+    out_ts = np.zeros(shape, dtype=np.int64)
+    out_px = np.zeros(shape, dtype=np.float64)
+    out_reason = np.full(shape, NO_TRADE, dtype=np.int8)
+    out_low = np.zeros(shape, dtype=np.float64)
+    if shape[0] and shape[1]:
         kernel = simulate_parallel if parallel else simulate_serial
         kernel(
             candles.ts,
@@ -187,6 +180,35 @@ def simulate_policies(
             out_reason,
             out_low,
         )
+    return out_ts, out_px, out_reason, out_low
+
+
+def simulate_policies(
+    paths: pl.DataFrame,
+    candles: Candles,
+    policies: Sequence[Policy],
+    *,
+    interval_ms: int,
+    horizon_ms: int,
+    execution: Execution,
+    parallel: bool = True,
+) -> pl.DataFrame:
+    """Every policy over every path in one compiled call: one row per (policy, trade).
+
+    Columns: `policy_index` (position in `policies`), `path_index` (row of `paths`), then the
+    trade columns of `TRADES_SCHEMA` from `entry_ts_ms` on. Paths without candles in their window are absent.
+    """
+    compiled = compile_policies(policies)
+    n_pol, n_paths = compiled.n_policies, paths.height
+    entry_ts = np.ascontiguousarray(paths.get_column("entry_ts_ms").to_numpy(), dtype=np.int64)
+    p0 = np.ascontiguousarray(paths.get_column("p0").to_numpy(), dtype=np.float64)
+    start = stop = np.zeros(n_paths, dtype=np.int64)  # no candles: every output stays "no trade"
+    if n_paths and n_pol:
+        hi_ts = paths.get_column("alert_ts_ms").to_numpy().astype(np.int64) + np.int64(horizon_ms)
+        start, stop = candles.window_bounds(paths.get_column("mint"), entry_ts, hi_ts)
+    out_ts, out_px, out_reason, out_low = run_policies(
+        candles, start, stop, p0, entry_ts, interval_ms, compiled, parallel=parallel
+    )
     # The trade columns in NumPy, then one frame: at one policy the columns are a few ms of Polars
     # expressions (and their thread pool) against a ~15 ms kernel.
     traded = out_reason.ravel() >= 0
