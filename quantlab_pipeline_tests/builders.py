@@ -44,3 +44,26 @@ def candles_at_steps(
 ) -> Candles:
     """`{mint: [(k, open, high, low, close), …]}`: the bar opens at `t0 + k · step_ms` (gaps allowed)."""
     return candles_from_rows((mint, t0 + k * step_ms, *bar) for mint, rows in bars.items() for k, *bar in rows)
+
+
+# The seed's paths.parquet columns, in its order (README "Artifacts"); the truth layer adds more after them.
+SEED_PATHS_COLUMNS = [
+    "run_id",
+    "call_id",
+    "caller_name",
+    "mint",
+    "chain",
+    "interval",
+    "alert_ts_ms",
+    "p0",
+    "hit_2x",
+    "t_2x_ms",
+    "hit_3x",
+    "t_3x_ms",
+    "hit_4x",
+    "t_4x_ms",
+    "dd_bps",
+    "dd_to_2x_bps",
+    "alert_to_activity_ms",
+    "peak_multiple",
+]

@@ -18,27 +18,7 @@ from quantlab_pipeline.orchestration.partitions import month_run_key
 from quantlab_pipeline.orchestration.settings import Settings
 from quantlab_pipeline.storage.run_creation import create_run_spec
 from quantlab_pipeline.storage.run_dir import RunDirectory
-
-SEED_PATHS_COLUMNS = [
-    "run_id",
-    "call_id",
-    "caller_name",
-    "mint",
-    "chain",
-    "interval",
-    "alert_ts_ms",
-    "p0",
-    "hit_2x",
-    "t_2x_ms",
-    "hit_3x",
-    "t_3x_ms",
-    "hit_4x",
-    "t_4x_ms",
-    "dd_bps",
-    "dd_to_2x_bps",
-    "alert_to_activity_ms",
-    "peak_multiple",
-]
+from quantlab_pipeline_tests.builders import SEED_PATHS_COLUMNS
 
 
 def new_spec(sample_db, run_type="path-only", **extra):

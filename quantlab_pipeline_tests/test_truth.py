@@ -16,7 +16,7 @@ from quantlab_pipeline.core.nb.truth import truth_kernel
 from quantlab_pipeline.core.nb.windows import lower_bound
 from quantlab_pipeline.core.spec import TruthParams
 from quantlab_pipeline.core.truth import compute_paths, paths_schema
-from quantlab_pipeline_tests.builders import candles_at_steps
+from quantlab_pipeline_tests.builders import SEED_PATHS_COLUMNS, candles_at_steps
 
 T0 = 1_704_067_200_000  # 2024-01-01T00:00:00Z, a minute boundary
 MIN = 60_000
@@ -281,29 +281,7 @@ def test_several_mints_and_alert_order_is_kept():
 def test_columns_types_and_identity_fields():
     row_frame = run(alerts(("c1", "M", T0)), candles({"M": [(0, 1.0, 1.0, 1.0, 1.0)]})).paths
     assert row_frame.schema == pl.Schema(paths_schema(PARAMS.multiples))
-    assert list(row_frame.columns) == [
-        "run_id",
-        "call_id",
-        "caller_name",
-        "mint",
-        "chain",
-        "interval",
-        "alert_ts_ms",
-        "p0",
-        "hit_2x",
-        "t_2x_ms",
-        "hit_3x",
-        "t_3x_ms",
-        "hit_4x",
-        "t_4x_ms",
-        "dd_bps",
-        "dd_to_2x_bps",
-        "alert_to_activity_ms",
-        "peak_multiple",
-        "entry_ts_ms",
-        "t_peak_ms",
-        "n_candles",
-    ]
+    assert list(row_frame.columns) == [*SEED_PATHS_COLUMNS, "entry_ts_ms", "t_peak_ms", "n_candles"]
     row = row_frame.row(0, named=True)
     assert (row["run_id"], row["caller_name"], row["chain"], row["interval"], row["alert_ts_ms"]) == (
         RUN_ID,
