@@ -163,7 +163,7 @@ def test_runs_create_then_dagster_asset_materialize(workdir):
             "-m",
             "quantlab_pipeline.definitions",
             "--select",
-            "alerts,paths,trades,summary",
+            "alerts,paths,trades,summary,features",
             "--partition",
             f"2024-01|{run_id}",
         ],

@@ -124,7 +124,7 @@ def test_sigterm_is_recorded_as_interrupted_with_exit_143_and_one_line(workdir, 
 
     resumed = run_cli(["runs", "resume", run_id], workdir)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    assert "(paths, trades, summary)" in resumed.stdout  # only what was missing
+    assert "(paths, trades, summary, features)" in resumed.stdout  # only what was missing
     assert trades_rows(workdir, run_id) == clean_trades
 
 

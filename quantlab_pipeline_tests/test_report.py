@@ -190,6 +190,7 @@ def make_spec(run_type: str, window_to: str = "2024-02-29", **extra: Any) -> Run
         "created_at": "2024-03-01T00:00:00.000Z",
         "window": {"from": "2024-01-01", "to": window_to},
         "source": {"alerts": "/data/alerts.duckdb"},
+        "features": False,  # the hand-made months hold the charted artifacts only
         **extra,
     }
     if run_type == "policy":

@@ -118,7 +118,7 @@ def test_runs_create_then_dg_launch(workdir):
     assert created.returncode == 0, created.stderr
     run_id = created.stdout.strip().splitlines()[-1]
 
-    proc = dg(["launch", "--assets", "alerts,paths", "--partition", f"2024-01|{run_id}"], cwd=workdir)
+    proc = dg(["launch", "--assets", "alerts,paths,features", "--partition", f"2024-01|{run_id}"], cwd=workdir)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rd = workdir / "runs" / "2024-01" / f"run_id={run_id}"
     assert (rd / "_SUCCESS").exists()

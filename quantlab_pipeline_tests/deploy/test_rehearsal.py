@@ -96,7 +96,7 @@ def test_a_submitted_backtest_and_a_ui_backfill_share_the_month_limit_complete_a
     created = cluster.quantlab("runs", "create", "--run-type", "path-only", *_alerts(cluster), *WINDOW)
     assert created.returncode == 0, created.stderr
     backfill_run_id = created.stdout.strip().splitlines()[-1]
-    backfill_id = _launch_ui_backfill(cluster, backfill_run_id, ["alerts", "paths"])
+    backfill_id = _launch_ui_backfill(cluster, backfill_run_id, ["alerts", "paths", "features"])
     policy = ["--policy-id", "fixed-stop-5pct", "--policy", '{"kind":"fixed_stop","stop_loss_bps":500}']
     run_id, dagster_run_ids = submit_backtest(cluster, "policy", MONTHS, [*_alerts(cluster), *WINDOW, *policy])
 
