@@ -16,6 +16,7 @@ from measure import summarize, timed
 from quantlab_pipeline.core import sample_data
 from quantlab_pipeline.core.candles import Candles
 from quantlab_pipeline.core.durations import interval_ms, parse_duration_ms
+from quantlab_pipeline.core.features import LOOKBACK_MS
 from quantlab_pipeline.core.spec import TruthParams, date_to_ms, month_bounds
 from quantlab_pipeline.sources import sample_db
 from quantlab_pipeline.sources.alerts import read_alerts
@@ -25,7 +26,6 @@ REFERENCE_ALERTS = 20_000  # README "Performance": 20,000 alerts × 1,440 five-m
 MONTH = "2024-01"
 INTERVAL = "5m"
 HORIZON = "5d"
-FIRST_DAY, LAST_DAY = (day.isoformat() for day in month_bounds(MONTH))
 
 
 def alerts_for_scale(scale: float) -> int:
@@ -41,15 +41,18 @@ def _generator_version() -> str:
     return digest.hexdigest()[:10]
 
 
-def ensure_database(cache_dir: Path, alerts_per_month: int, seed: int) -> tuple[Path, float | None]:
-    """The cached sample database for this size, seed and generator version; generation seconds,
-    or None when it was cached. Entries of older generator versions of this size and seed are
-    deleted (the reference month is over 1 GB).
+def ensure_database(
+    cache_dir: Path, alerts_per_month: int, seed: int, months: tuple[str, ...] = (MONTH,)
+) -> tuple[Path, float | None]:
+    """The cached sample database of `months` (the reference month by default) for this size, seed
+    and generator version; generation seconds, or None when it was cached. Entries of older
+    generator versions of this size and seed are deleted (the reference month is over 1 GB).
 
     The generator writes atomically (temp file + rename), so an interrupted run never leaves a
     truncated cache entry behind.
     """
-    stem = f"month-{MONTH}-{INTERVAL}-a{alerts_per_month}-s{seed}"
+    span = f"month-{months[0]}" if len(months) == 1 else f"months-{months[0]}..{months[-1]}"
+    stem = f"{span}-{INTERVAL}-a{alerts_per_month}-s{seed}"
     path = Path(cache_dir) / f"{stem}-g{_generator_version()}.duckdb"
     if path.is_file():
         return path, None
@@ -57,9 +60,28 @@ def ensure_database(cache_dir: Path, alerts_per_month: int, seed: int) -> tuple[
         stale.unlink()
     started = time.perf_counter()
     sample_db.generate_sample_data(
-        path, months=[MONTH], alerts_per_month=alerts_per_month, seed=seed, interval=INTERVAL
+        path, months=list(months), alerts_per_month=alerts_per_month, seed=seed, interval=INTERVAL
     )
     return path, time.perf_counter() - started
+
+
+@dataclass(frozen=True)
+class MonthRead:
+    """The candle read a backtest makes for one month: its alerts' mints, from the features'
+    look-back before the first alert to the horizon after the last (`CandleStoreResource._read`)."""
+
+    alerts: pl.DataFrame
+    mints: tuple[str, ...]
+    start_ms: int
+    end_ms: int
+
+
+def month_read(db: Path, month: str = MONTH) -> MonthRead:
+    first, last = month_bounds(month)
+    alerts = read_alerts(str(db), start_ms=date_to_ms(first), end_ms=date_to_ms(last) + 86_400_000).frame
+    mints = tuple(sorted(alerts.get_column("mint").unique().to_list()))
+    ts = alerts.get_column("alert_ts_ms")
+    return MonthRead(alerts, mints, int(ts.min()) - LOOKBACK_MS, int(ts.max()) + parse_duration_ms(HORIZON))
 
 
 @dataclass(frozen=True)
@@ -87,15 +109,12 @@ class MonthInputs:
 
 
 def load_month(db: Path) -> MonthInputs:
-    """Read the month with the pipeline's readers and the bounds `CandleStoreResource._read` uses."""
-    first, last = month_bounds(MONTH)
-    horizon_ms = parse_duration_ms(HORIZON)
-    alerts = read_alerts(str(db), start_ms=date_to_ms(first), end_ms=date_to_ms(last) + 86_400_000).frame
-    mints = tuple(sorted(alerts.get_column("mint").unique().to_list()))
-    ts = alerts.get_column("alert_ts_ms")
-    start_ms, end_ms = int(ts.min()), int(ts.max()) + horizon_ms
-    candles = read_candles(str(db), mints=mints, interval=INTERVAL, start_ms=start_ms, end_ms=end_ms).candles
-    return MonthInputs(db, alerts, candles, mints, start_ms, end_ms)
+    """Read the month with the pipeline's readers and the bounds of its candle read."""
+    read = month_read(db)
+    candles = read_candles(
+        str(db), mints=read.mints, interval=INTERVAL, start_ms=read.start_ms, end_ms=read.end_ms
+    ).candles
+    return MonthInputs(db, read.alerts, candles, read.mints, read.start_ms, read.end_ms)
 
 
 def read_candles_seconds(month: MonthInputs, repeat: int) -> dict:

@@ -1,59 +1,73 @@
-"""Figures measured across processes: `quantlab backtest` end to end, the bare DuckDB scan it is
-compared with, and cold start.
+"""Figures measured across processes: `quantlab backtest` end to end (one month in the foreground,
+four months with `--parallel 1` and `2`), the bare DuckDB scan each is compared with, the per-run
+fixed cost, and cold start.
 
-Each end-to-end run is a real `quantlab` subprocess with its own fresh `DAGSTER_HOME` (holding
-only the project's `dagster.yaml`) and runs directory, so nothing of the user's instance is
-touched, and with the benchmark's warm numba cache: it measures a user's second run, not
-compilation (that is the cold-start figure).
+Each end-to-end run is a real `quantlab` subprocess with the benchmark's own `DAGSTER_HOME`
+(holding only the project's `dagster.yaml`) and runs directory, so nothing of the user's instance
+is touched, and with the benchmark's warm numba cache: it measures a user's second run, not
+compilation (that is the cold-start figure) nor creating the instance (the fixed cost shows it).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
 import sys
 import tempfile
+import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import duckdb
 import pyarrow as pa
-from dataset import FIRST_DAY, HORIZON, INTERVAL, LAST_DAY, MONTH, MonthInputs
+from dataset import HORIZON, INTERVAL, MONTH, month_read
 from kernels import E2E_POLICY, E2E_POLICY_ID
-from measure import child_env, run_child, summarize, timed
+from measure import ChildRun, child_env, ratio, run_child, summarize, timed
+
+from quantlab_pipeline.core.spec import month_bounds
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 QUANTLAB = Path(sys.executable).parent / "quantlab"
 
 
-def bare_scan(month: MonthInputs, repeat: int) -> dict:
-    """The month's candle rows (same mints, interval and time range as the pipeline's read) fetched
-    by one DuckDB query into Arrow, in this process: the cost of just getting the data out.
+def bare_scan(db: Path, months: Sequence[str], repeat: int) -> dict:
+    """The candle rows a backtest of `months` reads (each month's alerts' mints, interval and time
+    range, look-back included: `dataset.month_read`), fetched by one DuckDB query per month into
+    Arrow, in this process: the cost of just getting the data out. A sample is the months' sum.
 
     `seconds` fetches the rows with the columns the pipeline reads (mint, ts_ms, OHLCV);
     `numeric_seconds` leaves the mint strings out (filtered on, not fetched), the lower bound.
     """
-    con = duckdb.connect(str(month.db), read_only=True)
+    reads = [month_read(db, month) for month in months]
+    con = duckdb.connect(str(db), read_only=True)
     try:
         con.execute("SET enable_progress_bar = false")
-        con.register("wanted_mints", pa.table({"mint": pa.array(month.mints, pa.string())}))
         where = (
             "FROM ohlcv_candles WHERE interval = $interval AND ts_ms >= $start_ms AND ts_ms < $end_ms "
             "AND mint IN (SELECT mint FROM wanted_mints)"
         )
-        rows_query = f"SELECT mint, ts_ms, open, high, low, close, volume {where}"
-        numeric_query = f"SELECT ts_ms, open, high, low, close, volume {where}"
-        params = {"interval": INTERVAL, "start_ms": month.start_ms, "end_ms": month.end_ms}
-        rows = con.sql(rows_query, params=params).to_arrow_table().num_rows  # also warms the OS page cache
-        seconds = timed(lambda: con.sql(rows_query, params=params).to_arrow_table(), repeat)
-        numeric_seconds = timed(lambda: con.sql(numeric_query, params=params).to_arrow_table(), repeat)
+
+        def fetch(columns: str) -> int:
+            rows = 0
+            for read in reads:
+                con.register("wanted_mints", pa.table({"mint": pa.array(read.mints, pa.string())}))
+                params = {"interval": INTERVAL, "start_ms": read.start_ms, "end_ms": read.end_ms}
+                rows += con.sql(f"SELECT {columns} {where}", params=params).to_arrow_table().num_rows
+            return rows
+
+        with_mints, numeric = "mint, ts_ms, open, high, low, close, volume", "ts_ms, open, high, low, close, volume"
+        rows = fetch(with_mints)  # also warms the OS page cache
+        seconds = timed(lambda: fetch(with_mints), repeat)
+        numeric_seconds = timed(lambda: fetch(numeric), repeat)
     finally:
         con.close()
     return {"rows": rows, "seconds": summarize(seconds, "s"), "numeric_seconds": summarize(numeric_seconds, "s")}
 
 
-def _backtest_argv(run_type: str, db: Path, runs_dir: Path) -> list[str]:
+def _backtest_argv(run_type: str, db: Path, runs_dir: Path, months: Sequence[str] = (MONTH,)) -> list[str]:
     argv = [
         str(QUANTLAB),
         "backtest",
@@ -65,9 +79,9 @@ def _backtest_argv(run_type: str, db: Path, runs_dir: Path) -> list[str]:
         "--horizon",
         HORIZON,
         "--from",
-        FIRST_DAY,
+        month_bounds(months[0])[0].isoformat(),
         "--to",
-        LAST_DAY,
+        month_bounds(months[-1])[1].isoformat(),
         "--runs-dir",
         str(runs_dir),
     ]
@@ -76,10 +90,10 @@ def _backtest_argv(run_type: str, db: Path, runs_dir: Path) -> list[str]:
     return argv
 
 
-def _run_dir(runs_dir: Path) -> Path:
-    found = sorted((runs_dir / MONTH).glob("run_id=*"))
+def _run_dir(runs_dir: Path, month: str = MONTH) -> Path:
+    found = sorted((runs_dir / month).glob("run_id=*"))
     if len(found) != 1:
-        raise RuntimeError(f"expected one run directory under {runs_dir / MONTH}, found {len(found)}")
+        raise RuntimeError(f"expected one run directory under {runs_dir / month}, found {len(found)}")
     return found[0]
 
 
@@ -102,9 +116,45 @@ def _step_times(run_dir: Path) -> tuple[dict[str, int], dict[str, int]]:
     return compute, writes
 
 
+@contextlib.contextmanager
+def dagster_home(work_dir: Path, numba_cache: Path) -> Iterator[tuple[Path, dict[str, str]]]:
+    """A scratch directory holding a Dagster home with the project's `dagster.yaml` (telemetry off,
+    queue, pools; its relative state paths land in the scratch directory, the children's working
+    directory), and the environment of a child that uses it.
+
+    The instance is created here, before anything is timed: the figures are a user's second run,
+    whose instance already exists (creating one is part of the per-run fixed cost's first row).
+    """
+    scratch = Path(tempfile.mkdtemp(prefix="e2e-", dir=work_dir))
+    try:
+        home = scratch / "dagster_home"
+        home.mkdir()
+        shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
+        env = child_env(DAGSTER_HOME=str(home), NUMBA_CACHE_DIR=str(numba_cache))
+        child = run_child(
+            [sys.executable, "-c", "import dagster; dagster.DagsterInstance.get().dispose()"],
+            env=env,
+            cwd=scratch,
+            log_dir=scratch / "instance",
+        )
+        if child.returncode != 0:
+            raise RuntimeError(f"creating the Dagster instance failed:\n{child.stderr.strip()[-2000:]}")
+        yield scratch, env
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def backtest_child(argv: list[str], scratch: Path, env: dict[str, str]) -> ChildRun:
+    """One `quantlab backtest` in the scratch directory of `dagster_home`; an error if it failed."""
+    child = run_child(argv, env=env, cwd=scratch, log_dir=scratch / "child")
+    if child.returncode != 0:
+        tail = "\n".join((child.stderr or child.stdout).strip().splitlines()[-15:])
+        raise RuntimeError(f"{' '.join(Path(a).name for a in argv[:3])} exited {child.returncode}:\n{tail}")
+    return child
+
+
 def end_to_end(run_type: str, db: Path, *, repeat: int, numba_cache: Path, work_dir: Path) -> dict:
-    """`quantlab backtest <run_type>` on the month, `repeat` times, each in a fresh Dagster home
-    with the project's `dagster.yaml`.
+    """`quantlab backtest <run_type>` on the reference month in the foreground, `repeat` times.
 
     Dagster overhead = wall time minus the steps' compute (reading inputs, kernels, frames) and
     the artifact writes: what remains is process start-up, imports, run creation, and Dagster's
@@ -112,35 +162,78 @@ def end_to_end(run_type: str, db: Path, *, repeat: int, numba_cache: Path, work_
     """
     walls, rss, overheads = [], [], []
     steps: dict[str, list[float]] = {}
-    for _ in range(repeat):
-        scratch = Path(tempfile.mkdtemp(prefix=f"e2e-{run_type}-", dir=work_dir))
-        try:
-            runs_dir, home = scratch / "runs", scratch / "dagster_home"
-            home.mkdir()
-            # The project's instance config (telemetry off, pools); its relative state paths land
-            # in the scratch directory, the child's working directory.
-            shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
-            env = child_env(DAGSTER_HOME=str(home), QUANTLAB_RUNS_DIR=str(runs_dir), NUMBA_CACHE_DIR=str(numba_cache))
-            child = run_child(_backtest_argv(run_type, db, runs_dir), env=env, cwd=scratch, log_dir=scratch / "child")
-            if child.returncode != 0:
-                tail = "\n".join((child.stderr or child.stdout).strip().splitlines()[-15:])
-                raise RuntimeError(f"quantlab backtest {run_type} exited {child.returncode}:\n{tail}")
+    with dagster_home(work_dir, numba_cache) as (scratch, env):
+        for attempt in range(repeat):
+            runs_dir = scratch / f"runs-{attempt}"
+            child = backtest_child(_backtest_argv(run_type, db, runs_dir), scratch, env)
             compute, writes = _step_times(_run_dir(runs_dir))
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
-        walls.append(child.wall_s)
-        rss.append(child.peak_rss_bytes)
-        overheads.append(child.wall_s - (sum(compute.values()) + sum(writes.values())) / 1000)
-        for name, ms in compute.items():
-            steps.setdefault(f"{name}_compute", []).append(ms / 1000)
-        for name, ms in writes.items():
-            steps.setdefault(f"{name}_write", []).append(ms / 1000)
+            shutil.rmtree(runs_dir)
+            walls.append(child.wall_s)
+            rss.append(child.peak_rss_bytes)
+            overheads.append(child.wall_s - (sum(compute.values()) + sum(writes.values())) / 1000)
+            for name, ms in compute.items():
+                steps.setdefault(f"{name}_compute", []).append(ms / 1000)
+            for name, ms in writes.items():
+                steps.setdefault(f"{name}_write", []).append(ms / 1000)
     return {
         "wall_s": summarize(walls, "s"),
         "peak_rss_bytes": summarize(rss, "bytes"),
         "dagster_overhead_s": summarize(overheads, "s"),
         "steps_s": {name: summarize(values, "s") for name, values in steps.items()},
     }
+
+
+def parallel_months(db: Path, months: Sequence[str], *, repeat: int, numba_cache: Path, work_dir: Path) -> dict:
+    """`quantlab backtest policy` over `months` with `--parallel 1` and `--parallel 2`, interleaved
+    so the shared machine's load hits both alike, then the bare scan of the same months' candles."""
+    walls: dict[int, list[float]] = {1: [], 2: []}
+    with dagster_home(work_dir, numba_cache) as (scratch, env):
+        for attempt in range(repeat):
+            for parallel in walls:
+                runs_dir = scratch / f"runs-{attempt}-{parallel}"
+                argv = [*_backtest_argv("policy", db, runs_dir, months), "--parallel", str(parallel)]
+                walls[parallel].append(backtest_child(argv, scratch, env).wall_s)
+                for month in months:  # every month completed (`_step_times` checks run.json)
+                    _step_times(_run_dir(runs_dir, month))
+                shutil.rmtree(runs_dir)
+    scan = bare_scan(db, months, repeat)
+    figures: dict = {"months": list(months), "bare_scan": scan}
+    for parallel, samples in walls.items():
+        wall = summarize(samples, "s")
+        figures[f"parallel_{parallel}"] = {"wall_s": wall, "ratio_to_bare_scan": ratio(wall, scan["seconds"]["median"])}
+    figures["speedup"] = walls_ratio(walls[1], walls[2])
+    return figures
+
+
+def walls_ratio(numerators: Sequence[float], denominators: Sequence[float]) -> dict:
+    """Pairwise ratios of interleaved samples (each pair ran back to back, under the same load)."""
+    return summarize([a / b for a, b in zip(numerators, denominators, strict=True)], "ratio")
+
+
+def fixed_cost(db: Path, *, repeat: int, numba_cache: Path, work_dir: Path) -> dict:
+    """What every backtest pays whatever its size: `quantlab backtest policy` of a tiny month (its
+    compute is a few milliseconds), split into the interpreter's start, the imports (CLI, Dagster,
+    the definitions), and the rest — opening the instance, loading the compiled kernels, creating
+    the run and Dagster's run, step and event handling. Also: creating a new instance."""
+    imports = (
+        "import time; t = time.perf_counter(); "
+        "import quantlab_pipeline.cli, quantlab_pipeline.orchestration.month_runs, quantlab_pipeline.definitions; "
+        "print(time.perf_counter() - t)"
+    )
+    samples: dict[str, list[float]] = {"interpreter_s": [], "imports_s": [], "backtest_s": [], "new_instance_s": []}
+    for attempt in range(repeat):
+        started = time.perf_counter()
+        with dagster_home(work_dir, numba_cache) as (scratch, env):
+            samples["new_instance_s"].append(time.perf_counter() - started)
+            samples["interpreter_s"].append(backtest_child([sys.executable, "-c", "pass"], scratch, env).wall_s)
+            child = backtest_child([sys.executable, "-c", imports], scratch, env)
+            samples["imports_s"].append(float(child.stdout.strip().splitlines()[-1]))
+            runs_dir = scratch / f"runs-{attempt}"
+            samples["backtest_s"].append(backtest_child(_backtest_argv("policy", db, runs_dir), scratch, env).wall_s)
+    out = {name: summarize(values, "s") for name, values in samples.items()}
+    rest = [b - i - p for b, i, p in zip(samples["backtest_s"], samples["imports_s"], samples["interpreter_s"])]
+    out["run_handling_s"] = summarize(rest, "s")
+    return out
 
 
 def cold_start(db: Path, *, repeat: int, numba_cache: Path, work_dir: Path) -> dict:

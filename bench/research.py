@@ -7,18 +7,14 @@ without the feature interleaved so load on the shared machine hits both alike.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
-from dataset import HORIZON, INTERVAL, MONTH, _generator_version
-from endtoend import QUANTLAB, REPO, _backtest_argv, _step_times
-from measure import child_env, run_child, summarize
+from dataset import HORIZON, INTERVAL, MONTH
+from endtoend import QUANTLAB, _backtest_argv, _run_dir, _step_times, backtest_child, dagster_home
+from measure import summarize
 from rich.console import Console
 from rich.table import Table
-
-from quantlab_pipeline.sources import sample_db
 
 WALK_FORWARD_MONTHS = ("2024-01", "2024-02", "2024-03")
 WALK_FORWARD_SCALE = 0.25  # alerts per month relative to the reference month: three sweeps stay short
@@ -27,25 +23,15 @@ WALK_FORWARD_TARGET = 1.15  # "about" three frontier months: within 15 %
 
 
 def _run(argv: list[str], months: tuple[str, ...], work_dir: Path, numba_cache: Path) -> dict:
-    """One `quantlab` run in a fresh Dagster home: its wall time and each step's summed compute."""
-    scratch = Path(tempfile.mkdtemp(prefix="research-", dir=work_dir))
-    try:
-        runs_dir, home = scratch / "runs", scratch / "dagster_home"
-        home.mkdir()
-        shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
-        env = child_env(DAGSTER_HOME=str(home), QUANTLAB_RUNS_DIR=str(runs_dir), NUMBA_CACHE_DIR=str(numba_cache))
-        child = run_child([*argv, "--runs-dir", str(runs_dir)], env=env, cwd=scratch, log_dir=scratch / "child")
-        if child.returncode != 0:
-            tail = "\n".join((child.stderr or child.stdout).strip().splitlines()[-15:])
-            raise RuntimeError(f"{' '.join(argv[1:3])} exited {child.returncode}:\n{tail}")
+    """One `quantlab` run with its own Dagster home: its wall time and each step's summed compute."""
+    with dagster_home(work_dir, numba_cache) as (scratch, env):
+        runs_dir = scratch / "runs"
+        child = backtest_child([*argv, "--runs-dir", str(runs_dir)], scratch, env)
         compute: dict[str, float] = {}
         for month in months:
-            (run_dir,) = (runs_dir / month).glob("run_id=*")
-            for step, ms in _step_times(run_dir)[0].items():
+            for step, ms in _step_times(_run_dir(runs_dir, month))[0].items():
                 compute[step] = compute.get(step, 0.0) + ms / 1000
         return {"wall_s": child.wall_s, "compute_s": compute}
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _compare(variants: dict[str, list[str]], months: tuple[str, ...], repeat: int, **run_args) -> dict:
@@ -79,19 +65,6 @@ def features_overhead(db: Path, *, repeat: int, numba_cache: Path, work_dir: Pat
     step_s = runs["with_features"]["compute_s"]["features"]["median"]
     # the wall-time ratio carries the shared machine's noise; the step's own share does not
     return {**runs, "overhead": with_s / without_s - 1, "step_share": step_s / without_s, "target": FEATURES_TARGET}
-
-
-def ensure_three_months(cache_dir: Path, alerts_per_month: int, seed: int) -> Path:
-    """The cached three-month sample database of the walk-forward figure (same scheme as `dataset`)."""
-    stem = f"months-{WALK_FORWARD_MONTHS[0]}..{WALK_FORWARD_MONTHS[-1]}-{INTERVAL}-a{alerts_per_month}-s{seed}"
-    path = Path(cache_dir) / f"{stem}-g{_generator_version()}.duckdb"
-    if not path.is_file():
-        for stale in Path(cache_dir).glob(f"{stem}-g*.duckdb"):
-            stale.unlink()
-        sample_db.generate_sample_data(
-            path, months=list(WALK_FORWARD_MONTHS), alerts_per_month=alerts_per_month, seed=seed, interval=INTERVAL
-        )
-    return path
 
 
 def walk_forward_cost(db: Path, *, repeat: int, numba_cache: Path, work_dir: Path) -> dict:

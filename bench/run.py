@@ -4,8 +4,9 @@ Builds the reference month with the sample generator (20,000 alerts × 1,440 fiv
 cached in `bench/.cache/` by size, seed and generator version) and measures, at each requested scale, the streaming
 floor, the truth kernel, one policy of each kind, a 100-policy sweep, the same exits computed by
 vectorbt (the `bench` extra; `peer.py`), the bare DuckDB scan, and
-`quantlab backtest path-only|policy` end to end (wall, Dagster overhead, peak memory); once, the
-cold start. Every figure is the median of `--repeat` runs with min and max.
+`quantlab backtest path-only|policy` end to end (wall, Dagster overhead, peak memory); at the
+largest scale, four months with `--parallel 1` and `--parallel 2`; once, the cold start and the
+per-run fixed cost. Every figure is the median of `--repeat` runs with min and max.
 
     .venv/bin/python bench/run.py                      # scales 0.25 and 1, 3 runs each
     .venv/bin/python bench/run.py --scales 0.25,1,4    # 4× is ~110 M candles: ~8 min, ~8 GB RAM
@@ -41,6 +42,7 @@ from rich.console import Console
 BENCH_DIR = Path(__file__).resolve().parent
 QUICK_SCALE = 0.005  # 100 alerts × 1,440 candles
 COLD_START_ALERTS = 50  # enough alerts that every kernel runs at least once
+PARALLEL_MONTHS = ("2024-01", "2024-02", "2024-03", "2024-04")  # `--parallel` figure, at the largest scale
 SINGLE_THREAD = 1
 
 
@@ -171,7 +173,7 @@ def _measure_scale(scale: float, args: argparse.Namespace, work_dir: Path, conso
     peers = peer.peer(month, paths, args.repeat)
     gc.collect()
     say("bare DuckDB scan")
-    scan = endtoend.bare_scan(month, args.repeat)
+    scan = endtoend.bare_scan(db, (dataset.MONTH,), args.repeat)
 
     candle_bytes = month.candles.nbytes
     for figures in e2e.values():
@@ -204,6 +206,15 @@ def _measure_scale(scale: float, args: argparse.Namespace, work_dir: Path, conso
     }
     del month, paths
     gc.collect()
+    if scale == max(args.scales):
+        months_db, months_generation_s = dataset.ensure_database(
+            args.cache_dir, alerts_per_month, args.seed, PARALLEL_MONTHS
+        )
+        say(f"{len(PARALLEL_MONTHS)} months, --parallel 1 and 2 × {args.repeat}")
+        result["months"] = endtoend.parallel_months(
+            months_db, PARALLEL_MONTHS, repeat=args.repeat, numba_cache=numba_cache, work_dir=work_dir
+        )
+        result["months"]["generation_s"] = months_generation_s
     return result
 
 
@@ -219,7 +230,7 @@ def _research(args: argparse.Namespace, work_dir: Path, console: Console) -> dic
     console.print(
         f"[dim]{time.strftime('%H:%M:%S')}[/dim] walk-forward: optimize 3 × {per_month:,} alerts × {args.repeat}"
     )
-    three = research.ensure_three_months(args.cache_dir, per_month, args.seed)
+    three, _ = dataset.ensure_database(args.cache_dir, per_month, args.seed, research.WALK_FORWARD_MONTHS)
     walk = research.walk_forward_cost(three, repeat=args.repeat, numba_cache=numba_cache, work_dir=work_dir)
     return {
         "features_scale": scale,
@@ -246,6 +257,10 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] cold start × {args.repeat} (cold and warm numba cache)")
         tiny_db, _ = dataset.ensure_database(args.cache_dir, COLD_START_ALERTS, args.seed)
         results["cold_start"] = endtoend.cold_start(
+            tiny_db, repeat=args.repeat, numba_cache=args.cache_dir / "numba", work_dir=work_dir
+        )
+        console.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] per-run fixed cost × {args.repeat} (tiny month)")
+        results["fixed_cost"] = endtoend.fixed_cost(
             tiny_db, repeat=args.repeat, numba_cache=args.cache_dir / "numba", work_dir=work_dir
         )
         results["scales"] = {report.scale_key(s): _measure_scale(s, args, work_dir, console) for s in args.scales}

@@ -122,6 +122,21 @@ def test_quick_run_reports_every_figure(quick_run):
     for state in ("cold", "warm"):
         for key in ("process_s", "import_core_s", "import_dagster_s", "jit_s", "peak_rss_bytes"):
             _figure(results, "cold_start", state, key)
+    for key in ("backtest_s", "interpreter_s", "imports_s", "run_handling_s", "new_instance_s"):
+        _figure(results, "fixed_cost", key)
+
+    months = scale["months"]  # the largest scale measured carries the `--parallel` figure
+    assert months["months"] == ["2024-01", "2024-02", "2024-03", "2024-04"]
+    assert months["bare_scan"]["rows"] > scale["bare_scan"]["rows"]  # four months' candles, not one
+    for parallel in (1, 2):
+        figure = months[f"parallel_{parallel}"]
+        _figure(figure, "wall_s")
+        assert _figure(figure, "ratio_to_bare_scan")["median"] == pytest.approx(
+            figure["wall_s"]["median"] / months["bare_scan"]["seconds"]["median"]
+        )
+    assert _figure(months, "speedup")["median"] == pytest.approx(
+        months["parallel_1"]["wall_s"]["samples"][0] / months["parallel_2"]["wall_s"]["samples"][0]
+    )
 
     peer = scale["peer"]  # vectorbt is the optional `bench` extra: measured when installed
     if "skipped" in peer:
@@ -141,10 +156,10 @@ def test_quick_run_checks_targets_and_prints_the_table(quick_run):
     results, stdout = quick_run
     checks = results["checks"]
     assert checks["reference"] is False  # the quick size is not the reference month
-    for name in TARGETS:
+    for name in (*TARGETS, "months_parallel_2_to_bare_scan", "months_parallel_1_over_2"):
         assert isinstance(checks[name]["pass"], bool) and math.isfinite(checks[name]["value"])
     assert results["scaling"] == {"base_scale": None, "figures": {}}  # one scale: nothing to compare
-    for title in ("quantlab benchmark", "cold start", "Performance targets"):
+    for title in ("quantlab benchmark", "cold start", "per-run fixed cost", "4 months", "Performance targets"):
         assert title in stdout
 
 

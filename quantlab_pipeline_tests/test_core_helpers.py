@@ -1,6 +1,11 @@
-"""The small shared helpers of the core: one-line errors, warning records, duration units."""
+"""The small shared helpers of the core: one-line errors, warning records, duration units, and
+loading the cached kernels."""
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -50,3 +55,28 @@ def test_units_are_largest_first_and_every_unit_parses():
     assert sizes == sorted(sizes, reverse=True) and sizes[-1] == 1
     for unit, size in UNIT_MS.items():
         assert parse_duration_ms(f"3{unit}") == 3 * size
+
+
+def test_load_backtest_kernels_loads_what_the_cache_holds_without_compiling(tmp_path):
+    """A run worker's server loads the cached kernel builds up front: nothing on a cold cache,
+    then exactly the builds an earlier process compiled, ready before any call."""
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba")}
+    load = (
+        "from quantlab_pipeline.core.nb import candles, load_backtest_kernels; "
+        "print(load_backtest_kernels(), len(candles.scatter_batch.signatures))"
+    )
+    compile_one = (
+        "import numpy as np; from quantlab_pipeline.core.nb.candles import scatter_batch; "
+        "i, f = np.zeros(1, np.int64), np.ones(1); k = np.zeros(1, np.int32); "
+        "scatter_batch(k, i, f, f, f, f, f, np.zeros(1, np.int64), np.ones(1, np.int64), "
+        "i.copy(), f.copy(), f.copy(), f.copy(), f.copy(), f.copy())"
+    )
+
+    def run(code: str) -> str:
+        proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout.strip()
+
+    assert run(load) == "0 0"  # cold cache: nothing to load, nothing compiled
+    run(compile_one)
+    assert run(load) == "1 1"  # the one cached build, loaded before any call

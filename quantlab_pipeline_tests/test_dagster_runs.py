@@ -89,9 +89,12 @@ def _wait_for(predicate, timeout: float, what: str):
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
-def _backtest(workdir: Path, *extra: str):
-    args = ["backtest", "path-only", "--calls-from-duckdb", "data/alerts.duckdb", "--interval", "5m", *extra]
-    return run_cli(args, workdir, {"QUANTLAB_RUNS_DIR": str(workdir / "runs")})
+BACKTEST = ["backtest", "path-only", "--calls-from-duckdb", "data/alerts.duckdb", "--interval", "5m"]
+TWO_MONTHS_PARALLEL = ["--from", "2024-01-01", "--to", "2024-02-29", "--parallel", "2"]
+
+
+def _backtest(workdir: Path, *extra: str, env: dict[str, str] | None = None):
+    return run_cli([*BACKTEST, *extra], workdir, {"QUANTLAB_RUNS_DIR": str(workdir / "runs"), **(env or {})})
 
 
 def _month_states(workdir: Path, run_id: str) -> list[str]:
@@ -101,7 +104,7 @@ def _month_states(workdir: Path, run_id: str) -> list[str]:
 
 def test_parallel_months_are_tagged_dagster_runs_with_an_origin(workdir):
     _home_config(workdir, queued=True)
-    proc = _backtest(workdir, "--from", "2024-01-01", "--to", "2024-02-29", "--parallel", "2")
+    proc = _backtest(workdir, *TWO_MONTHS_PARALLEL)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "2 at a time" in proc.stdout
     assert proc.stdout.count("completed in") == 2
@@ -126,6 +129,72 @@ def test_parallel_months_are_tagged_dagster_runs_with_an_origin(workdir):
     finally:
         os.chdir(cwd)
         del os.environ["DAGSTER_HOME"]
+
+
+def _run_statuses(workdir: Path, run_id: str) -> list[str]:
+    os.environ["DAGSTER_HOME"] = str(workdir / ".dagster_home")
+    cwd = os.getcwd()
+    os.chdir(workdir)  # the project config keeps instance state under the working directory
+    try:
+        from dagster import DagsterInstance
+
+        from quantlab_pipeline.orchestration.month_runs import latest_month_runs
+
+        with DagsterInstance.get() as instance:
+            return [run.status.value for _, run in sorted(latest_month_runs(instance, run_id).items())]
+    finally:
+        os.chdir(cwd)
+        del os.environ["DAGSTER_HOME"]
+
+
+def _run_id(workdir: Path) -> str:
+    [spec] = (workdir / "runs" / "_specs").glob("*.json")
+    return spec.stem
+
+
+def test_a_killed_parallel_worker_is_seen_and_resumed(workdir):
+    _home_config(workdir, queued=True)
+    killed = _backtest(workdir, *TWO_MONTHS_PARALLEL, env={"QUANTLAB_FAULT": "KILL:paths.parquet"})
+    assert killed.returncode == 1, killed.stdout + killed.stderr
+    run_id = _run_id(workdir)
+    assert _month_states(workdir, run_id) == ["interrupted", "interrupted"]
+    # Each worker died by SIGKILL with its Dagster run started: the CLI failed the runs for it.
+    assert _run_statuses(workdir, run_id) == ["FAILURE", "FAILURE"]
+
+    resumed = run_cli(["runs", "resume", run_id, "--runs-dir", str(workdir / "runs")], workdir)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert _month_states(workdir, run_id) == ["completed", "completed"]
+
+
+def test_ctrl_c_stops_the_parallel_workers_with_one_line(workdir):
+    _home_config(workdir, queued=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DAGSTER_", "QUANTLAB_"))}
+    env.update(_env(workdir), COLUMNS="200", PYTHONUNBUFFERED="1")  # lines as they are printed
+    proc = subprocess.Popen(
+        [str(BIN / "quantlab"), *BACKTEST, *TWO_MONTHS_PARALLEL],
+        cwd=workdir,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    started = 0
+    for line in proc.stdout:  # both workers started: each takes over a second for its first step
+        started += "materializing" in line
+        if started == 2:
+            break
+    proc.send_signal(2)  # SIGINT, as Ctrl-C at the terminal
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out + err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "interrupted (SIGINT)" in lines[0] and "quantlab runs resume" in lines[0], err
+    run_id = _run_id(workdir)
+    assert "STARTED" not in _run_statuses(workdir, run_id) and "NOT_STARTED" not in _run_statuses(workdir, run_id)
+
+    resumed = run_cli(["runs", "resume", run_id, "--runs-dir", str(workdir / "runs")], workdir)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert _month_states(workdir, run_id) == ["completed", "completed"]
 
 
 def test_a_cli_run_is_re_executed_from_the_ui(workdir):

@@ -3,6 +3,7 @@ they hold no backtest logic of their own."""
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 
@@ -12,6 +13,11 @@ import sys
 os.environ.setdefault("NUMPY_MADVISE_HUGEPAGE", "0")
 
 import click
+
+# Importing Dagster creates a few hundred thousand long-lived objects; with the default thresholds
+# the collector rescans them ~1,000 times per backtest (0.4–0.6 s of CPU). Collect young objects
+# less often: the candle arrays are not tracked by the collector, so memory is unaffected.
+gc.set_threshold(10_000, 20, 20)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

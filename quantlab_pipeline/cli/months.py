@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import multiprocessing.connection
 import os
 import signal
-import subprocess
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,29 +44,51 @@ class _ProgressHandler(logging.Handler):
         console.print(f"  [dim]{month}[/dim] [cyan]{step:<8}[/cyan] {escape(record.getMessage())}")
 
 
+class _Signals:
+    """The signals that arrived so far, whoever handled them: Dagster swaps the SIGINT/SIGTERM
+    handlers while a step runs, but every signal reaches the wakeup fd (`fd`, to wait on)."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+        self.seen: list[int] = []
+
+    def __call__(self) -> list[int]:
+        with contextlib.suppress(BlockingIOError):
+            self.seen.extend(os.read(self.fd, 64))
+        return self.seen
+
+
 @contextlib.contextmanager
-def _signals_seen() -> Iterator[Callable[[], list[int]]]:
-    """Yield `received()`: the signals that arrived so far, whoever handled them. Dagster swaps
-    the SIGINT/SIGTERM handlers while a step runs, but every signal reaches the wakeup fd."""
+def _signals_seen() -> Iterator[_Signals]:
     read_fd, write_fd = os.pipe()
     os.set_blocking(read_fd, False)
     os.set_blocking(write_fd, False)
     previous_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
     previous_term = signal.signal(signal.SIGTERM, signal.default_int_handler)  # like Ctrl-C
-    seen: list[int] = []
-
-    def received() -> list[int]:
-        with contextlib.suppress(BlockingIOError):
-            seen.extend(os.read(read_fd, 64))
-        return seen
-
     try:
-        yield received
+        yield _Signals(read_fd)
     finally:
         signal.signal(signal.SIGTERM, previous_term)
         signal.set_wakeup_fd(previous_fd)
         os.close(read_fd)
         os.close(write_fd)
+
+
+@contextlib.contextmanager
+def _signals_only_recorded() -> Iterator[None]:
+    """SIGINT and SIGTERM raise nothing inside the block; the wakeup fd still records them.
+
+    A KeyboardInterrupt raised at an arbitrary point can be lost (one raised inside a weakref
+    callback, e.g. a SQLAlchemy registry's, is printed and ignored) or land between creating a
+    run and starting its worker; a loop that checks `_Signals` instead stops every time, cleanly.
+    """
+    stop = (signal.SIGINT, signal.SIGTERM)
+    previous = {signum: signal.signal(signum, lambda _signum, _frame: None) for signum in stop}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def default_parallel(months: int) -> int:
@@ -119,40 +141,48 @@ def _in_process(spec: RunSpec, plan: Sequence[MonthPlan], *, runs_dir: str, inst
 
 
 def _in_workers(
-    spec: RunSpec, plan: Sequence[MonthPlan], *, runs_dir: str, instance: Any, parallel: int, received
+    spec: RunSpec, plan: Sequence[MonthPlan], *, runs_dir: str, instance: Any, parallel: int, received: _Signals
 ) -> list[Any]:
-    """Up to `parallel` run workers at once; their steps' lines printed from the runs' events."""
-    from quantlab_pipeline.orchestration.month_runs import create_month_run, month_result, start_month_worker
+    """Up to `parallel` run workers at once; their steps' lines printed from the runs' events.
+    A signal stops every worker with SIGTERM: each records the step it was in as interrupted."""
+    from quantlab_pipeline.orchestration.month_runs import (
+        create_month_run,
+        month_result,
+        settle_worker_exit,
+        start_month_worker,
+    )
 
     pending = list(plan)
-    active: dict[str, tuple[Any, subprocess.Popen, float]] = {}
+    active: dict[str, tuple[Any, Any, float]] = {}  # month: (Dagster run, worker, started)
     results: dict[str, Any] = {}
     events = _EventPrinter(instance)
-    try:
-        while pending or active:
+    with _signals_only_recorded():
+        while (pending or active) and not received():
             while pending and len(active) < parallel:
                 item = pending.pop(0)
                 run = create_month_run(spec, item.month, runs_dir=runs_dir, instance=instance, steps=item.steps)
+                active[item.month] = (run, start_month_worker(run, instance), time.perf_counter())
                 console.print(f"[bold]{item.month}[/bold] materializing{_steps(item)}… (Dagster run {run.run_id[:8]})")
-                active[item.month] = (run, start_month_worker(spec, run, instance), time.perf_counter())
             for month, (run, worker, started) in list(active.items()):
-                done = worker.poll() is not None
+                done = worker.exitcode is not None
                 events.print_new(month, run.run_id)
                 if done:
+                    settle_worker_exit(run.run_id, worker.exitcode, instance)
                     results[month] = month_result(
                         spec, month, runs_dir=runs_dir, instance=instance, run=instance.get_run_by_id(run.run_id)
                     )
                     _report(results[month], time.perf_counter() - started)
                     del active[month]
-            if pending or active:
-                time.sleep(0.3)
-    except KeyboardInterrupt:  # stop the workers: each records its step as interrupted
-        for _, worker, _ in active.values():
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(worker.pid, signal.SIGTERM)
-        for _, worker, _ in active.values():
-            worker.wait()
-        _interrupted(spec, ", ".join(sorted(active)), received() or [signal.SIGINT])
+            if active:
+                waits = [received.fd, *(worker.sentinel for _, worker, _ in active.values())]
+                multiprocessing.connection.wait(waits, timeout=0.3)
+        if received():
+            for _, worker, _ in active.values():
+                worker.terminate()
+            for run, worker, _ in active.values():
+                worker.join()
+                settle_worker_exit(run.run_id, worker.exitcode, instance)
+            _interrupted(spec, ", ".join(sorted(active) or [item.month for item in pending]), received())
     return [results[m] for m in sorted(results)]
 
 

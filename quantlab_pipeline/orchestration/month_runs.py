@@ -2,7 +2,8 @@
 in the instance with a code-location origin — so the UI can re-execute it — and then executed
 in this process (the foreground, one month or several at once) or queued for the daemon
 (`--submit`), which launches it wherever the instance's run launcher says (a subprocess here,
-a Docker container or a Kubernetes pod in `deploy/`).
+a Docker container or a Kubernetes pod in `deploy/`). `--parallel` months run in `month_worker`
+processes.
 
 The run's config carries the runs directory (the `run_store` resource), so a re-execution from
 the UI or a worker on another machine writes where the CLI did.
@@ -12,10 +13,11 @@ from __future__ import annotations
 
 import functools
 import os
-import subprocess
+import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from multiprocessing.context import ForkServerProcess
 from pathlib import Path
 from typing import Any
 
@@ -54,8 +56,10 @@ def _working_directory() -> str:
     return str(root) if root else os.getcwd()
 
 
+@functools.cache
 def _job(run_type: str) -> tuple[ReconstructableJob, RemoteJobOrigin]:
-    """The run type's job as this process reconstructs it, and its origin in the workspace."""
+    """The run type's job as this process reconstructs it, and its origin in the workspace
+    (built once per process: reconstructing the job resolves its whole definition)."""
     repository = ReconstructableRepository.for_module(
         DEFINITIONS_MODULE, "defs", working_directory=_working_directory()
     )
@@ -159,21 +163,23 @@ def materialize_month(
     return month_result(spec, month, runs_dir=runs_dir, instance=instance, run=instance.get_run_by_id(run.run_id))
 
 
-def start_month_worker(spec: RunSpec, run: DagsterRun, instance: DagsterInstance) -> subprocess.Popen:
-    """Execute a created run in a Dagster run worker process (`dagster api execute_run`, what
-    the instance's default launcher starts too), in its own process group."""
-    from dagster._grpc.types import ExecuteRunArgs
-    from dagster._serdes import serialize_value
+def start_month_worker(run: DagsterRun, instance: DagsterInstance) -> ForkServerProcess:
+    """Execute a created run in a Dagster run worker process (`month_worker`: the body of
+    `dagster api execute_run`, forked from a server that has Dagster and the kernels loaded)."""
+    from quantlab_pipeline.orchestration import month_worker
 
-    recon, _ = _job(spec.run_type)
-    args = ExecuteRunArgs(job_origin=recon.get_python_origin(), run_id=run.run_id, instance_ref=instance.get_ref())
-    return subprocess.Popen(
-        [sys.executable, "-m", "dagster", "api", "execute_run", serialize_value(args)],
-        stdin=subprocess.DEVNULL,  # this process's working directory: dagster.yaml's relative state paths
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,  # the run's events and the month's logs/ say what happened
-        start_new_session=True,  # Ctrl-C reaches the CLI, which stops its workers itself
-    )
+    return month_worker.start(run.run_id, instance.get_ref())
+
+
+def settle_worker_exit(run_id: str, exitcode: int, instance: DagsterInstance) -> None:
+    """Fail the run of a run worker that has exited without finishing it — ended by a signal
+    (kill -9, the OOM killer) or stopped before it started the run — so the UI does not show it
+    running, or waiting to start, for ever."""
+    run = instance.get_run_by_id(run_id)
+    if run is None or run.is_finished:
+        return
+    how = f"by {signal.Signals(-exitcode).name}" if -exitcode in signal.valid_signals() else f"with status {exitcode}"
+    instance.report_run_failed(run, f"the run worker ended {how} before it finished the run")
 
 
 def submit_month(
