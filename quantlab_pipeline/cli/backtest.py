@@ -157,12 +157,7 @@ def _naming_flags(exc: SpecError) -> SpecError:
 
 def _create(run_type: str, opts: dict[str, Any]):
     """Validate flags and sources, then register the run (spec + partition + run_spec)."""
-    from quantlab_pipeline.orchestration.launch import create_run, get_instance
-    from quantlab_pipeline.orchestration.month_runs import check_queue
-    from quantlab_pipeline.orchestration.partitions import check_months_exist
-    from quantlab_pipeline.sources.alerts import check_alerts_source
-    from quantlab_pipeline.sources.candles import check_candles_source
-    from quantlab_pipeline.storage.lifecycle import ensure_runs_dir
+    from quantlab_pipeline.orchestration.worker_server import start_server
     from quantlab_pipeline.storage.run_creation import create_run_spec
 
     try:
@@ -170,6 +165,16 @@ def _create(run_type: str, opts: dict[str, Any]):
     except SpecError as exc:
         raise _naming_flags(exc) from None
     months = spec.months()
+    if _launch_parallel(run_type, opts, spec, months) > 1:
+        start_server()  # its imports overlap the checks and the Dagster imports below
+
+    from quantlab_pipeline.orchestration.launch import create_run, get_instance
+    from quantlab_pipeline.orchestration.month_runs import check_queue
+    from quantlab_pipeline.orchestration.partitions import check_months_exist
+    from quantlab_pipeline.sources.alerts import check_alerts_source
+    from quantlab_pipeline.sources.candles import check_candles_source
+    from quantlab_pipeline.storage.lifecycle import ensure_runs_dir
+
     check_months_exist(months)
     check_alerts_source(spec.source.alerts, spec.source.alerts_table)
     check_candles_source(spec.source.candles_source, interval=spec.interval)
@@ -181,18 +186,29 @@ def _create(run_type: str, opts: dict[str, Any]):
     return spec, months, instance
 
 
+def _launch_parallel(run_type: str, opts: dict[str, Any], spec: Any, months: list[str]) -> int:
+    """Months at once in the foreground: `--parallel`, else the default; 0 with `--submit`; 1 for
+    a walk-forward (each month selects its policy on the months before it)."""
+    from quantlab_pipeline.storage.layout import required_artifacts
+
+    if opts["submit"]:
+        return 0
+    if "walkforward" in required_artifacts(run_type, spec.to_dict()):
+        return 1
+    return min(opts["parallel"] or default_parallel(len(months)), len(months))
+
+
 def _backtest(run_type: str, opts: dict[str, Any]) -> None:
     from quantlab_pipeline.core.nb import kernels_compiled
-    from quantlab_pipeline.orchestration.month_runs import submit_month
-    from quantlab_pipeline.storage.layout import required_artifacts
 
     if opts.get("walk_forward") and (opts["submit"] or (opts["parallel"] or 1) > 1):
         # each month selects its policy on the months before it (README "Walk-forward optimization")
         flag = "--submit" if opts["submit"] else "--parallel"
         raise SpecError(f"{flag}: a walk-forward optimization runs its months in order, one at a time")
     spec, months, instance = _create(run_type, opts)
-    in_order = "walkforward" in required_artifacts(run_type, spec.to_dict())
     if opts["submit"]:
+        from quantlab_pipeline.orchestration.month_runs import submit_month
+
         for month in months:
             submit_month(spec, month, runs_dir=opts["runs_dir"], instance=instance)
         err_console.print(
@@ -201,7 +217,7 @@ def _backtest(run_type: str, opts: dict[str, Any]) -> None:
         )
         console.print(spec.run_id)
         return
-    parallel = 1 if in_order else opts["parallel"] or default_parallel(len(months))
+    parallel = _launch_parallel(run_type, opts, spec, months)
     console.print(
         f"[bold]Run[/bold] {spec.run_id} ({run_type}, {len(months)} month(s): {months[0]}..{months[-1]}, "
         f"{parallel} at a time)"

@@ -12,9 +12,8 @@ per command, so forking from it is safe, unlike forking the CLI itself.
 from __future__ import annotations
 
 import gc
-import multiprocessing
 import os
-from multiprocessing.context import ForkServerContext, ForkServerProcess
+from multiprocessing.context import ForkServerProcess
 
 from dagster import DagsterInstance
 from dagster._cli.api import _execute_run_command_body
@@ -23,21 +22,17 @@ from dagster._utils.interrupts import capture_interrupts, setup_interrupt_handle
 
 import quantlab_pipeline.definitions  # noqa: F401  # imported once in the server, shared by every worker
 from quantlab_pipeline.core.nb import load_backtest_kernels
+from quantlab_pipeline.orchestration.worker_server import WORKER_MODULE, context
 
+assert __name__ == WORKER_MODULE  # the module the server preloads
 # The server imports this module: everything above, and the kernels below, are in every worker.
 load_backtest_kernels()
 gc.freeze()  # the imports' objects are never collected: leave them out of every collection
 
 
-def _context() -> ForkServerContext:
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload([__name__])
-    return context
-
-
 def start(run_id: str, instance_ref: InstanceRef) -> ForkServerProcess:
     """Start a worker executing the (created, not started) Dagster run `run_id`."""
-    process = _context().Process(target=_execute, args=(run_id, instance_ref), name=f"dagster-run-{run_id[:8]}")
+    process = context().Process(target=_execute, args=(run_id, instance_ref), name=f"dagster-run-{run_id[:8]}")
     process.start()
     return process
 
