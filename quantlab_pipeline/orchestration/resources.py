@@ -6,13 +6,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import polars as pl
-from dagster import ConfigurableResource
+from dagster import ConfigurableResource, InitResourceContext
 from pydantic import Field, PrivateAttr
 
 from quantlab_pipeline.core.candles import Candles, plan_chunks
 from quantlab_pipeline.core.features import LOOKBACK_MS
 from quantlab_pipeline.core.inputs import CandlesInput
 from quantlab_pipeline.core.spec import RunSpec
+from quantlab_pipeline.orchestration.run_launcher import record_run_worker
 from quantlab_pipeline.sources.candles import read_candles
 from quantlab_pipeline.storage.layout import required_artifacts
 from quantlab_pipeline.storage.run_dir import RunDirectory
@@ -28,6 +29,12 @@ class RunStoreResource(ConfigurableResource):
     runs_dir: str = Field(
         description="Root of the run directories (relative to the code location's working directory)."
     )
+
+    def setup_for_execution(self, context: InitResourceContext) -> None:
+        """Every backtest, spec and catalog run sets this resource up in its worker before its
+        first step: the one place the worker names itself on its run, for run monitoring
+        (`orchestration.run_launcher`)."""
+        record_run_worker(context.instance, context.dagster_run)
 
     @property
     def root(self) -> Path:

@@ -31,19 +31,24 @@ def _boot_id() -> str | None:
         return None
 
 
+def _stat_fields(pid: int) -> list[bytes] | None:
+    """/proc/<pid>/stat from field 3 (the state) on; None where /proc is not available or `pid` is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return None
+    # Field 2 (comm) is parenthesised and may hold spaces; fields from 3 on follow its last ')'.
+    return stat[stat.rfind(b")") + 2 :].split()
+
+
 def process_start(pid: int) -> str | None:
     """The start time of process `pid` (clock ticks since boot, /proc/<pid>/stat field 22).
 
     With the pid and the boot id it names one process for good: a pid reused after the writer
     died belongs to a process started later. None where /proc is not available or `pid` is gone.
     """
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_bytes()
-    except OSError:
-        return None
-    # Field 2 (comm) is parenthesised and may hold spaces; fields from 3 on follow its last ')'.
-    fields = stat[stat.rfind(b")") + 2 :].split()
-    return fields[19].decode() if len(fields) > 19 else None
+    fields = _stat_fields(pid)
+    return fields[19].decode() if fields and len(fields) > 19 else None
 
 
 def writer_record(
@@ -85,9 +90,12 @@ def _pid_alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:  # alive, owned by another user
-        return True
-    return True
+    except PermissionError:  # exists, owned by another user
+        pass
+    # A zombie has exited and only waits to be reaped, which may never happen: an orphan under an
+    # init that does not reap (many containers), or a child of a hung parent.
+    fields = _stat_fields(pid)
+    return not (fields and fields[0] in (b"Z", b"X"))
 
 
 def writer_gone(writer: dict[str, Any] | None, *, now: dt.datetime | None = None) -> str | None:

@@ -7,10 +7,12 @@ rehearsal showed.
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 import pytest
 import yaml
+from dagster import DefaultRunLauncher
 from dagster._config import process_config
 from dagster._core.instance.config import dagster_instance_config
 
@@ -49,10 +51,18 @@ def test_the_postgres_credentials_come_from_the_environment(monkeypatch):
     assert (db["username"], db["password"], db["hostname"], db["db_name"], db["port"]) == ("u", "p", "h", "d", 6543)
 
 
-def test_docker_config_is_the_shared_config_plus_a_valid_docker_launcher():
+def test_the_shared_config_launches_local_workers_that_run_monitoring_checks():
+    launcher = _load("dagster.yaml")["run_launcher"]
+    launcher_class = getattr(importlib.import_module(launcher["module"]), launcher["class"])
+    assert issubclass(launcher_class, DefaultRunLauncher)
+    assert launcher_class().supports_check_run_worker_health
+
+
+def test_docker_config_is_the_shared_config_with_a_valid_docker_launcher():
     from dagster_docker import DockerRunLauncher
 
     shared, docker = _load("dagster.yaml"), _load("docker", "dagster.yaml")
+    shared.pop("run_launcher")
     launcher = docker.pop("run_launcher")
     assert docker == shared
     assert (launcher["module"], launcher["class"]) == ("dagster_docker", "DockerRunLauncher")
@@ -94,7 +104,7 @@ def test_each_month_run_pod_requests_the_memory_the_limit_budgets():
 
 def test_the_rehearsal_changes_only_the_limit_and_the_intervals():
     shared, rehearsed = _load("dagster.yaml"), rehearsal_instance_config()
-    for key in ("storage", "local_artifact_storage", "compute_logs", "telemetry"):
+    for key in ("run_launcher", "storage", "local_artifact_storage", "compute_logs", "telemetry"):
         assert rehearsed[key] == shared[key]
     assert rehearsed["concurrency"]["pools"] == shared["concurrency"]["pools"]
     assert rehearsed["run_monitoring"]["enabled"] is True
