@@ -165,7 +165,7 @@ def _create(run_type: str, opts: dict[str, Any]):
     except SpecError as exc:
         raise _naming_flags(exc) from None
     months = spec.months()
-    if _launch_parallel(run_type, opts, spec, months) > 1:
+    if "parallel" in opts and _launch_parallel(run_type, opts, spec, months) > 1:  # a backtest command
         start_server()  # its imports overlap the checks and the Dagster imports below
 
     from quantlab_pipeline.orchestration.launch import create_run, get_instance
@@ -191,7 +191,7 @@ def _launch_parallel(run_type: str, opts: dict[str, Any], spec: Any, months: lis
     a walk-forward (each month selects its policy on the months before it)."""
     from quantlab_pipeline.storage.layout import required_artifacts
 
-    if opts["submit"]:
+    if opts.get("submit"):
         return 0
     if "walkforward" in required_artifacts(run_type, spec.to_dict()):
         return 1
