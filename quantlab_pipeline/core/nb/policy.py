@@ -19,7 +19,7 @@ import numba
 import numpy as np
 
 from quantlab_pipeline.core.nb.windows import prefetch
-from quantlab_pipeline.core.policy_spec import FRACTION_TOLERANCE
+from quantlab_pipeline.core.policy_spec import BPS, FRACTION_TOLERANCE
 
 # Exit reason codes; `EXIT_REASONS[code]` is the name written to `policy/trades.parquet`.
 STOP_LOSS, TAKE_PROFIT, TIME_STOP, HARD_STOP, TRAILING_STOP, LADDER_COMPLETE, END_OF_DATA = range(7)
@@ -39,7 +39,9 @@ STEP_OPEN, STEP_STOP, STEP_PROFIT, STEP_CLOSE = 0, 1, 2, 3
 NEVER = np.iinfo(np.int64).max  # "no exit yet" candle / timestamp
 PREFETCH_AHEAD = 2  # trades ahead whose window's first candles are prefetched
 PREFETCH_CANDLES = 128  # how many of their lows and highs
-EXIT_CANDLES = 32  # how many of their opens and times (read at the exit candle; half the stops of the month exit by then)
+EXIT_CANDLES = (
+    32  # how many of their opens and times (read at the exit candle; half the stops of the month exit by then)
+)
 PARALLEL_CHUNK = 256  # trades per `simulate_range` call in `simulate_parallel`
 STREAM_AHEAD = 128  # candles ahead of the one being read whose low and high are prefetched
 QUIET_BLOCK = 8  # candles whose lowest low and highest high are checked at once (a cache line of each)
@@ -338,3 +340,69 @@ def simulate_parallel(
             out_reason,
             out_low,
         )
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def trade_columns(out_ts, out_px, out_reason, out_low, entry_ts, p0, peak, costs_bps, is_stop_out):
+    """The per-trade columns of the kernels' outputs (`out_*[policy, path]`), one row per traded
+    (policy, path) in policy-major order, in one pass: `policy_index, path_index, entry_ts_ms,
+    entry_px, exit_ts_ms, exit_px, reason code, realized_return_bps, stop_out,
+    max_adverse_excursion_bps, time_exposed_ms, tail_capture` (NaN where the path's `peak` is not
+    above 1 or is NaN). `is_stop_out[code]` marks the stop-type reasons.
+
+    The arithmetic is the frame's formulas (README "Policies"), one operation at a time as NumPy
+    would do them, so the values are the same bit for bit.
+    """
+    n_policies, n_paths = out_reason.shape
+    n = 0
+    for p in range(n_policies):
+        for t in range(n_paths):
+            n += out_reason[p, t] != NO_TRADE
+    policy_index = np.empty(n, dtype=np.int64)
+    path_index = np.empty(n, dtype=np.int64)
+    trade_entry_ts = np.empty(n, dtype=np.int64)
+    entry_px = np.empty(n, dtype=np.float64)
+    exit_ts = np.empty(n, dtype=np.int64)
+    exit_px = np.empty(n, dtype=np.float64)
+    reason = np.empty(n, dtype=np.int8)
+    realized = np.empty(n, dtype=np.float64)
+    stop_out = np.empty(n, dtype=np.bool_)
+    adverse = np.empty(n, dtype=np.float64)
+    exposed = np.empty(n, dtype=np.int64)
+    tail = np.empty(n, dtype=np.float64)
+    row = 0
+    for p in range(n_policies):
+        for t in range(n_paths):
+            code = out_reason[p, t]
+            if code == NO_TRADE:
+                continue
+            px = p0[t]
+            gain = out_px[p, t] / px - 1.0
+            excursion = out_low[p, t] / px - 1.0
+            policy_index[row] = p
+            path_index[row] = t
+            trade_entry_ts[row] = entry_ts[t]
+            entry_px[row] = px
+            exit_ts[row] = out_ts[p, t]
+            exit_px[row] = out_px[p, t]
+            reason[row] = code
+            realized[row] = gain * BPS - costs_bps
+            stop_out[row] = is_stop_out[code]
+            adverse[row] = (excursion if excursion < 0.0 else 0.0) * BPS
+            exposed[row] = out_ts[p, t] - entry_ts[t]
+            tail[row] = gain / (peak[t] - 1.0) if peak[t] > 1.0 else np.nan
+            row += 1
+    return (
+        policy_index,
+        path_index,
+        trade_entry_ts,
+        entry_px,
+        exit_ts,
+        exit_px,
+        reason,
+        realized,
+        stop_out,
+        adverse,
+        exposed,
+        tail,
+    )
