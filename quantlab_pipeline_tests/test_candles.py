@@ -28,10 +28,12 @@ def test_mint_index_finds_each_mint_and_gives_minus_one_for_unknown_or_null():
     assert candles.mint_index(pl.Series(names).cast(pl.Categorical)).tolist() == expected
 
 
-def test_mint_index_of_a_sliced_series_and_of_no_candles():
+def test_mint_index_of_sliced_and_chunked_series_and_of_no_candles():
     candles = candles_of(MINTS)
     sliced = pl.Series(["x", "B", "0xabc", "y"]).slice(1, 2)
     assert candles.mint_index(sliced).tolist() == [candles.mints.index("B"), candles.mints.index("0xabc")]
+    chunked = pl.concat([pl.Series(["B", "x"]), pl.Series([None, "0xabc"])], rechunk=False)
+    assert candles.mint_index(chunked).tolist() == [candles.mints.index("B"), -1, -1, candles.mints.index("0xabc")]
     assert Candles.empty().mint_index(["B", None]).tolist() == [-1, -1]
     assert candles.mint_index(pl.Series([], dtype=pl.String)).tolist() == []
 

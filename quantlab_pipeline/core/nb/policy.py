@@ -39,9 +39,7 @@ STEP_OPEN, STEP_STOP, STEP_PROFIT, STEP_CLOSE = 0, 1, 2, 3
 NEVER = np.iinfo(np.int64).max  # "no exit yet" candle / timestamp
 PREFETCH_AHEAD = 2  # trades ahead whose window's first candles are prefetched
 PREFETCH_CANDLES = 128  # how many of their lows and highs
-EXIT_CANDLES = (
-    32  # how many of their opens and times (read at the exit candle; half the stops of the month exit by then)
-)
+EXIT_CANDLES = 32  # how many of their opens and times (read at an exit; half the month's stops exit by then)
 PARALLEL_CHUNK = 256  # trades per `simulate_range` call in `simulate_parallel`
 STREAM_AHEAD = 128  # candles ahead of the one being read whose low and high are prefetched
 QUIET_BLOCK = 8  # candles whose lowest low and highest high are checked at once (a cache line of each)
@@ -109,9 +107,9 @@ def simulate_range(
     Most candles change nothing, so the window is read in blocks of `QUIET_BLOCK`: when the
     block's lowest low is above every stop level it could reach (the trail follows the block's
     highest high at most) and its highest high is below the next profit level, no candle in it
-    exits, fills or arms anything, and the block only lowers the lowest price held and raises the
-    peak — the state the per-candle steps would reach, bit for bit (a minimum or maximum picks
-    one of its inputs). Any other block runs candle by candle. The lows and highs `STREAM_AHEAD`
+    exits or fills, and the block only lowers the lowest price held and raises the peak (and with
+    it the trail) — the state the per-candle steps would reach, bit for bit (a minimum or maximum
+    picks one of its inputs). Any other block runs candle by candle. The lows and highs `STREAM_AHEAD`
     candles on are prefetched: windows are short and start at random rows, too short for the
     hardware prefetcher to follow (it took the month's long windows from 1.5 to 0.9 ns a candle).
     """
