@@ -6,8 +6,11 @@ the longest window, an entry signal at row 0, `wait=0` and `is_open_safe=True` (
 high and low count, as they do here). Both vectorbt engines (Rust and Numba) and this project run
 on one thread. vectorbt's time is its generator call alone (arrays laid out beforehand, column by
 column — the order of a pandas DataFrame's `.values`, and the faster one for both engines: a
-column is one window, read front to back); this project's is the public `simulate_policies`
-(window bounds, kernel and trade frame), and its kernel alone beside it.
+column is one window, read front to back); this project's is the public `simulate_policies` from
+the paths frame to the trades frame (each path's mint looked up and window bounded in the candle
+set, kernel, trade columns and frame), and its kernel alone beside it. Both sides are timed warm
+and called in a loop, so each call starts with caches the previous call's pass over the candles
+has filled with candles, not with its own tables.
 
 Times are CPU seconds of the process (`kernels.cpu_timed`; Polars' pool threads count for this
 side): on a shared machine another job's load then cannot land on one side of a ratio only.

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import polars as pl
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from quantlab_pipeline.core.nb.policy import QUIET_BLOCK
 from quantlab_pipeline.core.policy import simulate_policies, simulate_trades
 from quantlab_pipeline.core.policy_spec import parse_policy, policy_to_dict
 from quantlab_pipeline.core.spec import Execution
@@ -186,6 +188,42 @@ def bar_series(draw):
     horizon_candles=st.integers(1, 30),
 )
 def test_kernels_match_the_reference(specs, series, alert_offset, horizon_candles):
+    check_against_reference(specs, series, alert_offset, horizon_candles)
+
+
+@st.composite
+def long_bar_series(draw):
+    """Hundreds of candles of a walk that moves a few percent at a time: most blocks of the
+    kernel's `QUIET_BLOCK` candles change nothing, so they are skipped whole; a drawn few jump."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    n = draw(st.integers(QUIET_BLOCK, 400))
+    p0 = draw(st.sampled_from([1000, 1000, 1370]))
+    move = draw(st.sampled_from([2, 8, 30]))
+    bars, ts, price = [], T0, p0
+    for i in range(n):
+        o = price if i == 0 else max(1, price + int(rng.integers(-move, move + 1)))
+        jump = 10 * move if rng.random() < 0.01 else move
+        c = max(1, o + int(rng.integers(-jump, jump + 1)))
+        h = max(o, c) + int(rng.integers(0, move + 1))
+        lo = max(1, min(o, c) - int(rng.integers(0, move + 1)))
+        bars.append((ts, float(o), float(h), float(lo), float(c)))
+        ts += DELTA * (2 if rng.random() < 0.05 else 1)
+        price = c
+    return bars
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(
+    specs=st.lists(policies, min_size=1, max_size=3),
+    series=st.lists(long_bar_series(), min_size=1, max_size=3),
+    alert_offset=st.integers(0, DELTA - 1),
+    horizon_candles=st.integers(QUIET_BLOCK, 500),
+)
+def test_kernels_match_the_reference_on_long_quiet_windows(specs, series, alert_offset, horizon_candles):
+    check_against_reference(specs, series, alert_offset, horizon_candles)
+
+
+def check_against_reference(specs, series, alert_offset, horizon_candles):
     horizon = horizon_candles * DELTA
     rows, paths = [], []
     for k, bars in enumerate(series):

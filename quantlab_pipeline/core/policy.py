@@ -46,6 +46,7 @@ from quantlab_pipeline.core.nb.policy import (
     TAKE_PROFIT,
     simulate_parallel,
     simulate_serial,
+    trade_columns,
 )
 from quantlab_pipeline.core.policy_spec import (
     BPS,
@@ -59,6 +60,22 @@ from quantlab_pipeline.core.policy_spec import (
 from quantlab_pipeline.core.spec import Execution
 
 STOP_OUT_REASONS: tuple[str, ...] = ("stop_loss", "hard_stop", "trailing_stop")
+_IS_STOP_OUT = np.isin(np.array(EXIT_REASONS), STOP_OUT_REASONS)  # by reason code
+# `simulate_policies`' columns, in the order `nb.policy.trade_columns` returns them.
+_OUTCOME_COLUMNS = (
+    "policy_index",
+    "path_index",
+    "entry_ts_ms",
+    "entry_px",
+    "exit_ts_ms",
+    "exit_px",
+    "exit_reason",
+    "realized_return_bps",
+    "stop_out",
+    "max_adverse_excursion_bps",
+    "time_exposed_ms",
+    "tail_capture",
+)
 
 TRADES_SCHEMA = pl.Schema(
     {
@@ -209,36 +226,23 @@ def simulate_policies(
     out_ts, out_px, out_reason, out_low = run_policies(
         candles, start, stop, p0, entry_ts, interval_ms, compiled, parallel=parallel
     )
-    # The trade columns in NumPy, then one frame: at one policy the columns are a few ms of Polars
-    # expressions (and their thread pool) against a ~15 ms kernel.
-    traded = out_reason.ravel() >= 0
-    path_index = np.tile(np.arange(n_paths, dtype=np.int64), n_pol)[traded]
-    reason = out_reason.ravel()[traded].astype(np.int64)
-    trade_entry_ts = entry_ts[path_index]
-    entry_px = p0[path_index]
-    exit_ts = out_ts.ravel()[traded]
-    exit_px = out_px.ravel()[traded]
-    peak = paths.get_column("peak_multiple").cast(pl.Float64).fill_null(np.nan).to_numpy()[path_index]
-    gain = exit_px / entry_px - 1.0
-    costs_bps = 2.0 * (execution.fee_bps + execution.slippage_bps)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        tail = np.where(peak > 1.0, gain / (peak - 1.0), np.nan)  # null unless the path went above p0
-    return pl.DataFrame(
-        {
-            "policy_index": np.repeat(np.arange(n_pol, dtype=np.int64), n_paths)[traded],
-            "path_index": path_index,
-            "entry_ts_ms": trade_entry_ts,
-            "entry_px": entry_px,
-            "exit_ts_ms": exit_ts,
-            "exit_px": exit_px,
-            "exit_reason": pl.Series(EXIT_REASONS, dtype=pl.String).gather(reason),
-            "realized_return_bps": gain * BPS - costs_bps,
-            "stop_out": np.isin(reason, [EXIT_REASONS.index(r) for r in STOP_OUT_REASONS]),
-            "max_adverse_excursion_bps": np.minimum(out_low.ravel()[traded] / entry_px - 1.0, 0.0) * BPS,
-            "time_exposed_ms": exit_ts - trade_entry_ts,
-            "tail_capture": pl.Series(tail, dtype=pl.Float64, nan_to_null=True),
-        }
+    peak = np.asarray(paths.get_column("peak_multiple").to_numpy(), dtype=np.float64)  # null → NaN
+    columns = trade_columns(
+        out_ts,
+        out_px,
+        out_reason,
+        out_low,
+        entry_ts,
+        p0,
+        peak,
+        2.0 * (execution.fee_bps + execution.slippage_bps),
+        _IS_STOP_OUT,
     )
+    # One compiled pass writes every column; the frame wraps the arrays without copying them.
+    frame = dict(zip(_OUTCOME_COLUMNS, columns, strict=True))
+    frame["exit_reason"] = pl.Series(EXIT_REASONS, dtype=pl.String).gather(frame["exit_reason"])
+    frame["tail_capture"] = pl.Series(frame["tail_capture"], dtype=pl.Float64, nan_to_null=True)
+    return pl.DataFrame(frame)
 
 
 def simulate_trades(
