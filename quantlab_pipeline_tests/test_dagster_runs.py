@@ -152,6 +152,12 @@ def _run_id(workdir: Path) -> str:
     return spec.stem
 
 
+def test_the_worker_server_preloads_the_worker_module():
+    from quantlab_pipeline.orchestration import month_worker, worker_server
+
+    assert month_worker.__name__ == worker_server.WORKER_MODULE
+
+
 def test_a_killed_parallel_worker_is_seen_and_resumed(workdir):
     _home_config(workdir, queued=True)
     killed = _backtest(workdir, *TWO_MONTHS_PARALLEL, env={"QUANTLAB_FAULT": "KILL:paths.parquet"})

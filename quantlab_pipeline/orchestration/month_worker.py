@@ -22,9 +22,8 @@ from dagster._utils.interrupts import capture_interrupts, setup_interrupt_handle
 
 import quantlab_pipeline.definitions  # noqa: F401  # imported once in the server, shared by every worker
 from quantlab_pipeline.core.nb import load_backtest_kernels
-from quantlab_pipeline.orchestration.worker_server import WORKER_MODULE, context
+from quantlab_pipeline.orchestration.worker_server import context
 
-assert __name__ == WORKER_MODULE  # the module the server preloads
 # The server imports this module: everything above, and the kernels below, are in every worker.
 load_backtest_kernels()
 gc.freeze()  # the imports' objects are never collected: leave them out of every collection
