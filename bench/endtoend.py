@@ -67,7 +67,9 @@ def bare_scan(db: Path, months: Sequence[str], repeat: int) -> dict:
     return {"rows": rows, "seconds": summarize(seconds, "s"), "numeric_seconds": summarize(numeric_seconds, "s")}
 
 
-def _backtest_argv(run_type: str, db: Path, runs_dir: Path, months: Sequence[str] = (MONTH,)) -> list[str]:
+def _backtest_argv(run_type: str, db: Path, runs_dir: Path | None, months: Sequence[str] = (MONTH,)) -> list[str]:
+    """`quantlab backtest <run_type>` over `months` of `db` (the bench's interval and horizon);
+    `--runs-dir` only when `runs_dir` is given."""
     argv = [
         str(QUANTLAB),
         "backtest",
@@ -82,9 +84,9 @@ def _backtest_argv(run_type: str, db: Path, runs_dir: Path, months: Sequence[str
         month_bounds(months[0])[0].isoformat(),
         "--to",
         month_bounds(months[-1])[1].isoformat(),
-        "--runs-dir",
-        str(runs_dir),
     ]
+    if runs_dir is not None:
+        argv += ["--runs-dir", str(runs_dir)]
     if run_type == "policy":
         argv += ["--policy-id", E2E_POLICY_ID, "--policy", E2E_POLICY]
     return argv

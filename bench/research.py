@@ -10,8 +10,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from dataset import HORIZON, INTERVAL, MONTH
-from endtoend import QUANTLAB, _backtest_argv, _run_dir, _step_times, backtest_child, dagster_home
+from dataset import MONTH
+from endtoend import _backtest_argv, _run_dir, _step_times, backtest_child, dagster_home
 from measure import summarize
 from rich.console import Console
 from rich.table import Table
@@ -52,7 +52,7 @@ def _compare(variants: dict[str, list[str]], months: tuple[str, ...], repeat: in
 
 def features_overhead(db: Path, *, repeat: int, numba_cache: Path, work_dir: Path) -> dict:
     """`quantlab backtest path-only` of the month with features (the default) and `--no-features`."""
-    argv = _backtest_argv("path-only", db, work_dir)[:-2]  # without its --runs-dir
+    argv = _backtest_argv("path-only", db, None)
     runs = _compare(
         {"with_features": argv, "without_features": [*argv, "--no-features"]},
         (MONTH,),
@@ -70,23 +70,8 @@ def features_overhead(db: Path, *, repeat: int, numba_cache: Path, work_dir: Pat
 def walk_forward_cost(db: Path, *, repeat: int, numba_cache: Path, work_dir: Path) -> dict:
     """`quantlab backtest optimize` over three months: plain, `--walk-forward` (K = 1) and
     `--train-months 2`; the walk-forward ratio is its wall time over the plain optimization's."""
-    argv = [
-        str(QUANTLAB),
-        "backtest",
-        "optimize",
-        "--calls-from-duckdb",
-        str(db),
-        "--interval",
-        INTERVAL,
-        "--horizon",
-        HORIZON,
-        "--from",
-        f"{WALK_FORWARD_MONTHS[0]}-01",
-        "--to",
-        "2024-03-31",
-        "--parallel",  # the months one after the other, as walk-forward runs them: the same work
-        "1",
-    ]
+    # the months one after the other, as walk-forward runs them: the same work
+    argv = [*_backtest_argv("optimize", db, None, WALK_FORWARD_MONTHS), "--parallel", "1"]
     started = time.perf_counter()
     runs = _compare(
         {
