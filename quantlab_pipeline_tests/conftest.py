@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
 from dagster import instance_for_test
 
 from quantlab_pipeline.sources.sample_db import generate_sample_data
+from quantlab_pipeline.warm.client import stop_servers
+
+# The session's warm server directory (short: a Unix socket's path holds 107 bytes), never the
+# user's; every `quantlab` child of the session shares the servers started there.
+os.environ["QUANTLAB_WARM_DIR"] = tempfile.mkdtemp(prefix="qlw-", dir="/tmp")
+os.environ["QUANTLAB_WARM_IDLE_S"] = "300"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_warm_servers():
+    """Stop the session's warm servers when the tests end."""
+    yield
+    stop_servers(os.environ["QUANTLAB_WARM_DIR"])
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib
 import json
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+
+from quantlab_pipeline_tests.helpers import child_env
 
 REPO = Path(__file__).resolve().parents[1]
 POLICY_KINDS = ("fixed_stop", "trailing_stop", "time_stop", "ladder", "combo")
@@ -45,7 +46,7 @@ def _figure(node: dict, *path: str) -> dict:
 def quick_run(tmp_path_factory) -> tuple[dict, str]:
     tmp = tmp_path_factory.mktemp("bench")
     out = tmp / "latest.json"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DAGSTER_", "QUANTLAB_", "NUMBA_"))}
+    env = child_env(("DAGSTER_", "QUANTLAB_", "NUMBA_"))
     proc = subprocess.run(
         [
             sys.executable,

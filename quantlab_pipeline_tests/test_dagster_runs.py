@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from quantlab_pipeline_tests.helpers import BIN, run_cli
+from quantlab_pipeline_tests.helpers import BIN, child_env, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -42,7 +42,7 @@ def _home_config(workdir: Path, *, queued: bool) -> None:
 
 
 def _env(workdir: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DAGSTER_", "QUANTLAB_"))}
+    env = child_env()
     env.update(DAGSTER_HOME=str(workdir / ".dagster_home"), QUANTLAB_RUNS_DIR=str(workdir / "runs"), NO_COLOR="1")
     return env
 
@@ -152,12 +152,6 @@ def _run_id(workdir: Path) -> str:
     return spec.stem
 
 
-def test_the_worker_server_preloads_the_worker_module():
-    from quantlab_pipeline.orchestration import month_worker, worker_server
-
-    assert month_worker.__name__ == worker_server.WORKER_MODULE
-
-
 def test_a_killed_parallel_worker_is_seen_and_resumed(workdir):
     _home_config(workdir, queued=True)
     killed = _backtest(workdir, *TWO_MONTHS_PARALLEL, env={"QUANTLAB_FAULT": "KILL:paths.parquet"})
@@ -174,7 +168,7 @@ def test_a_killed_parallel_worker_is_seen_and_resumed(workdir):
 
 def test_ctrl_c_stops_the_parallel_workers_with_one_line(workdir):
     _home_config(workdir, queued=True)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DAGSTER_", "QUANTLAB_"))}
+    env = child_env()
     env.update(_env(workdir), COLUMNS="200", PYTHONUNBUFFERED="1")  # lines as they are printed
     proc = subprocess.Popen(
         [str(BIN / "quantlab"), *BACKTEST, *TWO_MONTHS_PARALLEL],

@@ -10,7 +10,6 @@ the rows of an uninterrupted one).
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sqlite3
 import subprocess
@@ -20,7 +19,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from quantlab_pipeline_tests.helpers import BIN, run_cli
+from quantlab_pipeline_tests.helpers import BIN, child_env, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -132,7 +131,7 @@ def test_a_killed_catalog_sync_never_blocks_the_next(workdir):
     assert backtest(workdir).returncode == 0
     materialize = [str(BIN / "dagster"), "asset", "materialize", "-m", "quantlab_pipeline.definitions"]
     materialize += ["--select", "backtest_catalog"]
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DAGSTER_", "QUANTLAB_"))}
+    env = child_env()
     env.update(DAGSTER_HOME=str(workdir / ".dagster_home"), QUANTLAB_RUNS_DIR=str(workdir / "runs"))
     killed = subprocess.run(
         materialize, cwd=workdir, env={**env, "QUANTLAB_FAULT": "KILL:catalog.sync"}, capture_output=True, timeout=300

@@ -44,7 +44,7 @@ from quantlab_pipeline.orchestration.settings import Settings
 from quantlab_pipeline.storage.run_dir import RunDirectory
 from quantlab_pipeline.storage.specs import read_spec
 from quantlab_pipeline_tests.browser import Browser, chromium_or_skip
-from quantlab_pipeline_tests.helpers import BIN, run_cli
+from quantlab_pipeline_tests.helpers import BIN, child_env, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -256,7 +256,7 @@ def ui(tmp_path_factory, sample_db) -> Iterator[UI]:
     assert match, proc.stdout
 
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DAGSTER_", "QUANTLAB_"))}
+    env = child_env()
     env.update(
         DAGSTER_HOME=str(home),
         # `dg dev` runs from the project root: the state it shows is named absolutely.

@@ -6,6 +6,7 @@ from __future__ import annotations
 import gc
 import os
 import sys
+from typing import NoReturn
 
 # Before NumPy is imported: a backtest fills ~1 GB of fresh candle arrays once, and NumPy's
 # madvise(MADV_HUGEPAGE) on them makes the kernel compact memory at first touch, which measured
@@ -26,7 +27,7 @@ def cli() -> None:
     """Backtest calls against OHLCV candles, orchestrated by Dagster."""
 
 
-def main() -> None:
+def main() -> NoReturn:
     """The `quantlab` console script: run the command, then leave without interpreter teardown.
 
     By the time a command returns, everything it wrote is durable (files fsynced and renamed,
@@ -58,8 +59,13 @@ def runs_group() -> None:
     """Create runs for `dagster asset materialize`; see where a run stands; finish it."""
 
 
+@cli.group("server")
+def server_group() -> None:
+    """The warm server commands are forked from: see it, stop it."""
+
+
 def _register() -> None:
-    from quantlab_pipeline.cli import backtest, catalog, report, runs, sample_data
+    from quantlab_pipeline.cli import backtest, catalog, report, runs, sample_data, server
 
     cli.add_command(sample_data.sample_data)
     cli.add_command(report.report)
@@ -67,6 +73,8 @@ def _register() -> None:
         backtest_group.add_command(command)
     for command in [backtest.runs_create, *runs.COMMANDS]:
         runs_group.add_command(command)
+    for command in server.COMMANDS:
+        server_group.add_command(command)
 
 
 _register()

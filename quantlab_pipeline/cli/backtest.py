@@ -157,8 +157,8 @@ def _naming_flags(exc: SpecError) -> SpecError:
 
 def _create(run_type: str, opts: dict[str, Any]):
     """Validate flags and sources, then register the run (spec + partition + run_spec)."""
-    from quantlab_pipeline.orchestration.worker_server import start_server
     from quantlab_pipeline.storage.run_creation import create_run_spec
+    from quantlab_pipeline.warm.client import start_private_server
 
     try:
         spec = create_run_spec(_request(run_type, opts))
@@ -166,7 +166,7 @@ def _create(run_type: str, opts: dict[str, Any]):
         raise _naming_flags(exc) from None
     months = spec.months()
     if "parallel" in opts and _launch_parallel(run_type, opts, spec, months) > 1:  # a backtest command
-        start_server()  # its imports overlap the checks and the Dagster imports below
+        start_private_server()  # unless forked by the warm server: its imports overlap what follows
 
     from quantlab_pipeline.orchestration.launch import create_run, get_instance
     from quantlab_pipeline.orchestration.month_runs import check_queue

@@ -15,6 +15,13 @@ console = Console(highlight=False, soft_wrap=True)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
+def reattach() -> None:
+    """Detect the terminal again (colours, `NO_COLOR`, `FORCE_COLOR`): in a command the warm server
+    forked, the consoles were made in the server, whose streams were not the user's."""
+    console.__init__(highlight=False, soft_wrap=True)  # type: ignore[misc]
+    err_console.__init__(stderr=True, highlight=False, soft_wrap=True)  # type: ignore[misc]
+
+
 def fail(message: str, code: int = 2) -> NoReturn:
     """Print a one-line error and exit `code` (2: bad input or flag; 1: an environment fault)."""
     err_console.print(f"[bold red]error:[/bold red] {escape(message)}")

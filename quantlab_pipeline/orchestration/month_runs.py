@@ -17,7 +17,6 @@ import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from multiprocessing.context import ForkServerProcess
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +40,7 @@ from quantlab_pipeline.storage.layout import ARTIFACT_PHASES, required_artifacts
 from quantlab_pipeline.storage.lifecycle import month_status, steps_to_finish
 from quantlab_pipeline.storage.run_dir import RunDirectory
 from quantlab_pipeline.storage.writer import writer_gone
+from quantlab_pipeline.warm.client import ServerProcess
 
 DEFINITIONS_MODULE = "quantlab_pipeline.definitions"
 LOCATION_NAME = "quantlab_pipeline"  # the code location's name in workspace.yaml and pyproject
@@ -163,9 +163,9 @@ def materialize_month(
     return month_result(spec, month, runs_dir=runs_dir, instance=instance, run=instance.get_run_by_id(run.run_id))
 
 
-def start_month_worker(run: DagsterRun, instance: DagsterInstance) -> ForkServerProcess:
+def start_month_worker(run: DagsterRun, instance: DagsterInstance) -> ServerProcess:
     """Execute a created run in a Dagster run worker process (`month_worker`: the body of
-    `dagster api execute_run`, forked from a server that has Dagster and the kernels loaded)."""
+    `dagster api execute_run`, forked from the warm server: Dagster and the kernels are loaded)."""
     from quantlab_pipeline.orchestration import month_worker
 
     return month_worker.start(run.run_id, instance.get_ref())

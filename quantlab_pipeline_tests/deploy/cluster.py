@@ -27,6 +27,7 @@ import yaml
 from quantlab_pipeline.orchestration.jobs import JOB_BY_RUN_TYPE
 from quantlab_pipeline.orchestration.partitions import month_run_key
 from quantlab_pipeline_tests.deploy.postgres import Postgres, free_port
+from quantlab_pipeline_tests.helpers import child_env
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEPLOY_DIR = PROJECT_ROOT / "deploy"
@@ -134,7 +135,7 @@ def running_cluster(postgres: Postgres, tmp: Path, *, timeout_s: float = 120) ->
     for folder in (home, work):
         folder.mkdir(parents=True)
     (home / "dagster.yaml").write_text(yaml.safe_dump(rehearsal_instance_config(), sort_keys=False))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DAGSTER_", "QUANTLAB_"))}
+    env = child_env()
     env.update(postgres.env())
     env.update(
         {

@@ -1,0 +1,296 @@
+"""The `quantlab` console script, and how any process asks the warm server for a forked process.
+
+A backtest's fixed cost is mostly start-up: importing Dagster, the definitions and the CLI
+(~0.8 s), loading the compiled kernels (~0.4 s), importing the instance's storage (~0.4 s). The
+warm server pays it once and forks each command from itself, so a command starts in
+milliseconds (README "The warm server"). This module must stay cheap to import: standard library
+only, nothing of the project's own but `warm.protocol`.
+
+The forked command behaves as if run here: it gets this process's arguments, environment, working
+directory, umask and standard streams (the file descriptors themselves, passed over the socket);
+signals sent here (Ctrl-C, SIGTERM, SIGHUP) are forwarded to its process group; its exit status
+becomes this process's, a death by signal included. If this process is killed (SIGKILL), the
+server's side of the connection closes and the command is killed too: nothing keeps running that
+the user cannot see. Anything unusual (server disabled, unusable socket directory, a server that
+fails to start) and the command simply runs in this process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+from typing import NoReturn
+
+from quantlab_pipeline.warm import protocol
+
+_FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
+SERVER_START_TIMEOUT_S = 120.0  # a first start may compile nothing but still loads LLVM and Dagster
+
+# Set in a process the server forked: where that server listens, so the process's own workers
+# (`--parallel` months) are forked from it too.
+serving: str | None = None
+
+
+def main() -> NoReturn:
+    """`quantlab …`: run the command in the warm server when it can, else in this process."""
+    if protocol.enabled(os.environ):
+        code = _run_in_server(sys.argv)
+        if code is not None:
+            _exit_like(code)
+    from quantlab_pipeline.cli import main as run_here
+
+    run_here()
+
+
+def _run_in_server(argv: list[str]) -> int | None:
+    """The forked command's exit status (negative: killed by that signal), or None when no server
+    could take it (nothing has run then)."""
+    try:
+        path = protocol.socket_path(os.environ)
+        cwd = os.getcwd()
+    except (OSError, ValueError):
+        return None
+    if os.path.exists(f"{path}.failed"):  # this build's server cannot start: see its .log
+        return None
+    sock = connect(path) or _start_persistent(path)
+    if sock is None:
+        return None
+    umask = os.umask(0)
+    os.umask(umask)
+    request = {"kind": "command", "argv": argv, "cwd": cwd, "env": dict(os.environ), "umask": umask}
+    with sock:
+        try:
+            pid = send_request(sock, request, fds=_std_fds())
+        except OSError:
+            return None
+        return _follow(sock, pid)
+
+
+def _std_fds() -> list[int]:
+    """Descriptors 0, 1 and 2 to pass; /dev/null in place of a closed one."""
+    fds = []
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+            fds.append(fd)
+        except OSError:
+            fds.append(os.open(os.devnull, os.O_RDWR))
+    return fds
+
+
+def _follow(sock: socket.socket, pid: int) -> int:
+    """Forward signals to the command's process group until the server reports its exit."""
+
+    def forward(signum: int, _frame) -> None:
+        try:
+            os.killpg(pid, signum)
+        except ProcessLookupError:  # not yet its own group leader, or already gone
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+    for signum in _FORWARDED:
+        signal.signal(signum, forward)
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        pidfd = None
+    reply = protocol.receive(sock)
+    if reply is not None:
+        return int(reply["exit"])
+    # The server went away (killed, or its machine is going down): wait for the command itself.
+    if pidfd is not None:
+        select.select([pidfd], [], [])
+    print("quantlab: the warm server stopped; the command's exit status is unknown", file=sys.stderr)
+    return 1
+
+
+def _exit_like(code: int) -> NoReturn:
+    """Leave with the command's status: its exit code, or death by the same signal."""
+    sys.stdout.flush()
+    if code < 0:
+        with contextlib.suppress(OSError, ValueError):  # SIGKILL's and SIGSTOP's cannot be set
+            signal.signal(-code, signal.SIG_DFL)
+        os.kill(os.getpid(), -code)
+        code = 128 - code
+    os._exit(code)
+
+
+def servers(directory: str) -> dict[str, int]:
+    """The servers listening in `directory`: socket path → server pid."""
+    found = {}
+    for name in sorted(os.listdir(directory)):
+        path = os.path.join(directory, name)
+        sock = connect(path) if name.endswith(".sock") else None
+        if sock is not None:
+            with sock:
+                protocol.send(sock, {"kind": "ping"})
+                reply = protocol.receive(sock)
+            if reply:
+                found[path] = int(reply["pid"])
+    return found
+
+
+def stop_servers(directory: str) -> dict[str, int]:
+    """Stop the servers listening in `directory` (each finishes the commands it is running);
+    what was listening."""
+    found = servers(directory)
+    for path in found:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)  # a server stops listening once its socket is gone
+    return found
+
+
+def connect(path: str) -> socket.socket | None:
+    """A connection to the server listening at `path`, or None if none is."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        sock.connect(path)
+    except OSError:
+        sock.close()
+        return None
+    return sock
+
+
+def send_request(sock: socket.socket, request: dict, fds: list[int] = ()) -> int:  # type: ignore[assignment]
+    """Send `request` (and `fds`) and return the pid of the process the server forked for it."""
+    protocol.send(sock, request, fds)
+    reply = protocol.receive(sock)
+    if reply is None or "pid" not in reply:
+        raise ConnectionError(f"warm server: no process for the request ({(reply or {}).get('error', 'closed')})")
+    return int(reply["pid"])
+
+
+def _start_persistent(path: str) -> socket.socket | None:
+    """Start the server for `path` (one starter at a time: a lock beside the socket) and connect."""
+    with open(f"{path}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        sock = connect(path)  # another command started it while this one waited
+        if sock is not None:
+            return sock
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)  # a server that died without removing its socket
+        if not _ready(_start_server(path, idle_s=protocol.idle_seconds(os.environ), log=f"{path}.log")):
+            open(f"{path}.failed", "w").close()
+            return None
+        return connect(path)
+
+
+def _start_server(path: str, *, idle_s: float, log: str, alive_fd: int | None = None) -> int:
+    """Start a server listening at `path`; the descriptor it writes `ready` to once it listens."""
+    ready_r, ready_w = os.pipe()
+    argv = [sys.executable, "-m", "quantlab_pipeline.warm.server", path, str(idle_s), str(ready_w)]
+    pass_fds = [ready_w]
+    if alive_fd is not None:
+        argv.append(str(alive_fd))
+        pass_fds.append(alive_fd)
+    try:
+        with open(log, "ab") as out:
+            subprocess.Popen(
+                argv, pass_fds=pass_fds, start_new_session=True, stdin=subprocess.DEVNULL, stdout=out, stderr=out
+            )
+    finally:
+        os.close(ready_w)
+    return ready_r
+
+
+def _ready(ready_fd: int) -> bool:
+    with os.fdopen(ready_fd, "rb") as ready:
+        readable, _, _ = select.select([ready], [], [], SERVER_START_TIMEOUT_S)
+        return bool(readable) and ready.read(5) == b"ready"
+
+
+class ServerProcess:
+    """A process the warm server forked for this one, with the part of `multiprocessing.Process`
+    the `--parallel` loop uses: `pid`, `sentinel` (readable once it exits), `exitcode`,
+    `terminate()`, `join()`. Closing this process's end of the connection kills it."""
+
+    def __init__(self, sock: socket.socket, pid: int):
+        self._sock = sock
+        self.pid = pid
+        self._exitcode: int | None = None
+
+    @property
+    def sentinel(self) -> int:
+        return self._sock.fileno()
+
+    @property
+    def exitcode(self) -> int | None:
+        if self._exitcode is None and select.select([self._sock], [], [], 0)[0]:
+            reply = protocol.receive(self._sock)
+            # No reply: the server itself is gone; report the worker as killed.
+            self._exitcode = int(reply["exit"]) if reply else -signal.SIGKILL
+            self._sock.close()
+        return self._exitcode
+
+    def terminate(self) -> None:
+        if self.exitcode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGTERM)
+
+    def join(self) -> None:
+        while self.exitcode is None:
+            select.select([self._sock], [], [])
+
+
+def start_process(kind: str, **fields) -> ServerProcess:
+    """Fork a `kind` process (`server.TARGETS`) from the server this process came from, else from
+    this command's private server (started on first use, gone when this process ends)."""
+    sock = connect(serving) if serving else None
+    if sock is None:
+        sock = connect(_private_server().wait())
+    if sock is None:
+        raise ConnectionError("warm server: the private server is not listening")
+    request = {"kind": kind, "cwd": os.getcwd(), "env": dict(os.environ), "umask": _umask(), **fields}
+    return ServerProcess(sock, send_request(sock, request))
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+class _PrivateServer:
+    """This command's own server (when it was not itself forked by one): started early, waited for
+    at its first request, gone when this process ends (it exits when its `alive` pipe closes)."""
+
+    def __init__(self) -> None:
+        self.directory = tempfile.mkdtemp(prefix="quantlab-workers-")
+        self.path = os.path.join(self.directory, "server.sock")
+        alive_r, self._alive_w = os.pipe()  # kept open (not inherited) for this process's life
+        log = os.path.join(self.directory, "server.log")
+        self._ready_fd: int | None = _start_server(self.path, idle_s=0, log=log, alive_fd=alive_r)
+        os.close(alive_r)
+
+    def wait(self) -> str:
+        if self._ready_fd is not None:
+            ready_fd, self._ready_fd = self._ready_fd, None
+            if not _ready(ready_fd):
+                raise ConnectionError(
+                    f"warm server: the private server did not start (see {self.directory}/server.log)"
+                )
+        return self.path
+
+
+_private: _PrivateServer | None = None
+
+
+def start_private_server() -> None:
+    """Start this command's private server now if it will need one (its imports then overlap the
+    command's own work); a no-op inside a process the warm server forked."""
+    if serving is None:
+        _private_server()
+
+
+def _private_server() -> _PrivateServer:
+    global _private
+    if _private is None:
+        _private = _PrivateServer()
+    return _private

@@ -1,0 +1,271 @@
+"""The warm server: imports once what every command needs, then forks a process per request.
+
+Started by `warm.client` as `python -m quantlab_pipeline.warm.server SOCKET IDLE_S READY_FD
+[ALIVE_FD]`. It stays single-threaded (forking a process with other threads could copy a lock one
+of them holds), so the forks are safe; the imported objects are frozen out of the garbage
+collector, so the children's collections skip them and their memory pages stay shared.
+
+A persistent server (started by a `quantlab` command) exits after `IDLE_S` seconds without a
+request or a running child, or as soon as its socket is removed or replaced. A private server
+(started for one command's `--parallel` workers, `ALIVE_FD` given) exits when that command does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import json
+import os
+import random
+import selectors
+import shutil
+import signal
+import socket
+import struct
+import sys
+import threading
+import time
+from collections.abc import Callable
+
+from quantlab_pipeline.warm import client, protocol
+
+# Imported before the server listens. Beyond the CLI, the definitions and the run worker: what
+# opening a SQLite instance, running a job in process and drawing the charts import on first use
+# (measured: ~790 modules, ~0.5 s, that a forked command would otherwise import itself).
+PRELOAD = (
+    "quantlab_pipeline.cli",
+    "quantlab_pipeline.definitions",
+    "quantlab_pipeline.orchestration.month_runs",
+    "quantlab_pipeline.orchestration.month_worker",
+    "dagster._core.storage.sqlite_storage",
+    "dagster._core.storage.event_log.sqlite.consolidated_sqlite_event_log",
+    "dagster._core.storage.local_compute_log_manager",
+    "dagster._core.executor.in_process",
+    "dagster._core.workspace.context",
+    "dagster._core.execution.asset_backfill",
+    "dagster._daemon.monitoring",
+    "dagster._daemon.auto_run_reexecution.auto_run_reexecution",
+    "alembic.command",
+    "alembic.runtime.migration",
+    "sqlalchemy.dialects.sqlite",
+    "PIL.PngImagePlugin",
+    "pandas",  # when installed (the bench's extra): Dagster's type checks import it
+)
+
+
+def preload() -> None:
+    import importlib
+    import importlib.util
+
+    for name in PRELOAD:
+        if importlib.util.find_spec(name.partition(".")[0]) is not None:
+            importlib.import_module(name)
+    from quantlab_pipeline.core.nb import load_backtest_kernels
+
+    load_backtest_kernels()
+    gc.collect()
+    gc.freeze()
+    # Native pools started by the imports (OpenBLAS, Arrow's allocator) are idle and handle fork
+    # themselves; Polars creates its pool on first use, which the server never makes.
+    if threading.active_count() != 1:
+        raise RuntimeError(
+            f"the preloaded imports started {threading.active_count() - 1} thread(s); forking would be unsafe"
+        )
+
+
+def _run_command(request: dict) -> None:
+    """A `quantlab` command, as the console script runs it (it leaves with `os._exit`)."""
+    from quantlab_pipeline.cli import console, main
+
+    console.reattach()
+    sys.argv = list(request["argv"])
+    main()
+
+
+def _run_month(request: dict) -> None:
+    """A `--parallel` month's Dagster run worker."""
+    from quantlab_pipeline.orchestration import month_worker
+
+    month_worker.execute(request["run_id"], request["instance_ref"])
+    sys.exit(0)
+
+
+TARGETS: dict[str, Callable[[dict], None]] = {"command": _run_command, "month": _run_month}
+
+
+class Server:
+    def __init__(self, path: str, idle_s: float, alive_fd: int | None):
+        self.path, self.idle_s, self.alive_fd = path, idle_s, alive_fd
+        self.children: dict[int, socket.socket] = {}
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.listener.bind(path)
+        self.listener.listen(64)
+        self.inode = os.stat(path).st_ino
+        self.wake_r, wake_w = os.pipe()
+        for fd in (self.wake_r, wake_w):
+            os.set_blocking(fd, False)
+        signal.set_wakeup_fd(wake_w)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, self._stop)
+        self.stopping = False
+
+    def _stop(self, *_) -> None:
+        self.stopping = True
+
+    def serve(self) -> None:
+        """Accept requests until stopped, idle, or no longer the socket's owner; then wait for the
+        running children (their clients are waiting for their exit statuses) and leave."""
+        selector = selectors.DefaultSelector()
+        selector.register(self.listener, selectors.EVENT_READ)
+        selector.register(self.wake_r, selectors.EVENT_READ)
+        if self.alive_fd is not None:
+            selector.register(self.alive_fd, selectors.EVENT_READ)
+        last_busy, listening = time.monotonic(), True
+        while listening or self.children:
+            for key, _ in selector.select(timeout=1.0):
+                if key.fileobj is self.listener and listening:
+                    self._accept()
+                elif key.fileobj == self.wake_r:
+                    while _drain(self.wake_r):
+                        pass
+                elif key.fileobj == self.alive_fd:  # the command that started this private server ended
+                    selector.unregister(self.alive_fd)
+                    self.stopping = True
+            self._reap()
+            if self.children:
+                last_busy = time.monotonic()
+            idle = self.alive_fd is None and not self.children and time.monotonic() - last_busy > self.idle_s
+            if listening and (self.stopping or idle or not self._owns_socket()):
+                selector.unregister(self.listener)
+                self._close()
+                listening = False
+
+    def _owns_socket(self) -> bool:
+        try:
+            return os.stat(self.path).st_ino == self.inode
+        except FileNotFoundError:
+            return False
+
+    def _accept(self) -> None:
+        conn, _ = self.listener.accept()
+        _pid, uid, _gid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+        try:
+            request, fds = protocol.receive_fds(conn, 3)
+        except (OSError, ValueError):
+            conn.close()
+            return
+        if request is None or uid != os.getuid():
+            conn.close()
+            return
+        if request.get("kind") == "ping":
+            protocol.send(conn, {"pid": os.getpid(), "children": len(self.children)})
+            conn.close()
+            return
+        if request.get("kind") not in TARGETS:
+            protocol.send(conn, {"error": f"unknown request {request.get('kind')!r}"})
+            conn.close()
+            return
+        pid = os.fork()
+        if pid == 0:
+            code = 70
+            try:
+                self._become_child(conn, request, fds)
+                TARGETS[request["kind"]](request)
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else 1
+            except BaseException:
+                import traceback
+
+                traceback.print_exc()
+            finally:
+                os._exit(code)
+        for fd in fds:
+            os.close(fd)
+        self.children[pid] = conn
+        with contextlib.suppress(OSError):  # the requester is gone already; its child will notice
+            protocol.send(conn, {"pid": pid})
+
+    def _become_child(self, conn: socket.socket, request: dict, fds: list[int]) -> None:
+        """Take the requester's place: its environment, directory, umask and standard streams."""
+        signal.set_wakeup_fd(-1)
+        for signum in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        self.listener.close()
+        os.close(self.wake_r)
+        for other in self.children.values():
+            other.close()
+        if self.alive_fd is not None:
+            os.close(self.alive_fd)
+        os.setpgid(0, 0)  # its own group: the client forwards signals to the group
+        os.chdir(request["cwd"])
+        os.umask(int(request["umask"]))
+        os.environ.clear()
+        os.environ.update(request["env"])
+        random.seed()
+        streams = fds or [os.open(os.devnull, os.O_RDWR)] * 3
+        for target, fd in zip((0, 1, 2), streams):
+            os.dup2(fd, target)
+        for fd in set(streams):
+            os.close(fd)
+        sys.stdout.reconfigure(line_buffering=os.isatty(1))  # type: ignore[union-attr]
+        client.serving = self.path if self.alive_fd is None else None
+        # The requester's end closing before this process ends means it was killed: so is this.
+        threading.Thread(target=_die_with_requester, args=(conn,), daemon=True).start()
+
+    def _reap(self) -> None:
+        while self.children:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            conn = self.children.pop(pid, None)
+            if conn is not None:
+                with contextlib.suppress(OSError):
+                    protocol.send(conn, {"exit": os.waitstatus_to_exitcode(status)})
+                conn.close()
+
+    def _close(self) -> None:
+        self.listener.close()
+        if self._owns_socket():
+            os.unlink(self.path)
+        if self.alive_fd is not None:  # a private server's directory is its own
+            shutil.rmtree(os.path.dirname(self.path), ignore_errors=True)
+
+
+def _drain(fd: int) -> bool:
+    try:
+        return bool(os.read(fd, 512))
+    except BlockingIOError:
+        return False
+
+
+def _die_with_requester(conn: socket.socket) -> None:
+    try:
+        while conn.recv(1):
+            pass
+    except OSError:
+        pass
+    os.killpg(0, signal.SIGKILL)
+
+
+def main(argv: list[str]) -> None:
+    path, idle_s, ready_fd = argv[0], float(argv[1]), int(argv[2])
+    alive_fd = int(argv[3]) if len(argv) > 3 else None
+    try:
+        preload()
+        server = Server(path, idle_s, alive_fd)
+    except BaseException as exc:
+        print(f"warm server {path}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
+    os.write(ready_fd, b"ready")
+    os.close(ready_fd)
+    print(json.dumps({"listening": path, "pid": os.getpid()}), file=sys.stderr, flush=True)
+    server.serve()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
