@@ -125,14 +125,21 @@ class Server:
         while listening or self.children:
             for key, _ in selector.select(timeout=1.0):
                 if key.fileobj is self.listener and listening:
-                    self._accept()
+                    pid = self._accept()
+                    if pid is not None:
+                        selector.register(self.children[pid], selectors.EVENT_READ, pid)
+                elif key.data is not None:  # a requester's end closed before its process ended
+                    self._requester_gone(selector, key.data)
                 elif key.fileobj == self.wake_r:
                     while _drain(self.wake_r):
                         pass
                 elif key.fileobj == self.alive_fd:  # the command that started this private server ended
                     selector.unregister(self.alive_fd)
                     self.stopping = True
-            self._reap()
+            for conn in self._reap():
+                with contextlib.suppress(KeyError):  # unless its requester went first
+                    selector.unregister(conn)
+                conn.close()
             if self.children:
                 last_busy = time.monotonic()
             idle = self.alive_fd is None and not self.children and time.monotonic() - last_busy > self.idle_s
@@ -147,25 +154,26 @@ class Server:
         except FileNotFoundError:
             return False
 
-    def _accept(self) -> None:
+    def _accept(self) -> int | None:
+        """Fork a process for the request on a new connection; its pid."""
         conn, _ = self.listener.accept()
         _pid, uid, _gid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
         try:
             request, fds = protocol.receive_fds(conn, 3)
         except (OSError, ValueError):
             conn.close()
-            return
+            return None
         if request is None or uid != os.getuid():
             conn.close()
-            return
+            return None
         if request.get("kind") == "ping":
             protocol.send(conn, {"pid": os.getpid(), "children": len(self.children)})
             conn.close()
-            return
+            return None
         if request.get("kind") not in TARGETS:
             protocol.send(conn, {"error": f"unknown request {request.get('kind')!r}"})
             conn.close()
-            return
+            return None
         pid = os.fork()
         if pid == 0:
             code = 70
@@ -183,8 +191,21 @@ class Server:
         for fd in fds:
             os.close(fd)
         self.children[pid] = conn
-        with contextlib.suppress(OSError):  # the requester is gone already; its child will notice
+        with contextlib.suppress(OSError):  # the requester is gone already: noticed by `serve`
             protocol.send(conn, {"pid": pid})
+        return pid
+
+    def _requester_gone(self, selector: selectors.BaseSelector, pid: int) -> None:
+        """The requester was killed (it only closes its end after the exit status): kill what was
+        forked for it, with everything that process started in its group, as a kill -9 of a
+        command that ran in its own process would have."""
+        conn = self.children[pid]
+        with contextlib.suppress(OSError):
+            if conn.recv(1):
+                return  # a requester never writes after its request; ignore it
+        selector.unregister(conn)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
 
     def _become_child(self, conn: socket.socket, request: dict, fds: list[int]) -> None:
         """Take the requester's place: its environment, directory, umask and standard streams."""
@@ -210,23 +231,25 @@ class Server:
         for fd in set(streams):
             os.close(fd)
         sys.stdout.reconfigure(line_buffering=os.isatty(1))  # type: ignore[union-attr]
+        conn.close()
         client.serving = self.path if self.alive_fd is None else None
-        # The requester's end closing before this process ends means it was killed: so is this.
-        threading.Thread(target=_die_with_requester, args=(conn,), daemon=True).start()
 
-    def _reap(self) -> None:
+    def _reap(self) -> list[socket.socket]:
+        """Send each exited child's status to its requester; their connections, to close."""
+        done = []
         while self.children:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
-                return
+                break
             if pid == 0:
-                return
+                break
             conn = self.children.pop(pid, None)
             if conn is not None:
                 with contextlib.suppress(OSError):
                     protocol.send(conn, {"exit": os.waitstatus_to_exitcode(status)})
-                conn.close()
+                done.append(conn)
+        return done
 
     def _close(self) -> None:
         self.listener.close()
@@ -241,15 +264,6 @@ def _drain(fd: int) -> bool:
         return bool(os.read(fd, 512))
     except BlockingIOError:
         return False
-
-
-def _die_with_requester(conn: socket.socket) -> None:
-    try:
-        while conn.recv(1):
-            pass
-    except OSError:
-        pass
-    os.killpg(0, signal.SIGKILL)
 
 
 def main(argv: list[str]) -> None:
