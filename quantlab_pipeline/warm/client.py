@@ -1,4 +1,5 @@
-"""The `quantlab` console script, and how any process asks the warm server for a forked process.
+"""How a process asks the warm server for a forked process: the `quantlab` console script for
+its command, a `--parallel` backtest for its months' run workers.
 
 A backtest's fixed cost is mostly start-up: importing Dagster, the definitions and the CLI
 (~0.8 s), loading the compiled kernels (~0.4 s), importing the instance's storage (~0.4 s). The
@@ -38,18 +39,7 @@ SERVER_START_TIMEOUT_S = 120.0  # a first start may compile nothing but still lo
 serving: str | None = None
 
 
-def main() -> NoReturn:
-    """`quantlab …`: run the command in the warm server when it can, else in this process."""
-    if protocol.enabled(os.environ):
-        code = _run_in_server(sys.argv)
-        if code is not None:
-            _exit_like(code)
-    from quantlab_pipeline.cli import main as run_here
-
-    run_here()
-
-
-def _run_in_server(argv: list[str]) -> int | None:
+def run_in_server(argv: list[str]) -> int | None:
     """The forked command's exit status (negative: killed by that signal), or None when no server
     could take it (nothing has run then)."""
     try:
@@ -111,7 +101,7 @@ def _follow(sock: socket.socket, pid: int) -> int:
     return 1
 
 
-def _exit_like(code: int) -> NoReturn:
+def exit_like(code: int) -> NoReturn:
     """Leave with the command's status: its exit code, or death by the same signal."""
     sys.stdout.flush()
     if code < 0:
