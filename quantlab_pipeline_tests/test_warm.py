@@ -185,3 +185,14 @@ def test_every_preloaded_module_exists():
     for name in server.PRELOAD:
         if importlib.util.find_spec(name.partition(".")[0]) is not None:
             assert importlib.util.find_spec(name) is not None, name
+
+
+def test_an_optimization_runs_in_a_forked_command(tmp_path, sample_db):
+    """The sweep's parallel kernel starts an OpenMP pool, which kills a process forked after it:
+    the server never loads it, so every forked command can (twice: the server is still usable)."""
+    args = ["backtest", "optimize", "--calls-from-duckdb", str(sample_db), "--interval", "5m"]
+    args += ["--from", "2024-01-01", "--to", "2024-01-31", "--runs-dir", str(tmp_path / "runs")]
+    for _ in range(2):
+        proc = run_cli(args, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        assert "Best policy" in proc.stdout

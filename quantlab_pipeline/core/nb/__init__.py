@@ -38,9 +38,11 @@ def kernels_compiled(*, policy: bool = False, sweep: bool = False) -> bool:
 def load_backtest_kernels() -> int:
     """Load every kernel build numba's on-disk cache holds for this machine (nothing is compiled).
 
-    A process that will run backtests but has not yet (a run worker's server) loads them once,
-    up front, instead of ~40 ms per kernel at its first call in every worker it starts. Returns
-    the number of builds loaded: 0 on a cold cache, where the kernels compile at first call.
+    A process that will run backtests but has not yet (the warm server) loads them once, up
+    front, instead of ~40 ms per kernel at its first call in every process it forks. Parallel
+    kernels (the sweep) are left to their first call: loading one starts numba's OpenMP thread
+    pool, and the OpenMP runtime kills any process forked after that. Returns the number of
+    builds loaded: 0 on a cold cache, where the kernels compile at first call.
     """
     import numba.core.registry
 
@@ -51,7 +53,7 @@ def load_backtest_kernels() -> int:
         kernels: list[Any] = [k for k in vars(module).values() if isinstance(k, numba.core.registry.CPUDispatcher)]
         for kernel in kernels:
             cache_file = getattr(kernel._cache, "_cache_file", None)  # kernels with cache=True have one
-            if cache_file is None:
+            if cache_file is None or kernel.targetoptions.get("parallel"):
                 continue
             magic = kernel.targetctx.codegen().magic_tuple()
             for signature, key_magic, _ in cache_file._load_index():
