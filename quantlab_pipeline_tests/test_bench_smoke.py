@@ -101,6 +101,7 @@ def test_quick_run_reports_every_figure(quick_run):
     for run_type in ("path-only", "policy"):
         for key in (
             "wall_s",
+            "first_run_s",
             "peak_rss_bytes",
             "dagster_overhead_s",
             "ratio_to_bare_scan",
@@ -123,8 +124,11 @@ def test_quick_run_reports_every_figure(quick_run):
     for state in ("cold", "warm"):
         for key in ("process_s", "import_core_s", "import_dagster_s", "jit_s", "peak_rss_bytes"):
             _figure(results, "cold_start", state, key)
-    for key in ("backtest_s", "interpreter_s", "imports_s", "run_handling_s", "new_instance_s"):
+    for key in ("backtest_s", "interpreter_s", "handoff_s", "run_handling_s", "server_start_s", "imports_s"):
         _figure(results, "fixed_cost", key)
+    _figure(results, "fixed_cost", "new_instance_s")
+    fixed = results["fixed_cost"]
+    assert fixed["handoff_s"]["median"] < fixed["server_start_s"]["median"]  # the server is what is warm
 
     months = scale["months"]  # the largest scale measured carries the `--parallel` figure
     assert months["months"] == ["2024-01", "2024-02", "2024-03", "2024-04"]
