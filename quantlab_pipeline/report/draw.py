@@ -106,7 +106,7 @@ class Line:
 @dataclass(frozen=True)
 class Text:
     x: float
-    y: float  # baseline (for vertical text: the baseline's x is `x`, `y` is its middle)
+    y: float  # the baseline's; vertical text reads upwards, its baseline at x, centred on y
     text: str
     size: float
     color: str = TEXT
@@ -281,13 +281,14 @@ def _png_segment(
 
 def _png_text(image: Image.Image, draw: ImageDraw.ImageDraw, x: float, y: float, op: Text, s: int) -> None:
     f = font(op.size * s)
-    anchor = {"start": "l", "middle": "m", "end": "r"}[op.anchor]
     if not op.vertical:
+        anchor = {"start": "l", "middle": "m", "end": "r"}[op.anchor]
         draw.text((x, y), op.text, font=f, fill=op.color, anchor=anchor + "s")
         return
-    left, top, right, bottom = f.getbbox(op.text, anchor=anchor + "s")
+    # Pillow draws no rotated text: draw it flat into a mask, turn the mask, paint through it.
+    left, top, right, bottom = f.getbbox(op.text, anchor="ls")
     mask = Image.new("L", (math.ceil(right - left) + 2, math.ceil(bottom - top) + 2), 0)
-    ImageDraw.Draw(mask).text((-left + 1, -top + 1), op.text, font=f, fill=255, anchor=anchor + "s")
+    ImageDraw.Draw(mask).text((-left + 1, -top + 1), op.text, font=f, fill=255, anchor="ls")
     turned = mask.rotate(90, expand=True)
     # The baseline becomes the vertical line x; the text reads bottom to top, centred on y.
     image.paste(op.color, (round(x + top - 1), round(y - turned.height / 2)), turned)
@@ -401,9 +402,10 @@ def _svg_op(op: Op) -> str:
         return f'<path d="{d}" fill="none" stroke="{op.color}" stroke-width="{_num(op.width)}"{dash}/>'
     if isinstance(op, Text):
         rotate = f' transform="rotate(-90 {_num(op.x)} {_num(op.y)})"' if op.vertical else ""
+        anchor = "middle" if op.vertical else op.anchor
         return (
             f'<text x="{_num(op.x)}" y="{_num(op.y)}" font-size="{_num(op.size)}" fill="{op.color}" '
-            f'text-anchor="{op.anchor}"{rotate}>{e(op.text)}</text>'
+            f'text-anchor="{anchor}"{rotate}>{e(op.text)}</text>'
         )
     if isinstance(op, Markers):
         fill = op.fill or "none"

@@ -63,13 +63,16 @@ class Scale:
     linthresh: float | None = None
     linscale: float = 1.0
 
-    def fwd(self, v: float) -> float:
-        if self.linthresh is None or abs(v) <= self.linthresh:
-            factor = 1.0 if self.linthresh is None else self.linscale / (1 - 1 / 10) / self.linthresh
-            return v * factor
-        # matplotlib's symlog (base 10): linear within ±linthresh, logarithmic beyond.
-        c = self.linscale / (1 - 1 / 10)
-        return math.copysign(self.linthresh * (c + math.log10(abs(v) / self.linthresh)), v) / self.linthresh
+    def fwd(self, v: np.ndarray) -> np.ndarray:
+        """Positions along the axis in linear units: `v` itself, or matplotlib's symlog (base 10,
+        in units of `linthresh`): linear within ±linthresh, one unit per decade beyond."""
+        if self.linthresh is None:
+            return v
+        inner = self.linscale / (1 - 1 / 10)
+        magnitude = np.abs(v) / self.linthresh
+        return np.where(
+            magnitude <= 1, v / self.linthresh * inner, np.sign(v) * (inner + np.log10(np.maximum(magnitude, 1)))
+        )
 
     def ticks(self, length: float, per_tick: float) -> list[tuple[float, str]]:
         if self.fixed is not None:
@@ -104,9 +107,10 @@ def categories(names: Sequence[str]) -> Scale:
 
 
 def fmt_tick(v: float, step: float) -> str:
-    decimals = max(0, -math.floor(math.log10(step) + 1e-9)) + (
-        1 if round(step / 10 ** math.floor(math.log10(step)), 3) == 2.5 else 0
-    )
+    """`v` with thousands separators, a true minus sign and the decimals `step` needs."""
+    decimals = 0
+    while decimals < 6 and abs(step * 10**decimals - round(step * 10**decimals)) > 1e-9:
+        decimals += 1
     text = f"{v:,.{decimals}f}"
     return text.replace("-", MINUS) if v < 0 else text
 
@@ -125,6 +129,7 @@ def nice_ticks(lo: float, hi: float, nbins: int) -> list[tuple[float, str]]:
 
 
 def title_lines(text: str, width: float, size: float = TITLE_SIZE) -> list[str]:
+    """`text` wrapped from the left margin to the picture's edge, as matplotlib wraps titles."""
     return wrap(text, size, width - PAD)
 
 
@@ -140,60 +145,47 @@ def draw_title(
 
 @dataclass
 class Axes:
+    """A plot area `box` of `scene` with its scales: maps data to points and draws data in it."""
+
     scene: Scene
     box: Box
     x: Scale
     y: Scale
-    xticks: list[tuple[float, str]]
-    yticks: list[tuple[float, str]]
-    ytick_labels: bool
-
-    @property
-    def clip(self) -> Box:
-        return self.box
-
-    def X(self, v: float) -> float:
-        x0, _, x1, _ = self.box
-        lo, hi = self.x.fwd(self.x.lo), self.x.fwd(self.x.hi)
-        return x0 + (self.x.fwd(v) - lo) / (hi - lo) * (x1 - x0)
-
-    def Y(self, v: float) -> float:
-        _, y0, _, y1 = self.box
-        lo, hi = self.y.fwd(self.y.lo), self.y.fwd(self.y.hi)
-        return y1 - (self.y.fwd(v) - lo) / (hi - lo) * (y1 - y0)
 
     def xs(self, values: np.ndarray) -> np.ndarray:
-        """`X` of many values at once (scatter clouds)."""
-        if self.x.linthresh is not None:
-            return np.array([self.X(v) for v in values.tolist()])
         x0, _, x1, _ = self.box
-        return x0 + (values.astype(np.float64) - self.x.lo) / (self.x.hi - self.x.lo) * (x1 - x0)
+        lo, hi = self.x.fwd(np.array([self.x.lo, self.x.hi], dtype=np.float64))
+        return x0 + (self.x.fwd(values.astype(np.float64)) - lo) / (hi - lo) * (x1 - x0)
 
     def ys(self, values: np.ndarray) -> np.ndarray:
-        """`Y` of many values at once (scatter clouds)."""
-        if self.y.linthresh is not None:
-            return np.array([self.Y(v) for v in values.tolist()])
         _, y0, _, y1 = self.box
-        return y1 - (values.astype(np.float64) - self.y.lo) / (self.y.hi - self.y.lo) * (y1 - y0)
+        lo, hi = self.y.fwd(np.array([self.y.lo, self.y.hi], dtype=np.float64))
+        return y1 - (self.y.fwd(values.astype(np.float64)) - lo) / (hi - lo) * (y1 - y0)
+
+    def X(self, v: float) -> float:
+        return float(self.xs(np.array([v]))[0])
+
+    def Y(self, v: float) -> float:
+        return float(self.ys(np.array([v]))[0])
 
     # data
     def vline(self, x: float, color: str, width: float = 1.0, dash: tuple[float, float] | None = None) -> None:
-        self.scene.add(Line(((self.X(x), self.box[1]), (self.X(x), self.box[3])), color, width, dash, self.clip))
+        self.scene.add(Line(((self.X(x), self.box[1]), (self.X(x), self.box[3])), color, width, dash, self.box))
 
     def hline(self, y: float, color: str, width: float = 1.0, dash: tuple[float, float] | None = None) -> None:
-        self.scene.add(Line(((self.box[0], self.Y(y)), (self.box[2], self.Y(y))), color, width, dash, self.clip))
+        self.scene.add(Line(((self.box[0], self.Y(y)), (self.box[2], self.Y(y))), color, width, dash, self.box))
 
     def rect(self, x0: float, y0: float, x1: float, y1: float, fill: str) -> None:
         left, right = sorted((self.X(x0), self.X(x1)))
         top, bottom = sorted((self.Y(y0), self.Y(y1)))
-        self.scene.add(Rect((left, top, right, bottom), fill, self.clip))
+        self.scene.add(Rect((left, top, right, bottom), fill, self.box))
 
     def hist(self, counts: np.ndarray, edges: np.ndarray, color: str) -> None:
         """Bars separated by a thin white gap (matplotlib's white 0.5-point edges)."""
         for c, a, b in zip(counts.tolist(), edges[:-1].tolist(), edges[1:].tolist()):
             if c > 0:
                 left, right = self.X(a) + 0.25, self.X(b) - 0.25
-                self.scene.add(Rect((left, self.Y(c), max(left, right), self.Y(0)), color, self.clip))
+                self.scene.add(Rect((left, self.Y(c), max(left, right), self.Y(0)), color, self.box))
 
     def barh(
         self, values: Sequence[float], color: str, labels: Sequence[str] | None = None, size: float = FONT_SIZE
@@ -206,7 +198,8 @@ class Axes:
 
     def empty(self, message: str) -> None:
         x0, y0, x1, y1 = self.box
-        self.scene.add(Text((x0 + x1) / 2, (y0 + y1) / 2 + 0.36 * 11, message, 11, GREY, "middle"), on_top=True)
+        size = 11.0
+        self.scene.add(Text((x0 + x1) / 2, (y0 + y1) / 2 + 0.36 * size, message, size, GREY, "middle"), on_top=True)
 
     # legend
     def legend(
@@ -298,14 +291,12 @@ def place_axes(
     grid: str = "xy",
     ytick_labels: bool = True,
     empty: bool = False,
-    left: float | None = None,
     room_right: Sequence[tuple[float, float]] = (),
 ) -> Axes:
     """An axes filling `region` (title above it and legend below it excluded) with room for its
     tick labels and axis labels; draws its grid now and its spines, ticks and labels on top.
 
-    `left` fixes the plot's left edge (panels side by side); `empty` draws neither ticks nor grid;
-    `room_right` lists (x, width) of labels drawn right of x (bar labels) that must fit.
+    `empty` draws neither ticks nor grid; `room_right` lists (x, width) of labels drawn right of x (bar labels) that must fit.
     """
     rx0, ry0, rx1, ry1 = region
     bottom = (
@@ -313,18 +304,19 @@ def place_axes(
     )
     top = ry0
     yticks = [] if empty else y.ticks(bottom - top, 2 * FONT_SIZE)
-    if left is None:
-        label_w = max((text_width(s, FONT_SIZE) for _, s in yticks), default=0.0) if ytick_labels else 0.0
-        left = rx0 + (line_height(FONT_SIZE) + LABEL_PAD if ylabel else 0) + label_w + TICK_PAD + TICK_LENGTH
+    label_w = max((text_width(s, FONT_SIZE) for _, s in yticks), default=0.0) if ytick_labels else 0.0
+    left = rx0 + (line_height(FONT_SIZE) + LABEL_PAD if ylabel else 0) + label_w + TICK_PAD + TICK_LENGTH
     right = rx1
-    lo, hi = x.fwd(x.lo), x.fwd(x.hi)
-    for v, extra in room_right:
-        # Shrink the plot until the text `extra` points wide right of x=v still fits.
-        frac = (x.fwd(v) - lo) / (hi - lo)
-        if frac > 0:
-            right = min(right, left + (rx1 - left - extra) / frac)
+    if room_right:
+        # Shrink the plot until each label, `extra` points wide right of its x, still fits.
+        values, extras = zip(*room_right)
+        lo, hi = x.fwd(np.array([x.lo, x.hi], dtype=np.float64))
+        fracs = (x.fwd(np.array(values, dtype=np.float64)) - lo) / (hi - lo)
+        for frac, extra in zip(fracs.tolist(), extras):
+            if frac > 0:
+                right = min(right, left + (rx1 - left - extra) / frac)
     xticks = [] if empty else x.ticks(right - left, 3 * FONT_SIZE)
-    ax = Axes(scene, (left, top, right, bottom), x, y, xticks, yticks, ytick_labels)
+    ax = Axes(scene, (left, top, right, bottom), x, y)
     grid_color = blend(GRID, GRID_ALPHA)
     if "x" in grid:
         for v, _ in xticks:
