@@ -148,7 +148,8 @@ def _histogram(
     xlabel: str,
     ylabel: str,
 ) -> Axes:
-    """Bars of `values` (sqrt(n) bins, 10–60) and vertical lines at `marks` (in the x range)."""
+    """Bars of `values` (sqrt(n) bins, 10–60) and the median as a dashed red line; the x range also
+    covers `marks` (lines the caller draws) and starts at `x_from` when given."""
     counts, edges = np.histogram(values, bins=_bins(values.size))
     lo, hi = min(float(edges[0]), *marks), max(float(edges[-1]), *marks)
     x = linear(lo, hi)
