@@ -13,14 +13,17 @@ The hand-made run below has numbers chosen so every title can be checked by hand
 from __future__ import annotations
 
 import base64
+import io
 import re
 import shutil
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 import pytest
+from PIL import Image
 
 from quantlab_pipeline.core.errors import QuantlabError, SpecError
 from quantlab_pipeline.core.spec import RunSpec
@@ -28,7 +31,9 @@ from quantlab_pipeline.core.sweep_spec import Constraints
 from quantlab_pipeline.report import (
     build_sections,
     charts,
+    draw,
     frontier_chart_markdown,
+    layout,
     load_run,
     render_html,
     summary_charts_markdown,
@@ -178,6 +183,89 @@ def test_dagster_markdown_embeds_small_pngs_with_titles_as_alt_text():
         assert png.startswith(b"\x89PNG\r\n\x1a\n") and 2_000 < len(png) < 60_000
     (alt, png), *rest = _images(frontier_chart_markdown(frontier_frame(), Constraints()))
     assert not rest and "best feasible: p1" in alt and len(png) < 60_000
+
+
+def big_month(n: int = 20_000, seed: int = 7) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Trades and paths of `n` calls shaped like a reference month: most trades stopped at -2,000 bps,
+    a band of take-profits at 10,000, a few 10x-100x winners (the symlog axis)."""
+    rng = np.random.default_rng(seed)
+    stopped = rng.random(n) < 0.6
+    returns = np.where(stopped, -2_080.0, rng.normal(1_500, 3_000, n))
+    returns[rng.random(n) < 0.002] = 250_000.0
+    mae = np.where(stopped, rng.uniform(-9_000, -2_000, n), rng.uniform(-2_000, 0, n))
+    entry = T0 + rng.integers(0, 30 * 24, n) * HOUR
+    hit = rng.random(n) < 0.3
+    trades = pl.DataFrame(
+        {
+            "call_id": [f"c{i}" for i in range(n)],
+            "exit_reason": np.where(stopped, "stop_loss", "end_of_data"),
+            "realized_return_bps": returns,
+            "stop_out": stopped,
+            "max_adverse_excursion_bps": mae,
+            "time_exposed_ms": np.full(n, HOUR),
+            "tail_capture": np.full(n, 0.5),
+        }
+    )
+    paths = pl.DataFrame(
+        {
+            "caller_name": rng.choice([f"caller_{i}" for i in range(25)], n),
+            "hit_2x": hit,
+            "t_2x_ms": entry + rng.integers(1, 120, n) * HOUR,
+            "peak_multiple": rng.lognormal(0.3, 0.5, n),
+            "entry_ts_ms": entry,
+        }
+    ).with_columns(pl.when(pl.col("hit_2x")).then(pl.col("t_2x_ms")).alias("t_2x_ms"))
+    return trades, paths
+
+
+def test_summary_charts_of_a_big_month_are_cheap():
+    """The summary step draws these on every backtest month: tens of ms, not the ~0.45 s matplotlib took."""
+    trades, paths = big_month()
+    summary_charts_markdown(trades, paths)  # fonts loaded once per process
+    started = time.process_time()
+    markdown = summary_charts_markdown(trades, paths)
+    assert time.process_time() - started < 0.25
+    images = _images(markdown)
+    assert len(images) == 5 and images[3][0].startswith(
+        "2x hit rate and peak multiple by caller — 25 callers, 20000 calls"
+    )
+    assert sum(len(png) for _, png in images) < 80_000
+
+
+def test_png_is_the_scene_at_one_pixel_per_point_with_both_groups_of_dots():
+    trades, _ = big_month()
+    chart = charts.mae_vs_return(trades)
+    image = Image.open(io.BytesIO(chart.png())).convert("RGB")
+    assert image.size == (540, round(3.8 * 72))
+    colours = {c for _, c in image.getcolors(maxcolors=256) or []}
+    # Opaque-ish cores of the blue and red dots (alpha 0.6 over white, and darker where they overlap).
+    assert any(b > r + 60 for r, g, b in colours) and any(r > b + 60 for r, g, b in colours)
+    svg = chart.svg("m")
+    assert "logarithmic beyond ±1,000" in svg and "100,000" in svg  # the symlog axis and its decades
+
+
+def test_many_dots_are_one_bitmap_in_the_svg_and_few_are_circles():
+    trades, _ = big_month(n=charts.RASTERIZE_ABOVE + 500)
+    many = charts.mae_vs_return(trades).svg("m")
+    # Besides the legend's two sample dots:
+    assert many.count("<image ") == 1 and many.count("<circle") == 2
+    few = charts.mae_vs_return(trades_frame()).svg("f")
+    assert "<image " not in few and few.count("<circle") == 4 + 2
+
+
+def test_translucent_dots_compose_like_matplotlib_markers():
+    box = (0.0, 0.0, 10.0, 10.0)
+    one = draw.PointCloud(((np.array([5.5]), np.array([5.5]), "#d62728"),), 3.0, 0.6, box, 0)
+    two = draw.PointCloud(((np.array([5.5, 5.5]), np.array([5.5, 5.5]), "#d62728"),), 3.0, 0.6, box, 0)
+    assert draw.raster_points(one, 1)[5, 5].tolist() == [0xD6, 0x27, 0x28, round(0.6 * 255)]
+    assert draw.raster_points(two, 1)[5, 5, 3] == round((1 - 0.4**2) * 255)
+    assert draw.raster_points(one, 1)[0, 0, 3] == 0  # far from the dot: transparent
+
+
+def test_ticks_are_round_numbers_with_thousands_separators():
+    ticks = layout.nice_ticks(-2_300.0, 10_500.0, 7)
+    assert [label for _, label in ticks] == ["−2,000", "0", "2,000", "4,000", "6,000", "8,000", "10,000"]
+    assert [label for _, label in layout.nice_ticks(0.0, 1.1, 5)] == ["0.00", "0.25", "0.50", "0.75", "1.00"]
 
 
 # -- a run on disk --------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Pictures of a run: the `quantlab report` HTML page and the charts on Dagster materializations.
 
-Pure reporting: reads artifacts (frames or a run's directories), draws with matplotlib, returns
-HTML or Markdown. No Dagster imports; the orchestration layer attaches the Markdown.
+Pure reporting: reads artifacts (frames or a run's directories), draws with its own small
+renderer (`draw`, `layout`: Pillow PNGs, SVG text), returns HTML or Markdown. No Dagster imports; the orchestration layer attaches the Markdown.
 """
 
 from quantlab_pipeline.report.charts import Chart

@@ -1,8 +1,8 @@
 """The report's charts as Markdown for Dagster materializations (`MetadataValue.md`).
 
 Dagster's UI renders Markdown images, and a `data:` URI keeps each picture inside the event
-itself: nothing to serve, nothing to go stale. Images are small palette PNGs, ~5–40 KB each
-(the five summary charts: 36 KB in all for a 60-call month, 87 KB for 20,000 trades).
+itself: nothing to serve, nothing to go stale. Images are small palette PNGs, ~3–10 KB each
+(the five summary charts of 19,188 trades: 31 KB in all, drawn in ~35 ms).
 """
 
 from __future__ import annotations
