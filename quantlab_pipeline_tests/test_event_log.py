@@ -72,7 +72,9 @@ def test_the_project_instance_uses_it_on_dagsters_own_files(instance, tmp_path):
     # Run-sharded records, the cross-run index, the asset index.
     records = instance.get_records_for_run(result.run_id).records
     assert records[0].event_log_entry.dagster_event_type == DagsterEventType.RUN_START
-    [record] = instance.get_event_records(EventRecordsFilter(DagsterEventType.ASSET_MATERIALIZATION))
+    [success] = instance.get_event_records(EventRecordsFilter(DagsterEventType.RUN_SUCCESS))  # across shards
+    assert success.run_id == result.run_id
+    [record] = instance.fetch_materializations(AssetKey("thing"), limit=10).records
     assert record.run_id == result.run_id and record.asset_key == AssetKey("thing")
     assert instance.get_latest_materialization_event(AssetKey("thing")).run_id == result.run_id
     assert AssetKey("thing") in instance.all_asset_keys()

@@ -2,7 +2,7 @@
 `SqliteEventLogStorage` with its engines kept.
 
 Dagster's SQLite event log builds a new SQLAlchemy engine for every connection and drops it
-afterwards (about 350 per policy month). The engine is cheap to build; closing its only connection
+afterwards (≈ 450 per policy month). The engine is cheap to build; closing its only connection
 is not: the last connection to a WAL database to close checkpoints the WAL into the database and
 deletes it, ~1 ms of fsyncs per event here. This storage keeps one engine per shard (a run's
 database, or the index) per process, whose pool keeps one connection open, so an event write is a
@@ -12,8 +12,9 @@ the busy timeout, the one lock per storage that serialises its connections (so o
 connection per shard serves every thread), and the schema set up once per shard.
 
 What keeping a connection open changes, and how it is kept right:
-- The UI's live run view watches a run's database file for changes; with the connection kept
-  open the events land in its `-wal` file first, so the watcher watches both.
+- The UI's live run view watches a run's database file for changes, which Dagster's storage makes
+  by checkpointing as it closes each connection; with the connection kept open the events stay
+  in the `-wal` file, so each event write touches the database file once it is committed.
 - `wipe()` deletes the shard files: the connections are closed first, so no write lands in a
   deleted file.
 - A forked child must not use the parent's connections: engines are keyed by process id, and a
@@ -25,25 +26,21 @@ What keeping a connection open changes, and how it is kept right:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator
 from typing import Any
 
 import dagster._check as check
-from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
-    INDEX_SHARD_NAME,
-    SqliteEventLogStorage,
-    SqliteEventLogStorageWatchdog,
-)
+from dagster._core.events.log import EventLogEntry
+from dagster._core.storage.event_log.sqlite.sqlite_event_log import INDEX_SHARD_NAME, SqliteEventLogStorage
 from dagster._core.storage.sqlite import SQLITE_BUSY_TIMEOUT_SECONDS
 from dagster._serdes import ConfigurableClassData
 from sqlalchemy import create_engine
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import QueuePool
-from watchdog.events import FileSystemEvent
 
 MAX_ENGINES = 32
 
@@ -88,7 +85,7 @@ class ReusingSqliteEventLogStorage(SqliteEventLogStorage):
             self._engines.popitem(last=False)[1].dispose()
         return engine
 
-    @contextmanager
+    @contextlib.contextmanager
     def _connect(self, shard: str) -> Iterator[Connection]:
         with self._db_lock:
             check.str_param(shard, "shard")
@@ -113,6 +110,14 @@ class ReusingSqliteEventLogStorage(SqliteEventLogStorage):
                     engine.dispose()
             self._engines.clear()
 
+    def store_event(self, event: EventLogEntry) -> None:
+        super().store_event(event)
+        # The UI's live run view (Dagster's watcher) reacts to changes of the run's database file;
+        # with the connection kept open the event is in the WAL, so touch the file once it is
+        # committed (a watcher woken by the WAL write itself could read before the commit shows).
+        with contextlib.suppress(FileNotFoundError):
+            os.utime(self.path_for_shard(event.run_id))
+
     def wipe(self) -> None:
         self._close_engines()  # before the shard files are deleted
         super().wipe()
@@ -120,24 +125,3 @@ class ReusingSqliteEventLogStorage(SqliteEventLogStorage):
     def dispose(self) -> None:
         self._close_engines()
         super().dispose()
-
-    def watch(self, run_id: str, cursor: str | None, callback: Callable[..., Any]) -> None:
-        if not self._obs:
-            from watchdog.observers import Observer
-
-            self._obs = Observer()
-            self._obs.start()
-        watchdog = _WalWatchdog(self, run_id, callback, cursor)
-        self._watchers[run_id][callback] = (watchdog, self._obs.schedule(watchdog, self._base_dir, recursive=True))
-
-
-class _WalWatchdog(SqliteEventLogStorageWatchdog):
-    """Dagster's watcher of a run's database, also told of writes to its WAL: where a writer keeps
-    its connection open, new events are in the WAL until the next checkpoint."""
-
-    def __init__(self, storage: SqliteEventLogStorage, run_id: str, callback: Callable[..., Any], cursor: str | None):
-        super().__init__(storage, run_id, callback, cursor)
-        self._patterns = [self._log_path, f"{self._log_path}-wal"]
-
-    def on_modified(self, event: FileSystemEvent) -> None:
-        self._process_log()
