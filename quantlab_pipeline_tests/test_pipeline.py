@@ -8,7 +8,7 @@ import shutil
 
 import polars as pl
 import pytest
-from dagster import AssetKey
+from dagster import AssetCheckKey, AssetCheckSeverity, AssetKey
 
 from quantlab_pipeline.core.spec_builder import SpecRequest
 from quantlab_pipeline.orchestration.defs import build_defs
@@ -287,6 +287,16 @@ def test_dagster_home_defaults_to_the_project_folder(tmp_path, monkeypatch):
         launch.ensure_dagster_home()
 
 
+POLICY_CHECKS = {
+    *((a, "manifest_consistent") for a in ("alerts", "paths", "trades", "summary")),
+    ("alerts", "call_id_unique"),
+    ("paths", "no_look_ahead"),
+    ("paths", "excluded_share"),
+    ("trades", "trades_match_paths"),
+    ("summary", "summary_matches_trades"),
+}
+
+
 def test_every_check_of_a_policy_month_runs_and_passes(defs, sample_db, runs_dir, dagster_instance):
     spec = new_spec(sample_db, "policy", policy_id="p", policy={"kind": "fixed_stop", "stop_loss_bps": 500})
     create_run(spec, runs_dir=str(runs_dir), instance=dagster_instance)
@@ -294,16 +304,76 @@ def test_every_check_of_a_policy_month_runs_and_passes(defs, sample_db, runs_dir
         instance=dagster_instance, partition_key=month_run_key("2024-01", spec.run_id)
     )
     evaluations = {(e.asset_key.path[-1], e.check_name): e for e in result.get_asset_check_evaluations()}
-    assert set(evaluations) == {
-        *((a, "manifest_consistent") for a in ("alerts", "paths", "trades", "summary")),
-        ("alerts", "call_id_unique"),
-        ("paths", "no_look_ahead"),
-        ("paths", "excluded_share"),
-        ("trades", "trades_match_paths"),
-        ("summary", "summary_matches_trades"),
-    }
+    assert set(evaluations) == POLICY_CHECKS
     assert all(e.passed for e in evaluations.values()), {k: e.metadata for k, e in evaluations.items() if not e.passed}
     assert evaluations[("paths", "no_look_ahead")].metadata["p0_not_the_entry_open"].value == 0
+
+
+def _steps_started(result) -> list[str]:
+    return [e.step_key for e in result.all_events if e.event_type_value == "STEP_START"]
+
+
+def test_a_policy_month_runs_one_step_per_artifact_and_evaluates_every_check_in_it(
+    defs, sample_db, runs_dir, dagster_instance
+):
+    """Checks are evaluated in their asset's step: 5 steps, 9 evaluations. A warning (here
+    `excluded_share` with no exclusion allowed) is recorded, shown and does not stop the month."""
+    spec = new_spec(sample_db, "policy", policy_id="p", policy={"kind": "fixed_stop", "stop_loss_bps": 500})
+    create_run(spec, runs_dir=str(runs_dir), instance=dagster_instance)
+    key = month_run_key("2024-01", spec.run_id)
+    result = defs.resolve_job_def("policy_job").execute_in_process(
+        instance=dagster_instance,
+        partition_key=key,
+        run_config={"ops": {"paths": {"config": {"max_excluded_share": 0.0}}}},
+    )
+    assert result.success
+    assert sorted(_steps_started(result)) == ["alerts", "features", "paths", "summary", "trades"]
+    evaluations = {(e.asset_key.path[-1], e.check_name): e for e in result.get_asset_check_evaluations()}
+    assert set(evaluations) == POLICY_CHECKS
+    warned = evaluations.pop(("paths", "excluded_share"))
+    assert not warned.passed and warned.severity == AssetCheckSeverity.WARN and not warned.blocking
+    assert warned.metadata["threshold_pct"].value == 0.0 and warned.metadata["excluded_share_pct"].value > 0
+    assert all(e.passed for e in evaluations.values()), {k: e.metadata for k, e in evaluations.items() if not e.passed}
+    assert all(e.partition == key for e in result.get_asset_check_evaluations())
+    assert evaluations[("alerts", "call_id_unique")].blocking
+    assert not evaluations[("summary", "summary_matches_trades")].blocking
+    # Each evaluation belongs to the materialization its step just recorded (the UI's Checks tab).
+    for (artifact, name), evaluation in evaluations.items():
+        [latest] = dagster_instance.fetch_materializations(AssetKey(artifact), limit=1).records
+        assert evaluation.target_materialization_data.storage_id == latest.storage_id, (artifact, name)
+
+    rd = RunDirectory(runs_dir, "2024-01", spec.run_id)
+    assert rd.manifest()["status"] == "completed"
+    log = (rd.path / "logs/stdout.txt").read_text()
+    assert "[paths] checks: no_look_ahead passed, excluded_share failed (warning)" in log
+    assert "[trades] checks: trades_match_paths passed" in log
+
+
+def test_checks_run_alone_read_the_stored_artifact_and_write_nothing(defs, sample_db, runs_dir, dagster_instance):
+    """The UI's "Execute checks": the asset's step runs for its checks only."""
+    spec = new_spec(sample_db, "policy", policy_id="p", policy={"kind": "fixed_stop", "stop_loss_bps": 500})
+    create_run(spec, runs_dir=str(runs_dir), instance=dagster_instance)
+    key = month_run_key("2024-01", spec.run_id)
+    assert defs.resolve_job_def("policy_job").execute_in_process(instance=dagster_instance, partition_key=key).success
+    rd = RunDirectory(runs_dir, "2024-01", spec.run_id)
+    before = {p: p.stat().st_mtime_ns for p in rd.path.rglob("*")}
+    paths_checks = {
+        AssetCheckKey(AssetKey("paths"), n) for n in ("no_look_ahead", "excluded_share", "manifest_consistent")
+    }
+    job = defs.resolve_implicit_global_asset_job_def().get_subset(
+        asset_selection=set(), asset_check_selection=paths_checks
+    )
+    # A check-only subset has no partitioned asset to take the partition from: the run's tag gives it.
+    result = job.execute_in_process(instance=dagster_instance, tags={"dagster/partition": key})
+    assert result.success
+    assert _steps_started(result) == ["paths"]
+    assert {e.check_name: e.passed for e in result.get_asset_check_evaluations()} == {
+        "no_look_ahead": True,
+        "excluded_share": True,
+        "manifest_consistent": True,
+    }
+    assert not result.get_asset_materialization_events()
+    assert {p: p.stat().st_mtime_ns for p in rd.path.rglob("*")} == before
 
 
 def test_a_look_ahead_blocks_the_trades(defs, sample_db, runs_dir, dagster_instance, monkeypatch):
@@ -325,6 +395,17 @@ def test_a_look_ahead_blocks_the_trades(defs, sample_db, runs_dir, dagster_insta
     assert not result.success
     [check] = [e for e in result.get_asset_check_evaluations() if e.check_name == "no_look_ahead"]
     assert not check.passed and check.metadata["p0_not_the_entry_open"].value > 0
+    # The check fails the paths step (its artifact written, its other checks evaluated): nothing
+    # downstream of paths runs.
+    assert sorted(_steps_started(result)) == ["alerts", "paths"]
+    assert [e.step_key for e in result.all_events if e.event_type_value == "STEP_FAILURE"] == ["paths"]
+    assert {(e.asset_key.path[-1], e.check_name) for e in result.get_asset_check_evaluations()} == {
+        ("alerts", "call_id_unique"),
+        ("alerts", "manifest_consistent"),
+        ("paths", "no_look_ahead"),
+        ("paths", "excluded_share"),
+        ("paths", "manifest_consistent"),
+    }
     rd = RunDirectory(runs_dir, "2024-01", spec.run_id)
     assert not (rd.path / "policy/trades.parquet").exists() and not (rd.path / "_SUCCESS").exists()
 

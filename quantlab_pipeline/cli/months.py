@@ -191,27 +191,41 @@ def _steps(item: MonthPlan) -> str:
 
 
 class _EventPrinter:
-    """One line per materialization a run records, read from the instance's event log."""
+    """One line per materialization a run records, and one per step with its checks' outcomes
+    (printed when the step ends), read from the instance's event log."""
 
     def __init__(self, instance: Any):
         self.instance = instance
         self.cursors: dict[str, str] = {}
+        self.checks: dict[tuple[str, str], list[Any]] = {}  # (run, step): its check evaluations so far
 
     def print_new(self, month: str, run_id: str) -> None:
         from dagster import DagsterEventType
+
+        from quantlab_pipeline.orchestration.steps import check_outcomes
 
         result = self.instance.get_records_for_run(run_id, cursor=self.cursors.get(run_id))
         self.cursors[run_id] = result.cursor
         for record in result.records:
             event = record.event_log_entry.dagster_event
-            if event is None or event.event_type != DagsterEventType.ASSET_MATERIALIZATION:
+            if event is None:
                 continue
-            materialization = event.step_materialization_data.materialization
-            rows = materialization.metadata.get("dagster/row_count")
-            detail = f": {rows.value:,} rows" if rows is not None else ""
-            console.print(
-                f"  [dim]{month}[/dim] [cyan]{materialization.asset_key.path[-1]:<8}[/cyan] materialized{detail}"
-            )
+            if event.event_type == DagsterEventType.ASSET_CHECK_EVALUATION:
+                self.checks.setdefault((run_id, event.step_key or ""), []).append(event.event_specific_data)
+            elif event.event_type in (DagsterEventType.STEP_SUCCESS, DagsterEventType.STEP_FAILURE):
+                evaluations = self.checks.pop((run_id, event.step_key or ""), [])
+                if evaluations:
+                    line = check_outcomes((e.check_name, e.passed, e.severity) for e in evaluations)
+                    self._line(month, evaluations[0].asset_key.path[-1], escape(line))
+            elif event.event_type == DagsterEventType.ASSET_MATERIALIZATION:
+                materialization = event.step_materialization_data.materialization
+                rows = materialization.metadata.get("dagster/row_count")
+                detail = f": {rows.value:,} rows" if rows is not None else ""
+                self._line(month, materialization.asset_key.path[-1], f"materialized{detail}")
+
+    @staticmethod
+    def _line(month: str, step: str, text: str) -> None:
+        console.print(f"  [dim]{month}[/dim] [cyan]{step:<8}[/cyan] {text}")
 
 
 def _report(result: Any, elapsed: float) -> None:

@@ -1,20 +1,29 @@
 """Backtest assets: `run_spec` (run) and the month × run artifacts alerts → paths → trades → summary,
 and paths → frontier. Each body calls `core` and returns an `ArtifactOutput`; the IO manager writes it.
+Their checks (`orchestration.checks`) are evaluated in the asset's own step (`steps.checked_step`).
 """
 
 import enum
+import inspect
 import warnings
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import polars as pl
 from dagster import (
+    AssetCheckResult,
     AssetExecutionContext,
     AssetIn,
+    AssetKey,
+    AssetOut,
+    AssetsDefinition,
     BetaWarning,
     Config,
     Failure,
     MultiToSingleDimensionPartitionMapping,
+    Output,
     asset,
+    multi_asset,
 )
 from pydantic import Field
 
@@ -34,6 +43,7 @@ from quantlab_pipeline.core.spec_builder import (
 from quantlab_pipeline.core.summary import summarize_trades
 from quantlab_pipeline.core.sweep_spec import parse_sweep
 from quantlab_pipeline.core.truth import compute_paths
+from quantlab_pipeline.orchestration.checks import ARTIFACT_CHECKS, ExclusionConfig
 from quantlab_pipeline.orchestration.headlines import (
     frontier_headline,
     paths_headline,
@@ -42,7 +52,7 @@ from quantlab_pipeline.orchestration.headlines import (
 )
 from quantlab_pipeline.orchestration.partitions import OWNER, check_months_exist, month_run_partitions, run_partitions
 from quantlab_pipeline.orchestration.resources import CandleStoreResource, RunStoreResource
-from quantlab_pipeline.orchestration.steps import ArtifactOutput, artifact_step
+from quantlab_pipeline.orchestration.steps import ArtifactOutput, ArtifactStep, checked_step
 from quantlab_pipeline.report.markdown import frontier_chart_markdown, summary_charts_markdown
 from quantlab_pipeline.sources.alerts import check_alerts_source, read_alerts
 from quantlab_pipeline.sources.candles import check_candles_source
@@ -66,6 +76,36 @@ def artifact_asset(**kwargs: Any):
         owners=[OWNER],
         **kwargs,
     )
+
+
+Body = Callable[..., Iterator[Output | AssetCheckResult]]
+
+
+def checked_artifact_asset(kinds: set[str]) -> Callable[[Body], AssetsDefinition]:
+    """`artifact_asset` for an artifact with checks (`checks.ARTIFACT_CHECKS`): the checks are
+    declared on the asset and evaluated in its step. Subsettable, so a check can run alone."""
+
+    def decorate(body: Body) -> AssetsDefinition:
+        name = body.__name__
+        out = AssetOut(
+            key=AssetKey(name),
+            description=inspect.getdoc(body),
+            io_manager_key="run_io_manager",
+            is_required=False,  # a check-only selection writes nothing
+            group_name=GROUP,
+            owners=[OWNER],
+            kinds=kinds,
+        )
+        return multi_asset(
+            name=name,
+            outs={name: out},
+            check_specs=[check.spec(name) for check in ARTIFACT_CHECKS[name]],
+            can_subset=True,
+            partitions_def=month_run_partitions,
+            ins={"run_spec": SPEC_INPUT},
+        )(body)
+
+    return decorate
 
 
 class RunType(enum.Enum):
@@ -167,16 +207,20 @@ def run_spec(context: AssetExecutionContext, config: RunSpecConfig, run_store: R
         raise Failure(description=str(exc), allow_retries=False) from None
 
 
-@artifact_asset(kinds={"duckdb", "parquet"})
-def alerts(context: AssetExecutionContext, run_spec: RunSpec, run_store: RunStoreResource) -> ArtifactOutput:
+@checked_artifact_asset(kinds={"duckdb", "parquet"})
+def alerts(
+    context: AssetExecutionContext, run_spec: RunSpec, run_store: RunStoreResource, candle_store: CandleStoreResource
+) -> Iterator[Output | AssetCheckResult]:
     """The partition's valid, de-duplicated alerts (`inputs/alerts.parquet`): a provenance snapshot."""
     source = run_spec.source
-    try:  # a bad source fails before the run directory exists
-        check_alerts_source(source.alerts, source.alerts_table)
-        check_candles_source(source.candles_source, interval=run_spec.interval)
-    except QuantlabError as exc:
-        raise Failure(description=str(exc), allow_retries=False) from None
-    with artifact_step(context, run_store, run_spec, "inputs") as step:
+    if AssetKey("alerts") in context.selected_asset_keys:
+        try:  # a bad source fails before the run directory exists
+            check_alerts_source(source.alerts, source.alerts_table)
+            check_candles_source(source.candles_source, interval=run_spec.interval)
+        except QuantlabError as exc:
+            raise Failure(description=str(exc), allow_retries=False) from None
+
+    def compute(step: ArtifactStep) -> ArtifactOutput:
         start_ms, end_ms = run_spec.month_range_ms(step.month)
         first_month = run_spec.window.from_ is not None and step.month == run_spec.window.from_.strftime("%Y-%m")
         read = read_alerts(
@@ -196,17 +240,21 @@ def alerts(context: AssetExecutionContext, run_spec: RunSpec, run_store: RunStor
             parquet_metadata={"source_rows": str(read.source_rows)},
         )
 
+    yield from checked_step(context, run_store, run_spec, "inputs", compute, inputs={}, candle_store=candle_store)
 
-@artifact_asset(kinds={"numba", "parquet"})
+
+@checked_artifact_asset(kinds={"numba", "parquet"})
 def paths(
     context: AssetExecutionContext,
+    config: ExclusionConfig,
     run_spec: RunSpec,
     alerts: LoadedArtifact,
     run_store: RunStoreResource,
     candle_store: CandleStoreResource,
-) -> ArtifactOutput:
+) -> Iterator[Output | AssetCheckResult]:
     """The truth layer (`truth/paths.parquet`): per alert, entry, multiples hit, peak, drawdowns."""
-    with artifact_step(context, run_store, run_spec, "truth") as step:
+
+    def compute(step: ArtifactStep) -> ArtifactOutput:
         check_candles_source(run_spec.source.candles_source, interval=run_spec.interval)
         frames, errors, excluded = [], [], 0
         for part, candles in candle_store.parts(run_spec, alerts.frame):
@@ -231,8 +279,19 @@ def paths(
         )
         return step.output(frame, inputs=(alerts,), errors=errors, headline=headline)
 
+    yield from checked_step(
+        context,
+        run_store,
+        run_spec,
+        "truth",
+        compute,
+        inputs={"alerts": alerts},
+        candle_store=candle_store,
+        max_excluded_share=config.max_excluded_share,
+    )
 
-@artifact_asset(kinds={"numba", "parquet"})
+
+@checked_artifact_asset(kinds={"numba", "parquet"})
 def trades(
     context: AssetExecutionContext,
     run_spec: RunSpec,
@@ -240,9 +299,10 @@ def trades(
     paths: LoadedArtifact,
     run_store: RunStoreResource,
     candle_store: CandleStoreResource,
-) -> ArtifactOutput:
+) -> Iterator[Output | AssetCheckResult]:
     """The policy layer (`policy/trades.parquet`): one simulated trade per entry."""
-    with artifact_step(context, run_store, run_spec, "policy") as step:
+
+    def compute(step: ArtifactStep) -> ArtifactOutput:
         policy_id, policy = run_spec.policy_and_id()
         parts = []
         for segment, candles in candle_store.segments(run_spec, alerts.frame, paths.frame):
@@ -267,8 +327,18 @@ def trades(
         step.log(f"{frame.height} trades; exits {headline['exit_reasons'].value}")
         return step.output(frame, inputs=(alerts, paths), headline=headline)
 
+    yield from checked_step(
+        context,
+        run_store,
+        run_spec,
+        "policy",
+        compute,
+        inputs={"alerts": alerts, "paths": paths},
+        candle_store=candle_store,
+    )
 
-@artifact_asset(kinds={"polars", "parquet"})
+
+@checked_artifact_asset(kinds={"polars", "parquet"})
 def summary(
     context: AssetExecutionContext,
     run_spec: RunSpec,
@@ -276,9 +346,11 @@ def summary(
     paths: LoadedArtifact,
     trades: LoadedArtifact,
     run_store: RunStoreResource,
-) -> ArtifactOutput:
+    candle_store: CandleStoreResource,
+) -> Iterator[Output | AssetCheckResult]:
     """One row of aggregate metrics over the partition's trades (`results/summary.parquet`)."""
-    with artifact_step(context, run_store, run_spec, "summary") as step:
+
+    def compute(step: ArtifactStep) -> ArtifactOutput:
         source_rows = int(alerts.metadata.get("source_rows", alerts.frame.height))
         frame = summarize_trades(
             trades.frame,
@@ -296,8 +368,18 @@ def summary(
         charts = summary_charts_markdown(trades.frame, paths.frame)
         return step.output(frame, inputs=(alerts, paths, trades), headline=summary_headline(row, charts))
 
+    yield from checked_step(
+        context,
+        run_store,
+        run_spec,
+        "summary",
+        compute,
+        inputs={"alerts": alerts, "paths": paths, "trades": trades},
+        candle_store=candle_store,
+    )
 
-@artifact_asset(kinds={"numba", "parquet"})
+
+@checked_artifact_asset(kinds={"numba", "parquet"})
 def frontier(
     context: AssetExecutionContext,
     run_spec: RunSpec,
@@ -305,9 +387,10 @@ def frontier(
     paths: LoadedArtifact,
     run_store: RunStoreResource,
     candle_store: CandleStoreResource,
-) -> ArtifactOutput:
+) -> Iterator[Output | AssetCheckResult]:
     """The optimization frontier (`results/frontier.parquet`): a policy grid ranked under constraints."""
-    with artifact_step(context, run_store, run_spec, "frontier") as step:
+
+    def compute(step: ArtifactStep) -> ArtifactOutput:
         sweep = parse_sweep(run_spec.sweep)
         frame = run_sweep(
             candle_store.segments(run_spec, alerts.frame, paths.frame),
@@ -323,6 +406,16 @@ def frontier(
             f"best {headline.get('best_policy', 'n/a')} (score {display.bps(headline.get('best_objective_score'))})"
         )
         return step.output(frame, inputs=(alerts, paths), headline=headline)
+
+    yield from checked_step(
+        context,
+        run_store,
+        run_spec,
+        "frontier",
+        compute,
+        inputs={"alerts": alerts, "paths": paths},
+        candle_store=candle_store,
+    )
 
 
 BACKTEST_ASSETS = [run_spec, alerts, paths, trades, summary, frontier]

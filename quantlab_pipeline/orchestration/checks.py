@@ -1,21 +1,30 @@
 """Asset checks: what must hold of every month × run partition, shown on each asset's Checks tab.
 
+The backtest checks are declared on their asset (`check_specs`) and evaluated inside its step, on
+the values the step has just computed and the inputs it already read: a month runs one step per
+artifact, not one more per check, and nothing is read back through the IO manager. Each check can
+still run alone (the UI's "Execute checks", a check-only selection): the step then reads the
+stored artifact and does not recompute it. The content checks are evaluated before the artifact is
+written, so their outcome goes into the month's `logs/stdout.txt`; `manifest_consistent` checks
+the write itself, after it (and after `_SUCCESS` nothing in the directory changes), so its outcome
+is in Dagster and the progress lines only.
+
 Blocking checks stop the downstream steps of the same run: trades are never simulated on paths
-that looked ahead, and a summary never describes trades that disagree with their paths. Each
-check reads the partition's run directory (and, for look-ahead, the candles the run already
-holds in `candle_store`), never recomputes the artifact it checks.
+that looked ahead, and a summary never describes trades that disagree with their paths. A check
+never recomputes the artifact it checks.
 """
 
 import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import polars as pl
 from dagster import (
-    AssetCheckExecutionContext,
     AssetCheckResult,
-    AssetChecksDefinition,
     AssetCheckSeverity,
+    AssetCheckSpec,
     Config,
     MetadataValue,
     PreviewWarning,
@@ -24,75 +33,114 @@ from dagster import (
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
+from quantlab_pipeline.core.spec import RunSpec
 from quantlab_pipeline.core.summary import summarize_trades
-from quantlab_pipeline.orchestration.assets import alerts, frontier, paths, summary, trades
 from quantlab_pipeline.orchestration.catalog import backtest_catalog
-from quantlab_pipeline.orchestration.partitions import month_run_partitions, split_month_run_key
-from quantlab_pipeline.orchestration.resources import CandleStoreResource, RunStoreResource
+from quantlab_pipeline.orchestration.partitions import month_run_partitions
+from quantlab_pipeline.orchestration.resources import CandleStoreResource
 from quantlab_pipeline.storage.atomic import sha256_file
 from quantlab_pipeline.storage.catalog import ARTIFACT_TYPES, query_artifacts
 from quantlab_pipeline.storage.layout import ARTIFACT_INPUTS
-from quantlab_pipeline.storage.run_dir import RunDirectory
-from quantlab_pipeline.storage.specs import read_spec
+from quantlab_pipeline.storage.run_dir import LoadedArtifact, RunDirectory
 
 _EXAMPLES = 5  # offending rows shown in a failed check's metadata
 # Partitioned checks are "preview" in Dagster 1.13; their use here is the documented one.
 warnings.filterwarnings("ignore", message="Specifying a partitions_def on an AssetCheckSpec", category=PreviewWarning)
 
 
-def _run_dir(context: AssetCheckExecutionContext, run_store: RunStoreResource) -> RunDirectory:
-    month, run_id = split_month_run_key(context.partition_key)
-    return run_store.directory(month, run_id)
+DEFAULT_MAX_EXCLUDED_SHARE = 0.25
+
+
+class ExclusionConfig(Config):
+    """The `paths` step's config: the threshold of its `excluded_share` check."""
+
+    max_excluded_share: float = Field(
+        default=DEFAULT_MAX_EXCLUDED_SHARE,
+        description="Warn when more than this share of the partition's alert rows is excluded.",
+    )
+
+
+@dataclass(frozen=True)
+class CheckSubject:
+    """What a check of one partition's artifact looks at: the artifact's frame (as computed, or as
+    stored when the check runs alone), the upstream artifacts its step read, and the partition."""
+
+    artifact: str
+    frame: pl.DataFrame
+    inputs: Mapping[str, LoadedArtifact]
+    spec: RunSpec
+    run_dir: RunDirectory
+    candle_store: CandleStoreResource
+    max_excluded_share: float = DEFAULT_MAX_EXCLUDED_SHARE
+
+
+@dataclass(frozen=True)
+class ArtifactCheck:
+    name: str
+    description: str
+    evaluate: Callable[[CheckSubject], AssetCheckResult]
+    blocking: bool = True
+    after_write: bool = False  # checks the written file and run.json, so runs after the IO manager
+
+    def spec(self, artifact: str) -> AssetCheckSpec:
+        return AssetCheckSpec(
+            self.name,
+            asset=artifact,
+            description=self.description,
+            blocking=self.blocking,
+            partitions_def=month_run_partitions,
+        )
+
+    def result(self, subject: CheckSubject) -> AssetCheckResult:
+        result = self.evaluate(subject)
+        return AssetCheckResult(
+            asset_key=subject.artifact,
+            check_name=self.name,
+            passed=result.passed,
+            severity=result.severity,
+            metadata=result.metadata,
+        )
 
 
 def _examples(values: list[Any]) -> MetadataValue:
     return MetadataValue.json([str(v) for v in values[:_EXAMPLES]])
 
 
-def _manifest_consistency(artifact: str) -> AssetChecksDefinition:
-    asset_def = {"alerts": alerts, "paths": paths, "trades": trades, "summary": summary, "frontier": frontier}[artifact]
-
-    @asset_check(
-        asset=asset_def,
-        name="manifest_consistent",
-        blocking=True,
-        partitions_def=month_run_partitions,
-        description=f"run.json records {artifact} at its size and sha256, computed from the current version of "
-        "each upstream artifact (what completion of the run relies on).",
+def _manifest_consistent(subject: CheckSubject) -> AssetCheckResult:
+    artifact, rd = subject.artifact, subject.run_dir
+    manifest = rd.manifest() or {}
+    record = manifest.get("artifacts", {}).get(artifact)
+    problems = []
+    if record is None:
+        problems.append(f"{artifact} is not recorded in run.json")
+    else:
+        path = rd.path / record["path"]
+        if not path.is_file():
+            problems.append(f"{record['path']} is missing")
+        elif sha256_file(path) != record["sha256"]:
+            problems.append(f"{record['path']} does not match its recorded sha256")
+        for upstream in ARTIFACT_INPUTS[artifact]:
+            current = manifest["artifacts"].get(upstream, {}).get("sha256")
+            if record.get("inputs", {}).get(upstream) != current:
+                problems.append(f"computed from an older {upstream}")
+    return AssetCheckResult(
+        passed=not problems,
+        metadata={"problems": MetadataValue.json(problems), "run_status": manifest.get("status", "missing")},
     )
-    def check(context: AssetCheckExecutionContext, run_store: RunStoreResource) -> AssetCheckResult:
-        rd = _run_dir(context, run_store)
-        manifest = rd.manifest() or {}
-        record = manifest.get("artifacts", {}).get(artifact)
-        problems = []
-        if record is None:
-            problems.append(f"{artifact} is not recorded in run.json")
-        else:
-            path = rd.path / record["path"]
-            if not path.is_file():
-                problems.append(f"{record['path']} is missing")
-            elif sha256_file(path) != record["sha256"]:
-                problems.append(f"{record['path']} does not match its recorded sha256")
-            for upstream in ARTIFACT_INPUTS[artifact]:
-                current = manifest["artifacts"].get(upstream, {}).get("sha256")
-                if record.get("inputs", {}).get(upstream) != current:
-                    problems.append(f"computed from an older {upstream}")
-        return AssetCheckResult(
-            passed=not problems,
-            metadata={"problems": MetadataValue.json(problems), "run_status": manifest.get("status", "missing")},
-        )
-
-    return check
 
 
-@asset_check(
-    asset=alerts,
-    blocking=True,
-    partitions_def=month_run_partitions,
-    description="Every call_id of the partition's alerts appears once (repeats are skipped at input).",
-)
-def call_id_unique(context: AssetCheckExecutionContext, run_store: RunStoreResource) -> AssetCheckResult:
-    frame = _run_dir(context, run_store).read_artifact("alerts").frame
+def _manifest_check(artifact: str) -> ArtifactCheck:
+    return ArtifactCheck(
+        "manifest_consistent",
+        f"run.json records {artifact} at its size and sha256, computed from the current version of "
+        "each upstream artifact (what completion of the run relies on).",
+        _manifest_consistent,
+        after_write=True,
+    )
+
+
+def _call_id_unique(subject: CheckSubject) -> AssetCheckResult:
+    frame = subject.frame
     repeated = frame.filter(pl.col("call_id").is_duplicated()).get_column("call_id").unique().sort().to_list()
     return AssetCheckResult(
         passed=not repeated,
@@ -100,23 +148,13 @@ def call_id_unique(context: AssetCheckExecutionContext, run_store: RunStoreResou
     )
 
 
-@asset_check(
-    asset=paths,
-    blocking=True,
-    partitions_def=month_run_partitions,
-    description="No look-ahead: every entry is at or after its alert, within the entry delay, and p0 is the open "
-    "of the entry candle.",
-)
-def no_look_ahead(
-    context: AssetCheckExecutionContext, run_store: RunStoreResource, candle_store: CandleStoreResource
-) -> AssetCheckResult:
-    rd = _run_dir(context, run_store)
-    spec = read_spec(run_store.root, rd.run_id)
-    frame = rd.read_artifact("paths").frame
+def _no_look_ahead(subject: CheckSubject) -> AssetCheckResult:
+    spec, frame = subject.spec, subject.frame
     limit = pl.col("alert_ts_ms") + spec.truth.max_entry_delay_candles * spec.interval_ms
     early = frame.filter((pl.col("entry_ts_ms") < pl.col("alert_ts_ms")) | (pl.col("entry_ts_ms") >= limit))
     wrong_p0: list[str] = []
-    for part, read in candle_store.parts(spec, rd.read_artifact("alerts").frame):
+    # The candles the step read (shared by the run's steps when the month is read whole).
+    for part, read in subject.candle_store.parts(spec, subject.inputs["alerts"].frame):
         rows = frame.filter(pl.col("call_id").is_in(part.get_column("call_id").implode()))
         entry = rows.get_column("entry_ts_ms").to_numpy().astype(np.int64)
         start, stop = read.candles.window_bounds(rows.get_column("mint"), entry, entry + 1)
@@ -137,48 +175,26 @@ def no_look_ahead(
     )
 
 
-class ExclusionConfig(Config):
-    max_excluded_share: float = Field(
-        default=0.25, description="Warn when more than this share of the partition's alert rows is excluded."
-    )
-
-
-@asset_check(
-    asset=paths,
-    partitions_def=month_run_partitions,
-    description="The share of the partition's alert rows without a path (skipped or excluded) stays under a "
-    "threshold; a warning, since bad data is recorded rather than fatal.",
-)
-def excluded_share(
-    context: AssetCheckExecutionContext, config: ExclusionConfig, run_store: RunStoreResource
-) -> AssetCheckResult:
-    rd = _run_dir(context, run_store)
-    loaded = rd.read_artifact("alerts")
+def _excluded_share(subject: CheckSubject) -> AssetCheckResult:
+    loaded = subject.inputs["alerts"]
     source_rows = int(loaded.metadata.get("source_rows", loaded.frame.height))
-    processed = rd.read_artifact("paths").frame.height
+    processed = subject.frame.height
     share = (source_rows - processed) / source_rows if source_rows else 0.0
     return AssetCheckResult(
-        passed=share <= config.max_excluded_share,
+        passed=share <= subject.max_excluded_share,
         severity=AssetCheckSeverity.WARN,
         metadata={
             "alert_rows": source_rows,
             "calls_processed": processed,
             "excluded_share_pct": round(100 * share, 1),
-            "threshold_pct": round(100 * config.max_excluded_share, 1),
+            "threshold_pct": round(100 * subject.max_excluded_share, 1),
         },
     )
 
 
-@asset_check(
-    asset=trades,
-    blocking=True,
-    partitions_def=month_run_partitions,
-    description="One trade per path: the trades' call ids are exactly the paths' (every path has its entry candle).",
-)
-def trades_match_paths(context: AssetCheckExecutionContext, run_store: RunStoreResource) -> AssetCheckResult:
-    rd = _run_dir(context, run_store)
-    path_ids = set(rd.read_artifact("paths").frame.get_column("call_id").to_list())
-    trade_ids = rd.read_artifact("trades").frame.get_column("call_id").to_list()
+def _trades_match_paths(subject: CheckSubject) -> AssetCheckResult:
+    path_ids = set(subject.inputs["paths"].frame.get_column("call_id").to_list())
+    trade_ids = subject.frame.get_column("call_id").to_list()
     missing, extra = sorted(path_ids - set(trade_ids)), sorted(set(trade_ids) - path_ids)
     repeated = len(trade_ids) - len(set(trade_ids))
     return AssetCheckResult(
@@ -197,16 +213,10 @@ def trades_match_paths(context: AssetCheckExecutionContext, run_store: RunStoreR
 _SUMMARY_TOLERANCE = 1e-9
 
 
-@asset_check(
-    asset=summary,
-    partitions_def=month_run_partitions,
-    description="The summary row equals the metrics recomputed from the partition's trades.",
-)
-def summary_matches_trades(context: AssetCheckExecutionContext, run_store: RunStoreResource) -> AssetCheckResult:
-    rd = _run_dir(context, run_store)
-    stored = rd.read_artifact("summary").frame.row(0, named=True)
+def _summary_matches_trades(subject: CheckSubject) -> AssetCheckResult:
+    stored = subject.frame.row(0, named=True)
     expected = summarize_trades(
-        rd.read_artifact("trades").frame,
+        subject.inputs["trades"].frame,
         run_id=stored["run_id"],
         month=stored["month"],
         policy_id=stored["policy_id"],
@@ -226,6 +236,53 @@ def summary_matches_trades(context: AssetCheckExecutionContext, run_store: RunSt
         )
     ]
     return AssetCheckResult(passed=not differ, metadata={"columns_that_differ": MetadataValue.json(differ)})
+
+
+# Each checked artifact's checks, in the order they are evaluated and reported.
+ARTIFACT_CHECKS: dict[str, tuple[ArtifactCheck, ...]] = {
+    "alerts": (
+        ArtifactCheck(
+            "call_id_unique",
+            "Every call_id of the partition's alerts appears once (repeats are skipped at input).",
+            _call_id_unique,
+        ),
+        _manifest_check("alerts"),
+    ),
+    "paths": (
+        ArtifactCheck(
+            "no_look_ahead",
+            "No look-ahead: every entry is at or after its alert, within the entry delay, and p0 is the open "
+            "of the entry candle.",
+            _no_look_ahead,
+        ),
+        ArtifactCheck(
+            "excluded_share",
+            "The share of the partition's alert rows without a path (skipped or excluded) stays under a "
+            "threshold; a warning, since bad data is recorded rather than fatal.",
+            _excluded_share,
+            blocking=False,
+        ),
+        _manifest_check("paths"),
+    ),
+    "trades": (
+        ArtifactCheck(
+            "trades_match_paths",
+            "One trade per path: the trades' call ids are exactly the paths' (every path has its entry candle).",
+            _trades_match_paths,
+        ),
+        _manifest_check("trades"),
+    ),
+    "summary": (
+        ArtifactCheck(
+            "summary_matches_trades",
+            "The summary row equals the metrics recomputed from the partition's trades.",
+            _summary_matches_trades,
+            blocking=False,
+        ),
+        _manifest_check("summary"),
+    ),
+    "frontier": (_manifest_check("frontier"),),
+}
 
 
 @asset_check(
@@ -250,12 +307,4 @@ def catalog_artifacts_verified(catalog_duckdb: DuckDBResource) -> AssetCheckResu
     )
 
 
-BACKTEST_CHECKS = [
-    *(_manifest_consistency(a) for a in ("alerts", "paths", "trades", "summary", "frontier")),
-    call_id_unique,
-    no_look_ahead,
-    excluded_share,
-    trades_match_paths,
-    summary_matches_trades,
-]
 CATALOG_CHECKS = [catalog_artifacts_verified]

@@ -1,5 +1,5 @@
-"""What every artifact step shares: the window check, failure recording, step logs, and the
-object an asset hands to the IO manager.
+"""What every artifact step shares: the window check, failure recording, step logs, the object
+an asset hands to the IO manager, and the evaluation of the asset's checks inside its step.
 
 Assets hold no path logic: they compute with `core` and return an `ArtifactOutput`; the IO
 manager writes it into the run directory.
@@ -10,18 +10,28 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import polars as pl
-from dagster import AssetExecutionContext, DagsterExecutionInterruptedError, Failure
+from dagster import (
+    AssetCheckKey,
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetExecutionContext,
+    AssetKey,
+    DagsterExecutionInterruptedError,
+    Failure,
+    Output,
+)
 
 from quantlab_pipeline.core.errors import ErrorRecord
 from quantlab_pipeline.core.spec import RunSpec, utc_now_iso
+from quantlab_pipeline.orchestration.checks import ARTIFACT_CHECKS, DEFAULT_MAX_EXCLUDED_SHARE, CheckSubject
 from quantlab_pipeline.orchestration.partitions import split_month_run_key
-from quantlab_pipeline.orchestration.resources import RunStoreResource
+from quantlab_pipeline.orchestration.resources import CandleStoreResource, RunStoreResource
 from quantlab_pipeline.storage.guards import WriteRefused
 from quantlab_pipeline.storage.run_dir import LoadedArtifact, RunDirectory
 
@@ -156,3 +166,62 @@ def recording_failures(
             log(f"failed: {exc}")
         run_dir.record_failure(spec, phase=phase, exc=exc, dagster_run_id=dagster_run_id)
         raise
+
+
+def check_outcomes(results: Iterable[tuple[str, bool, AssetCheckSeverity]]) -> str:
+    """A step's check evaluations as one progress line: `checks: no_look_ahead passed, …`."""
+    words = {True: "passed", False: "failed"}
+    return "checks: " + ", ".join(
+        f"{name} {words[passed]}{' (warning)' if not passed and severity == AssetCheckSeverity.WARN else ''}"
+        for name, passed, severity in results
+    )
+
+
+def _outcomes(results: Iterable[AssetCheckResult]) -> str:
+    return check_outcomes((r.check_name or "", r.passed, r.severity) for r in results)
+
+
+def checked_step(
+    context: AssetExecutionContext,
+    run_store: RunStoreResource,
+    spec: RunSpec,
+    phase: str,
+    compute: Callable[[ArtifactStep], ArtifactOutput],
+    *,
+    inputs: Mapping[str, LoadedArtifact],
+    candle_store: CandleStoreResource,
+    max_excluded_share: float = DEFAULT_MAX_EXCLUDED_SHARE,
+) -> Iterator[Output | AssetCheckResult]:
+    """The body of a checked asset (`orchestration.checks`): compute the artifact in its
+    `artifact_step`, evaluate its content checks on the frame in memory, let the IO manager write
+    it, then check the write. With only checks selected (the UI's "Execute checks") the stored
+    artifact is read and checked, and nothing is written."""
+    artifact = context.op_def.name  # the asset's name: one asset per op
+    month, run_id = split_month_run_key(context.partition_key)
+    run_dir = run_store.directory(month, run_id)
+    selected = [
+        check
+        for check in ARTIFACT_CHECKS[artifact]
+        if AssetCheckKey(AssetKey(artifact), check.name) in context.selected_asset_check_keys
+    ]
+
+    def subject(frame: pl.DataFrame) -> CheckSubject:
+        return CheckSubject(artifact, frame, inputs, spec, run_dir, candle_store, max_excluded_share)
+
+    content = [check for check in selected if not check.after_write]
+    if AssetKey(artifact) in context.selected_asset_keys:
+        with artifact_step(context, run_store, spec, phase) as step:
+            output = compute(step)
+            results = [check.result(subject(output.frame)) for check in content]
+            if results:  # logs/stdout.txt gets them before the write, which may finalize the month
+                step.lines.append(f"{utc_now_iso()} [{artifact}] {_outcomes(results)}")
+        yield Output(output, output_name=artifact)
+        frame = output.frame
+    else:
+        frame = run_dir.read_artifact(artifact).frame
+        results = [check.result(subject(frame)) for check in content]
+    results += [check.result(subject(frame)) for check in selected if check.after_write]
+    if results:
+        context.log.info(_outcomes(results))
+        progress_logger.info(_outcomes(results), extra={"month": month, "step": artifact})
+    yield from results
