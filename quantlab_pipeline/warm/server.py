@@ -37,6 +37,7 @@ PRELOAD = (
     "quantlab_pipeline.definitions",
     "quantlab_pipeline.orchestration.month_runs",
     "quantlab_pipeline.orchestration.month_worker",
+    "quantlab_pipeline.orchestration.event_log",
     "dagster._core.storage.sqlite_storage",
     "dagster._core.storage.event_log.sqlite.consolidated_sqlite_event_log",
     "dagster._core.storage.local_compute_log_manager",
