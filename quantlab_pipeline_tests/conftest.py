@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,15 @@ def _stop_warm_servers():
     """Stop the session's warm servers when the tests end."""
     yield
     stop_servers(os.environ["QUANTLAB_WARM_DIR"])
+
+
+@pytest.fixture(scope="session", autouse=True)
+def candle_cache_dir(tmp_path_factory) -> Iterator[Path]:
+    """The candle cache (README "Inputs") of the tests and their subprocesses: never the user's."""
+    with pytest.MonkeyPatch.context() as mp:
+        path = tmp_path_factory.mktemp("quantlab-cache")
+        mp.setenv("QUANTLAB_CACHE_DIR", str(path))
+        yield path
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,8 @@ Candles are the big input (README "Performance": 20,000 alerts × 1,440 candles,
 month), so `read_candles` pushes mints, interval and time range into the DuckDB query, selects a
 small integer mint index instead of the mint string, and streams Arrow batches straight into
 their final grouped place (`core.nb.candles.scatter_batch`); `core.inputs.clean_candles` then
-sorts, validates and de-duplicates them.
+sorts, validates and de-duplicates them. A repeated read maps the cleaned arrays from the candle
+cache instead (`sources.candle_cache`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from quantlab_pipeline.core.durations import interval_ms
 from quantlab_pipeline.core.errors import InputError, first_line
 from quantlab_pipeline.core.inputs import CandlesInput, clean_candles
 from quantlab_pipeline.core.nb.candles import scatter_batch
+from quantlab_pipeline.sources import candle_cache
 from quantlab_pipeline.sources.duckdb import (
     ColumnRules,
     DuckDBConfig,
@@ -68,14 +70,21 @@ def _is_parquet_file(path: Path) -> bool:
         raise InputError(f"candles source {path}: unreadable ({exc.strerror})") from None
 
 
-def _open(source: str) -> _Source:
-    """DuckDB database with table `ohlcv_candles`, or Parquet file / directory / glob."""
+def _parquet_pattern(source: str) -> str | None:
+    """The glob of a Parquet source's files; None for a DuckDB database."""
     path = Path(source)
     is_glob = any(ch in source for ch in "*?[")
     if not is_glob and not path.exists():
         raise InputError(f"candles source {source}: no such file or directory")
     if is_glob or path.is_dir() or _is_parquet_file(path):
-        pattern = str(path / "**" / "*.parquet") if path.is_dir() else source
+        return str(path / "**" / "*.parquet") if path.is_dir() else source
+    return None
+
+
+def _open(source: str) -> _Source:
+    """DuckDB database with table `ohlcv_candles`, or Parquet file / directory / glob."""
+    pattern = _parquet_pattern(source)
+    if pattern is not None:
         if not glob.glob(pattern, recursive=True):
             raise InputError(f"candles source {source}: no Parquet files found")
         con = duckdb.connect(config=_DUCKDB_CONFIG)
@@ -123,14 +132,48 @@ def check_candles_source(source: str, *, interval: str | None = None) -> None:
 
 
 def read_candles(source: str, *, mints: Sequence[str], interval: str, start_ms: int, end_ms: int) -> CandlesInput:
-    """Validated candles of `mints` with `start_ms <= ts_ms < end_ms`, one contiguous array per column.
+    """Validated candles of `mints` with `start_ms <= ts_ms < end_ms`, one contiguous read-only
+    array per column.
 
-    Mints without candles get an empty range. One cheap `count(*) GROUP BY mint` first sizes each
-    mint's group, so the fetch writes every value once into its final grouped place (peak memory:
-    the candles plus one Arrow batch).
+    A read seen before comes from the candle cache (`sources.candle_cache`, README "Inputs"); a
+    new one is read from the source and cached. The arrays are read-only either way, so a writer
+    downstream fails on every run, not only on cached ones.
     """
     interval_ms(interval)
     wanted = sorted({m for m in mints if m is not None})
+    cap = candle_cache.cap_bytes()
+    key = _cache_key(source, wanted, interval, start_ms, end_ms) if cap else None
+    root = candle_cache.cache_dir()
+    if key is not None and (cached := candle_cache.load(root, key)) is not None:
+        return cached
+    read = _read_source(source, wanted, interval=interval, start_ms=start_ms, end_ms=end_ms)
+    c = read.candles
+    for column in (c.offsets, c.ts, c.open, c.high, c.low, c.close, c.volume):
+        if column is not None:
+            column.flags.writeable = False
+    # Cached only if the source did not change while it was read: the entry must match its key.
+    if key is not None and key == _cache_key(source, wanted, interval, start_ms, end_ms):
+        candle_cache.store(root, key, read, cap)
+    return read
+
+
+def _cache_key(source: str, wanted: list[str], interval: str, start_ms: int, end_ms: int) -> dict | None:
+    """The cache key of a read: the source's files (a DuckDB database and its `.wal`, or every
+    matched Parquet file) with their stat identity, and the query. None if a file is missing."""
+    pattern = _parquet_pattern(source)
+    if pattern is None:
+        identity = candle_cache.source_identity([source], [f"{source}.wal"])
+    else:
+        identity = candle_cache.source_identity(sorted(glob.glob(pattern, recursive=True)))
+    if not identity:
+        return None
+    return candle_cache.make_key(identity, wanted, interval, start_ms, end_ms)
+
+
+def _read_source(source: str, wanted: list[str], *, interval: str, start_ms: int, end_ms: int) -> CandlesInput:
+    """Read and clean from the source. Mints without candles get an empty range. One cheap
+    `count(*) GROUP BY mint` first sizes each mint's group, so the fetch writes every value once
+    into its final grouped place (peak memory: the candles plus one Arrow batch)."""
     src = _open(source)
     src.con.register(
         "wanted_mints", pa.table({"mint": pa.array(wanted, pa.string()), "k": pa.array(range(len(wanted)), pa.int32())})
