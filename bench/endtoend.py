@@ -139,7 +139,11 @@ def dagster_home(
         home = scratch / "dagster_home"
         home.mkdir()
         shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
-        env = child_env(DAGSTER_HOME=str(home), NUMBA_CACHE_DIR=str(numba_cache))
+        env = child_env(
+            DAGSTER_HOME=str(home),
+            NUMBA_CACHE_DIR=str(numba_cache),
+            QUANTLAB_CACHE_DIR=str(numba_cache.parent / "quantlab"),
+        )
         child = run_child(
             [sys.executable, "-c", "import dagster; dagster.DagsterInstance.get().dispose()"],
             env=env,
@@ -276,7 +280,8 @@ def cold_start(db: Path, *, repeat: int, numba_cache: Path, work_dir: Path) -> d
     argv = [sys.executable, str(BENCH_DIR / "coldstart_child.py"), str(db), MONTH, INTERVAL, HORIZON]
 
     def one(cache: Path) -> dict:
-        child = run_child(argv, env=child_env(NUMBA_CACHE_DIR=str(cache)), cwd=REPO, log_dir=work_dir / "coldstart")
+        env = child_env(NUMBA_CACHE_DIR=str(cache), QUANTLAB_CACHE_DIR=str(numba_cache.parent / "quantlab"))
+        child = run_child(argv, env=env, cwd=REPO, log_dir=work_dir / "coldstart")
         if child.returncode != 0:
             tail = "\n".join(child.stderr.strip().splitlines()[-15:])
             raise RuntimeError(f"cold-start child exited {child.returncode}:\n{tail}")
