@@ -148,8 +148,10 @@ def load(root: Path, key: Mapping[str, Any]) -> CandlesInput | None:
 
 
 def _map(path: Path, dtype: str, rows: int) -> np.ndarray:
-    """A read-only array over the file's pages. MAP_POPULATE maps every page at once: faulting
-    them in one at a time on first touch measured slower for a backtest that reads them all."""
+    """A read-only array over the file's pages: no copy. MADV_WILLNEED starts reading pages
+    that left the page cache; measured on the reference month, mapping + one pass over the
+    columns took ≈ 0.07–0.1 s this way or plainly, ≈ 0.3–0.5 s with MAP_POPULATE (every page
+    mapped up front), and `np.fromfile` (a copy) ≈ 1.2 s."""
     with open(path, "rb") as fh:
         size = os.fstat(fh.fileno()).st_size
         if size != rows * np.dtype(dtype).itemsize:
@@ -157,8 +159,10 @@ def _map(path: Path, dtype: str, rows: int) -> np.ndarray:
         if rows == 0:
             array = np.empty(0, dtype=dtype)
         else:
-            flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
-            array = np.frombuffer(mmap.mmap(fh.fileno(), size, flags=flags, prot=mmap.PROT_READ), dtype=dtype)
+            mapped = mmap.mmap(fh.fileno(), size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+            if hasattr(mmap, "MADV_WILLNEED"):
+                mapped.madvise(mmap.MADV_WILLNEED)
+            array = np.frombuffer(mapped, dtype=dtype)
     array.flags.writeable = False
     return array
 
@@ -173,10 +177,11 @@ def store(root: Path, key: Mapping[str, Any], read: CandlesInput, cap: int) -> N
     them: they are read-only), writes and fsyncs the files, and renames the entry into place.
     """
     c = read.candles
+    if c.volume is None or not hasattr(os, "fork"):
+        return  # read_candles always reads volume; a platform without fork goes uncached
     columns = {"offsets": c.offsets, "ts": c.ts, "open": c.open, "high": c.high, "low": c.low, "close": c.close}
-    columns["volume"] = c.volume if c.volume is not None else np.full(len(c), np.nan)
-    size = sum(a.nbytes for a in columns.values())
-    if size > cap:
+    columns["volume"] = c.volume
+    if sum(a.nbytes for a in columns.values()) > cap:
         return  # it would evict everything, itself included
     meta = {
         "key": key,
