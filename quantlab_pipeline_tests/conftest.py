@@ -28,11 +28,13 @@ def _stop_warm_servers():
 
 @pytest.fixture(scope="session", autouse=True)
 def candle_cache_dir(tmp_path_factory) -> Iterator[Path]:
-    """The candle cache (README "Inputs") of the tests and their subprocesses: never the user's."""
+    """The candle cache (README "Inputs") of the tests and their subprocesses: never the user's.
+    XDG_CACHE_HOME too, for the subprocesses started without the QUANTLAB_ variables."""
     with pytest.MonkeyPatch.context() as mp:
-        path = tmp_path_factory.mktemp("quantlab-cache")
-        mp.setenv("QUANTLAB_CACHE_DIR", str(path))
-        yield path
+        xdg = tmp_path_factory.mktemp("xdg-cache")
+        mp.setenv("XDG_CACHE_HOME", str(xdg))
+        mp.setenv("QUANTLAB_CACHE_DIR", str(xdg / "quantlab"))
+        yield xdg / "quantlab"
 
 
 @pytest.fixture(scope="session")
