@@ -215,8 +215,10 @@ def store(root: Path, key: Mapping[str, Any], read: CandlesInput, cap: int) -> N
 
 def _detach() -> None:
     """Leave the caller's session and release its files: a reader of the caller's output pipe
-    would otherwise wait for this process too."""
+    would otherwise wait for this process too. Run at the lowest priority: the backtest that
+    just read the candles goes on meanwhile, and the entry is only needed by a later one."""
     os.setsid()
+    os.nice(19)
     null = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(null, fd)
