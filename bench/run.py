@@ -250,6 +250,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     args.cache_dir.mkdir(parents=True, exist_ok=True)
+    # This process's own figures (read_candles, kernels) read the candles from DuckDB, every time,
+    # and leave the user's candle cache alone; the `quantlab` children use the bench's cache.
+    os.environ["QUANTLAB_CANDLE_CACHE_GB"] = "0"
     work_dir = Path(tempfile.mkdtemp(prefix="quantlab-bench-"))
     started = time.perf_counter()
     try:
