@@ -27,6 +27,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from typing import NoReturn
 
 from quantlab_pipeline.warm import protocol
@@ -49,12 +50,13 @@ def run_in_server(argv: list[str]) -> int | None:
         return None
     if os.path.exists(f"{path}.failed"):  # this build's server cannot start: see its .log
         return None
-    sock = connect(path) or _start_persistent(path)
+    try:
+        sock = connect(path) or _start_persistent(path)
+    except OSError:  # the lock or log beside the socket cannot be opened
+        return None
     if sock is None:
         return None
-    umask = os.umask(0)
-    os.umask(umask)
-    request = {"kind": "command", "argv": argv, "cwd": cwd, "env": dict(os.environ), "umask": umask}
+    request = {"kind": "command", "argv": argv, "cwd": cwd, "env": dict(os.environ), "umask": _umask()}
     with sock:
         try:
             pid = send_request(sock, request, fds=_std_fds())
@@ -148,7 +150,7 @@ def connect(path: str) -> socket.socket | None:
     return sock
 
 
-def send_request(sock: socket.socket, request: dict, fds: list[int] = ()) -> int:  # type: ignore[assignment]
+def send_request(sock: socket.socket, request: dict, fds: Sequence[int] = ()) -> int:
     """Send `request` (and `fds`) and return the pid of the process the server forked for it."""
     protocol.send(sock, request, fds)
     reply = protocol.receive(sock)
