@@ -58,15 +58,17 @@ def socket_path(env: os._Environ | dict) -> str:
 
 
 def fingerprint(env: os._Environ | dict) -> str:
-    """A name for this build of the code: interpreter, installed packages (the site-packages
-    directory changes whenever one is installed or removed), the project's source files (path,
-    size, modification time) and the import-time environment."""
+    """A name for this build of the code: interpreter, installed packages (their `.dist-info`
+    names carry their versions; the directory's own mtime also moves when a first import writes
+    its `__pycache__`), the project's source files (path, size, modification time) and the
+    import-time environment."""
     digest = hashlib.blake2b(digest_size=12)
     digest.update(f"{sys.executable}\0{sys.version}\0{sys.prefix}\0".encode())
     dagster = importlib.util.find_spec("dagster")
     if dagster is not None and dagster.origin:
         site = os.path.dirname(os.path.dirname(dagster.origin))
-        digest.update(f"{site}\0{os.stat(site).st_mtime_ns}\0".encode())
+        installed = sorted(name for name in os.listdir(site) if name.endswith(".dist-info"))
+        digest.update("\0".join([site, *installed, ""]).encode())
     package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     for directory, dirnames, filenames in os.walk(package):
         dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")
