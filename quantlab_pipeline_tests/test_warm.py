@@ -169,7 +169,9 @@ def test_the_fingerprint_follows_code_and_import_time_environment(tmp_path):
     env = dict(os.environ)
     base = protocol.fingerprint(env)
     assert protocol.fingerprint({**env, "NUMBA_CACHE_DIR": str(tmp_path)}) != base
+    assert protocol.fingerprint({**env, "PYTHONHASHSEED": "7"}) != base
     assert protocol.fingerprint({**env, "DAGSTER_HOME": str(tmp_path)}) == base  # read when used
+    assert protocol.fingerprint({**env, "PYTHON": "/usr/bin/python3"}) == base  # `make PYTHON=…`
     source = Path(protocol.__file__)
     info = source.stat()
     try:

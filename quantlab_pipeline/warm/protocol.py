@@ -76,7 +76,8 @@ def fingerprint(env: os._Environ | dict) -> str:
             if name.endswith(".py"):
                 info = os.stat(os.path.join(directory, name))
                 digest.update(f"{directory}/{name}\0{info.st_size}\0{info.st_mtime_ns}\0".encode())
-    for key in sorted(k for k in env if k.startswith(_IMPORT_TIME_ENV)):
+    # Python's own variables are PYTHON<NAME>; a bare PYTHON is a Makefile's (`make PYTHON=…`).
+    for key in sorted(k for k in env if k.startswith(_IMPORT_TIME_ENV) and k != "PYTHON"):
         digest.update(f"{key}={env[key]}\0".encode())
     return digest.hexdigest()
 
