@@ -41,32 +41,41 @@ def bare_scan(db: Path, months: Sequence[str], repeat: int) -> dict:
     range, look-back included: `dataset.month_read`), fetched by one DuckDB query per month into
     Arrow, in this process: the cost of just getting the data out. A sample is the months' sum.
 
+    Each sample has a connection of its own, whose first fetch (untimed) warms it and the OS page
+    cache: the same fetch takes ~2.0 s or ~2.8 s for four months depending on the connection
+    (where its memory lands), steady within one, so samples on one connection would show one
+    mode only.
+
     `seconds` fetches the rows with the columns the pipeline reads (mint, ts_ms, OHLCV);
     `numeric_seconds` leaves the mint strings out (filtered on, not fetched), the lower bound.
     """
     reads = [month_read(db, month) for month in months]
-    con = duckdb.connect(str(db), read_only=True)
-    try:
-        con.execute("SET enable_progress_bar = false")
-        where = (
-            "FROM ohlcv_candles WHERE interval = $interval AND ts_ms >= $start_ms AND ts_ms < $end_ms "
-            "AND mint IN (SELECT mint FROM wanted_mints)"
-        )
+    where = (
+        "FROM ohlcv_candles WHERE interval = $interval AND ts_ms >= $start_ms AND ts_ms < $end_ms "
+        "AND mint IN (SELECT mint FROM wanted_mints)"
+    )
+    with_mints, numeric = "mint, ts_ms, open, high, low, close, volume", "ts_ms, open, high, low, close, volume"
+    seconds: list[float] = []
+    numeric_seconds: list[float] = []
+    rows = 0
+    for _ in range(repeat):
+        con = duckdb.connect(str(db), read_only=True)
+        try:
+            con.execute("SET enable_progress_bar = false")
 
-        def fetch(columns: str) -> int:
-            rows = 0
-            for read in reads:
-                con.register("wanted_mints", pa.table({"mint": pa.array(read.mints, pa.string())}))
-                params = {"interval": INTERVAL, "start_ms": read.start_ms, "end_ms": read.end_ms}
-                rows += con.sql(f"SELECT {columns} {where}", params=params).to_arrow_table().num_rows
-            return rows
+            def fetch(columns: str, con: duckdb.DuckDBPyConnection = con) -> int:
+                fetched = 0
+                for read in reads:
+                    con.register("wanted_mints", pa.table({"mint": pa.array(read.mints, pa.string())}))
+                    params = {"interval": INTERVAL, "start_ms": read.start_ms, "end_ms": read.end_ms}
+                    fetched += con.sql(f"SELECT {columns} {where}", params=params).to_arrow_table().num_rows
+                return fetched
 
-        with_mints, numeric = "mint, ts_ms, open, high, low, close, volume", "ts_ms, open, high, low, close, volume"
-        rows = fetch(with_mints)  # also warms the OS page cache
-        seconds = timed(lambda: fetch(with_mints), repeat)
-        numeric_seconds = timed(lambda: fetch(numeric), repeat)
-    finally:
-        con.close()
+            rows = fetch(with_mints)
+            seconds += timed(lambda: fetch(with_mints), 1)
+            numeric_seconds += timed(lambda: fetch(numeric), 1)
+        finally:
+            con.close()
     return {"rows": rows, "seconds": summarize(seconds, "s"), "numeric_seconds": summarize(numeric_seconds, "s")}
 
 

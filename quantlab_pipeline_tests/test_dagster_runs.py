@@ -166,6 +166,55 @@ def test_a_killed_parallel_worker_is_seen_and_resumed(workdir):
     assert _month_states(workdir, run_id) == ["completed", "completed"]
 
 
+@pytest.fixture
+def three_months(tmp_path):
+    from quantlab_pipeline.sources.sample_db import generate_sample_data
+
+    (tmp_path / "data").mkdir()
+    generate_sample_data(
+        tmp_path / "data" / "alerts.duckdb", months=["2024-01", "2024-02", "2024-03"], alerts_per_month=40, seed=5
+    )
+    (tmp_path / ".dagster_home").mkdir()
+    _home_config(tmp_path, queued=True)
+    return tmp_path
+
+
+THREE_MONTHS_PARALLEL = ["--from", "2024-01-01", "--to", "2024-03-31", "--parallel", "2"]
+
+
+def _writers(workdir: Path) -> dict[str, int]:
+    return {
+        path.parent.parent.name: json.loads(path.read_text())["writer"]["pid"]
+        for path in (workdir / "runs").glob("2024-*/run_id=*/run.json")
+    }
+
+
+def test_each_parallel_worker_runs_the_months_it_takes_one_after_another(three_months):
+    proc = _backtest(three_months, *THREE_MONTHS_PARALLEL)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.count("completed in") == 3 and proc.stdout.count("materializing") == 3
+    run_id = _run_id(three_months)
+    assert _month_states(three_months, run_id) == ["completed"] * 3
+    assert _run_statuses(three_months, run_id) == ["SUCCESS"] * 3  # one Dagster run per month
+    writers = _writers(three_months)
+    assert sorted(writers) == ["2024-01", "2024-02", "2024-03"]
+    assert len(set(writers.values())) < 3  # at most two workers: one of them ran two months
+
+
+def test_a_worker_that_dies_with_months_left_is_replaced(three_months):
+    killed = _backtest(three_months, *THREE_MONTHS_PARALLEL, env={"QUANTLAB_FAULT": "KILL:paths.parquet"})
+    assert killed.returncode == 1, killed.stdout + killed.stderr
+    run_id = _run_id(three_months)
+    # Both first workers died in their first month; a third took the month left (and died too).
+    assert _month_states(three_months, run_id) == ["interrupted"] * 3
+    assert _run_statuses(three_months, run_id) == ["FAILURE"] * 3
+    assert len(set(_writers(three_months).values())) == 3
+
+    resumed = run_cli(["runs", "resume", run_id, "--runs-dir", str(three_months / "runs")], three_months)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert _month_states(three_months, run_id) == ["completed"] * 3
+
+
 def test_ctrl_c_stops_the_parallel_workers_with_one_line(workdir):
     _home_config(workdir, queued=True)
     env = child_env()

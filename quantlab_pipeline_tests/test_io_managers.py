@@ -19,8 +19,9 @@ from quantlab_pipeline.orchestration.io_managers import RunDirectoryIOManager, R
 from quantlab_pipeline.orchestration.partitions import RUN_PARTITIONS_NAME, month_run_key, month_run_partitions
 from quantlab_pipeline.orchestration.resources import RunStoreResource
 from quantlab_pipeline.orchestration.steps import ArtifactOutput
+from quantlab_pipeline.storage.artifact_files import LoadedArtifact
 from quantlab_pipeline.storage.run_creation import create_run_spec
-from quantlab_pipeline.storage.run_dir import LoadedArtifact, RunDirectory
+from quantlab_pipeline.storage.run_dir import RunDirectory
 from quantlab_pipeline.storage.specs import write_spec
 
 ALERTS = pl.DataFrame(

@@ -17,7 +17,7 @@ import pytest
 
 from quantlab_pipeline.core.errors import EnvironmentFault, ErrorRecord, QuantlabError, SpecError
 from quantlab_pipeline.core.spec import RunSpec
-from quantlab_pipeline.storage import atomic, run_dir
+from quantlab_pipeline.storage import artifact_files, atomic, run_dir
 from quantlab_pipeline.storage.run_dir import RunDirectory, WriteRefused, check_artifact_applies
 from quantlab_pipeline.storage.specs import read_spec, spec_sha256, write_spec
 
@@ -540,3 +540,31 @@ def test_a_month_with_features_completes_only_with_them(tmp_path):
         inputs={"alerts": a["sha256"], "paths": rd.manifest()["artifacts"]["paths"]["sha256"]},
     )
     assert rd.manifest()["status"] == "completed" and (rd.path / "_SUCCESS").exists()
+
+
+def test_an_artifact_this_process_wrote_is_read_back_from_memory_until_its_file_changes(tmp_path):
+    spec = make_spec()
+    rd = RunDirectory(tmp_path, "2024-01", RUN_ID)
+    df = pl.DataFrame({"call_id": ["a", "b", "c"], "alert_ts_ms": [1, 2, 3], "x": [1.5, None, -0.25]})
+    write(rd, spec, "alerts", df)
+    reused = rd.read_artifact("alerts")
+    assert rd.read_artifact("alerts") is reused  # not parsed again
+
+    artifact_files._written.clear()  # what another process reads from the file
+    from_disk = rd.read_artifact("alerts")
+    assert from_disk.frame.equals(reused.frame) and from_disk.frame.schema == reused.frame.schema
+    assert from_disk.frame.schema["alert_ts_ms"] == pl.Int64
+    assert (from_disk.sha256, from_disk.metadata) == (reused.sha256, reused.metadata)
+    assert from_disk.sha256 == sha(rd.artifact_path("alerts"))
+
+    write(rd, spec, "alerts", df)
+    other = pl.DataFrame({"call_id": ["z"], "alert_ts_ms": [9], "x": [0.0]})
+    atomic.atomic_write_bytes(
+        rd.artifact_path("alerts"), atomic.parquet_bytes(artifact_files.frame_to_arrow(other), {})
+    )
+    assert rd.read_artifact("alerts").frame.equals(other)  # replaced by another writer: read from disk
+
+    write(rd, spec, "alerts", df)
+    RunDirectory(tmp_path, "2024-02", RUN_ID).path.mkdir(parents=True)
+    write(RunDirectory(tmp_path, "2024-02", RUN_ID), make_spec(), "alerts", other)
+    assert list(artifact_files._written) == [RunDirectory(tmp_path, "2024-02", RUN_ID).artifact_path("alerts")]

@@ -13,9 +13,11 @@ import logging
 import multiprocessing.connection
 import os
 import signal
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from rich.markup import escape
@@ -128,7 +130,7 @@ def _in_process(spec: RunSpec, plan: Sequence[MonthPlan], *, runs_dir: str, inst
     results = []
     for item in plan:
         started = time.perf_counter()
-        console.print(f"[bold]{item.month}[/bold] materializing{_steps(item)}…")
+        console.print(f"[bold]{item.month}[/bold] materializing{_steps(plan, item.month)}…")
         try:
             result = materialize_month(spec, item.month, runs_dir=runs_dir, instance=instance, steps=item.steps)
         except KeyboardInterrupt:  # outside a step: no step recorded it
@@ -143,51 +145,76 @@ def _in_process(spec: RunSpec, plan: Sequence[MonthPlan], *, runs_dir: str, inst
 def _in_workers(
     spec: RunSpec, plan: Sequence[MonthPlan], *, runs_dir: str, instance: Any, parallel: int, received: _Signals
 ) -> list[Any]:
-    """Up to `parallel` run workers at once; their steps' lines printed from the runs' events.
-    A signal stops every worker with SIGTERM: each records the step it was in as interrupted."""
-    from quantlab_pipeline.orchestration.month_runs import (
-        create_month_run,
-        month_result,
-        settle_worker_exit,
-        start_month_worker,
-    )
+    """`parallel` run workers, each running the months it claims one after another (a worker that
+    dies is replaced while months are left); the steps' lines printed from the runs' events.
+    A signal stops the hand-out and every worker with SIGTERM: each records its step as interrupted."""
+    from quantlab_pipeline.orchestration import month_worker
+    from quantlab_pipeline.orchestration.month_runs import month_result, settle_worker_exit
 
-    pending = list(plan)
-    active: dict[str, tuple[Any, Any, float]] = {}  # month: (Dagster run, worker, started)
+    months = [(item.month, item.steps) for item in plan]
     results: dict[str, Any] = {}
+    announced: dict[str, float] = {}  # month: when its run was first seen
     events = _EventPrinter(instance)
-    with _signals_only_recorded():
-        while (pending or active) and not received():
-            while pending and len(active) < parallel:
-                item = pending.pop(0)
-                run = create_month_run(spec, item.month, runs_dir=runs_dir, instance=instance, steps=item.steps)
-                active[item.month] = (run, start_month_worker(run, instance), time.perf_counter())
-                console.print(f"[bold]{item.month}[/bold] materializing{_steps(item)}… (Dagster run {run.run_id[:8]})")
-            for month, (run, worker, started) in list(active.items()):
-                done = worker.exitcode is not None
-                events.print_new(month, run.run_id)
-                if done:
-                    settle_worker_exit(run.run_id, worker.exitcode, instance)
-                    results[month] = month_result(
-                        spec, month, runs_dir=runs_dir, instance=instance, run=instance.get_run_by_id(run.run_id)
+    with tempfile.TemporaryDirectory(prefix="quantlab-months-") as directory, _signals_only_recorded():
+        claims = Path(directory)
+
+        def start_worker() -> Any:
+            return month_worker.start(spec, months, runs_dir=runs_dir, claims=claims, instance=instance)
+
+        def follow(exited: Any = None, *, report: bool = True) -> None:
+            """Print what the runs recorded since the last look; collect the months that ended —
+            those of `exited` (a worker that has exited) whether or not their run finished —
+            each with its ✓/✗ line unless not `report` (an interruption has its own line)."""
+            for month, claim in sorted(month_worker.read_claims(claims).items()):
+                if month in results or claim.pid == os.getpid():
+                    continue
+                run = instance.get_run_by_id(claim.dagster_run_id) if claim.dagster_run_id else None
+                if run is not None and month not in announced:
+                    announced[month] = time.perf_counter()
+                    console.print(
+                        f"[bold]{month}[/bold] materializing{_steps(plan, month)}… (Dagster run {run.run_id[:8]})"
                     )
-                    _report(results[month], time.perf_counter() - started)
-                    del active[month]
-            if active:
-                waits = [received.fd, *(worker.sentinel for _, worker, _ in active.values())]
-                multiprocessing.connection.wait(waits, timeout=0.3)
+                if run is not None:
+                    events.print_new(month, run.run_id)
+                ended = exited is not None and claim.pid == exited.pid
+                if ended and run is not None and exited.exitcode != 0:
+                    settle_worker_exit(run.run_id, exited.exitcode, instance)
+                    run = instance.get_run_by_id(run.run_id)
+                if ended or (run is not None and run.is_finished):
+                    results[month] = month_result(spec, month, runs_dir=runs_dir, instance=instance, run=run)
+                    if report:
+                        _report(results[month], time.perf_counter() - announced.get(month, time.perf_counter()))
+
+        workers = [start_worker() for _ in range(min(parallel, len(months)))]
+        while workers and not received():
+            multiprocessing.connection.wait([received.fd, *(w.sentinel for w in workers)], timeout=0.3)
+            for worker in list(workers):
+                if worker.exitcode is not None:
+                    workers.remove(worker)
+                    follow(exited=worker)
+                    taken = month_worker.read_claims(claims)
+                    if any(c.pid == worker.pid for c in taken.values()) and any(m not in taken for m, _ in months):
+                        workers.append(start_worker())  # it died in a month, with months left
+            follow()
         if received():
-            for _, worker, _ in active.values():
+            for month, _ in months:  # nobody takes another month
+                month_worker.claim(claims, month)
+            for worker in workers:
                 worker.terminate()
-            for run, worker, _ in active.values():
+            for worker in workers:
                 worker.join()
-                settle_worker_exit(run.run_id, worker.exitcode, instance)
-            _interrupted(spec, ", ".join(sorted(active) or [item.month for item in pending]), received())
+                follow(exited=worker, report=False)
+            running = sorted(set(announced) - set(results)) or [m for m, _ in months if m not in results]
+            _interrupted(spec, ", ".join(running or sorted(results)), received())
+        for month, _ in months:  # no worker took it: every worker failed before its first month
+            if month not in results:
+                results[month] = month_result(spec, month, runs_dir=runs_dir, instance=instance)
     return [results[m] for m in sorted(results)]
 
 
-def _steps(item: MonthPlan) -> str:
-    return f" ({', '.join(item.steps)})" if item.steps else ""
+def _steps(plan: Sequence[MonthPlan], month: str) -> str:
+    steps = next(item.steps for item in plan if item.month == month)
+    return f" ({', '.join(steps)})" if steps else ""
 
 
 class _EventPrinter:

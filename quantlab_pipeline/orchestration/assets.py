@@ -56,8 +56,8 @@ from quantlab_pipeline.orchestration.steps import ArtifactOutput, ArtifactStep, 
 from quantlab_pipeline.report.markdown import frontier_chart_markdown, summary_charts_markdown
 from quantlab_pipeline.sources.alerts import check_alerts_source, read_alerts
 from quantlab_pipeline.sources.candles import check_candles_source
+from quantlab_pipeline.storage.artifact_files import LoadedArtifact
 from quantlab_pipeline.storage.run_creation import create_run_spec
-from quantlab_pipeline.storage.run_dir import LoadedArtifact
 from quantlab_pipeline.storage.specs import read_spec
 
 GROUP = "backtest"

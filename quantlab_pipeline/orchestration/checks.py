@@ -38,10 +38,11 @@ from quantlab_pipeline.core.summary import summarize_trades
 from quantlab_pipeline.orchestration.catalog import backtest_catalog
 from quantlab_pipeline.orchestration.partitions import month_run_partitions
 from quantlab_pipeline.orchestration.resources import CandleStoreResource
+from quantlab_pipeline.storage.artifact_files import LoadedArtifact
 from quantlab_pipeline.storage.atomic import sha256_file
 from quantlab_pipeline.storage.catalog import ARTIFACT_TYPES, query_artifacts
 from quantlab_pipeline.storage.layout import ARTIFACT_INPUTS
-from quantlab_pipeline.storage.run_dir import LoadedArtifact, RunDirectory
+from quantlab_pipeline.storage.run_dir import RunDirectory
 
 _EXAMPLES = 5  # offending rows shown in a failed check's metadata
 # Partitioned checks are "preview" in Dagster 1.13; their use here is the documented one.

@@ -17,8 +17,8 @@ from quantlab_pipeline.orchestration.columns import column_schema
 from quantlab_pipeline.orchestration.partitions import split_month_run_key
 from quantlab_pipeline.orchestration.resources import RunStoreResource
 from quantlab_pipeline.orchestration.steps import ArtifactOutput, progress_logger, recording_failures
+from quantlab_pipeline.storage.artifact_files import LoadedArtifact
 from quantlab_pipeline.storage.layout import ARTIFACT_PHASES, artifact_applies, spec_path
-from quantlab_pipeline.storage.run_dir import LoadedArtifact
 from quantlab_pipeline.storage.specs import read_spec, write_spec
 
 

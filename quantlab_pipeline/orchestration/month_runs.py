@@ -3,7 +3,7 @@ in the instance with a code-location origin — so the UI can re-execute it — 
 in this process (the foreground, one month or several at once) or queued for the daemon
 (`--submit`), which launches it wherever the instance's run launcher says (a subprocess here,
 a Docker container or a Kubernetes pod in `deploy/`). `--parallel` months run in `month_worker`
-processes.
+processes, each running the months it takes one after another.
 
 The run's config carries the runs directory (the `run_store` resource), so a re-execution from
 the UI or a worker on another machine writes where the CLI did.
@@ -40,7 +40,6 @@ from quantlab_pipeline.storage.layout import ARTIFACT_PHASES, required_artifacts
 from quantlab_pipeline.storage.lifecycle import month_status, steps_to_finish
 from quantlab_pipeline.storage.run_dir import RunDirectory
 from quantlab_pipeline.storage.writer import writer_gone
-from quantlab_pipeline.warm.client import ServerProcess
 
 DEFINITIONS_MODULE = "quantlab_pipeline.definitions"
 LOCATION_NAME = "quantlab_pipeline"  # the code location's name in workspace.yaml and pyproject
@@ -161,14 +160,6 @@ def materialize_month(
     recon, _ = _job(spec.run_type)
     execute_run(recon, run, instance)
     return month_result(spec, month, runs_dir=runs_dir, instance=instance, run=instance.get_run_by_id(run.run_id))
-
-
-def start_month_worker(run: DagsterRun, instance: DagsterInstance) -> ServerProcess:
-    """Execute a created run in a Dagster run worker process (`month_worker`: the body of
-    `dagster api execute_run`, forked from the warm server: Dagster and the kernels are loaded)."""
-    from quantlab_pipeline.orchestration import month_worker
-
-    return month_worker.start(run.run_id, instance.get_ref())
 
 
 def settle_worker_exit(run_id: str, exitcode: int, instance: DagsterInstance) -> None:

@@ -33,8 +33,8 @@ from quantlab_pipeline.orchestration.assets import artifact_asset
 from quantlab_pipeline.orchestration.headlines import features_headline, walkforward_headline
 from quantlab_pipeline.orchestration.resources import CandleStoreResource, RunStoreResource
 from quantlab_pipeline.orchestration.steps import ArtifactOutput, artifact_step
+from quantlab_pipeline.storage.artifact_files import LoadedArtifact
 from quantlab_pipeline.storage.layout import required_artifacts
-from quantlab_pipeline.storage.run_dir import LoadedArtifact
 
 with warnings.catch_warnings():  # the multi-dimension mappings are beta; this use is the documented one
     warnings.simplefilter("ignore", BetaWarning)

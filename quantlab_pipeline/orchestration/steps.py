@@ -32,8 +32,9 @@ from quantlab_pipeline.core.spec import RunSpec, utc_now_iso
 from quantlab_pipeline.orchestration.checks import ARTIFACT_CHECKS, DEFAULT_MAX_EXCLUDED_SHARE, CheckSubject
 from quantlab_pipeline.orchestration.partitions import split_month_run_key
 from quantlab_pipeline.orchestration.resources import CandleStoreResource, RunStoreResource
+from quantlab_pipeline.storage.artifact_files import LoadedArtifact
 from quantlab_pipeline.storage.guards import WriteRefused
-from quantlab_pipeline.storage.run_dir import LoadedArtifact, RunDirectory
+from quantlab_pipeline.storage.run_dir import RunDirectory
 
 # The CLI attaches a handler here to print one progress line per month and step.
 progress_logger = logging.getLogger("quantlab_pipeline.progress")

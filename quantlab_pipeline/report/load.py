@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 from quantlab_pipeline.core.errors import QuantlabError
 from quantlab_pipeline.core.spec import RunSpec, validate_run_id
 from quantlab_pipeline.core.sweep_spec import Constraints, parse_sweep
+from quantlab_pipeline.storage.artifact_files import frame_from_arrow
 from quantlab_pipeline.storage.layout import (
     ARTIFACT_PATHS,
     MANIFEST,
@@ -25,7 +26,7 @@ from quantlab_pipeline.storage.layout import (
     iter_run_dirs,
     spec_path,
 )
-from quantlab_pipeline.storage.run_dir import RunDirectory, frame_from_arrow
+from quantlab_pipeline.storage.run_dir import RunDirectory
 from quantlab_pipeline.storage.specs import read_spec
 
 REPORTED_ARTIFACTS = ("alerts", "paths", "trades", "summary", "frontier")

@@ -17,17 +17,22 @@ from __future__ import annotations
 import time
 import traceback as tb
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 import polars as pl
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from quantlab_pipeline.core.errors import ErrorRecord, QuantlabError, Reason, first_line
 from quantlab_pipeline.core.spec import RunSpec, utc_now_iso, validate_month, validate_run_id
-from quantlab_pipeline.storage.atomic import atomic_write_bytes, atomic_write_json, parquet_bytes, sha256_bytes
+from quantlab_pipeline.storage.artifact_files import (
+    LoadedArtifact,
+    frame_from_arrow,
+    read_artifact_file,
+    write_artifact_file,
+)
+from quantlab_pipeline.storage.atomic import atomic_write_bytes, atomic_write_json, sha256_bytes
 from quantlab_pipeline.storage.errors_file import error_rows, read_error_rows, without_phase
 from quantlab_pipeline.storage.guards import (
     WriteRefused,
@@ -61,16 +66,6 @@ from quantlab_pipeline.storage.writer import RunLock, is_current_writer, writer_
 
 
 @dataclass(frozen=True)
-class LoadedArtifact:
-    """An artifact as read: its frame, the sha256 of the exact bytes read, its Parquet metadata."""
-
-    artifact: str
-    frame: pl.DataFrame
-    sha256: str
-    metadata: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
 class Completion:
     complete: bool
     missing: tuple[str, ...] = ()
@@ -83,23 +78,6 @@ class Completion:
         if self.stale:
             parts.append("stale (upstream changed) " + ", ".join(self.stale))
         return "; ".join(parts) or "complete"
-
-
-# Alert times are stored unsigned: DuckDB multiplies an INTERVAL only by an integer that fits
-# 32 bits or by UBIGINT, and the seed's analysis SQL does `alert_ts_ms * INTERVAL '1 millisecond'`.
-# In memory (kernels, joins) every timestamp stays Int64.
-_STORED_AS = {"alert_ts_ms": pl.UInt64}
-
-
-def frame_to_arrow(frame: pl.DataFrame) -> pa.Table:
-    """The on-disk form: plain Arrow types (string, not string_view) so every reader opens it."""
-    casts = [pl.col(c).cast(t) for c, t in _STORED_AS.items() if c in frame.columns]
-    return frame.with_columns(casts).to_arrow(compat_level=pl.CompatLevel.oldest())
-
-
-def frame_from_arrow(table: pa.Table) -> pl.DataFrame:
-    frame = cast(pl.DataFrame, pl.from_arrow(table))  # a Table always converts to a DataFrame
-    return frame.with_columns(pl.col(c).cast(pl.Int64) for c in _STORED_AS if c in frame.columns)
 
 
 class RunDirectory:
@@ -146,17 +124,15 @@ class RunDirectory:
         return self.path / ARTIFACT_PATHS[artifact]
 
     def read_artifact(self, artifact: str) -> LoadedArtifact:
-        """Read an artifact once: the sha256 is of the very bytes parsed, so provenance is exact."""
+        """Read an artifact once: the sha256 is of the very bytes parsed, so provenance is exact
+        (for a file this process wrote and nobody has replaced since: of the bytes it wrote)."""
         path = self.artifact_path(artifact)
         try:
-            data = path.read_bytes()
+            return read_artifact_file(path, artifact)
         except FileNotFoundError:
             raise QuantlabError(
                 f"{path}: artifact '{artifact}' has not been materialized for {self.month}|{self.run_id}"
             ) from None
-        table = pq.read_table(pa.BufferReader(data))
-        meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
-        return LoadedArtifact(artifact, frame_from_arrow(table), sha256_bytes(data), meta)
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -457,8 +433,7 @@ class RunDirectory:
             "schema_version": ARTIFACT_SCHEMA_VERSION,
             **extra,
         }
-        data = parquet_bytes(frame_to_arrow(frame), metadata)
-        atomic_write_bytes(path, data)
+        data = write_artifact_file(path, artifact, frame, metadata)
         return {
             "path": ARTIFACT_PATHS[artifact],
             "rows": frame.height,

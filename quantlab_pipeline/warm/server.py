@@ -78,8 +78,10 @@ def preload() -> None:
         if importlib.util.find_spec(name.partition(".")[0]) is not None:
             importlib.import_module(name)
     from quantlab_pipeline.core.nb import load_backtest_kernels
+    from quantlab_pipeline.orchestration.event_log import migration_scripts
 
     load_backtest_kernels()
+    migration_scripts().as_revision_number("head")  # what each new run's event log database is stamped with
     gc.collect()
     gc.freeze()
     # Native pools started by the imports (OpenBLAS, Arrow's allocator) are idle and handle fork
@@ -99,15 +101,16 @@ def _run_command(request: dict) -> None:
     main()
 
 
-def _run_month(request: dict) -> None:
-    """A `--parallel` month's Dagster run worker."""
+def _run_months(request: dict) -> None:
+    """A `--parallel` run worker: it runs months of the command's plan until none is left."""
     from quantlab_pipeline.orchestration import month_worker
 
-    month_worker.execute(request["run_id"], request["instance_ref"])
+    plan = [(month, steps) for month, steps in request["plan"]]
+    month_worker.execute(request["run_id"], request["runs_dir"], plan, request["claims"], request["instance_ref"])
     sys.exit(0)
 
 
-TARGETS: dict[str, Callable[[dict], None]] = {"command": _run_command, "month": _run_month}
+TARGETS: dict[str, Callable[[dict], None]] = {"command": _run_command, "months": _run_months}
 
 
 class Server:
