@@ -41,10 +41,10 @@ def bare_scan(db: Path, months: Sequence[str], repeat: int) -> dict:
     range, look-back included: `dataset.month_read`), fetched by one DuckDB query per month into
     Arrow, in this process: the cost of just getting the data out. A sample is the months' sum.
 
-    Each sample has a connection of its own, whose first fetch (untimed) warms it and the OS page
-    cache: the same fetch takes ~2.0 s or ~2.8 s for four months depending on the connection
-    (where its memory lands), steady within one, so samples on one connection would show one
-    mode only.
+    The samples come from two connections, each warmed by two untimed fetches (the OS page cache,
+    the allocators: a connection's first fetches are up to 1.5× slower): the same four-month
+    fetch settles at ~2.0 s on one connection and ~2.8 s on another (where its memory lands), so
+    one connection alone would show one of the two.
 
     `seconds` fetches the rows with the columns the pipeline reads (mint, ts_ms, OHLCV);
     `numeric_seconds` leaves the mint strings out (filtered on, not fetched), the lower bound.
@@ -58,7 +58,7 @@ def bare_scan(db: Path, months: Sequence[str], repeat: int) -> dict:
     seconds: list[float] = []
     numeric_seconds: list[float] = []
     rows = 0
-    for _ in range(repeat):
+    for _ in range(2):
         con = duckdb.connect(str(db), read_only=True)
         try:
             con.execute("SET enable_progress_bar = false")
@@ -72,8 +72,9 @@ def bare_scan(db: Path, months: Sequence[str], repeat: int) -> dict:
                 return fetched
 
             rows = fetch(with_mints)
-            seconds += timed(lambda: fetch(with_mints), 1)
-            numeric_seconds += timed(lambda: fetch(numeric), 1)
+            fetch(with_mints)
+            seconds += timed(lambda: fetch(with_mints), repeat)
+            numeric_seconds += timed(lambda: fetch(numeric), repeat)
         finally:
             con.close()
     return {"rows": rows, "seconds": summarize(seconds, "s"), "numeric_seconds": summarize(numeric_seconds, "s")}

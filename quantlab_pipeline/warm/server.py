@@ -38,6 +38,7 @@ PRELOAD = (
     "quantlab_pipeline.orchestration.month_runs",
     "quantlab_pipeline.orchestration.month_worker",
     "quantlab_pipeline.orchestration.event_log",
+    "quantlab_pipeline.orchestration.compute_logs",
     "dagster._core.instance.factory",
     "dagster._core.instance.runs.run_domain",
     "dagster._core.storage.legacy_storage",
