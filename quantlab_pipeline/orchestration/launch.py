@@ -13,6 +13,7 @@ from dagster import AssetKey, AssetMaterialization, DagsterInstance
 
 from quantlab_pipeline.core.errors import EnvironmentFault, QuantlabError, first_line
 from quantlab_pipeline.core.spec import RunSpec
+from quantlab_pipeline.core.sweep_spec import parse_sweep
 from quantlab_pipeline.orchestration.io_managers import spec_metadata
 from quantlab_pipeline.orchestration.partitions import RUN_PARTITIONS_NAME
 from quantlab_pipeline.storage.specs import write_spec
@@ -73,9 +74,17 @@ def create_run(spec: RunSpec, *, runs_dir: str, instance: DagsterInstance) -> No
     )
 
 
+# A walk-forward month needs the months before it completed: its queued runs carry this tag (value:
+# the run id), which dagster.yaml limits to one run in flight per value, so the queue starts them
+# one at a time, in the order they were queued (README "Walk-forward optimization").
+IN_ORDER_TAG = "quantlab/in_order"
+
+
 def run_tags(spec: RunSpec, month: str) -> dict[str, str]:
-    """What a month's Dagster run is, as tags the Runs page filters by."""
+    """What a month's Dagster run is, as tags the Runs page filters by (and the queue limits)."""
     tags = {"quantlab/run_id": spec.run_id, "quantlab/run_type": spec.run_type, "quantlab/month": month}
     if spec.policy_id:
         tags["quantlab/policy_id"] = spec.policy_id
+    if spec.run_type == "optimization" and parse_sweep(spec.sweep).train_months is not None:
+        tags[IN_ORDER_TAG] = spec.run_id
     return tags
