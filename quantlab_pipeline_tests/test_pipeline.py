@@ -14,10 +14,11 @@ from quantlab_pipeline.core.spec_builder import SpecRequest
 from quantlab_pipeline.orchestration.defs import build_defs
 from quantlab_pipeline.orchestration.launch import create_run
 from quantlab_pipeline.orchestration.month_runs import materialize_month
-from quantlab_pipeline.orchestration.partitions import month_run_key
+from quantlab_pipeline.orchestration.partitions import RUN_PARTITIONS_NAME, month_run_key
 from quantlab_pipeline.orchestration.settings import Settings
 from quantlab_pipeline.storage.run_creation import create_run_spec
 from quantlab_pipeline.storage.run_dir import RunDirectory
+from quantlab_pipeline.storage.specs import read_spec
 from quantlab_pipeline_tests.builders import SEED_PATHS_COLUMNS
 
 
@@ -191,6 +192,23 @@ def test_run_spec_is_immutable_through_dagster(defs, sample_db, runs_dir, dagste
         raise_on_error=False,
     )
     assert not changed.success
+
+
+def test_the_launchpad_form_can_leave_the_features_out(defs, sample_db, runs_dir, dagster_instance):
+    from quantlab_pipeline.orchestration.assets import RunSpecConfig
+
+    assert RunSpecConfig().is_empty() and RunSpecConfig(features=True).is_empty()  # the defaults
+    assert not RunSpecConfig(features=False).is_empty()
+    form = {"run_type": "path_only", "alerts": str(sample_db), "window_from": "2024-01-01", "window_to": "2024-01-31"}
+    run_id = "3e1f0c2a-5b6d-4e7f-8a9b-0c1d2e3f4a5b"
+    dagster_instance.add_dynamic_partitions(RUN_PARTITIONS_NAME, [run_id])
+    result = defs.resolve_job_def("run_spec_job").execute_in_process(
+        instance=dagster_instance,
+        partition_key=run_id,
+        run_config={"ops": {"run_spec": {"config": {**form, "features": False}}}},
+    )
+    assert result.success
+    assert read_spec(runs_dir, run_id).features is False
 
 
 def test_a_policy_partition_reads_its_candles_once(sample_db, runs_dir, dagster_instance, monkeypatch):

@@ -123,7 +123,9 @@ class RunSpecConfig(Config):
     need `policy_id` and `policy`; fields a run type does not use are refused, not ignored.
     """
 
-    run_type: RunType | None = Field(default=None, description="path-only | policy | optimization.")
+    run_type: RunType | None = Field(
+        default=None, description="path_only, policy or optimization (the spec's path-only, policy, optimization)."
+    )
     alerts: str | None = Field(
         default=None,
         description="DuckDB database with the alerts table; relative paths are resolved against the "
@@ -162,9 +164,13 @@ class RunSpecConfig(Config):
         description="Optimization runs: the policy grid as JSON or @grid.json (default: the built-in grid).",
     )
     per_caller: bool = Field(default=False, description="Optimization runs: also rank the policies for each caller.")
+    features: bool = Field(
+        default=True,
+        description="Write features/features.parquet, the research features of each call (false: the CLI's --no-features).",
+    )
 
     def is_empty(self) -> bool:
-        return not any(v not in (None, False) for v in self.model_dump().values())
+        return not self.model_dump(exclude_defaults=True)
 
     def request(self) -> SpecRequest:
         return SpecRequest(
@@ -184,6 +190,7 @@ class RunSpecConfig(Config):
             slippage_bps=self.slippage_bps,
             sweep=self.sweep,
             per_caller=self.per_caller,
+            features=self.features,
         )
 
 
