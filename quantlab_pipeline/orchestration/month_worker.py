@@ -70,6 +70,7 @@ def claim(claims: Path, month: str) -> bool:
 
 
 def read_claims(claims: Path) -> dict[str, Claim]:
+    """Every month taken so far, with who took it (claims being written are not shown yet)."""
     out = {}
     for path in claims.iterdir():
         if not path.name.startswith("."):
