@@ -1,5 +1,5 @@
 """How a process asks the warm server for a forked process: the `quantlab` console script for
-its command, a `--parallel` backtest for its months' run workers.
+its command, a `--parallel` backtest for its run workers.
 
 A backtest's fixed cost is mostly start-up: importing Dagster, the definitions and the CLI
 (~0.8 s), loading the compiled kernels (~0.4 s), importing the instance's storage (~0.4 s). The
