@@ -199,13 +199,14 @@ def _in_workers(
         if received():
             for month, _ in months:  # nobody takes another month
                 month_worker.claim(claims, month)
+            taken = month_worker.read_claims(claims)
+            running = sorted(m for m, c in taken.items() if c.pid != os.getpid() and m not in results)
             for worker in workers:
                 worker.terminate()
             for worker in workers:
                 worker.join()
                 follow(exited=worker, report=False)
-            running = sorted(set(announced) - set(results)) or [m for m, _ in months if m not in results]
-            _interrupted(spec, ", ".join(running or sorted(results)), received())
+            _interrupted(spec, ", ".join(running or [m for m, _ in months if m not in results]), received())
         for month, _ in months:  # no worker took it: every worker failed before its first month
             if month not in results:
                 results[month] = month_result(spec, month, runs_dir=runs_dir, instance=instance)
