@@ -1,9 +1,9 @@
 """Month runs: every month a command runs is a real Dagster run of the run type's job, created
 in the instance with a code-location origin — so the UI can re-execute it — and then executed
-in this process (the foreground, one month or several at once) or queued for the daemon
-(`--submit`), which launches it wherever the instance's run launcher says (a subprocess here,
-a Docker container or a Kubernetes pod in `deploy/`). `--parallel` months run in `month_worker`
-processes, each running the months it takes one after another.
+in this process (the foreground, one month after another), in run workers (`--parallel`:
+`month_worker` processes, each creating and executing the runs of the months it takes), or
+queued for the daemon (`--submit`), which launches it wherever the instance's run launcher says
+(a subprocess here, a Docker container or a Kubernetes pod in `deploy/`).
 
 The run's config carries the runs directory (the `run_store` resource), so a re-execution from
 the UI or a worker on another machine writes where the CLI did.
