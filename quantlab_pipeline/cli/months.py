@@ -130,7 +130,7 @@ def _in_process(spec: RunSpec, plan: Sequence[MonthPlan], *, runs_dir: str, inst
     results = []
     for item in plan:
         started = time.perf_counter()
-        console.print(f"[bold]{item.month}[/bold] materializing{_steps(plan, item.month)}…")
+        console.print(f"[bold]{item.month}[/bold] materializing{_steps(item.steps)}…")
         try:
             result = materialize_month(spec, item.month, runs_dir=runs_dir, instance=instance, steps=item.steps)
         except KeyboardInterrupt:  # outside a step: no step recorded it
@@ -152,6 +152,7 @@ def _in_workers(
     from quantlab_pipeline.orchestration.month_runs import month_result, settle_worker_exit
 
     months = [(item.month, item.steps) for item in plan]
+    steps = dict(months)
     results: dict[str, Any] = {}
     announced: dict[str, float] = {}  # month: when its run was first seen
     events = _EventPrinter(instance)
@@ -172,7 +173,7 @@ def _in_workers(
                 if run is not None and month not in announced:
                     announced[month] = time.perf_counter()
                     console.print(
-                        f"[bold]{month}[/bold] materializing{_steps(plan, month)}… (Dagster run {run.run_id[:8]})"
+                        f"[bold]{month}[/bold] materializing{_steps(steps[month])}… (Dagster run {run.run_id[:8]})"
                     )
                 if run is not None:
                     events.print_new(month, run.run_id)
@@ -213,8 +214,7 @@ def _in_workers(
     return [results[m] for m in sorted(results)]
 
 
-def _steps(plan: Sequence[MonthPlan], month: str) -> str:
-    steps = next(item.steps for item in plan if item.month == month)
+def _steps(steps: Sequence[str] | None) -> str:
     return f" ({', '.join(steps)})" if steps else ""
 
 
