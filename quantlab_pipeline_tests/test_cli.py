@@ -165,7 +165,7 @@ def test_runs_create_then_dagster_asset_materialize(workdir):
             "--select",
             "alerts,paths,trades,summary,features",
             "--partition",
-            f"2024-01|{run_id}",
+            f"2024-01.policy.fixed-5.{run_id}",
         ],
         cwd=workdir,
         exe="dagster",

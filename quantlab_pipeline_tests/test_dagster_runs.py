@@ -123,7 +123,7 @@ def test_parallel_months_are_tagged_dagster_runs_with_an_origin(workdir):
             runs = latest_month_runs(instance, run_id)
             assert sorted(runs) == ["2024-01", "2024-02"]
             for month, run in runs.items():
-                assert run.tags["quantlab/run_type"] == "path-only" and run.tags["dagster/partition/month"] == month
+                assert run.tags["quantlab/run_type"] == "path-only" and run.tags["quantlab/month"] == month
                 assert run.remote_job_origin is not None and run.remote_job_origin.location_name == "quantlab_pipeline"
                 assert run.job_code_origin is not None
     finally:

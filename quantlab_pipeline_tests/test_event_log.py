@@ -1,24 +1,25 @@
-"""The project's event log storage (`orchestration/event_log.py`) behaves as Dagster's SQLite one:
-configured by the project's dagster.yaml, records and indexes events, feeds the UI's live run
-view from another process's writes, survives a fork and a wipe, and keeps its engines bounded."""
+"""The project's event log storage (`orchestration/dagster_adapter.py`) behaves as Dagster's SQLite
+one: configured by the project's dagster.yaml, records and indexes every run's events in one
+database, feeds the UI's live run view from another process's writes, survives a fork, leaves
+one bounded WAL whatever the number of runs, and gives deleted runs' space back."""
 
 from __future__ import annotations
 
 import multiprocessing
 import os
 import shutil
+import sqlite3
 import threading
 import time
 from pathlib import Path
 
 import pytest
-from dagster import AssetKey, AssetMaterialization, DagsterEventType, DagsterInstance, job, op
-from dagster._core.events.log import EventLogEntry
+from dagster import AssetKey, AssetMaterialization, DagsterEventType, DagsterInstance, EventLogEntry, job, op
 
-from quantlab_pipeline.orchestration import event_log
-from quantlab_pipeline.orchestration.event_log import ReusingSqliteEventLogStorage
+from quantlab_pipeline.orchestration.dagster_adapter import KeptConnectionSqliteEventLogStorage
 
 PROJECT = Path(__file__).resolve().parent.parent
+EVENTS_DIR = ".dagster/storage/events"
 
 
 @pytest.fixture
@@ -60,35 +61,53 @@ def one_op_job():
     materializes()
 
 
-def test_the_project_instance_uses_it_on_dagsters_own_files(instance, tmp_path):
+def test_the_project_instance_keeps_every_runs_events_in_one_database(instance, tmp_path):
     storage = instance.event_log_storage
-    assert type(storage) is ReusingSqliteEventLogStorage
-    result = one_op_job.execute_in_process(instance=instance)
-    assert result.success
-    assert set(storage._engines) == {result.run_id, "index"}  # one engine per shard, not one per event
-    # The files `storage: sqlite: base_dir: .dagster/storage` would use.
-    assert (tmp_path / ".dagster/storage/history/runs.db").is_file()
-    assert (tmp_path / f".dagster/storage/history/runs/{result.run_id}.db").is_file()
-    assert (tmp_path / ".dagster/storage/history/runs/index.db").is_file()
-    # Run-sharded records, the cross-run index, the asset index.
-    records = instance.get_records_for_run(result.run_id).records
+    assert type(storage) is KeptConnectionSqliteEventLogStorage
+    results = [one_op_job.execute_in_process(instance=instance) for _ in range(3)]
+    assert all(r.success for r in results)
+    # One database (and its WAL), not one per run; created so that deleted runs can shrink it.
+    names = {p.name for p in (tmp_path / EVENTS_DIR).iterdir()}
+    assert names <= {"event_log.db", "event_log.db-wal", "event_log.db-shm"}, names
+    with sqlite3.connect(tmp_path / EVENTS_DIR / "event_log.db") as db:
+        assert db.execute("PRAGMA auto_vacuum").fetchone() == (2,)  # incremental
+    assert not (tmp_path / ".dagster/storage/history/runs").exists()
+    run_id = results[-1].run_id
+    records = instance.get_records_for_run(run_id).records
     assert records[0].event_log_entry.dagster_event_type == DagsterEventType.RUN_START
-    [success] = instance.fetch_run_status_changes(DagsterEventType.RUN_SUCCESS, limit=10).records  # across runs
-    assert success.run_id == result.run_id
-    [record] = instance.fetch_materializations(AssetKey("thing"), limit=10).records
-    assert record.run_id == result.run_id and record.asset_key == AssetKey("thing")
-    assert instance.get_latest_materialization_event(AssetKey("thing")).run_id == result.run_id
+    successes = instance.fetch_run_status_changes(DagsterEventType.RUN_SUCCESS, limit=10).records  # across runs
+    assert {r.run_id for r in successes} == {r.run_id for r in results}
+    materializations = instance.fetch_materializations(AssetKey("thing"), limit=10).records
+    assert len(materializations) == 3 and materializations[0].run_id == run_id
+    assert instance.get_latest_materialization_event(AssetKey("thing")).run_id == run_id
     assert AssetKey("thing") in instance.all_asset_keys()
-    assert instance.get_run_by_id(result.run_id).is_success
+    assert instance.get_run_by_id(run_id).is_success
 
 
 def test_its_instance_ref_rebuilds_it_in_another_process(instance):
     """Run workers rebuild the instance from its ref (`month_worker`, `dagster api execute_run`)."""
     rebuilt = DagsterInstance.from_ref(instance.get_ref())
     try:
-        assert type(rebuilt.event_log_storage) is ReusingSqliteEventLogStorage
+        assert type(rebuilt.event_log_storage) is KeptConnectionSqliteEventLogStorage
     finally:
         rebuilt.dispose()
+
+
+def test_deleted_runs_give_their_space_back(instance, tmp_path):
+    for _ in range(30):
+        one_op_job.execute_in_process(instance=instance)
+    storage = instance.event_log_storage
+    database = tmp_path / EVENTS_DIR / "event_log.db"
+    with storage._connect() as conn:  # write the WAL back, so the file holds every page
+        conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    before = database.stat().st_size
+    for run in instance.get_runs():
+        instance.delete_run(run.run_id)
+    storage.reclaim_space()
+    with storage._connect() as conn:
+        conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    assert database.stat().st_size < before * 0.8, (before, database.stat().st_size)
+    assert instance.get_runs() == []
 
 
 def _write_and_hold(home: str, cwd: str, run_id: str, count: int, written, release) -> None:
@@ -103,7 +122,7 @@ def _write_and_hold(home: str, cwd: str, run_id: str, count: int, written, relea
 
 
 def test_the_live_run_view_sees_another_processs_writes_while_its_connection_is_open(instance, home, tmp_path):
-    """The UI watches a run's database; a writer that keeps its connection open writes the WAL."""
+    """The UI watches the database file; a writer that keeps its connection open writes the WAL."""
     run_id = "0f1e2d3c-0000-4000-8000-000000000001"
     storage = instance.event_log_storage
     storage.store_event(_log(run_id, "first"))  # the shard exists, as when a run starts
@@ -126,7 +145,7 @@ def test_the_live_run_view_sees_another_processs_writes_while_its_connection_is_
         assert written.wait(60)
         assert got_all.wait(10), seen  # while the writer is alive: no checkpoint on its close
         assert seen == ["first", "event 0", "event 1", "event 2"]
-        assert Path(storage.path_for_shard(run_id) + "-wal").exists()
+        assert Path(storage.get_db_path() + "-wal").exists()
     finally:
         release.set()
         writer.join(30)
@@ -138,40 +157,17 @@ def test_a_forked_child_writes_through_its_own_engine(instance):
     storage = instance.event_log_storage
     run_id = "0f1e2d3c-0000-4000-8000-000000000002"
     storage.store_event(_log(run_id, "parent"))
-    parent_engine = storage._engines[run_id]
+    parent_engine = storage._process_engine()
     pid = os.fork()
     if pid == 0:  # the child: write, check it used a new engine, leave without cleanup
         try:
             storage.store_event(_log(run_id, "child"))
-            ok = storage._engines[run_id] is not parent_engine and parent_engine in storage._inherited
+            ok = storage._process_engine() is not parent_engine and parent_engine in storage._inherited
         finally:
             os._exit(0 if ok else 1)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     storage.store_event(_log(run_id, "parent again"))
-    assert storage._engines[run_id] is parent_engine
+    assert storage._process_engine() is parent_engine
     messages = [r.event_log_entry.user_message for r in storage.get_records_for_run(run_id).records]
     assert messages == ["parent", "child", "parent again"]
-
-
-def test_wipe_closes_the_connections_before_deleting_the_files(instance):
-    storage = instance.event_log_storage
-    run_id = "0f1e2d3c-0000-4000-8000-000000000003"
-    storage.store_event(_log(run_id, "before"))
-    instance.wipe()
-    assert not Path(storage.path_for_shard(run_id)).exists()
-    storage.store_event(_log(run_id, "after"))  # into a new file, not the deleted one
-    assert Path(storage.path_for_shard(run_id)).exists()
-    assert [r.event_log_entry.user_message for r in storage.get_records_for_run(run_id).records] == ["after"]
-
-
-def test_engines_are_bounded_least_recently_used_first(instance, monkeypatch):
-    monkeypatch.setattr(event_log, "MAX_ENGINES", 3)
-    storage = instance.event_log_storage
-    storage._close_engines()
-    run_ids = [f"0f1e2d3c-0000-4000-8000-00000000001{i}" for i in range(5)]
-    for run_id in run_ids:
-        storage.store_event(_log(run_id, "x"))
-    assert list(storage._engines) == run_ids[-3:]
-    # An evicted shard is reopened on demand, its events intact.
-    assert [r.event_log_entry.user_message for r in storage.get_records_for_run(run_ids[0]).records] == ["x"]

@@ -16,7 +16,12 @@ import pytest
 from quantlab_pipeline.core.spec import RunSpec
 from quantlab_pipeline.core.spec_builder import SpecRequest
 from quantlab_pipeline.orchestration.io_managers import RunDirectoryIOManager, RunSpecIOManager
-from quantlab_pipeline.orchestration.partitions import RUN_PARTITIONS_NAME, month_run_key, month_run_partitions
+from quantlab_pipeline.orchestration.partitions import (
+    RUN_MONTH_PARTITIONS_NAME,
+    month_run_key,
+    run_month_keys,
+    run_month_partitions,
+)
 from quantlab_pipeline.orchestration.resources import RunStoreResource
 from quantlab_pipeline.orchestration.steps import ArtifactOutput
 from quantlab_pipeline.storage.artifact_files import LoadedArtifact
@@ -57,11 +62,11 @@ def resources(tmp_path):
 @pytest.fixture
 def instance(spec):
     with dg.instance_for_test() as instance:
-        instance.add_dynamic_partitions(RUN_PARTITIONS_NAME, [spec.run_id])
+        instance.add_dynamic_partitions(RUN_MONTH_PARTITIONS_NAME, run_month_keys(spec))
         yield instance
 
 
-@dg.asset(name="alerts", partitions_def=month_run_partitions, io_manager_key="run_io_manager")
+@dg.asset(name="alerts", partitions_def=run_month_partitions, io_manager_key="run_io_manager")
 def throwaway_alerts() -> ArtifactOutput:
     return ArtifactOutput(frame=ALERTS, phase="inputs", inputs={}, errors=[], headline={"source_rows": 2})
 
@@ -69,7 +74,7 @@ def throwaway_alerts() -> ArtifactOutput:
 seen: dict[str, LoadedArtifact] = {}
 
 
-@dg.asset(name="paths", partitions_def=month_run_partitions, io_manager_key="run_io_manager")
+@dg.asset(name="paths", partitions_def=run_month_partitions, io_manager_key="run_io_manager")
 def throwaway_paths(alerts: LoadedArtifact) -> ArtifactOutput:
     seen["alerts"] = alerts
     frame = alerts.frame.select("call_id", "mint").with_columns(pl.lit(1.5).alias("peak_multiple"))
@@ -78,7 +83,7 @@ def throwaway_paths(alerts: LoadedArtifact) -> ArtifactOutput:
 
 def test_artifacts_land_in_the_layout_and_complete_the_run(tmp_path, spec, resources, instance):
     write_spec(tmp_path / "runs", spec)
-    key = month_run_key("2024-01", spec.run_id)
+    key = month_run_key(spec, "2024-01")
     result = dg.materialize(
         [throwaway_alerts, throwaway_paths], partition_key=key, resources=resources, instance=instance
     )
@@ -111,12 +116,12 @@ def test_a_run_store_configured_at_launch_reaches_the_io_managers(tmp_path, spec
     store = RunStoreResource.configure_at_launch(runs_dir=str(tmp_path / "runs"))
     defs = dg.Definitions(
         assets=[throwaway_alerts],
-        jobs=[dg.define_asset_job("j", [throwaway_alerts], partitions_def=month_run_partitions)],
+        jobs=[dg.define_asset_job("j", [throwaway_alerts], partitions_def=run_month_partitions)],
         resources={"run_store": store, "run_io_manager": RunDirectoryIOManager(run_store=store)},
     )
     result = defs.resolve_job_def("j").execute_in_process(
         instance=instance,
-        partition_key=month_run_key("2024-01", spec.run_id),
+        partition_key=month_run_key(spec, "2024-01"),
         run_config={"resources": {"run_store": {"config": {"runs_dir": str(elsewhere)}}}},
     )
     assert result.success
@@ -130,7 +135,7 @@ def test_the_spec_io_manager_stores_once_and_refuses_a_change(tmp_path, spec, re
     def spec_asset(value: RunSpec):
         @dg.asset(
             name="run_spec",
-            partitions_def=dg.DynamicPartitionsDefinition(name=RUN_PARTITIONS_NAME),
+            partitions_def=dg.DynamicPartitionsDefinition(name=RUN_MONTH_PARTITIONS_NAME),
             io_manager_key="spec_io_manager",
         )
         def run_spec() -> RunSpec:
@@ -138,12 +143,18 @@ def test_the_spec_io_manager_stores_once_and_refuses_a_change(tmp_path, spec, re
 
         return run_spec
 
-    assert dg.materialize([spec_asset(spec)], partition_key=spec.run_id, resources=resources, instance=instance).success
+    assert dg.materialize(
+        [spec_asset(spec)], partition_key=month_run_key(spec, "2024-01"), resources=resources, instance=instance
+    ).success
     stored = tmp_path / "runs" / "_specs" / f"{spec.run_id}.json"
     assert json.loads(stored.read_text())["run_id"] == spec.run_id
     before = stored.read_bytes()
     again = dg.materialize(
-        [spec_asset(changed)], partition_key=spec.run_id, resources=resources, instance=instance, raise_on_error=False
+        [spec_asset(changed)],
+        partition_key=month_run_key(spec, "2024-01"),
+        resources=resources,
+        instance=instance,
+        raise_on_error=False,
     )
     assert not again.success
     error = again.get_step_failure_events()[0].step_failure_data.error

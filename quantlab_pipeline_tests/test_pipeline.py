@@ -10,11 +10,12 @@ import polars as pl
 import pytest
 from dagster import AssetCheckKey, AssetCheckSeverity, AssetKey
 
+from quantlab_pipeline.core.errors import SpecError
 from quantlab_pipeline.core.spec_builder import SpecRequest
 from quantlab_pipeline.orchestration.defs import build_defs
 from quantlab_pipeline.orchestration.launch import create_run
 from quantlab_pipeline.orchestration.month_runs import materialize_month
-from quantlab_pipeline.orchestration.partitions import RUN_PARTITIONS_NAME, month_run_key
+from quantlab_pipeline.orchestration.partitions import RUN_MONTH_PARTITIONS_NAME, month_run_key, run_month_keys
 from quantlab_pipeline.orchestration.settings import Settings
 from quantlab_pipeline.storage.run_creation import create_run_spec
 from quantlab_pipeline.storage.run_dir import RunDirectory
@@ -47,7 +48,7 @@ def ms(day: str) -> int:
 def test_path_only_month_completes(sample_db, runs_dir, dagster_instance):
     spec = new_spec(sample_db)
     create_run(spec, runs_dir=str(runs_dir), instance=dagster_instance)
-    assert spec.run_id in dagster_instance.get_dynamic_partitions("run")
+    assert dagster_instance.get_dynamic_partitions(RUN_MONTH_PARTITIONS_NAME) == run_month_keys(spec)
 
     result = materialize_month(spec, "2024-01", runs_dir=str(runs_dir), instance=dagster_instance)
     assert result.status == "completed", result.error
@@ -76,7 +77,7 @@ def test_path_only_month_completes(sample_db, runs_dir, dagster_instance):
 
     event = dagster_instance.get_latest_materialization_event(AssetKey("paths"))
     mat = event.asset_materialization
-    assert mat.partition == month_run_key("2024-01", spec.run_id)
+    assert mat.partition == month_run_key(spec, "2024-01")
     assert mat.metadata["dagster/row_count"].value == paths.height
     # Readable: a rate as a percentage with one decimal, a multiple with two.
     assert mat.metadata["hit_2x_pct"].value == round(100 * paths.get_column("hit_2x").mean(), 1)
@@ -109,12 +110,20 @@ def test_policy_month_completes_with_four_artifacts(sample_db, runs_dir, dagster
     assert row["median_return_bps"] == pytest.approx(trades.get_column("realized_return_bps").median())
 
 
-def test_month_outside_the_window_fails_and_writes_nothing(sample_db, runs_dir, dagster_instance):
+def test_month_outside_the_window_fails_and_writes_nothing(defs, sample_db, runs_dir, dagster_instance):
     spec = new_spec(sample_db)
     create_run(spec, runs_dir=str(runs_dir), instance=dagster_instance)
-    result = materialize_month(spec, "2024-03", runs_dir=str(runs_dir), instance=dagster_instance)
-    assert result.status != "completed"
-    assert "outside run" in result.error
+    with pytest.raises(SpecError, match="outside run"):  # no partition: refused before any Dagster run
+        materialize_month(spec, "2024-03", runs_dir=str(runs_dir), instance=dagster_instance)
+    # A key added by hand for a month outside the window: the step refuses before any write.
+    key = month_run_key(spec, "2024-03")
+    dagster_instance.add_dynamic_partitions(RUN_MONTH_PARTITIONS_NAME, [key])
+    result = defs.resolve_job_def("path_only_job").execute_in_process(
+        instance=dagster_instance, partition_key=key, raise_on_error=False
+    )
+    assert not result.success
+    failure = result.get_step_failure_events()[0].step_failure_data.error
+    assert "outside run" in failure.message and "nothing was written" in failure.message
     assert not (runs_dir / "2024-03").exists()
 
 
@@ -122,7 +131,7 @@ def test_assets_materialized_in_separate_runs_complete_the_run(defs, sample_db, 
     spec = new_spec(sample_db)
     create_run(spec, runs_dir=str(runs_dir), instance=dagster_instance)
     job = defs.resolve_job_def("path_only_job")
-    key = month_run_key("2024-01", spec.run_id)
+    key = month_run_key(spec, "2024-01")
     rd = RunDirectory(runs_dir, "2024-01", spec.run_id)
 
     job.execute_in_process(instance=dagster_instance, partition_key=key, asset_selection=[AssetKey("alerts")])
@@ -145,7 +154,7 @@ def test_a_failed_step_is_recorded_and_recovered(defs, sample_db, runs_dir, dags
     spec = new_spec(sample_db, candles=str(candles))
     create_run(spec, runs_dir=str(runs_dir), instance=dagster_instance)
     job = defs.resolve_job_def("path_only_job")
-    key = month_run_key("2024-01", spec.run_id)
+    key = month_run_key(spec, "2024-01")
     rd = RunDirectory(runs_dir, "2024-01", spec.run_id)
     job.execute_in_process(instance=dagster_instance, partition_key=key, asset_selection=[AssetKey("alerts")])
 
@@ -183,11 +192,11 @@ def test_run_spec_is_immutable_through_dagster(defs, sample_db, runs_dir, dagste
     spec = new_spec(sample_db)
     create_run(spec, runs_dir=str(runs_dir), instance=dagster_instance)
     job = defs.resolve_job_def("run_spec_job")
-    same = job.execute_in_process(instance=dagster_instance, partition_key=spec.run_id)
+    same = job.execute_in_process(instance=dagster_instance, partition_key=month_run_key(spec, "2024-01"))
     assert same.success
     changed = job.execute_in_process(
         instance=dagster_instance,
-        partition_key=spec.run_id,
+        partition_key=month_run_key(spec, "2024-01"),
         run_config={"ops": {"run_spec": {"config": {"horizon": "1d"}}}},
         raise_on_error=False,
     )
@@ -201,10 +210,11 @@ def test_the_launchpad_form_can_leave_the_features_out(defs, sample_db, runs_dir
     assert not RunSpecConfig(features=False).is_empty()
     form = {"run_type": "path_only", "alerts": str(sample_db), "window_from": "2024-01-01", "window_to": "2024-01-31"}
     run_id = "3e1f0c2a-5b6d-4e7f-8a9b-0c1d2e3f4a5b"
-    dagster_instance.add_dynamic_partitions(RUN_PARTITIONS_NAME, [run_id])
+    key = f"2024-01.path-only.{run_id}"  # a run-month key added by hand in the UI
+    dagster_instance.add_dynamic_partitions(RUN_MONTH_PARTITIONS_NAME, [key])
     result = defs.resolve_job_def("run_spec_job").execute_in_process(
         instance=dagster_instance,
-        partition_key=run_id,
+        partition_key=key,
         run_config={"ops": {"run_spec": {"config": {**form, "features": False}}}},
     )
     assert result.success
@@ -262,7 +272,7 @@ def test_a_month_streamed_in_parts_writes_the_same_artifacts(defs, sample_db, ru
     job = defs.resolve_job_def("policy_job")
     result = job.execute_in_process(
         instance=dagster_instance,
-        partition_key=month_run_key("2024-01", spec.run_id),
+        partition_key=month_run_key(spec, "2024-01"),
         run_config={"resources": {"candle_store": {"config": {"max_chunk_candles": 15_000}}}},
     )
     assert result.success
@@ -278,9 +288,9 @@ def test_a_month_streamed_in_parts_writes_the_same_artifacts(defs, sample_db, ru
 def test_creating_a_run_records_the_spec_materialization(sample_db, runs_dir, dagster_instance):
     spec = new_spec(sample_db)
     create_run(spec, runs_dir=str(runs_dir), instance=dagster_instance)
-    event = dagster_instance.get_latest_materialization_event(AssetKey("run_spec"))
-    mat = event.asset_materialization
-    assert mat.partition == spec.run_id
+    records = dagster_instance.fetch_materializations(AssetKey("run_spec"), limit=10).records
+    assert sorted(r.partition_key for r in records) == run_month_keys(spec)  # one per month of the window
+    mat = records[0].asset_materialization
     assert mat.metadata["run_type"].value == "path-only"
     assert mat.metadata["spec"].value["run_id"] == spec.run_id
     assert (runs_dir / "_specs" / f"{spec.run_id}.json").exists()
@@ -319,7 +329,7 @@ def test_every_check_of_a_policy_month_runs_and_passes(defs, sample_db, runs_dir
     spec = new_spec(sample_db, "policy", policy_id="p", policy={"kind": "fixed_stop", "stop_loss_bps": 500})
     create_run(spec, runs_dir=str(runs_dir), instance=dagster_instance)
     result = defs.resolve_job_def("policy_job").execute_in_process(
-        instance=dagster_instance, partition_key=month_run_key("2024-01", spec.run_id)
+        instance=dagster_instance, partition_key=month_run_key(spec, "2024-01")
     )
     evaluations = {(e.asset_key.path[-1], e.check_name): e for e in result.get_asset_check_evaluations()}
     assert set(evaluations) == POLICY_CHECKS
@@ -338,7 +348,7 @@ def test_a_policy_month_runs_one_step_per_artifact_and_evaluates_every_check_in_
     `excluded_share` with no exclusion allowed) is recorded, shown and does not stop the month."""
     spec = new_spec(sample_db, "policy", policy_id="p", policy={"kind": "fixed_stop", "stop_loss_bps": 500})
     create_run(spec, runs_dir=str(runs_dir), instance=dagster_instance)
-    key = month_run_key("2024-01", spec.run_id)
+    key = month_run_key(spec, "2024-01")
     result = defs.resolve_job_def("policy_job").execute_in_process(
         instance=dagster_instance,
         partition_key=key,
@@ -371,7 +381,7 @@ def test_checks_run_alone_read_the_stored_artifact_and_write_nothing(defs, sampl
     """The UI's "Execute checks": the asset's step runs for its checks only."""
     spec = new_spec(sample_db, "policy", policy_id="p", policy={"kind": "fixed_stop", "stop_loss_bps": 500})
     create_run(spec, runs_dir=str(runs_dir), instance=dagster_instance)
-    key = month_run_key("2024-01", spec.run_id)
+    key = month_run_key(spec, "2024-01")
     assert defs.resolve_job_def("policy_job").execute_in_process(instance=dagster_instance, partition_key=key).success
     rd = RunDirectory(runs_dir, "2024-01", spec.run_id)
     before = {p: p.stat().st_mtime_ns for p in rd.path.rglob("*")}
@@ -408,7 +418,7 @@ def test_a_look_ahead_blocks_the_trades(defs, sample_db, runs_dir, dagster_insta
     spec = new_spec(sample_db, "policy", policy_id="p", policy={"kind": "fixed_stop", "stop_loss_bps": 500})
     create_run(spec, runs_dir=str(runs_dir), instance=dagster_instance)
     result = defs.resolve_job_def("policy_job").execute_in_process(
-        instance=dagster_instance, partition_key=month_run_key("2024-01", spec.run_id), raise_on_error=False
+        instance=dagster_instance, partition_key=month_run_key(spec, "2024-01"), raise_on_error=False
     )
     assert not result.success
     [check] = [e for e in result.get_asset_check_evaluations() if e.check_name == "no_look_ahead"]
@@ -438,7 +448,9 @@ def test_a_month_run_is_tagged_with_what_it_is(sample_db, runs_dir, dagster_inst
         "quantlab/run_type": "policy",
         "quantlab/policy_id": "p",
         "quantlab/month": "2024-01",
+        "quantlab/month_run": "true",  # the job's own tag: dagster.yaml's limit on month runs
     }
+    assert tags["dagster/partition"] == month_run_key(spec, "2024-01") == f"2024-01.policy.p.{spec.run_id}"
 
 
 def test_a_missing_upstream_is_recorded_against_the_step_that_needed_it(defs, sample_db, runs_dir, dagster_instance):
@@ -447,7 +459,7 @@ def test_a_missing_upstream_is_recorded_against_the_step_that_needed_it(defs, sa
     selection = [AssetKey("alerts"), AssetKey("trades"), AssetKey("summary")]  # no paths yet
     result = defs.resolve_job_def("policy_job").execute_in_process(
         instance=dagster_instance,
-        partition_key=month_run_key("2024-01", spec.run_id),
+        partition_key=month_run_key(spec, "2024-01"),
         asset_selection=selection,
         raise_on_error=False,
     )
@@ -469,7 +481,7 @@ def test_materializing_an_artifact_of_another_run_type_leaves_a_completed_run_al
     before = (rd.path / "run.json").read_bytes()
     result = defs.resolve_job_def("policy_job").execute_in_process(
         instance=dagster_instance,
-        partition_key=month_run_key("2024-01", spec.run_id),
+        partition_key=month_run_key(spec, "2024-01"),
         asset_selection=[AssetKey("trades")],
         raise_on_error=False,
     )

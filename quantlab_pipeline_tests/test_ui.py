@@ -118,7 +118,7 @@ def test_runs_create_then_dg_launch(workdir):
     assert created.returncode == 0, created.stderr
     run_id = created.stdout.strip().splitlines()[-1]
 
-    proc = dg(["launch", "--assets", "alerts,paths,features", "--partition", f"2024-01|{run_id}"], cwd=workdir)
+    proc = dg(["launch", "--assets", "alerts,paths,features", "--partition", f"2024-01.path-only.{run_id}"], cwd=workdir)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rd = workdir / "runs" / "2024-01" / f"run_id={run_id}"
     assert (rd / "_SUCCESS").exists()
@@ -150,9 +150,10 @@ def test_new_backtest_job_creates_the_run_and_its_months_follow(sample_db, tmp_p
     assert result.success
     run_id = result.output_for_node("create_backtest")
     assert read_spec(runs, run_id).months() == ["2024-01", "2024-02"]
-    assert dagster_instance.has_dynamic_partition("run", run_id)
+    keys = [f"{month}.path-only.{run_id}" for month in ("2024-01", "2024-02")]
+    assert dagster_instance.get_dynamic_partitions("run_month") == keys
     spec_event = dagster_instance.get_latest_materialization_event(AssetKey("run_spec"))
-    assert spec_event is not None and spec_event.dagster_event.partition == run_id
+    assert spec_event is not None and spec_event.dagster_event.partition == keys[-1]
     launcher = dagster_instance.get_run_by_id(result.run_id)
     assert launcher.tags["quantlab/run_id"] == run_id
 
@@ -167,7 +168,7 @@ def test_new_backtest_job_creates_the_run_and_its_months_follow(sample_db, tmp_p
     )
     requests = list(sensor(context))
     assert [(r.job_name, r.partition_key, r.run_key, r.tags["quantlab/month"]) for r in requests] == [
-        ("path_only_job", f"{month}|{run_id}", f"{month}|{run_id}", month) for month in ("2024-01", "2024-02")
+        ("path_only_job", key, key, key[:7]) for key in keys
     ]
     assert all(r.run_config == {"resources": {"run_store": {"config": {"runs_dir": str(runs)}}}} for r in requests)
 
@@ -329,6 +330,11 @@ def test_one_lineage_graph_of_the_backtest_group_and_the_catalog(ui):
     assert {k for k, g in groups.items() if g == "backtest"} == BACKTEST_ASSETS
     assert groups["backtest_catalog"] == "catalog"
     assert components(nodes) == [{*BACKTEST_ASSETS, "backtest_catalog"}]
+    # It reads as the pipeline: the spec feeds alerts only (no configuration edge to every
+    # artifact), and the catalog follows the last artifact of each run type's chain.
+    upstream = {n["assetKey"]["path"][-1]: {d["path"][-1] for d in n["dependencyKeys"]} for n in nodes}
+    assert [k for k, deps in upstream.items() if "run_spec" in deps] == ["alerts"]
+    assert upstream["backtest_catalog"] == {"features", "summary", "frontier", "walkforward"}
 
 
 CHECKS = """query ($key: [String!]!) { assetNodeOrError(assetKey: {path: $key}) { ... on AssetNode {
@@ -508,6 +514,7 @@ def test_a_backtest_started_from_the_launchpad_runs_its_month(ui):
         time.sleep(1)
     assert len(months) == 1
     tags = wait_for_run(ui, months[0]["runId"], timeout_s=180)
-    assert tags["dagster/partition"] == f"2024-02|{run_id}" and tags["quantlab/month"] == "2024-02"
+    assert tags["dagster/partition"] == f"2024-02.path-only.{run_id}" and tags["quantlab/month"] == "2024-02"
+    assert tags["quantlab/month_run"] == "true"  # the job's own tag, which the month limit counts
     rd = ui.workdir / "runs" / "2024-02" / f"run_id={run_id}"
     assert RunDirectory.read_manifest(rd)["status"] == "completed" and (rd / "_SUCCESS").exists()

@@ -156,7 +156,7 @@ def _naming_flags(exc: SpecError) -> SpecError:
 
 
 def _create(run_type: str, opts: dict[str, Any]):
-    """Validate flags and sources, then register the run (spec + partition + run_spec)."""
+    """Validate flags and sources, then register the run (spec + partitions + run_spec)."""
     from quantlab_pipeline.storage.run_creation import create_run_spec
     from quantlab_pipeline.warm.client import start_private_server
 
@@ -290,7 +290,8 @@ def optimize(**opts: Any) -> None:
 @_features_option
 @user_errors
 def runs_create(run_type: str, **opts: Any) -> None:
-    """Create a run (spec + partition) for `dagster asset materialize`; prints the commands to run."""
+    """Create a run (spec + partitions) for `dagster asset materialize`; prints the commands to run."""
+    from quantlab_pipeline.orchestration.partitions import month_run_key
     from quantlab_pipeline.storage.layout import required_artifacts
 
     spec, months, _ = _create(run_type, opts)
@@ -300,7 +301,7 @@ def runs_create(run_type: str, **opts: Any) -> None:
     for month in months:
         err_console.print(
             f"[dim]  dagster asset materialize -m quantlab_pipeline.definitions "
-            f"--select {selection} --partition '{month}|{spec.run_id}'[/dim]"
+            f"--select {selection} --partition '{month_run_key(spec, month)}'[/dim]"
         )
 
 

@@ -1,11 +1,14 @@
-"""Backtest assets: `run_spec` (run) and the month × run artifacts alerts → paths → trades → summary,
-and paths → frontier. Each body calls `core` and returns an `ArtifactOutput`; the IO manager writes it.
-Their checks (`orchestration.checks`) are evaluated in the asset's own step (`steps.checked_step`).
+"""Backtest assets, all on the run-month partitions (`orchestration.partitions`): `run_spec` →
+alerts → paths → trades → summary, and paths → frontier. Each body calls `core` and returns an
+`ArtifactOutput`; the IO manager writes it. Their checks (`orchestration.checks`) are evaluated in
+the asset's own step (`steps.checked_step`).
+
+Only `alerts` takes the spec as an input: the lineage reads as the pipeline, without an edge
+from the spec to every artifact; the other steps read the (immutable) spec through the run store.
 """
 
 import enum
 import inspect
-import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -17,10 +20,8 @@ from dagster import (
     AssetKey,
     AssetOut,
     AssetsDefinition,
-    BetaWarning,
     Config,
     Failure,
-    MultiToSingleDimensionPartitionMapping,
     Output,
     asset,
     multi_asset,
@@ -31,7 +32,7 @@ from quantlab_pipeline.core import display
 from quantlab_pipeline.core.errors import QuantlabError, SpecError
 from quantlab_pipeline.core.frontier import run_sweep
 from quantlab_pipeline.core.policy import simulate_trades
-from quantlab_pipeline.core.spec import RunSpec, validate_run_id
+from quantlab_pipeline.core.spec import RunSpec
 from quantlab_pipeline.core.spec_builder import (
     DEFAULT_ALERTS_TABLE,
     DEFAULT_FEE_BPS,
@@ -50,7 +51,14 @@ from quantlab_pipeline.orchestration.headlines import (
     summary_headline,
     trades_headline,
 )
-from quantlab_pipeline.orchestration.partitions import OWNER, check_months_exist, month_run_partitions, run_partitions
+from quantlab_pipeline.orchestration.partitions import (
+    OWNER,
+    check_months_exist,
+    month_run_key,
+    run_month_keys,
+    run_month_partitions,
+    split_month_run_key,
+)
 from quantlab_pipeline.orchestration.resources import CandleStoreResource, RunStoreResource
 from quantlab_pipeline.orchestration.steps import ArtifactOutput, ArtifactStep, checked_step
 from quantlab_pipeline.report.markdown import frontier_chart_markdown, summary_charts_markdown
@@ -61,16 +69,12 @@ from quantlab_pipeline.storage.run_creation import create_run_spec
 from quantlab_pipeline.storage.specs import read_spec
 
 GROUP = "backtest"
-with warnings.catch_warnings():  # the mapping is beta; its use here is the documented one
-    warnings.simplefilter("ignore", BetaWarning)
-    SPEC_INPUT = AssetIn(partition_mapping=MultiToSingleDimensionPartitionMapping(partition_dimension_name="run"))
 
 
 def artifact_asset(**kwargs: Any):
-    """The shape every month × run artifact shares: partitions, the spec input, the run directory."""
+    """The shape every run-month artifact shares: partitions, the run directory."""
     return asset(
-        partitions_def=month_run_partitions,
-        ins={"run_spec": SPEC_INPUT},
+        partitions_def=run_month_partitions,
         io_manager_key="run_io_manager",
         group_name=GROUP,
         owners=[OWNER],
@@ -81,7 +85,9 @@ def artifact_asset(**kwargs: Any):
 Body = Callable[..., Iterator[Output | AssetCheckResult]]
 
 
-def checked_artifact_asset(kinds: set[str]) -> Callable[[Body], AssetsDefinition]:
+def checked_artifact_asset(
+    kinds: set[str], ins: dict[str, AssetIn] | None = None
+) -> Callable[[Body], AssetsDefinition]:
     """`artifact_asset` for an artifact with checks (`checks.ARTIFACT_CHECKS`): the checks are
     declared on the asset and evaluated in its step. Subsettable, so a check can run alone."""
 
@@ -101,8 +107,8 @@ def checked_artifact_asset(kinds: set[str]) -> Callable[[Body], AssetsDefinition
             outs={name: out},
             check_specs=[check.spec(name) for check in ARTIFACT_CHECKS[name]],
             can_subset=True,
-            partitions_def=month_run_partitions,
-            ins={"run_spec": SPEC_INPUT},
+            partitions_def=run_month_partitions,
+            ins=ins or {},
         )(body)
 
     return decorate
@@ -195,26 +201,38 @@ class RunSpecConfig(Config):
 
 
 @asset(
-    partitions_def=run_partitions, io_manager_key="spec_io_manager", group_name=GROUP, kinds={"json"}, owners=[OWNER]
+    partitions_def=run_month_partitions,
+    io_manager_key="spec_io_manager",
+    group_name=GROUP,
+    kinds={"json"},
+    owners=[OWNER],
 )
 def run_spec(context: AssetExecutionContext, config: RunSpecConfig, run_store: RunStoreResource) -> RunSpec:
-    """One backtest configuration, immutable once written (`runs/_specs/<run_id>.json`)."""
-    run_id = validate_run_id(context.partition_key)
+    """One backtest configuration, immutable once written (`runs/_specs/<run_id>.json`); each of
+    its months is a partition. A new spec from the launchpad registers the keys of its window."""
+    month, run_id = split_month_run_key(context.partition_key)
     try:
         existing = read_spec(run_store.root, run_id)
     except QuantlabError:
         existing = None
-    if existing is not None and config.is_empty():
-        return existing
     try:  # a spec that differs from the stored one is refused by the IO manager (immutable)
-        spec = create_run_spec(config.request(), run_id=run_id)
-        check_months_exist(spec.months())
-        return spec
+        if existing is not None and config.is_empty():
+            spec = existing
+        else:
+            spec = create_run_spec(config.request(), run_id=run_id)
+            check_months_exist(spec.months())
+        if not spec.covers_month(month) or month_run_key(spec, month) != context.partition_key:
+            raise SpecError(
+                f"partition {context.partition_key}: not a month of this run "
+                f"(its keys: {', '.join(run_month_keys(spec))})"
+            )
     except SpecError as exc:
         raise Failure(description=str(exc), allow_retries=False) from None
+    context.instance.add_dynamic_partitions(run_month_partitions.name, run_month_keys(spec))
+    return spec
 
 
-@checked_artifact_asset(kinds={"duckdb", "parquet"})
+@checked_artifact_asset(kinds={"duckdb", "parquet"}, ins={"run_spec": AssetIn()})
 def alerts(
     context: AssetExecutionContext, run_spec: RunSpec, run_store: RunStoreResource, candle_store: CandleStoreResource
 ) -> Iterator[Output | AssetCheckResult]:
@@ -254,12 +272,12 @@ def alerts(
 def paths(
     context: AssetExecutionContext,
     config: ExclusionConfig,
-    run_spec: RunSpec,
     alerts: LoadedArtifact,
     run_store: RunStoreResource,
     candle_store: CandleStoreResource,
 ) -> Iterator[Output | AssetCheckResult]:
     """The truth layer (`truth/paths.parquet`): per alert, entry, multiples hit, peak, drawdowns."""
+    run_spec = run_store.spec(context.partition_key)
 
     def compute(step: ArtifactStep) -> ArtifactOutput:
         check_candles_source(run_spec.source.candles_source, interval=run_spec.interval)
@@ -301,13 +319,13 @@ def paths(
 @checked_artifact_asset(kinds={"numba", "parquet"})
 def trades(
     context: AssetExecutionContext,
-    run_spec: RunSpec,
     alerts: LoadedArtifact,
     paths: LoadedArtifact,
     run_store: RunStoreResource,
     candle_store: CandleStoreResource,
 ) -> Iterator[Output | AssetCheckResult]:
     """The policy layer (`policy/trades.parquet`): one simulated trade per entry."""
+    run_spec = run_store.spec(context.partition_key)
 
     def compute(step: ArtifactStep) -> ArtifactOutput:
         policy_id, policy = run_spec.policy_and_id()
@@ -348,7 +366,6 @@ def trades(
 @checked_artifact_asset(kinds={"polars", "parquet"})
 def summary(
     context: AssetExecutionContext,
-    run_spec: RunSpec,
     alerts: LoadedArtifact,
     paths: LoadedArtifact,
     trades: LoadedArtifact,
@@ -356,6 +373,7 @@ def summary(
     candle_store: CandleStoreResource,
 ) -> Iterator[Output | AssetCheckResult]:
     """One row of aggregate metrics over the partition's trades (`results/summary.parquet`)."""
+    run_spec = run_store.spec(context.partition_key)
 
     def compute(step: ArtifactStep) -> ArtifactOutput:
         source_rows = int(alerts.metadata.get("source_rows", alerts.frame.height))
@@ -389,13 +407,13 @@ def summary(
 @checked_artifact_asset(kinds={"numba", "parquet"})
 def frontier(
     context: AssetExecutionContext,
-    run_spec: RunSpec,
     alerts: LoadedArtifact,
     paths: LoadedArtifact,
     run_store: RunStoreResource,
     candle_store: CandleStoreResource,
 ) -> Iterator[Output | AssetCheckResult]:
     """The optimization frontier (`results/frontier.parquet`): a policy grid ranked under constraints."""
+    run_spec = run_store.spec(context.partition_key)
 
     def compute(step: ArtifactStep) -> ArtifactOutput:
         sweep = parse_sweep(run_spec.sweep)

@@ -1,4 +1,4 @@
-"""Asset checks: what must hold of every month × run partition, shown on each asset's Checks tab.
+"""Asset checks: what must hold of every run-month partition, shown on each asset's Checks tab.
 
 The backtest checks are declared on their asset (`check_specs`) and evaluated inside its step, on
 the values the step has just computed and the inputs it already read: a month runs one step per
@@ -36,7 +36,7 @@ from pydantic import Field
 from quantlab_pipeline.core.spec import RunSpec
 from quantlab_pipeline.core.summary import summarize_trades
 from quantlab_pipeline.orchestration.catalog import backtest_catalog
-from quantlab_pipeline.orchestration.partitions import month_run_partitions
+from quantlab_pipeline.orchestration.partitions import run_month_partitions
 from quantlab_pipeline.orchestration.resources import CandleStoreResource
 from quantlab_pipeline.storage.artifact_files import LoadedArtifact
 from quantlab_pipeline.storage.atomic import sha256_file
@@ -89,7 +89,7 @@ class ArtifactCheck:
             asset=artifact,
             description=self.description,
             blocking=self.blocking,
-            partitions_def=month_run_partitions,
+            partitions_def=run_month_partitions,
         )
 
     def result(self, subject: CheckSubject) -> AssetCheckResult:

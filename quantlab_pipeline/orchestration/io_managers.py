@@ -12,25 +12,25 @@ from dagster import (
     OutputContext,
 )
 
-from quantlab_pipeline.core.spec import RunSpec, validate_run_id
+from quantlab_pipeline.core.spec import RunSpec
 from quantlab_pipeline.orchestration.columns import column_schema
 from quantlab_pipeline.orchestration.partitions import split_month_run_key
 from quantlab_pipeline.orchestration.resources import RunStoreResource
 from quantlab_pipeline.orchestration.steps import ArtifactOutput, progress_logger, recording_failures
 from quantlab_pipeline.storage.artifact_files import LoadedArtifact
 from quantlab_pipeline.storage.layout import ARTIFACT_PHASES, artifact_applies, spec_path
-from quantlab_pipeline.storage.specs import read_spec, write_spec
+from quantlab_pipeline.storage.specs import write_spec
 
 
 class RunDirectoryIOManager(ConfigurableIOManager):
-    """Writes month × run artifacts into `runs/YYYY-MM/run_id=<uuid>/` and reads them back."""
+    """Writes run-month artifacts into `runs/YYYY-MM/run_id=<uuid>/` and reads them back."""
 
     run_store: RunStoreResource
 
     def handle_output(self, context: OutputContext, obj: ArtifactOutput) -> None:
         month, run_id = split_month_run_key(context.partition_key)
         artifact = context.asset_key.path[-1]
-        spec = read_spec(self.run_store.root, run_id)
+        spec = self.run_store.spec(context.partition_key)
         run_dir = self.run_store.directory(month, run_id)
         with recording_failures(run_dir, spec, obj.phase, context.run_id):
             record = run_dir.write_artifact(
@@ -65,7 +65,7 @@ class RunDirectoryIOManager(ConfigurableIOManager):
         month, run_id = split_month_run_key(context.asset_partition_key)
         run_dir = self.run_store.directory(month, run_id)
         step = context.op_def.name
-        spec = read_spec(self.run_store.root, run_id)
+        spec = self.run_store.spec(context.asset_partition_key)
         if step not in ARTIFACT_PHASES or not artifact_applies(spec.run_type, step):
             return run_dir.read_artifact(context.asset_key.path[-1])
         with recording_failures(run_dir, spec, ARTIFACT_PHASES[step], context.step_context.run_id):
@@ -90,4 +90,4 @@ class RunSpecIOManager(ConfigurableIOManager):
         context.add_output_metadata(spec_metadata(self.run_store.root, write_spec(self.run_store.root, obj)))
 
     def load_input(self, context: InputContext) -> RunSpec:
-        return read_spec(self.run_store.root, validate_run_id(context.asset_partition_key))
+        return self.run_store.spec(context.asset_partition_key)

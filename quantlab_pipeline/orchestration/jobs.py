@@ -9,31 +9,38 @@ from __future__ import annotations
 from dagster import AssetSelection, define_asset_job
 
 from quantlab_pipeline.orchestration.assets import alerts, frontier, paths, run_spec, summary, trades
-from quantlab_pipeline.orchestration.partitions import month_run_partitions, run_partitions
+from quantlab_pipeline.orchestration.partitions import run_month_partitions
 from quantlab_pipeline.orchestration.research import features, walkforward
+
+# Every run of a month job carries this tag, whoever starts it (the CLI, the launchpad's sensor, a
+# UI backfill or re-execution): dagster.yaml limits how many are in flight by it.
+MONTH_RUN_TAGS = {"quantlab/month_run": "true"}
 
 run_spec_job = define_asset_job(
     "run_spec_job",
     selection=AssetSelection.assets(run_spec),
-    partitions_def=run_partitions,
-    description="Store a run spec (partition = run id).",
+    partitions_def=run_month_partitions,
+    description="Store a run spec (partition: any month of the run).",
 )
 path_only_job = define_asset_job(
     "path_only_job",
     selection=AssetSelection.assets(alerts, paths, features),
-    partitions_def=month_run_partitions,
+    partitions_def=run_month_partitions,
+    run_tags=MONTH_RUN_TAGS,
     description="A path-only run for one month: alerts, the truth layer and features.",
 )
 policy_job = define_asset_job(
     "policy_job",
     selection=AssetSelection.assets(alerts, paths, features, trades, summary),
-    partitions_def=month_run_partitions,
+    partitions_def=run_month_partitions,
+    run_tags=MONTH_RUN_TAGS,
     description="A policy run for one month: alerts, truth layer, features, trades and summary.",
 )
 optimization_job = define_asset_job(
     "optimization_job",
     selection=AssetSelection.assets(alerts, paths, frontier, walkforward),
-    partitions_def=month_run_partitions,
+    partitions_def=run_month_partitions,
+    run_tags=MONTH_RUN_TAGS,
     description="An optimization run for one month: alerts, truth layer, the policy frontier and, "
     "with walk-forward, its validation on the month.",
 )

@@ -15,7 +15,7 @@ from quantlab_pipeline.core.errors import EnvironmentFault, QuantlabError, first
 from quantlab_pipeline.core.spec import RunSpec
 from quantlab_pipeline.core.sweep_spec import parse_sweep
 from quantlab_pipeline.orchestration.io_managers import spec_metadata
-from quantlab_pipeline.orchestration.partitions import RUN_PARTITIONS_NAME
+from quantlab_pipeline.orchestration.partitions import month_run_key, run_month_keys, run_month_partitions
 from quantlab_pipeline.storage.specs import write_spec
 
 
@@ -59,19 +59,22 @@ def get_instance() -> DagsterInstance:
 
 
 def create_run(spec: RunSpec, *, runs_dir: str, instance: DagsterInstance) -> None:
-    """Store the spec, register the run partition, and record the `run_spec` materialization.
+    """Store the spec, register its run-month partitions, and record the `run_spec`
+    materialization of each.
 
     The spec is written through the same storage call as the `run_spec` IO manager and reported
-    as a runless materialization with the same metadata: the UI shows it as materialized without
+    as runless materializations with the same metadata: the UI shows it as materialized without
     the cost of a Dagster run per backtest.
     """
     stored = write_spec(runs_dir, spec)
-    instance.add_dynamic_partitions(RUN_PARTITIONS_NAME, [spec.run_id])
-    instance.report_runless_asset_event(
-        AssetMaterialization(
-            asset_key=AssetKey("run_spec"), partition=spec.run_id, metadata=spec_metadata(Path(runs_dir), stored)
+    instance.add_dynamic_partitions(run_month_partitions.name, run_month_keys(spec))
+    metadata = spec_metadata(Path(runs_dir), stored)
+    for month in spec.months():
+        instance.report_runless_asset_event(
+            AssetMaterialization(
+                asset_key=AssetKey("run_spec"), partition=month_run_key(spec, month), metadata=metadata
+            )
         )
-    )
 
 
 # A walk-forward month needs the months before it completed: its queued runs carry this tag (value:

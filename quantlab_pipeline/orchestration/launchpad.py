@@ -1,7 +1,7 @@
 """`new_backtest_job`: start a backtest from the UI's launchpad without inventing a run id.
 
 The job's one op does what `quantlab runs create` does (README "Dagster"): a fresh run id, the
-spec, the `run` partition and the `run_spec` materialization, and it tags its own Dagster run
+spec, its run-month partitions and the `run_spec` materializations, and it tags its own Dagster run
 with the run id. The months then run as ordinary queued runs of the run type's job, requested by
 `new_backtest_months_sensor` when the job succeeds: a sensor is how Dagster turns one run's
 outcome into further runs, so they go through the instance's run queue and concurrency limits
@@ -41,8 +41,8 @@ RUN_ID_TAG = "quantlab/run_id"  # the key `launch.run_tags` gives every month's 
 
 
 @op(
-    description="Create a backtest: a fresh run id, its spec (runs/_specs/<run_id>.json), the `run` "
-    "partition and the `run_spec` materialization. Each month then runs as a run of the run type's job."
+    description="Create a backtest: a fresh run id, its spec (runs/_specs/<run_id>.json), its run-month "
+    "partitions and their `run_spec` materializations. Each month then runs as a run of the run type's job."
 )
 def create_backtest(context: OpExecutionContext, config: RunSpecConfig, run_store: RunStoreResource) -> str:
     try:
@@ -82,9 +82,9 @@ def new_backtest_months_sensor(context: RunStatusSensorContext, run_store: RunSt
     spec = read_spec(runs_dir, run_id)
     for month in spec.months():
         yield RunRequest(
-            run_key=month_run_key(month, run_id),
+            run_key=month_run_key(spec, month),
             job_name=JOB_BY_RUN_TYPE[spec.run_type],
-            partition_key=month_run_key(month, run_id),
+            partition_key=month_run_key(spec, month),
             run_config={"resources": {"run_store": store}} if store else {},
             tags=run_tags(spec, month),
         )

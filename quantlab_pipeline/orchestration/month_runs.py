@@ -75,16 +75,13 @@ def _job(run_type: str) -> tuple[ReconstructableJob, RemoteJobOrigin]:
 def create_month_run(
     spec: RunSpec, month: str, *, runs_dir: str, instance: DagsterInstance, steps: Sequence[str] | None = None
 ) -> DagsterRun:
-    """A `NOT_STARTED` run of partition `month|run_id` (only `steps`, when given), tagged and with
-    its origins, ready to execute here or to queue."""
+    """A `NOT_STARTED` run of the month's partition (only `steps`, when given), tagged and with
+    its origins, ready to execute here or to queue. A month outside the run's window has no
+    partition: refused (`SpecError`) before anything is created."""
+    spec.month_window(month)
     recon, origin = _job(spec.run_type)
-    key = month_run_key(month, spec.run_id)
-    tags = {
-        **run_tags(spec, month),
-        "dagster/partition": key,
-        "dagster/partition/month": month,
-        "dagster/partition/run": spec.run_id,
-    }
+    job_tags = recon.get_definition().run_tags  # the job's own: the tag dagster.yaml limits month runs by
+    tags = {**job_tags, **run_tags(spec, month), "dagster/partition": month_run_key(spec, month)}
     run_config = {**QUIET_LOGS, "resources": {"run_store": {"config": {"runs_dir": str(Path(runs_dir).resolve())}}}}
     return instance.create_run_for_job(
         job_def=recon.get_definition(),
@@ -108,7 +105,7 @@ class MonthResult:
 
 def _headline(instance: DagsterInstance, spec: RunSpec, month: str) -> dict[str, dict[str, Any]]:
     """Each artifact's latest materialization metadata for the partition (what the UI shows)."""
-    key = month_run_key(month, spec.run_id)
+    key = month_run_key(spec, month)
     headline = {}
     for artifact in required_artifacts(spec.run_type, spec.to_dict()):
         records = instance.fetch_materializations(

@@ -1,4 +1,4 @@
-"""Research assets on the month × run partitions: `features` (README "Features") and
+"""Research assets on the run-month partitions: `features` (README "Features") and
 `walkforward` (README "Walk-forward optimization").
 
 Both apply to some runs only (features: path-only and policy runs unless the spec says no
@@ -8,20 +8,10 @@ in a run they do not apply to they materialize nothing and the job goes on.
 
 # No `from __future__ import annotations`: Dagster reads the `context` annotation at definition.
 import itertools
-import warnings
 from collections.abc import Iterator
 
 import polars as pl
-from dagster import (
-    AssetDep,
-    AssetExecutionContext,
-    BetaWarning,
-    DimensionPartitionMapping,
-    IdentityPartitionMapping,
-    MultiPartitionMapping,
-    Output,
-    TimeWindowPartitionMapping,
-)
+from dagster import AssetExecutionContext, Output
 
 from quantlab_pipeline.core.errors import QuantlabError
 from quantlab_pipeline.core.features import compute_features
@@ -36,16 +26,6 @@ from quantlab_pipeline.orchestration.steps import ArtifactOutput, artifact_step
 from quantlab_pipeline.storage.artifact_files import LoadedArtifact
 from quantlab_pipeline.storage.layout import required_artifacts
 
-with warnings.catch_warnings():  # the multi-dimension mappings are beta; this use is the documented one
-    warnings.simplefilter("ignore", BetaWarning)
-    # Month m of a run reads the frontier of month m-1 (the default K = 1 training month) and its own.
-    PREVIOUS_AND_SAME_MONTH = MultiPartitionMapping(
-        {
-            "month": DimensionPartitionMapping("month", TimeWindowPartitionMapping(start_offset=-1, end_offset=0)),
-            "run": DimensionPartitionMapping("run", IdentityPartitionMapping()),
-        }
-    )
-
 
 def _applies(context: AssetExecutionContext, spec: RunSpec) -> bool:
     artifact = context.asset_key.path[-1]
@@ -58,7 +38,6 @@ def _applies(context: AssetExecutionContext, spec: RunSpec) -> bool:
 @artifact_asset(kinds={"numba", "parquet"}, output_required=False)
 def features(
     context: AssetExecutionContext,
-    run_spec: RunSpec,
     alerts: LoadedArtifact,
     paths: LoadedArtifact,
     run_store: RunStoreResource,
@@ -66,6 +45,7 @@ def features(
 ) -> Iterator[Output[ArtifactOutput]]:
     """Per call, what was known at its alert (`features/features.parquet`): pre-alert returns,
     volatility and volume, the token's history, the time, and the caller's prior record."""
+    run_spec = run_store.spec(context.partition_key)
     if not _applies(context, run_spec):
         return
     with artifact_step(context, run_store, run_spec, "features") as step:
@@ -89,16 +69,18 @@ def features(
 @artifact_asset(
     kinds={"polars", "parquet"},
     output_required=False,
-    deps=[AssetDep("frontier", partition_mapping=PREVIOUS_AND_SAME_MONTH)],
+    # The month's own frontier; the training months' are read from their run directories, as
+    # the previous months of a run are not partitions a mapping can name.
+    deps=["frontier"],
 )
 def walkforward(
     context: AssetExecutionContext,
-    run_spec: RunSpec,
     run_store: RunStoreResource,
     candle_store: CandleStoreResource,
 ) -> Iterator[Output[ArtifactOutput]]:
     """Walk-forward validation (`results/walkforward.parquet`): the policy the K months before
     chose (in-sample), scored on this month (out-of-sample), and the difference."""
+    run_spec = run_store.spec(context.partition_key)
     if not _applies(context, run_spec):
         return
     with artifact_step(context, run_store, run_spec, "walkforward") as step:

@@ -13,10 +13,12 @@ from quantlab_pipeline.core.candles import Candles, plan_chunks
 from quantlab_pipeline.core.features import LOOKBACK_MS
 from quantlab_pipeline.core.inputs import CandlesInput
 from quantlab_pipeline.core.spec import RunSpec
+from quantlab_pipeline.orchestration.partitions import split_month_run_key
 from quantlab_pipeline.orchestration.run_launcher import record_run_worker
 from quantlab_pipeline.sources.candles import read_candles
 from quantlab_pipeline.storage.layout import required_artifacts
 from quantlab_pipeline.storage.run_dir import RunDirectory
+from quantlab_pipeline.storage.specs import read_spec
 
 
 class RunStoreResource(ConfigurableResource):
@@ -30,6 +32,8 @@ class RunStoreResource(ConfigurableResource):
         description="Root of the run directories (relative to the code location's working directory)."
     )
 
+    _specs: dict[str, RunSpec] = PrivateAttr(default_factory=dict)
+
     def setup_for_execution(self, context: InitResourceContext) -> None:
         """Every backtest, spec and catalog run sets this resource up in its worker before its
         first step: the one place the worker names itself on its run, for run monitoring
@@ -42,6 +46,13 @@ class RunStoreResource(ConfigurableResource):
 
     def directory(self, month: str, run_id: str) -> RunDirectory:
         return RunDirectory(self.root, month, run_id)
+
+    def spec(self, partition_key: str) -> RunSpec:
+        """The spec of the run a run-month key belongs to (specs are immutable: read once)."""
+        _, run_id = split_month_run_key(partition_key)
+        if run_id not in self._specs:
+            self._specs[run_id] = read_spec(self.root, run_id)
+        return self._specs[run_id]
 
 
 # ≈1.9 GB of candle columns (ts, OHLC, volume): the reference month, 20,000 alerts × (5 d + the

@@ -27,7 +27,7 @@ from dagster import (
     Output,
 )
 
-from quantlab_pipeline.core.errors import ErrorRecord
+from quantlab_pipeline.core.errors import ErrorRecord, SpecError
 from quantlab_pipeline.core.spec import RunSpec, utc_now_iso
 from quantlab_pipeline.orchestration.checks import ARTIFACT_CHECKS, DEFAULT_MAX_EXCLUDED_SHARE, CheckSubject
 from quantlab_pipeline.orchestration.partitions import split_month_run_key
@@ -128,14 +128,10 @@ def artifact_step(
     Dagster — an interruption (Ctrl-C, SIGTERM, a run terminated from the UI) as `interrupted`.
     """
     month, run_id = split_month_run_key(context.partition_key)
-    if not spec.covers_month(month):
-        raise Failure(
-            description=(
-                f"month {month} is outside run {run_id}'s window "
-                f"{spec.window.from_ or '…'}..{spec.window.to or '…'}; nothing was written"
-            ),
-            allow_retries=False,
-        )
+    try:
+        spec.month_window(month)
+    except SpecError as exc:
+        raise Failure(description=f"{exc}; nothing was written", allow_retries=False) from None
     run_dir = run_store.directory(month, run_id)
     try:
         run_dir.begin(spec, artifact=context.asset_key.path[-1], phase=phase, dagster_run_id=context.run_id)

@@ -37,7 +37,7 @@ PRELOAD = (
     "quantlab_pipeline.definitions",
     "quantlab_pipeline.orchestration.month_runs",
     "quantlab_pipeline.orchestration.month_worker",
-    "quantlab_pipeline.orchestration.event_log",
+    "quantlab_pipeline.orchestration.dagster_adapter",
     "quantlab_pipeline.orchestration.compute_logs",
     "dagster._core.instance.factory",
     "dagster._core.instance.runs.run_domain",
@@ -79,10 +79,8 @@ def preload() -> None:
         if importlib.util.find_spec(name.partition(".")[0]) is not None:
             importlib.import_module(name)
     from quantlab_pipeline.core.nb import load_backtest_kernels
-    from quantlab_pipeline.orchestration.event_log import migration_scripts
 
     load_backtest_kernels()
-    migration_scripts().as_revision_number("head")  # what each new run's event log database is stamped with
     gc.collect()
     gc.freeze()
     # Native pools started by the imports (OpenBLAS, Arrow's allocator) are idle and handle fork

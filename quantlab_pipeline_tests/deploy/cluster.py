@@ -26,6 +26,7 @@ import yaml
 
 from quantlab_pipeline.orchestration.jobs import JOB_BY_RUN_TYPE
 from quantlab_pipeline.orchestration.partitions import month_run_key
+from quantlab_pipeline.storage.specs import read_spec
 from quantlab_pipeline_tests.deploy.postgres import Postgres, free_port
 from quantlab_pipeline_tests.helpers import child_env
 
@@ -44,7 +45,7 @@ def rehearsal_instance_config() -> dict[str, Any]:
     """`deploy/dagster.yaml` as shipped, with the rehearsal's month limit and short monitoring intervals."""
     config = yaml.safe_load((DEPLOY_DIR / "dagster.yaml").read_text())
     limits = config["concurrency"]["runs"]["tag_concurrency_limits"]
-    (month_limit,) = [limit for limit in limits if limit["key"] == "dagster/partition/month"]
+    (month_limit,) = [limit for limit in limits if limit["key"] == "quantlab/month_run"]
     month_limit["limit"] = MONTH_LIMIT
     config["run_coordinator"]["config"] = {"dequeue_interval_seconds": 1}
     config["run_monitoring"].update(poll_interval_seconds=2, free_slots_after_run_end_seconds=2)
@@ -190,23 +191,20 @@ def submit_backtest(
 ) -> tuple[str, list[str]]:
     """Submit a backtest to the instance's run queue: the run id and one queued Dagster run per month.
 
-    `quantlab runs create` stores the spec and the `run` partition; each month is then launched
-    through the webserver like the UI's launchpad, as job `<type>_job` with partition
-    `YYYY-MM|<run_id>`. This is the one place `quantlab backtest … --submit` replaces.
+    `quantlab runs create` stores the spec and its run-month partitions; each month is then launched
+    through the webserver like the UI's launchpad, as job `<type>_job` with the month's partition
+    key. This is the one place `quantlab backtest … --submit` replaces.
     """
     from dagster_graphql import DagsterGraphQLClient
 
     created = cluster.quantlab("runs", "create", "--run-type", run_type, *create_args)
     assert created.returncode == 0, f"quantlab runs create failed: {created.stderr.strip()}"
     run_id = created.stdout.strip().splitlines()[-1]
+    spec = read_spec(cluster.runs_dir, run_id)
     client = DagsterGraphQLClient("127.0.0.1", port_number=cluster.webserver_port)
     dagster_run_ids = []
     for month in months:
-        tags = {
-            "dagster/partition": month_run_key(month, run_id),
-            "dagster/partition/month": month,
-            "dagster/partition/run": run_id,
-        }
+        tags = {"dagster/partition": month_run_key(spec, month)}  # the job adds its own month-run tag
         dagster_run_ids.append(client.submit_job_execution(JOB_BY_RUN_TYPE[run_type], tags=tags))
     return run_id, dagster_run_ids
 

@@ -20,7 +20,9 @@ from pathlib import Path
 
 import pytest
 
+from quantlab_pipeline.orchestration.partitions import run_month_keys
 from quantlab_pipeline.orchestration.run_launcher import RUN_WORKER_TAG
+from quantlab_pipeline.storage.specs import read_spec
 from quantlab_pipeline_tests.deploy.cluster import (
     MONTH_LIMIT,
     Cluster,
@@ -70,7 +72,7 @@ def _catalog_rows(cluster: Cluster, run_id: str) -> list[dict] | None:
 
 
 def _launch_ui_backfill(cluster: Cluster, run_id: str, assets: list[str]) -> str:
-    """What the UI's *Materialize* over month × run partitions sends; the backfill id."""
+    """What the UI's *Materialize* over a run's run-month partitions sends; the backfill id."""
     launched = cluster.graphql(
         """
         mutation Backfill($params: LaunchBackfillParams!) {
@@ -84,7 +86,7 @@ def _launch_ui_backfill(cluster: Cluster, run_id: str, assets: list[str]) -> str
         """,
         {
             "params": {
-                "partitionNames": [f"{month}|{run_id}" for month in MONTHS],
+                "partitionNames": run_month_keys(read_spec(cluster.runs_dir, run_id)),
                 "assetSelection": [{"path": [asset]} for asset in assets],
             }
         },
@@ -108,17 +110,21 @@ def test_a_submitted_backtest_and_a_ui_backfill_share_the_month_limit_complete_a
     assert {r["status"] for r in submitted} == {"SUCCESS"}, [
         (r["tags"]["dagster/partition"], r["status"]) for r in submitted
     ]
-    assert sorted(r["tags"]["dagster/partition/month"] for r in submitted) == MONTHS
+    assert sorted(r["tags"]["dagster/partition"][:7] for r in submitted) == MONTHS
+    assert {r["tags"]["quantlab/month_run"] for r in submitted} == {"true"}  # the job's tag: the month limit
     for month in MONTHS:
         assert (cluster.runs_dir / month / f"run_id={run_id}" / "_SUCCESS").is_file(), month
 
-    # The backfill (the daemon picks it up within 30 s): one run per month × run partition, each
-    # with the month tag the queue limits.
+    # The backfill (the daemon picks it up within 30 s): one run per run-month partition, each
+    # with the month-run tag the queue limits.
     backfilled = wait_until_finished(
         cluster, "the backfill's 4 runs", lambda: runs_where(cluster, tags={"dagster/backfill": backfill_id}), 4, 180
     )
     assert {r["status"] for r in backfilled} == {"SUCCESS"}
-    assert sorted(r["tags"]["dagster/partition"] for r in backfilled) == [f"{m}|{backfill_run_id}" for m in MONTHS]
+    assert sorted(r["tags"]["dagster/partition"] for r in backfilled) == run_month_keys(
+        read_spec(cluster.runs_dir, backfill_run_id)
+    )
+    assert {r["tags"]["quantlab/month_run"] for r in backfilled} == {"true"}
     for month in MONTHS:
         assert (cluster.runs_dir / month / f"run_id={backfill_run_id}" / "_SUCCESS").is_file(), month
 
