@@ -4,6 +4,7 @@ numbers it will not take, and where stored paths point."""
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import math
 
 import pytest
@@ -97,11 +98,24 @@ def test_durations_are_bounded():
         build(dataclasses.replace(BASE, run_type="policy", policy_id="p", policy=policy))
 
 
-def test_windows_outside_the_month_partitions_are_refused():
-    check_months_exist(["2009-01", "2024-01"])
+def test_windows_outside_the_months_a_run_may_cover_are_refused(monkeypatch):
+    from quantlab_pipeline.orchestration import partitions
+
+    monkeypatch.setattr(partitions, "last_month", lambda: "2027-01")  # as on 2026-12-07
+    check_months_exist(["2009-01", "2024-01", "2027-01"])  # through next month
     with pytest.raises(
-        SpecError, match=r"^window: month\(s\) 2008-11\.\.2008-12 are outside the month partitions 2009-01\.\."
+        SpecError,
+        match=r"^window: month\(s\) 2008-11\.\.2008-12 are outside the months a run may cover, "
+        r"2009-01\.\.2027-01 \(2009-01 through next month\)$",
     ):
         check_months_exist(["2008-11", "2008-12", "2009-01"])
-    with pytest.raises(SpecError, match="outside the month partitions"):
-        check_months_exist(["2999-01"])
+    with pytest.raises(SpecError, match=r"month\(s\) 2027-02\.\.2027-02 are outside"):
+        check_months_exist(["2027-01", "2027-02"])
+
+
+def test_next_month_is_the_last_month_a_window_may_reach():
+    from quantlab_pipeline.orchestration.partitions import last_month
+
+    today = dt.datetime.now(dt.UTC).date()
+    expected = dt.date(today.year + today.month // 12, today.month % 12 + 1, 1).strftime("%Y-%m")
+    assert last_month() == expected
