@@ -74,6 +74,8 @@ def test_a_run_records_its_worker_once_when_its_resources_are_set_up(instance, t
     run = instance.get_run_by_id(result.run_id)
     own = writer_record(result.run_id)
     assert run_worker(run) == {k: own[k] for k in ("host", "pid", "process_start", "boot_id", "dagster_run_id")}
+    # A tag the Runs page hides (Dagster's hidden prefix): it is for run monitoring, not for people.
+    assert RUN_WORKER_TAG.startswith(".dagster/")
 
 
 def test_a_live_worker_is_running(instance, launcher, child):

@@ -23,8 +23,9 @@ from quantlab_pipeline.storage.writer import writer_gone, writer_record
 # The worker's identity: host, pid, the process's start time and boot id (a pid reused later
 # belongs to a process with another start time), and the Dagster run it was recorded for (a
 # re-execution copies its parent's tags; those describe the parent's worker, not this run's).
-# Not under `quantlab/`: those tags say what a run is (README "Months as Dagster runs").
-RUN_WORKER_TAG = "run_monitoring/worker"
+# Not under `quantlab/`: those tags say what a run is (README "Months as Dagster runs"). Under
+# Dagster's hidden prefix `.dagster/`, so the Runs page does not show it on every run.
+RUN_WORKER_TAG = ".dagster/quantlab_run_worker"
 _IDENTITY = ("host", "pid", "process_start", "boot_id", "dagster_run_id")
 
 
