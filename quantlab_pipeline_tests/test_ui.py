@@ -384,7 +384,7 @@ MATERIALIZATION = """query ($key: [String!]!) { assetOrError(assetKey: {path: $k
 
 def latest_metadata(ui: UI, asset: str) -> dict[str, dict[str, Any]]:
     (mat,) = ui.graphql(MATERIALIZATION, key=[asset])["assetOrError"]["assetMaterializations"]
-    assert mat["partition"] == f"2024-01|{ui.run_id}"
+    assert mat["partition"] == f"2024-01.policy.fixed-stop-5pct.{ui.run_id}"
     return {e["label"]: e for e in mat["metadataEntries"]}
 
 
