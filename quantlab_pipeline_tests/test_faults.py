@@ -172,7 +172,7 @@ def test_archive_refuses_a_month_with_a_live_run_and_keeps_its_files(workdir):
 @pytest.mark.parametrize(
     "args,needle",
     [
-        (["--from", "2008-12-01", "--to", "2008-12-31"], "outside the month partitions 2009-01"),
+        (["--from", "2008-12-01", "--to", "2008-12-31"], "outside the months a run may cover, 2009-01"),
         (["--from", "2024-01-01", "--to", "2024-01-31", "--fee-bps", "nan"], "fee_bps"),
         (["--from", "2024-01-01", "--to", "2024-01-31", "--runs-dir", "data/alerts.duckdb"], "not a directory"),
     ],

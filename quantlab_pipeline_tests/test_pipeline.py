@@ -448,7 +448,6 @@ def test_a_month_run_is_tagged_with_what_it_is(sample_db, runs_dir, dagster_inst
         "quantlab/run_type": "policy",
         "quantlab/policy_id": "p",
         "quantlab/month": "2024-01",
-        "quantlab/month_run": "true",  # the job's own tag: dagster.yaml's limit on month runs
     }
     assert tags["dagster/partition"] == month_run_key(spec, "2024-01") == f"2024-01.policy.p.{spec.run_id}"
 

@@ -12,7 +12,6 @@ import yaml
 from dagster._utils.tags import TagConcurrencyLimitsCounter
 
 from quantlab_pipeline.core.spec import RunSpec
-from quantlab_pipeline.orchestration.jobs import MONTH_RUN_TAGS
 from quantlab_pipeline.orchestration.launch import IN_ORDER_TAG, run_tags
 from quantlab_pipeline.orchestration.partitions import month_run_key
 
@@ -35,10 +34,9 @@ def _spec(run_id: str, sweep: dict | None) -> RunSpec:
 
 
 def _queued(spec: RunSpec) -> list[SimpleNamespace]:
-    """Each month's run as the launchpad's sensor queues it (the job's tags, its own, its partition)."""
+    """Each month's run as the launchpad's sensor queues it (its tags and its partition)."""
     return [
-        SimpleNamespace(tags={**MONTH_RUN_TAGS, **run_tags(spec, m), "dagster/partition": month_run_key(spec, m)})
-        for m in spec.months()
+        SimpleNamespace(tags={**run_tags(spec, m), "dagster/partition": month_run_key(spec, m)}) for m in spec.months()
     ]
 
 

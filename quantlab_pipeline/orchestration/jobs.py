@@ -12,10 +12,6 @@ from quantlab_pipeline.orchestration.assets import alerts, frontier, paths, run_
 from quantlab_pipeline.orchestration.partitions import run_month_partitions
 from quantlab_pipeline.orchestration.research import features, walkforward
 
-# Every run of a month job carries this tag, whoever starts it (the CLI, the launchpad's sensor, a
-# UI backfill or re-execution): dagster.yaml limits how many are in flight by it.
-MONTH_RUN_TAGS = {"quantlab/month_run": "true"}
-
 run_spec_job = define_asset_job(
     "run_spec_job",
     selection=AssetSelection.assets(run_spec),
@@ -26,21 +22,18 @@ path_only_job = define_asset_job(
     "path_only_job",
     selection=AssetSelection.assets(alerts, paths, features),
     partitions_def=run_month_partitions,
-    run_tags=MONTH_RUN_TAGS,
     description="A path-only run for one month: alerts, the truth layer and features.",
 )
 policy_job = define_asset_job(
     "policy_job",
     selection=AssetSelection.assets(alerts, paths, features, trades, summary),
     partitions_def=run_month_partitions,
-    run_tags=MONTH_RUN_TAGS,
     description="A policy run for one month: alerts, truth layer, features, trades and summary.",
 )
 optimization_job = define_asset_job(
     "optimization_job",
     selection=AssetSelection.assets(alerts, paths, frontier, walkforward),
     partitions_def=run_month_partitions,
-    run_tags=MONTH_RUN_TAGS,
     description="An optimization run for one month: alerts, truth layer, the policy frontier and, "
     "with walk-forward, its validation on the month.",
 )

@@ -82,8 +82,7 @@ def create_month_run(
     recon, origin = _job(spec.run_type)
     key = month_run_key(spec, month)
     instance.add_dynamic_partitions(run_month_partitions.name, [key])  # a run created before this layout
-    job_tags = recon.get_definition().run_tags  # the job's own: the tag dagster.yaml limits month runs by
-    tags = {**job_tags, **run_tags(spec, month), "dagster/partition": key}
+    tags = {**run_tags(spec, month), "dagster/partition": key}
     run_config = {**QUIET_LOGS, "resources": {"run_store": {"config": {"runs_dir": str(Path(runs_dir).resolve())}}}}
     return instance.create_run_for_job(
         job_def=recon.get_definition(),

@@ -21,8 +21,10 @@ from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
+from unittest.mock import patch
 
 import yaml
+from dagster import DagsterInstance
 
 from quantlab_pipeline.orchestration.jobs import JOB_BY_RUN_TYPE
 from quantlab_pipeline.orchestration.partitions import month_run_key
@@ -45,7 +47,7 @@ def rehearsal_instance_config() -> dict[str, Any]:
     """`deploy/dagster.yaml` as shipped, with the rehearsal's month limit and short monitoring intervals."""
     config = yaml.safe_load((DEPLOY_DIR / "dagster.yaml").read_text())
     limits = config["concurrency"]["runs"]["tag_concurrency_limits"]
-    (month_limit,) = [limit for limit in limits if limit["key"] == "quantlab/month_run"]
+    (month_limit,) = [limit for limit in limits if limit["key"] == "dagster/partition"]
     month_limit["limit"] = MONTH_LIMIT
     config["run_coordinator"]["config"] = {"dequeue_interval_seconds": 1}
     config["run_monitoring"].update(poll_interval_seconds=2, free_slots_after_run_end_seconds=2)
@@ -92,6 +94,17 @@ class Cluster:
             text=True,
             timeout=timeout_s,
         )
+
+    @contextmanager
+    def instance(self) -> Iterator[DagsterInstance]:
+        """The shared instance as a user's Python session opens it (the cluster's environment):
+        what GraphQL does not show, such as a run's hidden tags."""
+        with patch.dict(os.environ, self.env):
+            instance = DagsterInstance.get()
+            try:
+                yield instance
+            finally:
+                instance.dispose()
 
     def graphql(self, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
         request = urllib.request.Request(
@@ -204,7 +217,7 @@ def submit_backtest(
     client = DagsterGraphQLClient("127.0.0.1", port_number=cluster.webserver_port)
     dagster_run_ids = []
     for month in months:
-        tags = {"dagster/partition": month_run_key(spec, month)}  # the job adds its own month-run tag
+        tags = {"dagster/partition": month_run_key(spec, month)}
         dagster_run_ids.append(client.submit_job_execution(JOB_BY_RUN_TYPE[run_type], tags=tags))
     return run_id, dagster_run_ids
 
