@@ -122,7 +122,8 @@ def artifact_step(
 
     A month outside the run's window, an artifact the run type does not produce, or a spec that
     changed since the directory was written fails before anything touches disk: a completed run
-    is never reopened by a step that cannot complete it. Otherwise the run is marked running
+    is never reopened by a step that cannot complete it (a month this run left `running` records
+    the refusal as its failure). Otherwise the run is marked running
     (removing `_SUCCESS`, recording this writer), and an exception is recorded in the run
     directory (`status: failed`, errors.parquet, logs/stderr.txt) before it propagates to
     Dagster — an interruption (Ctrl-C, SIGTERM, a run terminated from the UI) as `interrupted`.
@@ -140,6 +141,7 @@ def artifact_step(
     try:
         run_dir.begin(spec, artifact=context.asset_key.path[-1], phase=phase, dagster_run_id=context.run_id)
     except WriteRefused as exc:
+        run_dir.record_failure(spec, phase=phase, exc=exc, dagster_run_id=context.run_id)
         raise Failure(description=str(exc), allow_retries=False) from None
     step = ArtifactStep(context, phase, month, run_id)
     try:
