@@ -22,6 +22,12 @@ What keeping a connection open changes, and how it is kept right:
   is itself unsafe).
 - At most `MAX_ENGINES` shards stay open per storage (a webserver reads many runs); the least
   recently used one is closed.
+
+Deleting (`runs delete`, docs/lifecycle.md): Dagster's `delete_events` empties a run's database but
+leaves the file, a few hundred KB each; here the file goes too. Dagster's SQLite storage cannot
+wipe an asset's partitions; here `wipe_asset_partitions` removes their events from the asset
+index and the runless events' database (the `run_spec` materialization `quantlab` records
+without a run) — a run's own events go with the run (`delete_run`).
 """
 
 from __future__ import annotations
@@ -32,25 +38,31 @@ import os
 import sqlite3
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import dagster._check as check
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from dagster import AssetKey
 from dagster._core.events.log import EventLogEntry
-from dagster._core.storage.event_log.schema import SqlEventLogStorageMetadata
+from dagster._core.storage.event_log.schema import (
+    AssetEventTagsTable,
+    SqlEventLogStorageMetadata,
+    SqlEventLogStorageTable,
+)
 from dagster._core.storage.event_log.sqlite import sqlite_event_log
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import INDEX_SHARD_NAME, SqliteEventLogStorage
 from dagster._core.storage.sql import get_alembic_config
 from dagster._core.storage.sqlite import SQLITE_BUSY_TIMEOUT_SECONDS
 from dagster._serdes import ConfigurableClassData
-from sqlalchemy import create_engine, inspect, text
+from sqlalchemy import create_engine, inspect, select, text
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DatabaseError
 from sqlalchemy.pool import QueuePool
 
 MAX_ENGINES = 32
+RUNLESS_SHARD = ""  # the run id Dagster stores runless asset events under (`report_runless_asset_event`)
 
 
 @functools.cache
@@ -154,6 +166,32 @@ class ReusingSqliteEventLogStorage(SqliteEventLogStorage):
     def wipe(self) -> None:
         self._close_engines()  # before the shard files are deleted
         super().wipe()
+
+    def delete_events(self, run_id: str) -> None:
+        """Dagster's delete, then the run's database file itself (and its WAL)."""
+        super().delete_events(run_id)
+        if run_id in (RUNLESS_SHARD, INDEX_SHARD_NAME):
+            return
+        with self._db_lock, self._engines_lock:
+            engine = self._engines.pop(run_id, None) if self._engines_pid == os.getpid() else None
+            if engine is not None:
+                engine.dispose()
+            self._initialized_dbs.discard(run_id)
+            for suffix in ("", "-wal", "-shm"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.path_for_shard(run_id) + suffix)
+
+    def wipe_asset_partitions(self, asset_key: AssetKey, partition_keys: Sequence[str]) -> None:
+        """Remove the partitions' events from the asset index and from the runless events' database."""
+        table = SqlEventLogStorageTable
+        where = (table.c.asset_key == asset_key.to_string()) & table.c.partition.in_(list(partition_keys))
+        with self.index_connection() as conn:
+            ids = [row[0] for row in conn.execute(select(table.c.id).where(where))]
+            if ids:
+                conn.execute(AssetEventTagsTable.delete().where(AssetEventTagsTable.c.event_id.in_(ids)))
+            conn.execute(table.delete().where(where))
+        with self.run_connection(RUNLESS_SHARD) as conn:
+            conn.execute(table.delete().where(where))
 
     def dispose(self) -> None:
         self._close_engines()

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dagster import DynamicPartitionsDefinition, MonthlyPartitionsDefinition, MultiPartitionsDefinition
 
 from quantlab_pipeline.core.errors import SpecError
-from quantlab_pipeline.core.spec import validate_month, validate_run_id
+from quantlab_pipeline.core.spec import RunSpec, validate_month, validate_run_id
 
 RUN_PARTITIONS_NAME = "run"
 OWNER = "team:quant-research"  # owner of every asset, shown in the UI's catalog
@@ -20,6 +20,13 @@ FIRST_MONTH = "2009-01"
 month_partitions = MonthlyPartitionsDefinition(start_date=FIRST_MONTH, fmt="%Y-%m", end_offset=1)
 run_partitions = DynamicPartitionsDefinition(name=RUN_PARTITIONS_NAME)
 month_run_partitions = MultiPartitionsDefinition({"month": month_partitions, "run": run_partitions})
+
+
+def partition_keys_of(spec: RunSpec) -> list[tuple[str, str]]:
+    """The stored partition keys of a run, as `(partitions definition name, key)`: what deleting
+    the run removes from the instance (orchestration/retention.py). The month × run keys are not
+    stored (they combine the months with the `run` key), so only the run's dynamic key."""
+    return [(RUN_PARTITIONS_NAME, spec.run_id)]
 
 
 def month_run_key(month: str, run_id: str) -> str:

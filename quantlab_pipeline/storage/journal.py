@@ -12,8 +12,8 @@ again next time. No crash between a change and its line can hide the change from
 Appends are serialised by a flock on `_journal/.lock` (the reader takes it shared while it reads,
 so it never sees half a line), fsynced, and go to the newest segment until it reaches
 `SEGMENT_BYTES`; a sync removes the segments before its position once it has applied them.
-`_journal/id` names this journal, so a position in a journal that was deleted and re-created is
-never taken for a position in the new one.
+`_journal/id` names this journal, renamed whenever the first segment is created, so a position in
+a journal that was deleted or emptied is never taken for a position in the new one.
 """
 
 from __future__ import annotations
@@ -96,10 +96,9 @@ class Journal:
         try:
             with self._locked(fcntl.LOCK_EX, create=True):
                 fault_point("journal")
-                journal_id = self._read_id()
-                if journal_id is None:
-                    atomic_write_bytes(self.dir / "id", uuid.uuid4().hex.encode())
                 segments = self._segments()
+                if not segments:  # a new journal (or one emptied by hand): a position in the old one is void
+                    atomic_write_bytes(self.dir / "id", uuid.uuid4().hex.encode())
                 segment = segments[-1] if segments else 1
                 size = self._size(segment) if segments else 0
                 if size >= SEGMENT_BYTES:

@@ -295,39 +295,30 @@ def sync_catalog(
             initialized = _ensure_schema(conn, path)
             since = progress.stored_position(conn, root)
             batch = None if (full or verify or initialized or since is None) else journal.read(since)
-            if batch is None:
-                start = journal.end()  # before the disk is read: later changes are announced after it
-                stored_runs, stored_rejected = _load_state(conn)
-            else:
+            digest = progress.stored_digest(conn)
+            if batch is not None:  # a few directories: inspected and applied in this one session
                 keys = list(dict.fromkeys(RunKey(e.run_id, e.month) for e in batch.entries))
-                stored_runs, stored_rejected = _load_state(conn, keys, root)
-            digest, digest_stored = progress.stored_digest(conn)
+                stored = _load_state(conn, keys, root)
+                plan, removed, settled = _plan_batch(root, batch, *stored)
+                position: Position | None = settled
+                changes = _Changes(plan, removed, *stored)
+                digest = _save(conn, path, root, changes, since, position, digest)
+            else:
+                start = journal.end()  # before the disk is read: later changes are announced after it
+                stored = _load_state(conn)
             stats = read_stats(conn)
-        if batch is None:
-            plan = _plan(root, iter_run_dirs(root), stored_runs, stored_rejected, verify or initialized, FLUX_WAIT_S)
-            removed = sorted(k for k in stored_runs if k not in plan.present)
+        if batch is None:  # every directory: inspected with the catalog closed
+            plan = _plan(root, iter_run_dirs(root), *stored, verify or initialized, FLUX_WAIT_S)
+            removed = sorted(k for k in stored[0] if k not in plan.present)
             position = start if not plan.in_flux else None
-        else:
-            plan, removed, position = _plan_batch(root, batch, stored_runs, stored_rejected)
-        rejected_changed = {
-            d: v
-            for d, v in plan.rejected.items()
-            if d not in stored_rejected or (stored_rejected[d].reason, stored_rejected[d].fingerprint) != v[:2]
-        }
-        rejected_gone = [d for d in stored_rejected if d not in plan.rejected]
-        changed = bool(plan.upserts or plan.refresh or removed or rejected_changed or rejected_gone)
-        if changed:
-            digest = _digest_after(digest, plan, removed, stored_runs, stored_rejected, rejected_changed, rejected_gone)
-        if changed or position != since or not digest_stored:
-            with session(connect) as conn:
-                with transaction(conn, path):
-                    if changed:
-                        _apply(conn, plan.upserts, plan.refresh, removed, rejected_changed, rejected_gone)
-                    progress.store(conn, root, position, digest)
-                stats = read_stats(conn)
+            changes = _Changes(plan, removed, *stored)
+            if changes.any or position != since or not digest[1]:
+                with session(connect) as conn:
+                    digest = _save(conn, path, root, changes, since, position, digest)
+                    stats = read_stats(conn)
         if position is not None:
             journal.drop_before(position)
-        progress.write_mark(path, progress.SyncMark(position, hex_digest(digest)))
+        progress.write_mark(path, progress.SyncMark(position, hex_digest(digest[0])))
     finally:
         lock.release()
     return SyncReport(
@@ -361,33 +352,69 @@ def _plan_batch(
     return plan, removed, first
 
 
-def _digest_after(
-    digest: int,
-    plan: _Plan,
-    removed: list[RunKey],
-    stored_runs: dict[RunKey, _StoredRun],
-    stored_rejected: dict[str, _StoredRejection],
-    rejected_changed: dict[str, tuple[str, str, dt.datetime]],
-    rejected_gone: list[str],
-) -> int:
-    """The catalog's digest (storage/catalog/fingerprint.py) after this sync's changes: each
-    changed entry's old share taken out, its new one put in."""
-    for row, _ in plan.upserts:
-        key = RunKey(row["run_id"], row["month"])
-        if key in stored_runs:
+class _Changes:
+    """What one sync changes, given the plan and the stored rows it was made against."""
+
+    def __init__(
+        self,
+        plan: _Plan,
+        removed: list[RunKey],
+        stored_runs: dict[RunKey, _StoredRun],
+        stored_rejected: dict[str, _StoredRejection],
+    ):
+        self.plan, self.removed = plan, removed
+        self.stored_runs, self.stored_rejected = stored_runs, stored_rejected
+        self.rejected_changed = {
+            d: v
+            for d, v in plan.rejected.items()
+            if d not in stored_rejected or (stored_rejected[d].reason, stored_rejected[d].fingerprint) != v[:2]
+        }
+        self.rejected_gone = [d for d in stored_rejected if d not in plan.rejected]
+        self.any = bool(plan.upserts or plan.refresh or removed or self.rejected_changed or self.rejected_gone)
+
+    def digest_after(self, digest: int) -> int:
+        """The catalog's digest (storage/catalog/fingerprint.py) after these changes: each changed
+        entry's old share taken out, its new one put in."""
+        stored_runs, stored_rejected = self.stored_runs, self.stored_rejected
+        for row, _ in self.plan.upserts:
+            key = RunKey(row["run_id"], row["month"])
+            if key in stored_runs:
+                digest ^= entry_hash(key.month, key.run_id, stored_runs[key].fingerprint)
+            digest ^= entry_hash(key.month, key.run_id, row["fingerprint"])
+        for fp, run_id, month in self.plan.refresh:
+            digest ^= entry_hash(month, run_id, stored_runs[RunKey(run_id, month)].fingerprint)
+            digest ^= entry_hash(month, run_id, fp)
+        for key in self.removed:
             digest ^= entry_hash(key.month, key.run_id, stored_runs[key].fingerprint)
-        digest ^= entry_hash(key.month, key.run_id, row["fingerprint"])
-    for fp, run_id, month in plan.refresh:
-        digest ^= entry_hash(month, run_id, stored_runs[RunKey(run_id, month)].fingerprint)
-        digest ^= entry_hash(month, run_id, fp)
-    for key in removed:
-        digest ^= entry_hash(key.month, key.run_id, stored_runs[key].fingerprint)
-    for run_dir in [*rejected_gone, *rejected_changed]:
-        if run_dir in stored_rejected:
-            digest ^= progress.rejection_hash(run_dir, stored_rejected[run_dir].fingerprint)
-    for run_dir, (_, fp, _) in rejected_changed.items():
-        digest ^= progress.rejection_hash(run_dir, fp)
-    return digest
+        for run_dir in [*self.rejected_gone, *self.rejected_changed]:
+            if run_dir in stored_rejected:
+                digest ^= progress.rejection_hash(run_dir, stored_rejected[run_dir].fingerprint)
+        for run_dir, (_, fp, _) in self.rejected_changed.items():
+            digest ^= progress.rejection_hash(run_dir, fp)
+        return digest
+
+
+def _save(
+    conn: duckdb.DuckDBPyConnection,
+    path: Path,
+    root: Path,
+    changes: _Changes,
+    since: Position | None,
+    position: Position | None,
+    digest: tuple[int, bool],
+) -> tuple[int, bool]:
+    """Apply the changes and store the position and digest, in one transaction; nothing is
+    written when there is nothing new. Returns the digest now stored."""
+    value, stored = digest
+    if not (changes.any or position != since or not stored):
+        return digest
+    value = changes.digest_after(value) if changes.any else value
+    with transaction(conn, path):
+        if changes.any:
+            c = changes
+            _apply(conn, c.plan.upserts, c.plan.refresh, c.removed, c.rejected_changed, c.rejected_gone)
+        progress.store(conn, root, position, value)
+    return value, True
 
 
 def _apply(
