@@ -175,3 +175,34 @@ def test_engines_are_bounded_least_recently_used_first(instance, monkeypatch):
     assert list(storage._engines) == run_ids[-3:]
     # An evicted shard is reopened on demand, its events intact.
     assert [r.event_log_entry.user_message for r in storage.get_records_for_run(run_ids[0]).records] == ["x"]
+
+
+def test_deleting_a_run_removes_its_database_file_and_only_its_events(instance, tmp_path):
+    """`instance.delete_run` (runs delete, docs/lifecycle.md): Dagster empties the run's database;
+    this storage removes the file and its WAL too."""
+    kept, deleted = (one_op_job.execute_in_process(instance=instance).run_id for _ in range(2))
+    shard = Path(instance.event_log_storage.path_for_shard(deleted))
+    assert shard.is_file()
+    instance.delete_run(deleted)
+    assert not any(Path(f"{shard}{suffix}").exists() for suffix in ("", "-wal", "-shm"))
+    assert instance.get_run_by_id(deleted) is None and instance.get_records_for_run(deleted).records == []
+    assert [r.run_id for r in instance.fetch_materializations(AssetKey("thing"), limit=10).records] == [kept]
+    assert Path(instance.event_log_storage.path_for_shard(kept)).is_file()
+    assert one_op_job.execute_in_process(instance=instance).success  # the storage goes on writing
+
+
+def test_wiping_partitions_removes_their_runless_materializations_only(instance):
+    """Dagster's SQL storages cannot wipe an asset's partitions; this one can, for the runless
+    `run_spec` materialization a deleted run leaves (orchestration/launch.py `create_run`)."""
+    for key in ("a", "b"):
+        instance.report_runless_asset_event(AssetMaterialization(asset_key="run_spec", partition=key))
+
+    def partitions() -> list[str]:
+        return sorted(r.partition_key for r in instance.fetch_materializations(AssetKey("run_spec"), limit=10).records)
+
+    assert partitions() == ["a", "b"]
+    instance.wipe_asset_partitions(AssetKey("run_spec"), ["a"])
+    assert partitions() == ["b"]
+    with instance.event_log_storage.run_connection(event_log.RUNLESS_SHARD) as conn:
+        rows = conn.exec_driver_sql("SELECT partition FROM event_logs WHERE asset_key IS NOT NULL").fetchall()
+    assert [p for (p,) in rows if p is not None] == ["b"]  # gone from the runless shard too

@@ -33,6 +33,7 @@ from quantlab_pipeline.orchestration.checks import ARTIFACT_CHECKS, DEFAULT_MAX_
 from quantlab_pipeline.orchestration.partitions import split_month_run_key
 from quantlab_pipeline.orchestration.resources import CandleStoreResource, RunStoreResource
 from quantlab_pipeline.storage.artifact_files import LoadedArtifact
+from quantlab_pipeline.storage.faults import fault_point
 from quantlab_pipeline.storage.guards import WriteRefused
 from quantlab_pipeline.storage.run_dir import RunDirectory
 
@@ -138,6 +139,7 @@ def artifact_step(
             allow_retries=False,
         )
     run_dir = run_store.directory(month, run_id)
+    fault_point(f"step.{context.asset_key.path[-1]}")  # between steps: no lock held
     try:
         run_dir.begin(spec, artifact=context.asset_key.path[-1], phase=phase, dagster_run_id=context.run_id)
     except WriteRefused as exc:
