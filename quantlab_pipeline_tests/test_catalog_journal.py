@@ -24,15 +24,15 @@ OTHER = "1c8d9b5f-2e3a-4b4c-8d5e-6f7a8b9c0d1e"
 
 
 @pytest.fixture
-def runs(tmp_path: Path) -> Path:
-    path = tmp_path / "runs"
-    path.mkdir()
-    return path
+def runs(runs_dir: Path) -> Path:
+    """The runs directory, as a sync needs it: existing."""
+    runs_dir.mkdir()
+    return runs_dir
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Path:
-    return tmp_path / "data" / "catalog.duckdb"
+def db(runs_dir: Path) -> Path:
+    return runs_dir.parent / "catalog.duckdb"
 
 
 def lines(runs: Path) -> list[tuple[str, str, str]]:

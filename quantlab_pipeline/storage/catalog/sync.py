@@ -318,7 +318,9 @@ def sync_catalog(
                     stats = read_stats(conn)
         if position is not None:
             journal.drop_before(position)
-        progress.write_mark(path, progress.SyncMark(position, hex_digest(digest[0])))
+        mark = progress.SyncMark(position, hex_digest(digest[0]))
+        if progress.read_mark(path) != mark:
+            progress.write_mark(path, mark)
     finally:
         lock.release()
     return SyncReport(
