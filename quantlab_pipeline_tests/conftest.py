@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -56,3 +57,17 @@ def dagster_instance(tmp_path):
     home.mkdir()
     with instance_for_test(temp_dir=str(home)) as instance:
         yield instance
+
+
+PROJECT_DAGSTER_YAML = Path(__file__).resolve().parents[1] / "dagster.yaml"
+
+
+@pytest.fixture
+def workdir(tmp_path, sample_db):
+    """A project folder as a user has it: data, and a Dagster home with the project's config
+    (instance state under `.dagster/` of this folder)."""
+    (tmp_path / "data").mkdir()
+    shutil.copy(sample_db, tmp_path / "data" / "alerts.duckdb")
+    (tmp_path / ".dagster_home").mkdir()
+    shutil.copy(PROJECT_DAGSTER_YAML, tmp_path / ".dagster_home" / "dagster.yaml")
+    return tmp_path

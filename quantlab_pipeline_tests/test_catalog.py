@@ -23,6 +23,7 @@ import pytest
 
 from quantlab_pipeline.core.errors import QuantlabError, SpecError
 from quantlab_pipeline.core.spec import month_bounds
+from quantlab_pipeline.storage import tarball
 from quantlab_pipeline.storage.atomic import sha256_bytes, sha256_file
 from quantlab_pipeline.storage.catalog import (
     CATALOG_SCHEMA_VERSION,
@@ -33,6 +34,7 @@ from quantlab_pipeline.storage.catalog import (
     catalog_stats,
     connection,
     get_artifact_path,
+    progress,
     query_artifacts,
     query_runs,
     rejected_runs,
@@ -199,7 +201,7 @@ def test_first_sync_initializes_and_registers_a_completed_run(runs, db):
 
 def test_catalog_records_its_schema_version(runs, db):
     sync_catalog(db, runs)
-    assert table(db, "SELECT key, value FROM catalog_meta") == [("schema_version", CATALOG_SCHEMA_VERSION)]
+    assert table(db, "SELECT value FROM catalog_meta WHERE key = 'schema_version'") == [(CATALOG_SCHEMA_VERSION,)]
     tables = {t for (t,) in table(db, "SELECT table_name FROM information_schema.tables")}
     assert {"runs", "artifacts", "rejected_runs", "catalog_meta"} <= tables
 
@@ -918,9 +920,13 @@ def test_archive_month_round_trip(runs, db, tmp_path):
     with pytest.raises(QuantlabError, match="already exists; refusing to overwrite"):
         archive_month(runs, "2024-02", dest, db)
     assert feb.is_dir()
-    # restore as documented (`tar -xzf FILE -C runs`) and the runs come back
+    # restore as documented (`tar -xzf FILE -C runs`, `catalog-sync --full`) and the runs come back:
+    # a restore writes no journal line, so the sensor's safety net sees it (the disk's digest moved)
     extract_safely(dest, runs)
-    assert sorted(sync_catalog(db, runs).registered) == sorted(key(d) for d in jan)
+    assert sync_catalog(db, runs).registered == []
+    assert terminal_fingerprint(runs)[0] != progress.read_mark(db).digest
+    assert sorted(sync_catalog(db, runs, full=True).registered) == sorted(key(d) for d in jan)
+    assert terminal_fingerprint(runs)[0] == progress.read_mark(db).digest
 
 
 def test_archive_refuses_bad_month_and_empty_month(runs, db, tmp_path):
@@ -936,13 +942,13 @@ def test_archive_refuses_bad_month_and_empty_month(runs, db, tmp_path):
 
 def test_archive_that_fails_verification_removes_nothing(runs, db, tmp_path, monkeypatch):
     run_dir = make_run(runs, "2024-01")
-    real_tree = archive._tree
+    real_tree = archive.tree
 
     def tree_with_phantom(month_dir, month):
         entries = real_tree(month_dir, month)
-        return [*entries, archive._Entry(run_dir / "run.json", f"{month}/phantom", 1, 0)]
+        return [*entries, tarball.Entry(run_dir / "run.json", f"{month}/phantom", 1, 0)]
 
-    monkeypatch.setattr(archive, "_tree", tree_with_phantom)
+    monkeypatch.setattr(archive, "tree", tree_with_phantom)
     dest = tmp_path / "a.tar.gz"
     with pytest.raises(QuantlabError, match="failed verification"):
         archive_month(runs, "2024-01", dest, db)

@@ -15,8 +15,9 @@ from quantlab_pipeline.orchestration.catalog import backtest_catalog, build_cata
 from quantlab_pipeline.orchestration.defs import build_defs
 from quantlab_pipeline.orchestration.resources import RunStoreResource
 from quantlab_pipeline.orchestration.settings import SENSOR_INTERVAL_ENV, Settings
-from quantlab_pipeline.storage.catalog import query_runs
-from quantlab_pipeline_tests.test_catalog import key, load, make_run, write_manifest
+from quantlab_pipeline.storage.catalog import query_runs, sync_catalog
+from quantlab_pipeline.storage.journal import Journal
+from quantlab_pipeline_tests.test_catalog import key, make_run
 
 
 @pytest.fixture
@@ -34,8 +35,8 @@ def resources(tmp_path: Path, runs: Path) -> dict:
     }
 
 
-def materialize(resources, instance):
-    result = dg.materialize([backtest_catalog], resources=resources, instance=instance)
+def materialize(resources, instance, tags=None):
+    result = dg.materialize([backtest_catalog], resources=resources, instance=instance, tags=tags)
     assert result.success
     [event] = result.asset_materializations_for_node("backtest_catalog")
     return {k: v.value for k, v in event.metadata.items()}
@@ -106,52 +107,75 @@ def test_a_bad_sensor_interval_falls_back_and_is_reported_not_fatal(runs, resour
         assert settings.problems and SENSOR_INTERVAL_ENV in settings.problems[0] and repr(bad) in settings.problems[0]
     sensor = build_defs(settings).sensors[0]  # the code location still loads, and the sensor still works
     with dg.instance_for_test() as instance:
-        context = dg.build_sensor_context(instance=instance, resources={"run_store": resources["run_store"]})
+        context = dg.build_sensor_context(instance=instance, resources=resources)
         assert isinstance(sensor(context), dg.RunRequest)
 
 
 def tick(instance, resources, cursor):
-    context = dg.build_sensor_context(instance=instance, cursor=cursor, resources={"run_store": resources["run_store"]})
+    context = dg.build_sensor_context(
+        instance=instance,
+        cursor=cursor,
+        resources={"run_store": resources["run_store"], "catalog_duckdb": resources["catalog_duckdb"]},
+    )
     return catalog_sync_sensor(context), context.cursor
 
 
-def test_sensor_requests_a_sync_only_when_terminal_directories_change(runs, resources):
-    catalog_file = Path(resources["catalog_duckdb"].database)
+def announce(run_dir: Path, change: str = "completed") -> None:
+    """The journal line the run-directory writer appends for a change (the test made the change by hand)."""
+    Journal(run_dir.parent.parent).append(run_dir.parent.name, key(run_dir).run_id, change)
+
+
+def test_sensor_requests_a_sync_when_the_journal_grows_and_skips_otherwise(runs, resources):
+    db = resources["catalog_duckdb"].database
     with dg.instance_for_test() as instance:
-        first, cursor = tick(instance, resources, None)  # no cursor yet: one initial sync
+        first, cursor = tick(instance, resources, None)  # never synced: one initial sync
         assert isinstance(first, dg.RunRequest) and first.run_key.startswith("catalog-sync-1-")
+        assert first.tags[orch.FULL_SYNC_TAG] == "incremental" and not Path(db).exists()
+        sync_catalog(db, runs)
+        skip, cursor = tick(instance, resources, cursor)
+        assert isinstance(skip, dg.SkipReason) and "up to date" in skip.skip_message
 
-        running = make_run(runs, status="running")
-        skip, same = tick(instance, resources, cursor)
-        assert isinstance(skip, dg.SkipReason) and same == cursor  # a running run is not terminal
-
+        make_run(runs, status="running")  # a running run writes no journal line
+        assert isinstance(tick(instance, resources, cursor)[0], dg.SkipReason)
         done = make_run(runs)
-        new, cursor2 = tick(instance, resources, cursor)
-        assert isinstance(new, dg.RunRequest) and new.run_key.startswith("catalog-sync-2-")
-        assert isinstance(tick(instance, resources, cursor2)[0], dg.SkipReason)
+        announce(done)
+        new, cursor = tick(instance, resources, cursor)
+        assert isinstance(new, dg.RunRequest) and new.tags[orch.FULL_SYNC_TAG] == "incremental"
+        # the requested sync failed (or has not run): the next tick asks again, under a new key
+        again, cursor = tick(instance, resources, cursor)
+        assert isinstance(again, dg.RunRequest) and again.run_key != new.run_key
+        # … but never while one is queued or running
+        queued = instance.add_run(dg.DagsterRun(job_name="catalog_sync_job", status=dg.DagsterRunStatus.STARTED))
+        waiting, cursor = tick(instance, resources, cursor)
+        assert isinstance(waiting, dg.SkipReason) and "queued or running" in waiting.skip_message
+        instance.delete_run(queued.run_id)
+        assert sync_catalog(db, runs).registered == [key(done)]
+        assert isinstance(tick(instance, resources, cursor)[0], dg.SkipReason)
 
-        write_manifest(done, load(done), marker=True)  # re-finalized: new run.json and _SUCCESS
-        rewritten, cursor3 = tick(instance, resources, cursor2)
-        assert isinstance(rewritten, dg.RunRequest)
 
-        shutil.rmtree(done)  # back to a state seen before (no terminal run)
-        removed, cursor4 = tick(instance, resources, cursor3)
-        assert isinstance(removed, dg.RunRequest)
-        assert json.loads(cursor4)["fingerprint"] == json.loads(cursor)["fingerprint"]
-        assert removed.run_key != first.run_key  # the sequence keeps run keys unique
-
-        manifest = load(running)
-        manifest["status"] = "failed"
-        write_manifest(running, manifest, marker=False)
-        failed, _ = tick(instance, resources, cursor4)
-        assert isinstance(failed, dg.RunRequest)
-        keys = [r.run_key for r in (first, new, rewritten, removed, failed)]
-        assert len(set(keys)) == 5
-    assert not catalog_file.exists()  # the tick never touches the catalog
+def test_sensor_requests_a_full_sync_when_directories_change_outside_the_journal(runs, resources, monkeypatch):
+    db = resources["catalog_duckdb"].database
+    kept, removed = make_run(runs), make_run(runs, "2024-02")
+    sync_catalog(db, runs)
+    with dg.instance_for_test() as instance:
+        skip, cursor = tick(instance, resources, None)  # the first tick stats every directory: equal
+        assert isinstance(skip, dg.SkipReason) and json.loads(cursor)["checked_at"] > 0
+        shutil.rmtree(removed)  # by hand: no journal line
+        assert isinstance(tick(instance, resources, cursor)[0], dg.SkipReason)  # not checked again yet
+        monkeypatch.setattr(orch, "FULL_CHECK_EVERY_S", 0)
+        full, cursor = tick(instance, resources, cursor)
+        assert isinstance(full, dg.RunRequest) and full.tags[orch.FULL_SYNC_TAG] == "full"
+        meta = materialize(resources, instance, tags=full.tags)
+        assert (meta["full_sync"], meta["removed"], meta["total_runs"]) == (True, 1, 1)
+        assert isinstance(tick(instance, resources, cursor)[0], dg.SkipReason)
+    assert [r["run_id"] for r in query_runs(db)] == [key(kept).run_id]
 
 
 def test_sensor_skips_when_the_runs_dir_does_not_exist(tmp_path):
-    missing = {"run_store": RunStoreResource(runs_dir=str(tmp_path / "nope"))}
+    missing = {
+        "run_store": RunStoreResource(runs_dir=str(tmp_path / "nope")),
+        "catalog_duckdb": DuckDBResource(database=str(tmp_path / "c.duckdb")),
+    }
     with dg.instance_for_test() as instance:
         result, cursor = tick(instance, missing, None)
     assert isinstance(result, dg.SkipReason) and "does not exist" in result.skip_message

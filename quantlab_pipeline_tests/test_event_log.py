@@ -171,3 +171,20 @@ def test_a_forked_child_writes_through_its_own_engine(instance):
     assert storage._process_engine() is parent_engine
     messages = [r.event_log_entry.user_message for r in storage.get_records_for_run(run_id).records]
     assert messages == ["parent", "child", "parent again"]
+
+
+def test_wiping_partitions_removes_their_runless_materializations_only(instance):
+    """Dagster's SQL storages cannot wipe an asset's partitions; this one can, for the runless
+    `run_spec` materialization a deleted run leaves (orchestration/launch.py `create_run`)."""
+    for key in ("a", "b"):
+        instance.report_runless_asset_event(AssetMaterialization(asset_key="run_spec", partition=key))
+
+    def partitions() -> list[str]:
+        return sorted(r.partition_key for r in instance.fetch_materializations(AssetKey("run_spec"), limit=10).records)
+
+    assert partitions() == ["a", "b"]
+    instance.wipe_asset_partitions(AssetKey("run_spec"), ["a"])
+    assert partitions() == ["b"]
+    with instance.event_log_storage.index_connection() as conn:
+        rows = conn.exec_driver_sql("SELECT partition FROM event_logs WHERE asset_key IS NOT NULL").fetchall()
+    assert [p for (p,) in rows if p is not None] == ["b"]

@@ -14,7 +14,6 @@ import shutil
 import sqlite3
 import subprocess
 import time
-from pathlib import Path
 
 import polars as pl
 import pytest
@@ -25,20 +24,6 @@ pytestmark = pytest.mark.slow
 
 POLICY = ["--policy-id", "p", "--policy", '{"kind":"fixed_stop","stop_loss_bps":500,"take_profit_bps":10000}']
 WINDOW = ["--interval", "5m", "--from", "2024-01-01", "--to", "2024-01-31"]
-
-
-PROJECT_DAGSTER_YAML = Path(__file__).resolve().parents[1] / "dagster.yaml"
-
-
-@pytest.fixture
-def workdir(tmp_path, sample_db):
-    """A project folder as a user has it: data, and a Dagster home with the project's config
-    (instance state under `.dagster/` of this folder)."""
-    (tmp_path / "data").mkdir()
-    shutil.copy(sample_db, tmp_path / "data" / "alerts.duckdb")
-    (tmp_path / ".dagster_home").mkdir()
-    shutil.copy(PROJECT_DAGSTER_YAML, tmp_path / ".dagster_home" / "dagster.yaml")
-    return tmp_path
 
 
 def backtest(workdir, fault: str | None = None, *extra: str):

@@ -21,8 +21,8 @@ from quantlab_pipeline.storage.layout import lock_path
 from quantlab_pipeline.storage.lifecycle import (
     ensure_runs_dir,
     month_status,
+    month_statuses,
     run_status,
-    running_in_month,
     steps_to_finish,
 )
 from quantlab_pipeline.storage.run_dir import RunDirectory, WriteRefused
@@ -166,7 +166,7 @@ def test_run_status_lists_every_month_of_the_window(tmp_path):
     assert [(s.month, s.state) for s in run_status(tmp_path, open_ended)] == [("2024-01", "completed")]
 
 
-def test_running_in_month_lists_the_live_runs_an_archive_must_not_remove(tmp_path):
+def test_month_statuses_tell_the_live_and_interrupted_runs_an_archive_must_not_remove(tmp_path):
     other = "1c8d9b5f-2e3a-4b4c-8d5e-6f7a8b9c0d1e"
     live = RunDirectory(tmp_path, "2024-01", RUN_ID)
     live.begin(make_spec())
@@ -174,7 +174,9 @@ def test_running_in_month_lists_the_live_runs_an_archive_must_not_remove(tmp_pat
     dead.begin(make_spec(run_id=other))
     set_writer(dead, pid=dead_pid())
     RunDirectory(tmp_path, "2024-02", RUN_ID).begin(make_spec())
-    assert [(s.month, s.run_id) for s in running_in_month(tmp_path, "2024-01")] == [("2024-01", RUN_ID)]
+    assert sorted((s.run_id, s.state) for s in month_statuses(tmp_path, "2024-01")) == sorted(
+        [(RUN_ID, "running"), (other, "interrupted")]
+    )
 
 
 def test_a_directory_removed_while_its_run_computed_is_not_recreated(rd):

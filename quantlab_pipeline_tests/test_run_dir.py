@@ -302,7 +302,8 @@ def test_the_lock_file_exists_only_while_held_and_reading_creates_nothing(tmp_pa
     with rd.lock:
         assert (runs / "_locks" / f"2024-01_{RUN_ID}.lock").exists()
     complete_path_only(rd, make_spec())
-    assert list((runs / "_locks").iterdir()) == []
+    # the month's lock (held shared by its writers, exclusively by an archive) is kept: one per month
+    assert [p.name for p in (runs / "_locks").iterdir()] == ["2024-01.lock"]
 
 
 def test_the_manifest_records_its_writer_and_spec(tmp_path):
@@ -392,8 +393,19 @@ def test_a_changed_spec_is_refused_before_anything_is_touched(tmp_path):
     assert len(str(info.value).splitlines()) == 1
     with pytest.raises(WriteRefused, match="changed since") as refused:
         write(rd, edited, "alerts", frame(3))
-    rd.record_failure(edited, phase="inputs", exc=refused.value)
     assert (rd.path / "run.json").read_bytes() == before
+    # recorded only into a month this process is writing: not into one another writer left …
+    other = json.loads(before)
+    other["writer"]["pid"] = other["writer"]["pid"] + 1_000_000
+    (rd.path / "run.json").write_text(json.dumps(other))
+    rd.record_failure(edited, phase="inputs", exc=refused.value)
+    assert json.loads((rd.path / "run.json").read_bytes()) == other
+    # … and into its own, as the month's failure with the reason (left `running`, it would look interrupted)
+    (rd.path / "run.json").write_bytes(before)
+    rd.record_failure(edited, phase="inputs", exc=refused.value)
+    failed = RunDirectory.read_manifest(rd.path)
+    assert failed["status"] == "failed" and "changed since 2024-01 was written" in failed["error"]["message"]
+    assert failed["spec_sha256"] == spec_sha256(spec)  # the month keeps the spec it was written from
     # a manifest written before spec_sha256 was recorded is checked against its recorded spec
     legacy = RunDirectory.read_manifest(rd.path)
     del legacy["spec_sha256"]

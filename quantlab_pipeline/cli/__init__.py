@@ -56,7 +56,7 @@ def backtest_group() -> None:
 
 @cli.group("runs")
 def runs_group() -> None:
-    """Create runs for `dagster asset materialize`; see where a run stands; finish it."""
+    """Create runs for `dagster asset materialize`; see where a run stands; finish it; delete it."""
 
 
 @cli.group("server")
@@ -65,13 +65,13 @@ def server_group() -> None:
 
 
 def _register() -> None:
-    from quantlab_pipeline.cli import backtest, catalog, report, runs, sample_data, server
+    from quantlab_pipeline.cli import backtest, catalog, report, retention, runs, sample_data, server
 
     cli.add_command(sample_data.sample_data)
     cli.add_command(report.report)
     for command in [*backtest.BACKTEST_COMMANDS, *catalog.COMMANDS]:
         backtest_group.add_command(command)
-    for command in [backtest.runs_create, *runs.COMMANDS]:
+    for command in [backtest.runs_create, *runs.COMMANDS, *retention.COMMANDS]:
         runs_group.add_command(command)
     for command in server.COMMANDS:
         server_group.add_command(command)

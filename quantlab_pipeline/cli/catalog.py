@@ -83,12 +83,20 @@ def print_stats(stats: CatalogStats) -> None:
 @runs_dir_option
 @catalog_option
 @click.option("--stats", is_flag=True, help="Print catalog statistics after the sync.")
-@click.option("--verify", is_flag=True, help="Re-examine every run directory, sha256 of every artifact included.")
+@click.option(
+    "--full",
+    is_flag=True,
+    help="Inspect every run directory, not only those the journal names (after a restore or a change by hand).",
+)
+@click.option(
+    "--verify", is_flag=True, help="Re-examine every run directory, sha256 of every artifact included (implies --full)."
+)
 @user_errors
-def catalog_sync(runs_dir: str, catalog_path: str, stats: bool, verify: bool) -> None:
+def catalog_sync(runs_dir: str, catalog_path: str, stats: bool, full: bool, verify: bool) -> None:
     """Reconcile the catalog with the run directories: register completed and failed runs,
-    update re-materialized ones, remove incomplete or deleted ones, reject invalid ones."""
-    print_sync_report(sync_catalog(catalog_path, runs_dir, verify=verify), stats=stats)
+    update re-materialized ones, remove incomplete or deleted ones, reject invalid ones. Only
+    the directories that changed since the last sync are inspected, unless --full."""
+    print_sync_report(sync_catalog(catalog_path, runs_dir, verify=verify, full=full), stats=stats)
 
 
 def _parse_limit(value: str | None) -> int | None:
@@ -218,13 +226,18 @@ def catalog_query(
 @click.command("catalog-archive")
 @click.option("--month", required=True, help="Data month to archive (YYYY-MM).")
 @click.option("--to", "dest", required=True, help="Archive file to create (.tar.gz); never overwritten.")
+@click.option(
+    "--include-interrupted",
+    is_flag=True,
+    help="Archive (and remove) interrupted runs too; without it a month holding one is refused.",
+)
 @runs_dir_option
 @catalog_option
 @user_errors
-def catalog_archive(month: str, dest: str, runs_dir: str, catalog_path: str) -> None:
+def catalog_archive(month: str, dest: str, include_interrupted: bool, runs_dir: str, catalog_path: str) -> None:
     """Archive a month of run directories to a verified .tar.gz, remove them, then reconcile
-    the catalog. Restore with `tar -xzf FILE -C <runs dir>` and `catalog-sync`."""
-    report = archive_month(runs_dir, month, dest, catalog_path)
+    the catalog. Restore with `tar -xzf FILE -C <runs dir>` and `catalog-sync --full`."""
+    report = archive_month(runs_dir, month, dest, catalog_path, include_interrupted=include_interrupted)
     ok(
         f"Archived {_plural(len(report.run_dirs), 'run directory', 'run directories')} "
         f"of {report.month} to {report.archive} ({_plural(report.files, 'file')}, {report.bytes:,} bytes)"

@@ -1,20 +1,27 @@
-"""The catalog in Dagster (README "The catalog"): the `backtest_catalog` asset, its job and the sensor.
+"""The catalog in Dagster (docs/catalog.md): the `backtest_catalog` asset, its job and the sensor.
 
-The sensor only looks at the disk (a stat per terminal run directory, no hashing, no database)
-and requests `catalog_sync_job`; the sync itself runs in that job, serialised by the `catalog`
-pool (configure it with one slot) and by the catalog's file lock.
+The sensor only looks at the disk — the journal's end (a few stats) against the position the
+last sync applied (`<catalog>.sync.json`), and now and then the stat of every terminal run
+directory against the catalog's digest, for changes made behind quantlab's back — and requests
+`catalog_sync_job`; the sync itself runs in that job, serialised by the `catalog` pool (configure
+it with one slot) and by the catalog's file lock.
 """
 
 import json
+import time
+from pathlib import Path
 
 from dagster import (
     AllPartitionMapping,
     AssetDep,
     AssetExecutionContext,
+    DagsterRunStatus,
     DefaultSensorStatus,
+    Failure,
     MaterializeResult,
     MetadataValue,
     RunRequest,
+    RunsFilter,
     SensorDefinition,
     SensorEvaluationContext,
     SkipReason,
@@ -24,11 +31,14 @@ from dagster import (
 )
 from dagster_duckdb import DuckDBResource
 
+from quantlab_pipeline.core.errors import QuantlabError
 from quantlab_pipeline.orchestration.partitions import OWNER
 from quantlab_pipeline.orchestration.resources import RunStoreResource
-from quantlab_pipeline.storage.catalog import sync_catalog, terminal_fingerprint
+from quantlab_pipeline.storage.catalog import read_mark, sync_catalog, terminal_fingerprint
+from quantlab_pipeline.storage.journal import Journal
 
 CATALOG_POOL = "catalog"
+FULL_SYNC_TAG = "quantlab/catalog_sync"  # "full" on a run of the job: every directory is inspected
 
 
 @asset(
@@ -47,10 +57,18 @@ CATALOG_POOL = "catalog"
 def backtest_catalog(
     context: AssetExecutionContext, catalog_duckdb: DuckDBResource, run_store: RunStoreResource
 ) -> MaterializeResult:
-    report = sync_catalog(catalog_duckdb.database, run_store.root, connect=catalog_duckdb.get_connection)
+    """Incremental unless the run is tagged `quantlab/catalog_sync: full`. The resource names the
+    database; the storage layer opens it, giving up within `WRITE_TIMEOUT_S` with one line naming
+    whoever holds it (the sensor requests the sync again on a later tick)."""
+    full = context.run.tags.get(FULL_SYNC_TAG) == "full"
+    try:
+        report = sync_catalog(catalog_duckdb.database, run_store.root, full=full)
+    except QuantlabError as exc:
+        raise Failure(description=str(exc), allow_retries=False) from None
     stats = report.stats
     context.log.info(
-        f"catalog {report.catalog_path}: registered {len(report.registered)}, updated {len(report.updated)}, "
+        f"catalog {report.catalog_path} ({'full' if report.full else 'incremental'} sync, journal at "
+        f"{report.position or '-'}): registered {len(report.registered)}, updated {len(report.updated)}, "
         f"removed {len(report.removed)}, rejected {len(report.rejected)}, skipped {len(report.skipped)}"
     )
     for run_dir, reason in report.rejected:
@@ -63,6 +81,8 @@ def backtest_catalog(
             "skipped": len(report.skipped),
             "rejected": len(report.rejected),
             "unchanged": report.unchanged,
+            "full_sync": report.full,
+            "journal_position": str(report.position or "-"),
             "total_runs": stats.total_runs,
             "runs_by_status": MetadataValue.json(stats.runs_by_status),
             "runs_by_type": MetadataValue.json(stats.runs_by_type),
@@ -88,6 +108,36 @@ catalog_sync_job = define_asset_job(
 )
 
 
+# How often the sensor stats every terminal run directory to catch what no journal line announced
+# (a restored archive, a directory removed by hand): O(runs) stats, so not on every tick.
+FULL_CHECK_EVERY_S = 600
+_IN_FLIGHT = [
+    DagsterRunStatus.QUEUED,
+    DagsterRunStatus.NOT_STARTED,
+    DagsterRunStatus.STARTING,
+    DagsterRunStatus.STARTED,
+    DagsterRunStatus.CANCELING,
+]
+
+
+def _why_sync(runs_dir: Path, catalog: Path, cursor: dict, now: float) -> tuple[str | None, bool]:
+    """`(reason, full)`: why a sync is due (None: it is not), and whether it must be a full one.
+    Updates `cursor["checked_at"]` when it stats every directory."""
+    mark = read_mark(catalog)
+    if mark is None or not catalog.exists():
+        return f"catalog {catalog} has not been synced yet", False
+    end = Journal(runs_dir).end()
+    if mark.position != end:
+        return f"the journal is at {end}, the catalog at {mark.position or '-'}", False
+    if now - cursor.get("checked_at", 0) < FULL_CHECK_EVERY_S:
+        return None, False
+    cursor["checked_at"] = now
+    digest, count = terminal_fingerprint(runs_dir)
+    if digest != mark.digest:
+        return f"{count} terminal run directories differ from the catalog outside the journal", True
+    return None, False
+
+
 def build_catalog_sync_sensor(interval_s: int, warnings: tuple[str, ...] = ()) -> SensorDefinition:
     """The sensor, ticking every `interval_s` seconds; `warnings` (settings that fell back to their
     default) are logged on every tick so a bad value is visible without breaking the location."""
@@ -97,24 +147,33 @@ def build_catalog_sync_sensor(interval_s: int, warnings: tuple[str, ...] = ()) -
         job=catalog_sync_job,
         default_status=DefaultSensorStatus.RUNNING,
         minimum_interval_seconds=interval_s,
-        description="Requests a catalog sync when terminal run directories appear, change or disappear.",
+        description="Requests a catalog sync when the run directories' journal grows (and a full "
+        "one when terminal directories changed outside it).",
     )
-    def catalog_sync_sensor(context: SensorEvaluationContext, run_store: RunStoreResource):
-        """Cursor `{"fingerprint", "seq"}`: the digest of the terminal directories' stats last synced,
-        and a counter, so a state seen before (an archive restored) still gets a fresh run key."""
+    def catalog_sync_sensor(
+        context: SensorEvaluationContext, run_store: RunStoreResource, catalog_duckdb: DuckDBResource
+    ):
+        """Cursor `{"seq", "checked_at"}`: a counter that keeps run keys unique (a failed sync is
+        requested again), and when every terminal directory was last statted."""
         for warning in warnings:
             context.log.warning(warning)
-        if not run_store.root.is_dir():
-            return SkipReason(f"runs directory {run_store.root.resolve()} does not exist yet")
-        digest, count = terminal_fingerprint(run_store.root)
-        previous = json.loads(context.cursor) if context.cursor else {}
-        if previous.get("fingerprint") == digest:
-            return SkipReason(f"no change in {count} terminal run directories under {run_store.root.resolve()}")
-        seq = previous.get("seq", 0) + 1
-        context.update_cursor(json.dumps({"fingerprint": digest, "seq": seq}))
+        root = run_store.root
+        if not root.is_dir():
+            return SkipReason(f"runs directory {root.resolve()} does not exist yet")
+        cursor = json.loads(context.cursor) if context.cursor else {}
+        reason, full = _why_sync(root, Path(catalog_duckdb.database), cursor, time.time())
+        if reason is None:
+            context.update_cursor(json.dumps(cursor))
+            return SkipReason(f"the catalog is up to date with the journal of {root.resolve()}")
+        if context.instance.get_run_records(RunsFilter(job_name=catalog_sync_job.name, statuses=_IN_FLIGHT), limit=1):
+            return SkipReason(f"a catalog sync is queued or running ({reason})")
+        cursor["seq"] = cursor.get("seq", 0) + 1
+        context.update_cursor(json.dumps(cursor))
+        end = Journal(root).end()
+        context.log.info(f"requesting a {'full' if full else 'catalog'} sync: {reason}")
         return RunRequest(
-            run_key=f"catalog-sync-{seq}-{digest[:16]}",
-            tags={"quantlab/terminal_runs": str(count)},
+            run_key=f"catalog-sync-{cursor['seq']}-{end or 'nojournal'}",
+            tags={FULL_SYNC_TAG: "full" if full else "incremental"},
         )
 
     return catalog_sync_sensor

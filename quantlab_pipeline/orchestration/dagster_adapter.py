@@ -10,13 +10,17 @@ import contextlib
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 # The SQLite event log storage with every run's events in one database. Public as a dagster.yaml
 # `module:`/`class:` pair, not as an import; subclassed below to keep its connection open.
+from dagster import AssetKey
 from dagster._core.storage.event_log import ConsolidatedSqliteEventLogStorage
-from sqlalchemy import create_engine
+
+# Its tables, for what Dagster's SQL storages leave unimplemented (`wipe_asset_partitions`).
+from dagster._core.storage.event_log.schema import AssetEventTagsTable, SqlEventLogStorageTable
+from sqlalchemy import create_engine, select
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import QueuePool
 
@@ -46,6 +50,8 @@ class KeptConnectionSqliteEventLogStorage(ConsolidatedSqliteEventLogStorage):
       engine is kept referenced but unused: closing an inherited SQLite connection is unsafe).
     - New databases are created with `auto_vacuum = INCREMENTAL`, so deleting runs
       (`quantlab runs delete`) can give the space back (`reclaim_space`).
+    - Dagster's SQL storages cannot wipe an asset's partitions (`NotImplementedError`); this one
+      can, for the runless `run_spec` materializations a deleted run leaves (docs/lifecycle.md).
     """
 
     def __init__(self, base_dir: str, inst_data: Any = None):
@@ -90,6 +96,17 @@ class KeptConnectionSqliteEventLogStorage(ConsolidatedSqliteEventLogStorage):
         super().store_event(event)
         with contextlib.suppress(FileNotFoundError):
             os.utime(self.get_db_path())
+
+    def wipe_asset_partitions(self, asset_key: AssetKey, partition_keys: Sequence[str]) -> None:
+        """Remove the partitions' events of `asset_key` and their tags; a run's own events go with
+        the run (`delete_run`)."""
+        table = SqlEventLogStorageTable
+        where = (table.c.asset_key == asset_key.to_string()) & table.c.partition.in_(list(partition_keys))
+        with self.index_connection() as conn:
+            ids = [row[0] for row in conn.execute(select(table.c.id).where(where))]
+            if ids:
+                conn.execute(AssetEventTagsTable.delete().where(AssetEventTagsTable.c.event_id.in_(ids)))
+            conn.execute(table.delete().where(where))
 
     def reclaim_space(self) -> None:
         """Give the pages of deleted runs back to the file system (`PRAGMA incremental_vacuum`)."""

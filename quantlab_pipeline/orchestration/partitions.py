@@ -51,6 +51,12 @@ def run_month_keys(spec: RunSpec) -> list[str]:
     return [month_run_key(spec, month) for month in spec.months()]
 
 
+def partition_keys_of(spec: RunSpec) -> list[tuple[str, str]]:
+    """The stored partition keys of a run, as `(partitions definition name, key)`: what deleting
+    the run removes from the instance (orchestration/retention.py)."""
+    return [(RUN_MONTH_PARTITIONS_NAME, key) for key in run_month_keys(spec)]
+
+
 def split_month_run_key(partition_key: str) -> tuple[str, str]:
     """`(month, run_id)` of a run-month key, both validated before they touch a path."""
     key = str(partition_key)

@@ -33,6 +33,7 @@ from quantlab_pipeline.orchestration.checks import ARTIFACT_CHECKS, DEFAULT_MAX_
 from quantlab_pipeline.orchestration.partitions import split_month_run_key
 from quantlab_pipeline.orchestration.resources import CandleStoreResource, RunStoreResource
 from quantlab_pipeline.storage.artifact_files import LoadedArtifact
+from quantlab_pipeline.storage.faults import fault_point
 from quantlab_pipeline.storage.guards import WriteRefused
 from quantlab_pipeline.storage.run_dir import RunDirectory
 
@@ -122,7 +123,8 @@ def artifact_step(
 
     A month outside the run's window, an artifact the run type does not produce, or a spec that
     changed since the directory was written fails before anything touches disk: a completed run
-    is never reopened by a step that cannot complete it. Otherwise the run is marked running
+    is never reopened by a step that cannot complete it (a month this run left `running` records
+    the refusal as its failure). Otherwise the run is marked running
     (removing `_SUCCESS`, recording this writer), and an exception is recorded in the run
     directory (`status: failed`, errors.parquet, logs/stderr.txt) before it propagates to
     Dagster — an interruption (Ctrl-C, SIGTERM, a run terminated from the UI) as `interrupted`.
@@ -133,9 +135,11 @@ def artifact_step(
     except SpecError as exc:
         raise Failure(description=f"{exc}; nothing was written", allow_retries=False) from None
     run_dir = run_store.directory(month, run_id)
+    fault_point(f"step.{context.asset_key.path[-1]}")  # between steps: no lock held
     try:
         run_dir.begin(spec, artifact=context.asset_key.path[-1], phase=phase, dagster_run_id=context.run_id)
     except WriteRefused as exc:
+        run_dir.record_failure(spec, phase=phase, exc=exc, dagster_run_id=context.run_id)
         raise Failure(description=str(exc), allow_retries=False) from None
     step = ArtifactStep(context, phase, month, run_id)
     try:

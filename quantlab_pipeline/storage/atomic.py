@@ -57,7 +57,7 @@ def _umask_by_setting() -> int:
     return umask
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -93,7 +93,7 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], object]) -> Path
         if isinstance(exc, OSError):
             raise_environment_fault(path, exc)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return path
 
 

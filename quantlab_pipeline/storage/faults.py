@@ -4,8 +4,10 @@ the exact write it wants to cut short.
 
 `QUANTLAB_FAULT=SIGNAL:POINT[#N]` — e.g. `KILL:paths.parquet` (SIGKILL just before
 `truth/paths.parquet` is renamed into place), `TERM:run.json#3` (SIGTERM at the third run.json
-write), `KILL:catalog.sync` (inside a catalog sync, with its lock held). Unset, `fault_point`
-costs one dictionary lookup.
+write), `KILL:catalog.sync` (inside a catalog sync, with its lock held), `STOP:step.paths` (a
+backtest stopped before its paths step, holding no lock), `STOP:archive.locked` (an archive
+stopped holding its month's lock, before it looks for live runs), `KILL:journal` (at a journal
+append, its lock held). Unset, `fault_point` costs one dictionary lookup.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """The refusals a run directory makes before it is touched (README "What a run writes").
 
-Each is a `WriteRefused`: not a failure of the run, so nothing is recorded for it — a completed
-run stays completed, and a removed directory is not recreated to hold one artifact alone.
+Each is a `WriteRefused`, raised before anything is written: a completed run stays completed, and
+a removed directory is not recreated to hold one artifact alone. A refusal that stops a month its
+own process left `running` is recorded as that month's failure (`RunDirectory.record_failure`).
 """
 
 from __future__ import annotations
@@ -11,12 +12,17 @@ from typing import Any
 
 from quantlab_pipeline.core.errors import SpecError
 from quantlab_pipeline.core.spec import RunSpec
-from quantlab_pipeline.storage.layout import ARCHIVING_MARKER, artifact_applies
+from quantlab_pipeline.storage.layout import artifact_applies
 from quantlab_pipeline.storage.specs import spec_sha256
 
 
 class WriteRefused(SpecError):
-    """A write refused before the run directory was touched."""
+    """A write refused before the run directory was touched. `stops_month` is False for a request
+    the run type never makes (the month's own steps still finish it), so it is never recorded."""
+
+    def __init__(self, message: str, *, stops_month: bool = True):
+        super().__init__(message)
+        self.stops_month = stops_month
 
 
 def check_artifact_applies(spec: RunSpec, artifact: str, month: str | None = None) -> None:
@@ -26,7 +32,8 @@ def check_artifact_applies(spec: RunSpec, artifact: str, month: str | None = Non
         where = f" {month}" if month else ""
         raise WriteRefused(
             f"{artifact}: run {spec.run_id} is a {spec.run_type} run and has no {artifact}; "
-            f"run directory{where} left untouched"
+            f"run directory{where} left untouched",
+            stops_month=False,
         )
 
 
@@ -55,10 +62,3 @@ def raise_directory_gone(path: Path, artifact: str, inputs: dict[str, str]) -> N
         f"{path}: {artifact} was computed from {', '.join(sorted(inputs))} read from this run "
         "directory, which has since been removed (archived?); nothing was written"
     )
-
-
-def check_not_archiving(month_dir: Path, run_id: str) -> None:
-    """Refuse to write into a month `catalog-archive` is taking away: the write would be lost
-    with the directory, or recreate a lone artifact after it."""
-    if (month_dir / ARCHIVING_MARKER).exists():
-        raise WriteRefused(f"{month_dir.name} is being archived; run {run_id} cannot write into it now")

@@ -123,11 +123,14 @@ def lock_path(runs_dir: str | Path, month: str, run_id: str) -> Path:
     return Path(runs_dir) / LOCKS_DIR / f"{validate_month(month)}_{validate_run_id(run_id)}.lock"
 
 
+def month_lock_path(runs_dir: str | Path, month: str) -> Path:
+    """`runs/_locks/<month>.lock`: writers of the month hold it shared while they write, an
+    archive or a delete of the month exclusively (kept: one file per month)."""
+    return Path(runs_dir) / LOCKS_DIR / f"{validate_month(month)}.lock"
+
+
 def artifact_applies(run_type: str, artifact: str) -> bool:
     return artifact in APPLICABLE_ARTIFACTS.get(run_type, frozenset())
-
-
-ARCHIVING_MARKER = ".archiving"  # in a month directory while `catalog-archive` takes it away
 
 
 def is_temp_file(name: str) -> bool:

@@ -98,13 +98,10 @@ def steps_to_finish(run_dir: RunDirectory, spec: RunSpec | None = None) -> tuple
     return tuple(a for a in required if a in todo)
 
 
-def running_in_month(runs_dir: str | Path, month: str) -> list[MonthStatus]:
-    """The run directories of `month` whose writer is alive: what archiving the month must not
-    remove (README "Archiving a month")."""
-    statuses = [
-        month_status(RunDirectory(runs_dir, m, run_id)) for m, run_id, _ in iter_run_dirs(runs_dir) if m == month
-    ]
-    return [status for status in statuses if status.state == "running"]
+def month_statuses(runs_dir: str | Path, month: str) -> list[MonthStatus]:
+    """Where every run directory of `month` stands: archiving the month must not remove a live
+    one, nor, unless asked, an interrupted one `runs resume` would finish (docs/catalog.md)."""
+    return [month_status(RunDirectory(runs_dir, m, run_id)) for m, run_id, _ in iter_run_dirs(runs_dir) if m == month]
 
 
 def ensure_runs_dir(path: str | Path) -> Path:

@@ -14,6 +14,7 @@ sha256 of the spec it was written from (`spec_sha256`): a changed spec is refuse
 
 from __future__ import annotations
 
+import shutil
 import time
 import traceback as tb
 from collections.abc import Iterable
@@ -37,11 +38,11 @@ from quantlab_pipeline.storage.errors_file import error_rows, read_error_rows, w
 from quantlab_pipeline.storage.guards import (
     WriteRefused,
     check_artifact_applies,
-    check_not_archiving,
     check_spec,
     raise_directory_gone,
     recorded_spec_sha256,
 )
+from quantlab_pipeline.storage.journal import Change, Journal
 from quantlab_pipeline.storage.layout import (
     ARTIFACT_INPUTS,
     ARTIFACT_PATHS,
@@ -54,6 +55,7 @@ from quantlab_pipeline.storage.layout import (
     STDOUT_LOG,
     SUCCESS_MARKER,
     lock_path,
+    month_lock_path,
     required_artifacts,
     run_dir_path,
     spec_path,
@@ -62,7 +64,7 @@ from quantlab_pipeline.storage.layout import (
 from quantlab_pipeline.storage.manifest import InvalidJSONFile, read_json_object
 from quantlab_pipeline.storage.run_creation import package_version
 from quantlab_pipeline.storage.specs import spec_sha256
-from quantlab_pipeline.storage.writer import RunLock, is_current_writer, writer_gone, writer_record
+from quantlab_pipeline.storage.writer import MonthLock, RunLock, is_current_writer, writer_gone, writer_record
 
 
 @dataclass(frozen=True)
@@ -88,7 +90,8 @@ class RunDirectory:
         self.month = validate_month(month)
         self.run_id = validate_run_id(run_id)
         self.path = run_dir_path(self.runs_dir, month, run_id)
-        self.lock = RunLock(lock_path(self.runs_dir, month, run_id))
+        self.lock = RunLock(lock_path(self.runs_dir, month, run_id), MonthLock(month_lock_path(self.runs_dir, month)))
+        self.journal = Journal(self.runs_dir)
 
     # -- reading ---------------------------------------------------------------------------------
 
@@ -214,13 +217,15 @@ class RunDirectory:
 
         `reason="interrupted"` records a run stopped by a signal or Ctrl-C (README "When a run is
         interrupted"); `quantlab runs status` shows such a month as `interrupted`. A
-        `WriteRefused` touched nothing and is not recorded.
+        `WriteRefused` touched nothing; it is recorded only when it stops a month this process
+        is writing (left `running`, the month would look interrupted, its reason lost), never
+        into a month another writer owns, a terminal month or a directory that is gone.
         """
-        if isinstance(exc, WriteRefused):
-            return
         trace = "".join(tb.format_exception(exc))
         message = first_line(exc)
         with self.lock:
+            if isinstance(exc, WriteRefused) and not self._refusal_stops_own_month(exc):
+                return
             manifest = self._load_or_new(spec)
             self._record_failure(
                 manifest,
@@ -231,6 +236,19 @@ class RunDirectory:
                 details={"exception": type(exc).__name__, "traceback": trace},
                 log=trace,
             )
+
+    def _refusal_stops_own_month(self, exc: WriteRefused) -> bool:
+        manifest = self.manifest() if exc.stops_month else None
+        return (
+            manifest is not None and manifest.get("status") == "running" and is_current_writer(manifest.get("writer"))
+        )
+
+    def remove(self, change: Change) -> None:
+        """Delete the directory (`runs delete`), announcing it in the journal first."""
+        with self.lock:
+            if self.path.exists():
+                self.journal.append(self.month, self.run_id, change)
+                shutil.rmtree(self.path)
 
     def append_stdout(self, lines: Iterable[str]) -> None:
         """Append step log lines. Call before the step's `write_artifact`, which may finalize
@@ -355,11 +373,13 @@ class RunDirectory:
         }
 
     def _reopen(self, spec: RunSpec, *, dagster_run_id: str | None, phase: str | None) -> dict[str, Any]:
-        """The manifest of a run being (re)written by this process, its marker removed first."""
-        check_not_archiving(self.path.parent, self.run_id)
+        """The manifest of a run being (re)written by this process, its marker removed first (a
+        terminal month leaving the catalog is announced in the journal before)."""
         manifest = self._load_or_new(spec)
         check_spec(manifest, spec, spec_path(self.runs_dir, self.run_id), self.month)
         self._clean_leftovers()
+        if manifest.get("status") in ("completed", "failed") or (self.path / SUCCESS_MARKER).exists():
+            self.journal.append(self.month, self.run_id, "reopened")
         self._unmark()
         writer = writer_record(dagster_run_id, phase, previous=manifest.get("writer"))
         manifest.update(status="running", completed_at=None, writer=writer, spec_sha256=spec_sha256(spec))
@@ -378,6 +398,7 @@ class RunDirectory:
         details: dict[str, Any],
         log: str | None,
     ) -> None:
+        self.journal.append(self.month, self.run_id, "failed")
         self._unmark()
         self._ensure_logs()
         manifest["status"] = "failed"
@@ -410,6 +431,7 @@ class RunDirectory:
     def _finalize_if_complete(self, manifest: dict[str, Any]) -> bool:
         if not self.completion(manifest).complete:
             return False
+        self.journal.append(self.month, self.run_id, "completed")
         completed_at = utc_now_iso()
         manifest["status"] = "completed"
         manifest["completed_at"] = completed_at

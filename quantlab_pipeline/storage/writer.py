@@ -13,6 +13,9 @@ import fcntl
 import os
 import socket
 import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeGuard
 
@@ -130,8 +133,70 @@ def writer_gone(writer: dict[str, Any] | None, *, now: dt.datetime | None = None
     return None
 
 
+class MonthLock:
+    """The lock of one month directory: its writers hold it shared while they write, whoever
+    removes run directories from the month (`catalog-archive`) holds it exclusively. A write then
+    waits for an archive to decide instead of failing, and an archive never removes a directory
+    half-way through a write (docs/catalog.md "Archiving a month"). The file is kept: one per month.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def acquire_shared(self) -> int:
+        """The descriptor holding the lock shared (close it to release); waits for an exclusive holder."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    @contextmanager
+    def exclusive(self, timeout: float) -> Iterator[bool]:
+        """Hold the lock exclusively if that is possible within `timeout` seconds; yields whether it is held."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        yield False
+                        return
+                    time.sleep(0.05)
+            yield True
+        finally:
+            os.close(fd)
+
+    def held_exclusively(self) -> bool:
+        """Whether someone removes run directories from the month right now."""
+        return _flock_busy(self.path)
+
+
+def _flock_busy(path: Path) -> bool:
+    """Whether another descriptor holds an exclusive flock on `path` (a shared probe fails)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
 class RunLock:
-    """An exclusive lock on one run directory, shared by processes (flock) and threads (RLock).
+    """An exclusive lock on one run directory, shared by processes (flock) and threads (RLock);
+    with its `month` lock, that month's lock held shared too, taken after the run's own.
 
     The lock file exists only while the lock is held: the holder unlinks it before releasing, so
     `runs/_locks/` does not grow by one file per run-month. A waiter that wakes on an unlinked file
@@ -139,20 +204,25 @@ class RunLock:
     Re-entrant within a thread.
     """
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, month: MonthLock | None = None):
         self.path = path
+        self.month = month
         self._thread_lock = threading.RLock()
         self._depth = 0
-        self._fd: int | None = None
+        self._fds: list[int] = []
 
     def __enter__(self) -> RunLock:
         self._thread_lock.acquire()
         try:
             if self._depth == 0:
                 try:
-                    self._fd = self._acquire()
-                except OSError as exc:
-                    raise_environment_fault(self.path, exc)
+                    self._fds.append(self._acquire())
+                    if self.month is not None:
+                        self._fds.append(self.month.acquire_shared())
+                except BaseException as exc:
+                    self._release()
+                    if isinstance(exc, OSError):
+                        raise_environment_fault(self.path, exc)
                     raise
             self._depth += 1
         except BaseException:
@@ -163,14 +233,22 @@ class RunLock:
     def __exit__(self, *exc: object) -> None:
         try:
             self._depth -= 1
-            if self._depth == 0 and self._fd is not None:
-                fd, self._fd = self._fd, None
-                try:
-                    self.path.unlink(missing_ok=True)
-                finally:
-                    os.close(fd)  # closing the last descriptor releases the flock
+            if self._depth == 0:
+                self._release()
         finally:
             self._thread_lock.release()
+
+    def _release(self) -> None:
+        """Month lock first, then the run's: its file is unlinked while still held."""
+        fds, self._fds = self._fds, []
+        try:
+            for fd in fds[1:]:
+                os.close(fd)
+            if fds:
+                self.path.unlink(missing_ok=True)
+        finally:
+            if fds:
+                os.close(fds[0])  # closing the last descriptor releases the flock
 
     def _acquire(self) -> int:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -192,14 +270,4 @@ class RunLock:
 
     def held_elsewhere(self) -> bool:
         """Whether another process holds the lock right now (a live writer on this host)."""
-        try:
-            fd = os.open(self.path, os.O_RDONLY)
-        except FileNotFoundError:
-            return False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        finally:
-            os.close(fd)
-        return False
+        return _flock_busy(self.path)

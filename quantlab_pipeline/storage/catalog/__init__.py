@@ -5,7 +5,8 @@
 - `connection` — opening with retries, read-only readers, transactions
 - `validation` — reading and validating one run directory
 - `fingerprint` — the sensor's stat-only view of the terminal directories
-- `sync` — planning and applying a reconciling sync
+- `progress` — the journal position and digest a sync leaves for the next one and the sensor
+- `sync` — planning and applying a reconciling sync (incremental or full)
 - `query` — filters and queries
 - `archive` — archiving a month
 """
@@ -13,6 +14,7 @@
 from quantlab_pipeline.storage.catalog.archive import ArchiveReport, archive_month
 from quantlab_pipeline.storage.catalog.connection import READ_TIMEOUT_S, WRITE_TIMEOUT_S
 from quantlab_pipeline.storage.catalog.fingerprint import terminal_fingerprint
+from quantlab_pipeline.storage.catalog.progress import SyncMark, read_mark
 from quantlab_pipeline.storage.catalog.query import (
     CatalogStats,
     RunFilter,
@@ -47,12 +49,14 @@ __all__ = [
     "Rejection",
     "RunFilter",
     "RunKey",
+    "SyncMark",
     "SyncReport",
     "archive_month",
     "catalog_stats",
     "get_artifact_path",
     "query_artifacts",
     "query_runs",
+    "read_mark",
     "rejected_runs",
     "sync_catalog",
     "terminal_fingerprint",

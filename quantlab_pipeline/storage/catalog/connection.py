@@ -16,7 +16,7 @@ from pathlib import Path
 
 import duckdb
 
-from quantlab_pipeline.core.errors import QuantlabError, first_line
+from quantlab_pipeline.core.errors import EnvironmentFault, QuantlabError, first_line
 from quantlab_pipeline.storage.catalog.schema import check_schema_version, has_catalog_tables
 
 READ_TIMEOUT_S = 20.0  # a reader waits this long for a sync's write phase
@@ -25,6 +25,8 @@ READ_TIMEOUT_S = 20.0  # a reader waits this long for a sync's write phase
 WRITE_TIMEOUT_S = 15.0
 
 _LOCK_CONFLICTS = ("Could not set lock", "different configuration")
+# DuckDB's messages carry the OS error's text: these are the machine's fault, not the input's (exit 1).
+_ENVIRONMENT_FAULTS = ("No space left on device", "Disk quota exceeded", "Read-only file system", "Permission denied")
 _HOLDER_RE = re.compile(r"held in (.+?) \(PID (\d+)\)")
 
 Connect = Callable[[], AbstractContextManager[duckdb.DuckDBPyConnection]]
@@ -36,6 +38,13 @@ def _holder(exc: BaseException) -> str:
     return f"{found[1]} (PID {found[2]})" if found else "another process"
 
 
+def catalog_error(path: Path, exc: BaseException, doing: str) -> QuantlabError:
+    """One line naming the catalog; an `EnvironmentFault` for a full disk, a quota, a read-only
+    file system or a denied permission."""
+    kind = EnvironmentFault if any(fault in str(exc) for fault in _ENVIRONMENT_FAULTS) else QuantlabError
+    return kind(f"catalog {path}: cannot {doing}: {first_line(exc)}")
+
+
 def open_catalog(path: Path, *, read_only: bool, timeout: float) -> duckdb.DuckDBPyConnection:
     """Open the catalog, retrying (jittered exponential backoff) while another process holds it."""
     deadline = time.monotonic() + timeout
@@ -45,7 +54,7 @@ def open_catalog(path: Path, *, read_only: bool, timeout: float) -> duckdb.DuckD
             return duckdb.connect(str(path), read_only=read_only)
         except (duckdb.IOException, duckdb.ConnectionException) as exc:
             if not any(marker in str(exc) for marker in _LOCK_CONFLICTS):
-                raise QuantlabError(f"catalog {path}: cannot open: {first_line(exc)}") from None
+                raise catalog_error(path, exc, "open") from None
             if time.monotonic() + delay > deadline:
                 if read_only:
                     raise QuantlabError(
@@ -67,7 +76,10 @@ def writer(path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
     try:
         yield conn
     finally:
-        conn.close()
+        try:
+            conn.close()  # checkpoints: a full disk may show only here
+        except duckdb.Error as exc:
+            raise catalog_error(path, exc, "write") from None
 
 
 @contextmanager
@@ -88,11 +100,15 @@ def reader(catalog_path: str | Path, timeout: float) -> Iterator[duckdb.DuckDBPy
 
 @contextmanager
 def session(connect: Connect) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A connection from `connect`, closed by it (`writer` reports a close that fails); closed
+    here too when the body raises, whose error is the one to report."""
     with connect() as conn:
         try:
             yield conn
-        finally:
-            conn.close()  # `DuckDBResource.get_connection` does not close when the body raises
+        except BaseException:
+            with suppress(duckdb.Error):
+                conn.close()
+            raise
 
 
 @contextmanager
@@ -111,5 +127,5 @@ def transaction(conn: duckdb.DuckDBPyConnection, path: Path) -> Iterator[None]:
         with suppress(duckdb.Error):  # already rolled back by DuckDB: the error to report is `exc`
             conn.execute("ROLLBACK")
         if isinstance(exc, duckdb.Error):
-            raise QuantlabError(f"catalog {path}: cannot write: {first_line(exc)}") from exc
+            raise catalog_error(path, exc, "write") from exc
         raise

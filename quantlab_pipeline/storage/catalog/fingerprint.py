@@ -1,5 +1,10 @@
-"""What the catalog sensor compares between ticks: a stat per terminal run directory, no hashing
-and no database (README "The catalog sensor (instead of cron)")."""
+"""What the catalog sensor compares: a stat per terminal run directory, no hashing of files and no
+database (docs/catalog.md "The sensor").
+
+The digest is the XOR of one hash per directory, so the catalog keeps the same digest of what it
+holds up to date with each change (storage/catalog/progress.py) and the sensor's safety net can
+compare the two without either side reading everything twice.
+"""
 
 from __future__ import annotations
 
@@ -24,17 +29,24 @@ def dir_fingerprint(run_dir: Path) -> str:
     return f"{_stat_token(run_dir / MANIFEST)}|{_stat_token(run_dir / SUCCESS_MARKER)}"
 
 
+def entry_hash(month: str, run_id: str, fingerprint: str) -> int:
+    """One directory's share of a digest: 128 bits of the sha256 of `month/run_id:fingerprint`."""
+    return int.from_bytes(hashlib.sha256(f"{month}/{run_id}:{fingerprint}".encode()).digest()[:16], "big")
+
+
+def hex_digest(value: int) -> str:
+    return f"{value:032x}"
+
+
 def terminal_fingerprint(runs_dir: str | Path) -> tuple[str, int]:
-    """`(digest, count)` of the terminal run directories, for the sensor. A directory counts when
-    it has `_SUCCESS`, or a run.json that says `failed` (or that is unreadable: the sync rejects
-    it); its entry is the stat of both files, so a new, rewritten, unmarked or removed run
-    changes the digest."""
-    digest, count = hashlib.sha256(), 0
+    """`(digest, count)` of the terminal run directories. A directory counts when it has
+    `_SUCCESS`, or a run.json that says `failed` (or that is unreadable: the sync rejects it);
+    its entry is the stat of both files, so a new, rewritten, unmarked or removed run changes the
+    digest. After a sync with nothing in flight it equals the catalog's digest of its runs and
+    rejections."""
+    digest, count = 0, 0
     for month, run_id, run_dir in iter_run_dirs(runs_dir):
-        state: object
-        if (run_dir / SUCCESS_MARKER).exists():
-            state = "marked"
-        else:
+        if not (run_dir / SUCCESS_MARKER).exists():
             try:
                 state = read_json_object(run_dir / MANIFEST)[1].get("status")
             except FileNotFoundError:
@@ -43,6 +55,6 @@ def terminal_fingerprint(runs_dir: str | Path) -> tuple[str, int]:
                 state = "invalid"
             if state in MANIFEST_STATUSES and state != "failed":
                 continue
-        digest.update(f"{month}/{run_id}:{state}:{dir_fingerprint(run_dir)}\n".encode())
+        digest ^= entry_hash(month, run_id, dir_fingerprint(run_dir))
         count += 1
-    return digest.hexdigest(), count
+    return hex_digest(digest), count
