@@ -128,3 +128,14 @@ def test_storage_does_not_reach_the_dagster_layer_or_the_cli():
 def test_no_module_is_too_long_to_read():
     long = {name: n for name, path in MODULES.items() if (n := len(path.read_text().splitlines())) > MAX_LINES}
     assert long == {}
+
+
+def test_the_report_builds_figures_and_the_backtest_never_imports_it():
+    """`report/` builds matplotlib figures and a page from frames: no renderer of its own (no Pillow),
+    no file I/O, under `MAX_LINES` in all; only the `quantlab report` command imports it, so no
+    backtest step draws (docs/reports.md)."""
+    report = [name for name in MODULES if name.startswith("quantlab_pipeline.report")]
+    assert sum(len(MODULES[name].read_text().splitlines()) for name in report) < MAX_LINES
+    assert {n: m for n in report for m in IMPORTS[n] if _is(m, ("PIL", *IO_MODULES, *DAGSTER))} == {}
+    importers = {n for n in MODULES for m in IMPORTS[n] if _is(m, ("quantlab_pipeline.report",)) and n not in report}
+    assert importers == {"quantlab_pipeline.cli.report"}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import shutil
+from pathlib import Path
 
 import polars as pl
 import pytest
@@ -17,6 +18,7 @@ from quantlab_pipeline.orchestration.launch import create_run
 from quantlab_pipeline.orchestration.month_runs import materialize_month
 from quantlab_pipeline.orchestration.partitions import RUN_MONTH_PARTITIONS_NAME, month_run_key, run_month_keys
 from quantlab_pipeline.orchestration.settings import Settings
+from quantlab_pipeline.storage.layout import report_path
 from quantlab_pipeline.storage.run_creation import create_run_spec
 from quantlab_pipeline.storage.run_dir import RunDirectory
 from quantlab_pipeline.storage.specs import read_spec
@@ -108,6 +110,16 @@ def test_policy_month_completes_with_four_artifacts(sample_db, runs_dir, dagster
     assert row["calls_processed"] + row["calls_excluded"] == source_rows
     assert row["trades_count"] == trades.height
     assert row["median_return_bps"] == pytest.approx(trades.get_column("realized_return_bps").median())
+    assert_report_linked(dagster_instance, "summary", runs_dir, spec.run_id)
+
+
+def assert_report_linked(instance, asset: str, runs_dir, run_id: str) -> None:
+    """The materialization names the run's HTML report and its command, and carries no picture (docs/reports.md)."""
+    metadata = instance.get_latest_materialization_event(AssetKey(asset)).asset_materialization.metadata
+    assert metadata["report"].value == str(report_path(runs_dir, run_id).resolve())
+    assert metadata["report_command"].value == f"quantlab report {run_id} --runs-dir {Path(runs_dir).resolve()}"
+    text = repr({k: v.value for k, v in metadata.items()})
+    assert "data:image" not in text and "<svg" not in text
 
 
 def test_month_outside_the_window_fails_and_writes_nothing(defs, sample_db, runs_dir, dagster_instance):
@@ -256,6 +268,7 @@ def test_optimization_month_completes_with_a_ranked_frontier(sample_db, runs_dir
     callers = pl.read_parquet(rd.path / "truth/paths.parquet").get_column("caller_name").n_unique()
     assert frontier.height == 4 * (1 + callers)
     assert result.headline["frontier"]["policies"] == 4
+    assert_report_linked(dagster_instance, "frontier", runs_dir, spec.run_id)
 
 
 def test_a_month_streamed_in_parts_writes_the_same_artifacts(defs, sample_db, runs_dir, dagster_instance):

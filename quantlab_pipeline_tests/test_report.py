@@ -1,4 +1,5 @@
-"""`quantlab report` and the chart builders: numbers in titles, run loading, the CLI, and Chromium.
+"""`quantlab report` and its charts: numbers in titles, readable axes, deterministic offline SVG,
+run loading, the CLI, and Chromium.
 
 The hand-made run below has numbers chosen so every title can be checked by hand:
 
@@ -12,10 +13,11 @@ The hand-made run below has numbers chosen so every title can be checked by hand
 
 from __future__ import annotations
 
-import base64
-import io
+import json
 import re
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -23,21 +25,15 @@ from typing import Any
 import numpy as np
 import polars as pl
 import pytest
-from PIL import Image
 
 from quantlab_pipeline.core.errors import QuantlabError, SpecError
 from quantlab_pipeline.core.spec import RunSpec
 from quantlab_pipeline.core.sweep_spec import Constraints
-from quantlab_pipeline.report import (
-    build_sections,
-    charts,
-    draw,
-    frontier_chart_markdown,
-    layout,
-    load_run,
-    render_html,
-    summary_charts_markdown,
-)
+from quantlab_pipeline.orchestration.headlines import frontier_headline, report_link, summary_headline
+from quantlab_pipeline.report import charts
+from quantlab_pipeline.report.html import FRONTIER_TOP, build_sections, render_html
+from quantlab_pipeline.storage.layout import report_path
+from quantlab_pipeline.storage.run_contents import load_run
 from quantlab_pipeline.storage.run_dir import RunDirectory
 from quantlab_pipeline.storage.specs import write_spec
 from quantlab_pipeline_tests.browser import Browser, chromium_or_skip
@@ -107,8 +103,11 @@ def frontier_frame() -> pl.DataFrame:
             "run_id": [RUN_ID] * 5,
             "caller_name": [None, None, None, None, "a"],
             "policy_id": ["p1", "p2", "p3", "p4", "p1"],
+            "policy_params": [f'{{"kind":"fixed_stop","stop_loss_bps":{s}}}' for s in (100, 200, 300, 400, 100)],
             "meets_constraints": [True, False, True, False, True],
+            "objective_score": [100.0, 300.0, -100.0, -500.0, 900.0],
             "median_return_bps": [100.0, 300.0, -100.0, -500.0, 900.0],
+            "stop_out_rate": [0.25, 0.5, 0.25, 0.75, 0.0],
             "p95_mae_bps": [-2000.0, -4000.0, -1000.0, -5000.0, -100.0],
             "trades_count": [4, 4, 4, 4, 2],
             "pareto": [True, True, True, False, True],
@@ -118,12 +117,20 @@ def frontier_frame() -> pl.DataFrame:
     )
 
 
+def trade_charts(trades: pl.DataFrame) -> list[charts.Chart]:
+    return [charts.return_distribution(trades), charts.exit_reasons(trades), charts.mae_vs_return(trades)]
+
+
+def truth_charts(paths: pl.DataFrame) -> list[charts.Chart]:
+    return [charts.callers(paths), charts.time_to_2x(paths)]
+
+
 # -- chart builders -------------------------------------------------------------------------------
 
 
 def test_every_chart_states_its_numbers_in_its_title():
     trades, paths = trades_frame(), paths_frame()
-    titles = {c.key: c.title for c in [*charts.trade_charts(trades), *charts.truth_charts(paths)]}
+    titles = {c.key: c.title for c in [*trade_charts(trades), *truth_charts(paths)]}
     assert list(titles) == TRADE_CHARTS + TRUTH_CHARTS
     assert "4 trades, median 400 bps, mean 825 bps, win rate 50.0%" in titles["returns"]
     assert "4 trades, stop-out rate 50.0%" in titles["exit_reasons"]
@@ -138,51 +145,66 @@ def test_every_chart_states_its_numbers_in_its_title():
 
 def test_chart_text_and_axes_carry_units():
     svg = charts.return_distribution(trades_frame()).svg("t")
-    assert svg.startswith("<svg ") and 'aria-label="Realized return per trade' in svg
-    assert "bps of entry, net of fees and slippage" in svg  # fonts as text: labels are searchable
+    assert svg.startswith('<svg role="img" aria-label="Realized return per trade — 4 trades')
+    assert "bps of entry, net of fees and slippage" in svg  # text as text: labels are searchable
     assert "hours from entry" in charts.time_to_2x(paths_frame()).svg("t")
     front = charts.frontier(frontier_frame(), Constraints(min_p95_mae_bps=-3000.0)).svg("t")
     assert "feasible region: p95 MAE ≥ -3,000 bps" in front and "Pareto front (3)" in front
 
 
-def test_a_heavy_tail_is_not_drawn_but_counted():
-    trades = pl.concat([trades_frame()] * 30).with_columns(
-        pl.Series("realized_return_bps", [-500.0] * 119 + [400_000.0])
-    )
-    chart = charts.return_distribution(trades)
-    assert "1 trade beyond the 1st–99th percentile not drawn (min -500 bps, max 400,000 bps)" in chart.svg("t")
+def heavy_tailed_returns(n: int = 2_000, seed: int = 3) -> np.ndarray:
+    """A month like the reference one: a bulk around -580 bps (stops, fees) spread ±1,500 bps, and 3 %
+    of 10x-70x winners (the mean far above the median)."""
+    rng = np.random.default_rng(seed)
+    returns = rng.normal(-580.0, 600.0, n)
+    winners = rng.random(n) < 0.03
+    returns[winners] = rng.uniform(100_000.0, 706_668.0, int(winners.sum()))
+    return returns
+
+
+def test_a_heavy_tail_leaves_the_bulk_of_the_trades_spread_over_several_bars():
+    returns = heavy_tailed_returns()
+    assert returns.mean() > 5_000 and abs(np.median(returns) + 580) < 100  # skewed like the reference month
+    counts, _ = np.histogram(returns, bins=charts.return_bins(returns))
+    # Equal widths over the whole range would put ~97 % of the trades in one bar; here the
+    # busiest bar holds under a quarter and 8 bars hold at least 2 % of the trades each.
+    linear, _ = np.histogram(returns, bins=counts.size)
+    assert linear.max() / returns.size > 0.95
+    assert counts.max() / returns.size < 0.25 and (counts >= 0.02 * returns.size).sum() >= 8
+    assert counts.sum() == returns.size  # every trade drawn, the winners included
+    # The axis says it is logarithmic past ±1,000 bps, and the winners are counted.
+    trades = pl.concat([trades_frame()] * 500).with_columns(pl.Series("realized_return_bps", returns))
+    svg = charts.return_distribution(trades).svg("t")
+    doubled = int((returns >= 10_000).sum())
+    assert "logarithmic beyond ±1,000" in svg and ">100,000<" in svg
+    assert f"{doubled} trades ≥ 10,000 bps (2×), max {returns.max():,.0f} bps" in svg
+
+
+def test_returns_within_the_usual_range_keep_a_linear_axis():
+    returns = np.array([-500.0, 1000.0, 3000.0, -200.0])
+    edges = charts.return_bins(returns)
+    assert edges[0] == -500.0 and edges[-1] == 3000.0 and np.allclose(np.diff(edges), 350.0)
+    assert "logarithmic" not in charts.return_distribution(trades_frame()).svg("t")
 
 
 def test_empty_inputs_still_give_every_chart():
     trades, paths = trades_frame().clear(), paths_frame().clear()
-    built = [*charts.trade_charts(trades), *charts.truth_charts(paths), charts.frontier(frontier_frame().clear())]
+    built = [*trade_charts(trades), *truth_charts(paths), charts.frontier(frontier_frame().clear())]
     assert [c.key for c in built] == [*TRADE_CHARTS, *TRUTH_CHARTS, "frontier"]
     assert "0 trades, median —" in built[0].title
     assert "no trades" in built[0].svg("t") and "no calls" in built[3].svg("t")
     assert "0 policies, 0 feasible, 0 on the Pareto front; no feasible policy" in built[-1].title
 
 
-def test_svg_is_reproducible_and_its_ids_are_prefixed():
+def test_svg_is_reproducible_machine_independent_and_its_ids_are_prefixed():
     a = charts.mae_vs_return(trades_frame()).svg("one")
-    assert a == charts.mae_vs_return(trades_frame()).svg("one")
+    assert a == charts.mae_vs_return(trades_frame()).svg("one")  # matplotlib's id salt is fixed
+    assert "<metadata" not in a and "dc:date" not in a and "matplotlib.org" not in a
+    families = set(re.findall(r"font-family: ([^;\"]+)", a))
+    assert families == {"'DejaVu Sans', sans-serif"}  # what to draw with where DejaVu Sans is missing
     ids = re.findall(r'\bid="([^"]+)"', a)
     refs = re.findall(r'(?:url\(#|href="#)([^")]+)', a)
     assert ids and refs and all(i.startswith("one-") for i in ids + refs) and set(refs) <= set(ids)
-
-
-def _images(markdown: str) -> list[tuple[str, bytes]]:
-    found = re.findall(r"!\[(.*?)\]\(data:image/png;base64,([A-Za-z0-9+/=]+)\)", markdown)
-    return [(alt, base64.b64decode(data)) for alt, data in found]
-
-
-def test_dagster_markdown_embeds_small_pngs_with_titles_as_alt_text():
-    images = _images(summary_charts_markdown(trades_frame(), paths_frame()))
-    assert len(images) == 5
-    assert images[0][0].startswith("Realized return per trade — 4 trades, median 400 bps")
-    for _, png in images:
-        assert png.startswith(b"\x89PNG\r\n\x1a\n") and 2_000 < len(png) < 60_000
-    (alt, png), *rest = _images(frontier_chart_markdown(frontier_frame(), Constraints()))
-    assert not rest and "best feasible: p1" in alt and len(png) < 60_000
 
 
 def big_month(n: int = 20_000, seed: int = 7) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -218,54 +240,95 @@ def big_month(n: int = 20_000, seed: int = 7) -> tuple[pl.DataFrame, pl.DataFram
     return trades, paths
 
 
-def test_summary_charts_of_a_big_month_are_cheap():
-    """The summary step draws these on every backtest month: tens of ms, not the ~0.45 s matplotlib took."""
+def test_a_big_month_draws_its_cloud_as_one_bitmap_and_its_busiest_callers():
     trades, paths = big_month()
-    summary_charts_markdown(trades, paths)  # fonts loaded once per process
-    started = time.process_time()
-    markdown = summary_charts_markdown(trades, paths)
-    assert time.process_time() - started < 0.25
-    images = _images(markdown)
-    assert len(images) == 5 and images[3][0].startswith(
-        "2x hit rate and peak multiple by caller — 25 callers, 20000 calls"
-    )
-    assert sum(len(png) for _, png in images) < 80_000
-
-
-def test_png_is_the_scene_at_one_pixel_per_point_with_both_groups_of_dots():
-    trades, _ = big_month()
-    chart = charts.mae_vs_return(trades)
-    image = Image.open(io.BytesIO(chart.png())).convert("RGB")
-    assert image.size == (540, round(3.8 * 72))
-    colours = {c for _, c in image.getcolors(maxcolors=256) or []}
-    # Opaque-ish cores of the blue and red dots (alpha 0.6 over white, and darker where they overlap).
-    assert any(b > r + 60 for r, g, b in colours) and any(r > b + 60 for r, g, b in colours)
-    svg = chart.svg("m")
-    assert "logarithmic beyond ±1,000" in svg and "100,000" in svg  # the symlog axis and its decades
-
-
-def test_many_dots_are_one_bitmap_in_the_svg_and_few_are_circles():
-    trades, _ = big_month(n=charts.RASTERIZE_ABOVE + 500)
-    many = charts.mae_vs_return(trades).svg("m")
-    # Besides the legend's two sample dots:
-    assert many.count("<image ") == 1 and many.count("<circle") == 2
+    svg = charts.mae_vs_return(trades).svg("m")
+    assert svg.count("<image ") == 1 and 'xlink:href="data:image/png;base64,' in svg
+    assert "logarithmic beyond ±1,000" in svg and ">100,000<" in svg  # the symlog axis and its decades
+    assert len(svg) < 400_000
     few = charts.mae_vs_return(trades_frame()).svg("f")
-    assert "<image " not in few and few.count("<circle") == 4 + 2
+    assert "<image " not in few
+    callers = charts.callers(paths)
+    assert callers.title.startswith("2x hit rate and peak multiple by caller — 25 callers, 20000 calls")
+    assert "top 20 of 25 callers by calls" in callers.svg("c")
 
 
-def test_translucent_dots_compose_like_matplotlib_markers():
-    box = (0.0, 0.0, 10.0, 10.0)
-    one = draw.PointCloud(((np.array([5.5]), np.array([5.5]), "#d62728"),), 3.0, 0.6, box, 0)
-    two = draw.PointCloud(((np.array([5.5, 5.5]), np.array([5.5, 5.5]), "#d62728"),), 3.0, 0.6, box, 0)
-    assert draw.raster_points(one, 1)[5, 5].tolist() == [0xD6, 0x27, 0x28, round(0.6 * 255)]
-    assert draw.raster_points(two, 1)[5, 5, 3] == round((1 - 0.4**2) * 255)
-    assert draw.raster_points(one, 1)[0, 0, 3] == 0  # far from the dot: transparent
+def big_frontier(n: int, seed: int = 11) -> pl.DataFrame:
+    """`n` policies of the all-callers group, a quarter feasible, ranked by median return."""
+    rng = np.random.default_rng(seed)
+    mae = rng.uniform(-6_000.0, -200.0, n)
+    median = -300.0 + 0.1 * mae + rng.normal(0.0, 300.0, n)
+    order = np.argsort(-median)
+    rank = np.empty(n, dtype=np.int64)
+    rank[order] = np.arange(1, n + 1)
+    return pl.DataFrame(
+        {
+            "caller_name": pl.Series([None] * n, dtype=pl.String),
+            "policy_id": [f"p{i}" for i in range(n)],
+            "policy_params": [f'{{"kind":"fixed_stop","stop_loss_bps":{i}}}' for i in range(n)],
+            "meets_constraints": (mae >= -3_000.0) & (rng.random(n) < 0.5),
+            "objective_score": median,
+            "median_return_bps": median,
+            "stop_out_rate": rng.random(n),
+            "p95_mae_bps": mae,
+            "trades_count": np.full(n, 100),
+            "pareto": rank <= 5,
+            "rank": rank,
+        }
+    )
 
 
-def test_ticks_are_round_numbers_with_thousands_separators():
-    ticks = layout.nice_ticks(-2_300.0, 10_500.0, 7)
-    assert [label for _, label in ticks] == ["−2,000", "0", "2,000", "4,000", "6,000", "8,000", "10,000"]
-    assert [label for _, label in layout.nice_ticks(0.0, 1.1, 5)] == ["0.00", "0.25", "0.50", "0.75", "1.00"]
+def test_a_frontier_of_10000_policies_stays_readable():
+    chart = charts.frontier(big_frontier(10_000), Constraints())
+    assert "10000 policies" in chart.title and "5 on the Pareto front" in chart.title
+    svg = chart.svg("f")
+    # The policies are one bitmap (the Pareto front, axes and text stay vector), the legend says what is what.
+    assert svg.count("<image ") == 1 and len(svg) < 600_000
+    assert "infeasible (" in svg and "Pareto front (5)" in svg
+
+
+def test_the_frontier_table_lists_the_top_policies_only(tmp_path):
+    runs = tmp_path / "runs"
+    spec = write_spec(runs, make_spec("optimization", window_to="2024-01-31"))
+    write_month(
+        runs, spec, "2024-01", {"alerts": alerts_frame(), "paths": paths_frame(), "frontier": big_frontier(500)}
+    )
+    run = load_run(runs, RUN_ID)
+    (section,) = build_sections(run)
+    assert [row[0] for row in section.top_policies] == [str(r) for r in range(1, FRONTIER_TOP + 1)]
+    page = render_html(run, [section])
+    assert f"The {FRONTIER_TOP} best ranked of 500 policies (all callers)" in page
+    assert (
+        page.count("<tr><td>") == FRONTIER_TOP and '<td class="policy">{&quot;kind&quot;:&quot;fixed_stop&quot;' in page
+    )
+
+
+# -- what the materializations carry instead of pictures ------------------------------------------
+
+
+def test_summary_and_frontier_metadata_link_the_report_and_hold_no_image(tmp_path):
+    link = report_link(tmp_path / "runs", RUN_ID)
+    assert link["report"].value == str(report_path(tmp_path / "runs", RUN_ID).resolve())
+    assert link["report"].value.endswith(f"/runs/reports/{RUN_ID}.html")
+    assert link["report_command"].value == f"quantlab report {RUN_ID} --runs-dir {tmp_path / 'runs'}"
+    assert report_link("runs", RUN_ID)["report_command"].value == f"quantlab report {RUN_ID}"
+    row = {
+        "trades_count": 4,
+        "avg_return_bps": 825.0,
+        "median_return_bps": 400.0,
+        "p25_return_bps": -275.0,
+        "p75_return_bps": 1500.0,
+        "stop_out_rate": 0.5,
+        "win_rate": 0.5,
+        "calls_processed": 4,
+        "calls_excluded": 0,
+        "median_tail_capture": 0.7,
+    }
+    for metadata in (summary_headline(row, link), frontier_headline(big_frontier(500), link)):
+        assert metadata["report"] is link["report"] and metadata["report_command"] is link["report_command"]
+        text = repr({k: getattr(v, "value", v) for k, v in metadata.items()})
+        assert "data:image" not in text and "<svg" not in text and len(text) < 3_000
+    assert len(metadata["headline"].value.splitlines()) == 2 + 10  # header, rule, the 10 best policies
 
 
 # -- a run on disk --------------------------------------------------------------------------------
@@ -340,6 +403,20 @@ def test_policy_report_covers_the_window_and_each_month_and_says_what_is_incompl
     assert page == render_html(run, build_sections(run))
 
 
+def test_a_month_whose_writer_is_gone_is_reported_as_runs_status_says(policy_run):
+    manifest_path = policy_run / "2024-02" / f"run_id={RUN_ID}" / "run.json"
+    manifest = json.loads(manifest_path.read_text())
+    del manifest["writer"]
+    manifest_path.write_text(json.dumps(manifest))
+    run = load_run(policy_run, RUN_ID)
+    assert (run.months[1].status, run.months[1].note) == (
+        "interrupted",
+        "interrupted; no writer recorded; missing trades, summary",
+    )
+    page = render_html(run, build_sections(run))
+    assert "Incomplete month 2024-02</strong>: interrupted; no writer recorded; missing trades, summary" in page
+
+
 def test_optimization_report_has_the_frontier_and_no_trade_charts(optimization_run):
     run = load_run(optimization_run, RUN_ID)
     page = render_html(run, build_sections(run))
@@ -368,8 +445,17 @@ def test_bad_run_id_unknown_run_and_no_completed_month_are_user_errors(tmp_path,
     with pytest.raises(QuantlabError, match=f"run {other}: no such run"):
         load_run(policy_run, other)
     shutil.rmtree(policy_run / "2024-01")
-    with pytest.raises(QuantlabError, match=r"no completed month .*2024-01: no run directory; 2024-02: running"):
+    with pytest.raises(QuantlabError, match=r"no completed month .*2024-01: not started; 2024-02: running; missing"):
         load_run(policy_run, RUN_ID)
+
+
+@pytest.mark.slow
+def test_a_backtest_month_never_imports_matplotlib():
+    """Charts are drawn by `quantlab report` only: loading the definitions (what runs a month) leaves
+    matplotlib unimported, so it costs a backtest neither its import nor its drawing."""
+    code = "import sys, quantlab_pipeline.definitions; print('matplotlib' in sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "False", proc.stderr
 
 
 # -- headless Chromium ----------------------------------------------------------------------------
@@ -461,6 +547,7 @@ def real_policy_run(tmp_path_factory, sample_db) -> tuple[Path, str]:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     match = re.search(r"run_id\S*:?\s+([0-9a-f-]{36})", proc.stdout)
     assert match, proc.stdout
+    assert f"Charts: quantlab report {match.group(1)}\n" in proc.stdout  # drawn on demand, not in the backtest
     return workdir, match.group(1)
 
 
@@ -476,6 +563,11 @@ def test_cli_report_writes_the_page_and_fails_in_one_line(real_policy_run):
     out = workdir / "elsewhere" / "r.html"
     proc = run_cli(["report", run_id, "--out", str(out), "--runs-dir", "runs"], cwd=workdir)
     assert proc.returncode == 0 and out.read_text() == page.read_text()
+
+    # Killed just before the new page is renamed into place: the previous page is still whole.
+    before = page.read_bytes()
+    proc = run_cli(["report", run_id], cwd=workdir, env_extra={"QUANTLAB_FAULT": f"KILL:{run_id}.html"})
+    assert proc.returncode != 0 and page.read_bytes() == before
 
     for args, needle in (
         (["report", "not-a-uuid"], "run_id: expected a lowercase UUID4"),

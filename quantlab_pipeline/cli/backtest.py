@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 import click
+from rich.markup import escape
 
 from quantlab_pipeline.cli.console import console, err_console, user_errors
 from quantlab_pipeline.cli.months import MonthPlan, default_parallel, finish, run_months
@@ -26,6 +27,7 @@ from quantlab_pipeline.core.spec_builder import (
     DEFAULT_SLIPPAGE_BPS,
     SpecRequest,
 )
+from quantlab_pipeline.storage.layout import report_command
 
 
 def _run_options(fn: Callable) -> Callable:
@@ -230,6 +232,8 @@ def _backtest(run_type: str, opts: dict[str, Any]) -> None:
         finish(spec, results)
     finally:  # after the headline table, also when a month did not complete
         print_walk_forward(spec, results, runs_dir=opts["runs_dir"])
+        if any(r.status == "completed" for r in results):  # charts are drawn on demand (docs/reports.md)
+            console.print(f"Charts: [bold]{escape(report_command(opts['runs_dir'], spec.run_id))}[/bold]")
 
 
 def _launch_options(fn: Callable) -> Callable:

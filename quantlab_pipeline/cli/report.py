@@ -1,4 +1,4 @@
-"""`quantlab report RUN_ID`: one self-contained HTML page of a run's charts (README "Reports")."""
+"""`quantlab report RUN_ID`: one self-contained HTML page of a run's charts (docs/reports.md)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ from quantlab_pipeline.cli.console import console, ok, user_errors
 from quantlab_pipeline.cli.options import runs_dir_option
 from quantlab_pipeline.core.spec import validate_run_id
 from quantlab_pipeline.storage.atomic import atomic_write_bytes
-
-REPORTS_DIR = "reports"
+from quantlab_pipeline.storage.layout import report_path
 
 
 @click.command("report")
@@ -28,11 +27,12 @@ def report(run_id: str, out: Path | None, runs_dir: str) -> None:
     """Write an offline HTML report of RUN_ID: its whole window and each month."""
     validate_run_id(run_id)
     # matplotlib loads only for this command, not for every `quantlab` invocation.
-    from quantlab_pipeline.report import build_sections, load_run, render_html
+    from quantlab_pipeline.report.html import build_sections, render_html
+    from quantlab_pipeline.storage.run_contents import load_run
 
     run = load_run(runs_dir, run_id)
     sections = build_sections(run)
-    path = out if out is not None else Path(runs_dir) / REPORTS_DIR / f"{run_id}.html"
+    path = out if out is not None else report_path(runs_dir, run_id)
     atomic_write_bytes(path, render_html(run, sections).encode("utf-8"))
     for month in run.incomplete:
         console.print(f"[yellow]![/yellow] {month.month} is incomplete ({month.note}): included as far as it exists")

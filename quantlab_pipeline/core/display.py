@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import polars as pl
+
 MISSING = "—"
 
 
@@ -16,6 +18,21 @@ def pct(rate: float | None, digits: int = 1) -> str:
 def bps(value: float | None) -> str:
     """Basis points rounded to whole ones, thousands separated: -580.0000000000005 → `-580`."""
     return MISSING if value is None else f"{value:,.0f}"
+
+
+def bps_text(value: float | None) -> str:
+    """`bps` with its unit, for titles and report tables: `-580 bps`."""
+    return MISSING if value is None else f"{bps(value)} bps"
+
+
+def multiple(value: float | None) -> str:
+    """A multiple of entry price: 2.0 → `2.00×`."""
+    return MISSING if value is None else f"{value:.2f}×"
+
+
+def hours(value: float | None) -> str:
+    """Hours to one decimal: 32.66 → `32.7 h`."""
+    return MISSING if value is None else f"{value:.1f} h"
 
 
 def num(value: Any) -> str:
@@ -35,3 +52,36 @@ def percent(value: float | None) -> str:
 
 
 FORMATS: dict[str, Callable[[Any], str]] = {"pct": pct, "percent": percent, "bps": bps, "num": num, "str": num}
+
+
+FRONTIER_COLUMNS = (
+    "rank",
+    "policy",
+    "feasible",
+    "objective",
+    "median bps",
+    "p95 MAE bps",
+    "stop-out",
+    "trades",
+    "pareto",
+)
+
+
+def frontier_rows(frame: pl.DataFrame, top: int) -> list[tuple[str, ...]]:
+    """The `top` best-ranked policies of a frontier's all-callers group (`caller_name` null), one
+    tuple of `FRONTIER_COLUMNS` each: the Dagster headline and the HTML report list the same rows."""
+    overall = frame.filter(pl.col("caller_name").is_null()).sort("rank").head(top)
+    return [
+        (
+            str(r["rank"]),
+            r["policy_params"],
+            "yes" if r["meets_constraints"] else "no",
+            bps(r["objective_score"]),
+            bps(r["median_return_bps"]),
+            bps(r["p95_mae_bps"]),
+            pct(r["stop_out_rate"]),
+            num(r["trades_count"]),
+            "yes" if r["pareto"] else "",
+        )
+        for r in overall.iter_rows(named=True)
+    ]

@@ -9,7 +9,11 @@ average, median and rate is null — never a fake 0.
 
 from __future__ import annotations
 
+from typing import Any
+
 import polars as pl
+
+from quantlab_pipeline.core.durations import UNIT_MS
 
 SUMMARY_SCHEMA = pl.Schema(
     {
@@ -57,6 +61,24 @@ def metric_exprs(*names: str) -> list[pl.Expr]:
         "median_tail_capture": tail.median(),
     }
     return [exprs[name].alias(name) for name in names]
+
+
+def trade_stats(trades: pl.DataFrame) -> dict[str, Any]:
+    """Count, average/median return, win and stop-out rate, p95 MAE of `trades`: what a report states."""
+    names = ("trades_count", "avg_return_bps", "median_return_bps", "win_rate", "stop_out_rate", "p95_mae_bps")
+    return trades.select(metric_exprs(*names)).row(0, named=True)
+
+
+def truth_stats(paths: pl.DataFrame) -> dict[str, Any]:
+    """Calls with an entry, how many reached 2x and their share, median peak multiple, median hours to 2x."""
+    hit_hours = (pl.col("t_2x_ms") - pl.col("entry_ts_ms")).filter(pl.col("hit_2x")) / UNIT_MS["h"]
+    return paths.select(
+        pl.len().alias("calls"),
+        pl.col("hit_2x").sum().alias("hits_2x"),
+        pl.col("hit_2x").cast(pl.Float64).mean().alias("hit_rate_2x"),
+        pl.col("peak_multiple").median().alias("median_peak_multiple"),
+        hit_hours.median().alias("median_hours_to_2x"),
+    ).row(0, named=True)
 
 
 def summarize_trades(

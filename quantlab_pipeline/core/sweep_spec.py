@@ -22,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from quantlab_pipeline.core.durations import parse_duration_ms
+from quantlab_pipeline.core import display
+from quantlab_pipeline.core.durations import UNIT_MS, parse_duration_ms
 from quantlab_pipeline.core.errors import SpecError
 from quantlab_pipeline.core.policy_spec import Policy, parse_policy, policy_id_of
 
@@ -99,6 +100,16 @@ class Constraints:
     max_stop_out_rate: float | None = 0.3
     min_p95_mae_bps: float | None = -3000.0
     max_avg_time_exposed_ms: int | None = 48 * 3_600_000
+
+    def describe(self) -> str:
+        """The constraints as a reader states them: `stop-out ≤ 30.0%, p95 MAE ≥ -3,000 bps, avg exposure ≤ 48.0 h`."""
+        exposure = None if self.max_avg_time_exposed_ms is None else self.max_avg_time_exposed_ms / UNIT_MS["h"]
+        parts = [
+            f"stop-out ≤ {display.pct(self.max_stop_out_rate)}" if self.max_stop_out_rate is not None else "",
+            f"p95 MAE ≥ {display.bps_text(self.min_p95_mae_bps)}" if self.min_p95_mae_bps is not None else "",
+            f"avg exposure ≤ {display.hours(exposure)}" if exposure is not None else "",
+        ]
+        return ", ".join(p for p in parts if p) or "no constraints"
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,7 @@ from quantlab_pipeline.orchestration.checks import ARTIFACT_CHECKS, ExclusionCon
 from quantlab_pipeline.orchestration.headlines import (
     frontier_headline,
     paths_headline,
+    report_link,
     summary_headline,
     trades_headline,
 )
@@ -61,7 +62,6 @@ from quantlab_pipeline.orchestration.partitions import (
 )
 from quantlab_pipeline.orchestration.resources import CandleStoreResource, RunStoreResource
 from quantlab_pipeline.orchestration.steps import ArtifactOutput, ArtifactStep, checked_step
-from quantlab_pipeline.report.markdown import frontier_chart_markdown, summary_charts_markdown
 from quantlab_pipeline.sources.alerts import check_alerts_source, read_alerts
 from quantlab_pipeline.sources.candles import check_candles_source
 from quantlab_pipeline.storage.artifact_files import LoadedArtifact
@@ -390,8 +390,8 @@ def summary(
             f"{row['trades_count']} trades, median return {display.bps(row['median_return_bps'])} bps, "
             f"stop-out {display.pct(row['stop_out_rate'])}, win rate {display.pct(row['win_rate'])}"
         )
-        charts = summary_charts_markdown(trades.frame, paths.frame)
-        return step.output(frame, inputs=(alerts, paths, trades), headline=summary_headline(row, charts))
+        headline = summary_headline(row, report_link(run_store.runs_dir, run_spec.run_id))
+        return step.output(frame, inputs=(alerts, paths, trades), headline=headline)
 
     yield from checked_step(
         context,
@@ -425,7 +425,7 @@ def frontier(
             horizon_ms=run_spec.horizon_ms,
             execution=run_spec.execution,
         )
-        headline = frontier_headline(frame, frontier_chart_markdown(frame, sweep.constraints))
+        headline = frontier_headline(frame, report_link(run_store.runs_dir, run_spec.run_id))
         step.log(
             f"{headline['policies']} policies, {headline['feasible_policies']} meet the constraints; "
             f"best {headline.get('best_policy', 'n/a')} (score {display.bps(headline.get('best_objective_score'))})"

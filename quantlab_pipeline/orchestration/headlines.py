@@ -1,17 +1,22 @@
 """The headline numbers each materialization carries, as a researcher reads them: rates as
-percentages, returns in whole-ish bps, and a Markdown table on `summary` and `frontier`.
+percentages, returns in whole-ish bps, and a Markdown table on `summary` and `frontier`, with
+where the run's HTML report goes and the command that writes it (docs/reports.md).
 
-The CLI's closing table reads the same keys, so the terminal and the UI always agree.
+The CLI's closing table reads the same keys, so the terminal and the UI always agree. No
+pictures: charts belong to the report, off the backtest's path, and every byte here is stored
+in the instance once per run-month.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import polars as pl
 from dagster import MetadataValue
 
 from quantlab_pipeline.core import display
+from quantlab_pipeline.storage.layout import report_command, report_path
 
 
 def percent(rate: float | None) -> float | None:
@@ -59,7 +64,15 @@ def trades_headline(frame: pl.DataFrame) -> dict[str, Any]:
     }
 
 
-def summary_headline(row: dict[str, Any], charts_markdown: str) -> dict[str, Any]:
+def report_link(runs_dir: str | Path, run_id: str) -> dict[str, Any]:
+    """Where the run's HTML report is (or goes: `quantlab report` writes it) and how to write it."""
+    return {
+        "report": MetadataValue.path(str(report_path(runs_dir, run_id).resolve())),
+        "report_command": MetadataValue.text(report_command(runs_dir, run_id)),
+    }
+
+
+def summary_headline(row: dict[str, Any], report: dict[str, Any]) -> dict[str, Any]:
     headline = {
         "trades_count": row["trades_count"],
         "avg_return_bps": rounded_bps(row["avg_return_bps"]),
@@ -93,13 +106,13 @@ def summary_headline(row: dict[str, Any], charts_markdown: str) -> dict[str, Any
             )
         ],
     )
-    return {**headline, "headline": MetadataValue.md(f"{table}\n\n{charts_markdown}")}
+    return {**headline, "headline": MetadataValue.md(table), **report}
 
 
 FRONTIER_TOP = 10  # policies listed in the frontier's Markdown table
 
 
-def frontier_headline(frame: pl.DataFrame, charts_markdown: str) -> dict[str, Any]:
+def frontier_headline(frame: pl.DataFrame, report: dict[str, Any]) -> dict[str, Any]:
     overall = frame.filter(pl.col("caller_name").is_null()).sort("rank")
     headline: dict[str, Any] = {
         "policies": overall.height,
@@ -112,24 +125,8 @@ def frontier_headline(frame: pl.DataFrame, charts_markdown: str) -> dict[str, An
             best_policy=best["policy_params"],
             best_objective_score=rounded_bps(best["objective_score"]),
         )
-    table = _table(
-        ("rank", "policy", "feasible", "objective", "median bps", "p95 MAE bps", "stop-out", "trades", "pareto"),
-        [
-            (
-                r["rank"],
-                f"`{r['policy_params']}`",
-                "yes" if r["meets_constraints"] else "no",
-                display.bps(r["objective_score"]),
-                display.bps(r["median_return_bps"]),
-                display.bps(r["p95_mae_bps"]),
-                display.pct(r["stop_out_rate"]),
-                display.num(r["trades_count"]),
-                "yes" if r["pareto"] else "",
-            )
-            for r in overall.head(FRONTIER_TOP).iter_rows(named=True)
-        ],
-    )
-    return {**headline, "headline": MetadataValue.md(f"{table}\n\n{charts_markdown}")}
+    rows = [(rank, f"`{policy}`", *rest) for rank, policy, *rest in display.frontier_rows(frame, FRONTIER_TOP)]
+    return {**headline, "headline": MetadataValue.md(_table(display.FRONTIER_COLUMNS, rows)), **report}
 
 
 def features_headline(frame: pl.DataFrame) -> dict[str, Any]:

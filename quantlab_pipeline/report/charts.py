@@ -1,443 +1,305 @@
-"""The report's charts, built from artifact frames (drawn by `report.draw`, laid out by `report.layout`).
+"""The report's charts: matplotlib figures of artifact frames, kept as inline SVG text (docs/reports.md).
 
-Each builder returns a `Chart` whose title states the numbers the picture shows, so a reader (and
-a test) can check it without reading pixels. An empty input still gives a chart, with "no trades"
-or "no calls" on its axes, so every section of a report has the same charts. Aggregates reuse
-`core.summary.metric_exprs`, the definitions behind `results/summary.parquet` (README "What a
-run writes"), so a chart's median is the summary's median.
+Each title states the numbers its chart shows (the summary's: `core.summary`), so a reader and a
+test can check them without reading pixels; an empty input still gives the chart, saying so. No
+pyplot: each `Figure` is drawn once by the SVG backend (Agg rasterizes big point clouds inside it)
+and belongs to no figure manager, so nothing stays open once its builder returns.
 """
 
 from __future__ import annotations
 
-import base64
+import functools
+import html
+import io
 import math
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ParamSpec
 
+import matplotlib
 import numpy as np
 import polars as pl
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_svg import FigureCanvasSVG
+from matplotlib.collections import PathCollection
+from matplotlib.figure import Figure
+from matplotlib.scale import SymmetricalLogTransform
+from matplotlib.ticker import FixedLocator, NullLocator, StrMethodFormatter
 
-from quantlab_pipeline.core import display
-from quantlab_pipeline.core.summary import metric_exprs
+from quantlab_pipeline.core.display import bps_text, hours, multiple, pct
+from quantlab_pipeline.core.durations import UNIT_MS
+from quantlab_pipeline.core.summary import trade_stats, truth_stats
 from quantlab_pipeline.core.sweep_spec import Constraints
-from quantlab_pipeline.report.draw import (
-    DASHED,
-    DOTTED,
-    PAD,
-    Box,
-    Line,
-    Markers,
-    PointCloud,
-    Scene,
-    blend,
-    line_height,
-)
-from quantlab_pipeline.report.layout import (
-    GREY,
-    Axes,
-    Handle,
-    Scale,
-    bar_label_room,
-    categories,
-    draw_title,
-    fmt_tick,
-    legend_height,
-    linear,
-    place_axes,
-    title_lines,
-)
 
-BLUE, RED, GREEN = "#1f77b4", "#d62728", "#2ca02c"
-# Above this many points a scatter is embedded in the SVG as one bitmap: 20 k vector markers
-# would weigh megabytes and slow the browser, while axes, labels and text stay vector.
-RASTERIZE_ABOVE = 2_000
+BLUE, RED, GREY, GREEN = "#1f77b4", "#d62728", "#8c8c8c", "#2ca02c"
+RASTERIZE_ABOVE = 2_000  # points: a bigger scatter is one bitmap in the SVG (axes and text stay vector)
 TOP_CALLERS = 20
-SYMLOG_ABOVE_BPS = 20_000
+SYMLOG_ABOVE_BPS = 20_000  # a return axis reaching past ±200 % turns logarithmic beyond ±10 %
 SYMLOG_LINEAR_BPS = 1_000
-HOUR_MS = 3_600_000
-WIDTH = 7.5 * 72  # points: 540 px in the PNG, 540 pt in the SVG
-TITLE_GAP = 6.0
-DIAMOND = 5 * math.sqrt(2)  # matplotlib's "D" of markersize 5: a 5-point square turned 45°
+TWO_X_BPS = 10_000
+STYLE: dict[Any, Any] = {
+    # matplotlib's own DejaVu Sans lays text out alike on every machine; the SVG asks for it, then any sans-serif
+    **{"font.family": "sans-serif", "font.sans-serif": ["DejaVu Sans"], "font.size": 9, "axes.titlesize": 8},
+    **{"axes.spines.top": False, "axes.spines.right": False, "axes.grid": True, "grid.alpha": 0.3},
+    **{"legend.frameon": False, "legend.fontsize": 8},
+    "svg.fonttype": "none",  # text stays text: searchable, and a few bytes per label
+    "svg.hashsalt": "quantlab",  # ids as in every other run (matplotlib salts them with a random UUID)
+}
+NO_METADATA = {"Date": None, "Creator": None, "Format": None, "Type": None}
+P = ParamSpec("P")
+_SVG_ID = re.compile(r'(\bid="|url\(#|href="#)([^")]+)')  # an id, and matplotlib's two ways to refer to one
 
 
 @dataclass(frozen=True)
 class Chart:
-    """One picture: `key` names the kind (stable across sections), `title` states its numbers."""
+    """One picture: `key` names the kind (the same in every section), `title` states its numbers."""
 
     key: str
     title: str
-    scene: Scene
+    svg_text: str
 
     def svg(self, prefix: str) -> str:
-        """The chart as an inline `<svg>` element (text as text, so it is searchable); every id
-        inside starts with `prefix`, since one HTML page holds many charts."""
-        return self.scene.svg(prefix, self.title)
-
-    def png(self) -> bytes:
-        """A small palette PNG, ~5–40 KB: a chart is flat colours."""
-        return self.scene.png()
-
-    def png_data_uri(self) -> str:
-        return "data:image/png;base64," + base64.b64encode(self.png()).decode("ascii")
+        """The `<svg>` element with every id prefixed: one HTML page holds many charts."""
+        return _SVG_ID.sub(lambda m: f"{m.group(1)}{prefix}-{m.group(2)}", self.svg_text)
 
 
-# -- number formats used in titles and labels -----------------------------------------------------
+def _chart(builder: Callable[P, tuple[str, str, Figure]]) -> Callable[P, Chart]:
+    """Build the figure and draw it under `STYLE` (artists read it when created, the SVG backend when drawing)."""
+
+    @functools.wraps(builder)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> Chart:
+        with matplotlib.rc_context(STYLE):
+            key, title, fig = builder(*args, **kwargs)
+            fig.suptitle(title, x=0.01, ha="left", fontsize=10, wrap=True)
+            out = io.StringIO()
+            FigureCanvasSVG(fig).print_svg(out, metadata=NO_METADATA)
+        text = out.getvalue()
+        svg = text[text.index("<svg") :].replace("<svg ", f'<svg role="img" aria-label="{html.escape(title)}" ', 1)
+        return Chart(key, title, svg)
+
+    return wrapper
 
 
-def fmt_bps(value: float | None) -> str:
-    return display.MISSING if value is None else f"{display.bps(value)} bps"
+def _axes(height: float, ncols: int = 1) -> tuple[Figure, list[Axes]]:
+    # dpi: the resolution of rasterized point clouds only (the SVG's vectors are in points)
+    fig = Figure(figsize=(7.5, height), layout="constrained", dpi=144)
+    return fig, list(np.atleast_1d(fig.subplots(1, ncols, sharey=ncols > 1)))
 
 
-fmt_pct = display.pct
+def _empty(ax: Axes, message: str) -> None:
+    ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes, color=GREY, fontsize=11)
+    ax.set(xticks=[], yticks=[])
+    ax.grid(False)
 
 
-def fmt_multiple(value: float | None) -> str:
-    return display.MISSING if value is None else f"{value:.2f}×"
-
-
-def fmt_hours(value: float | None) -> str:
-    return display.MISSING if value is None else f"{value:.1f} h"
-
-
-def trade_stats(trades: pl.DataFrame) -> dict[str, Any]:
-    """Count, average/median return, win and stop-out rate, p95 MAE: the summary's definitions."""
-    names = ("trades_count", "avg_return_bps", "median_return_bps", "win_rate", "stop_out_rate", "p95_mae_bps")
-    return trades.select(metric_exprs(*names)).row(0, named=True)
-
-
-def truth_stats(paths: pl.DataFrame) -> dict[str, Any]:
-    """Calls with an entry, their 2x hit rate, median peak multiple and median hours to 2x."""
-    hit_hours = (pl.col("t_2x_ms") - pl.col("entry_ts_ms")).filter(pl.col("hit_2x")) / HOUR_MS
-    return paths.select(
-        pl.len().alias("calls"),
-        pl.col("hit_2x").sum().alias("hits_2x"),
-        pl.col("hit_2x").cast(pl.Float64).mean().alias("hit_rate_2x"),
-        pl.col("peak_multiple").median().alias("median_peak_multiple"),
-        hit_hours.median().alias("median_hours_to_2x"),
-    ).row(0, named=True)
-
-
-def _short(text: str, limit: int = 48) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+def _xy(frame: pl.DataFrame, x: str, y: str) -> tuple[np.ndarray, np.ndarray]:
+    return frame.get_column(x).to_numpy(), frame.get_column(y).to_numpy()
 
 
 def _bins(n: int) -> int:
     return max(10, min(60, math.ceil(math.sqrt(n))))
 
 
-def _titled(title: str, height_in: float) -> tuple[Scene, Box]:
-    """A scene of `height_in` inches with `title` on top; returns it and the region left below."""
-    scene = Scene(WIDTH, height_in * 72)
-    below = draw_title(scene, title_lines(title, WIDTH), PAD)
-    return scene, (PAD, below + TITLE_GAP, WIDTH - PAD, scene.height - PAD)
+def _symlog(ax: Axes, axis: str, returns: np.ndarray) -> str:
+    """Make `ax`'s return axis logarithmic beyond ±1,000 bps if the returns reach past ±`SYMLOG_ABOVE_BPS`,
+    ticks at the decades; what the axis label is to add."""
+    if np.abs(returns).max() <= SYMLOG_ABOVE_BPS:
+        return ""
+    decades = [10**k for k in range(3, math.ceil(math.log10(float(np.abs(returns).max()))) + 1)]
+    getattr(ax, f"set_{axis}scale")("symlog", linthresh=SYMLOG_LINEAR_BPS, linscale=1)
+    along = ax.xaxis if axis == "x" else ax.yaxis
+    along.set_major_locator(FixedLocator([*(-d for d in decades), 0, *decades]))
+    along.set_minor_locator(NullLocator())
+    along.set_major_formatter(StrMethodFormatter("{x:,.0f}"))
+    return f"; logarithmic beyond ±{SYMLOG_LINEAR_BPS:,}"
 
 
-def _empty(scene: Scene, region: Box, message: str, xlabel: str = "", ylabel: str = "") -> None:
-    place_axes(scene, region, Scale(0.0, 1.0), Scale(0.0, 1.0), xlabel=xlabel, ylabel=ylabel, empty=True).empty(message)
+def return_bins(returns: np.ndarray) -> np.ndarray:
+    """Histogram edges for returns: equal widths, or equal widths on the symlog axis when the returns
+    reach past ±`SYMLOG_ABOVE_BPS`, so a few 100x winners leave the bulk spread over many bars."""
+    lo, hi = float(returns.min()), float(returns.max())
+    if max(-lo, hi) <= SYMLOG_ABOVE_BPS:
+        return np.histogram_bin_edges(returns, bins=_bins(returns.size))
+    forward = SymmetricalLogTransform(10, SYMLOG_LINEAR_BPS, 1)
+    start, stop = forward.transform([lo, hi])
+    edges = forward.inverted().transform(np.linspace(start, stop, _bins(returns.size) + 1))
+    edges[[0, -1]] = lo, hi  # exactly: the round trip through the logarithm could leave an extreme out
+    return edges
 
 
-def _histogram(
-    scene: Scene,
-    region: Box,
-    values: np.ndarray,
-    color: str,
-    *,
-    median: float,
-    marks: tuple[float, ...],
-    x_from: float | None,
-    xlabel: str,
-    ylabel: str,
-) -> Axes:
-    """Bars of `values` (sqrt(n) bins, 10–60) and the median as a dashed red line; the x range also
-    covers `marks` (lines the caller draws) and starts at `x_from` when given."""
-    counts, edges = np.histogram(values, bins=_bins(values.size))
-    lo, hi = min(float(edges[0]), *marks), max(float(edges[-1]), *marks)
-    x = linear(lo, hi)
-    if x_from is not None:
-        x = Scale(x_from, x.hi)
-    ax = place_axes(scene, region, x, linear(0.0, float(counts.max()), sticky=(0.0,)), xlabel=xlabel, ylabel=ylabel)
-    ax.hist(counts, edges, color)
-    ax.vline(median, RED, 1.5, DASHED)
-    return ax
-
-
-# -- trades (policy runs) -------------------------------------------------------------------------
-
-
-def return_distribution(trades: pl.DataFrame) -> Chart:
+@_chart
+def return_distribution(trades: pl.DataFrame) -> tuple[str, str, Figure]:
     s = trade_stats(trades)
-    title = (
-        f"Realized return per trade — {trades.height} trades, median {fmt_bps(s['median_return_bps'])}, "
-        f"mean {fmt_bps(s['avg_return_bps'])}, win rate {fmt_pct(s['win_rate'])}"
-    )
-    scene, region = _titled(title, 3.4)
-    labels = {"xlabel": "realized return (bps of entry, net of fees and slippage)", "ylabel": "trades"}
-    if trades.height == 0:
-        _empty(scene, region, "no trades", **labels)
-        return Chart("returns", title, scene)
-    column = trades.get_column("realized_return_bps")
-    returns = column.to_numpy()
-    # A few 10x-100x winners would squeeze every other trade into one bar: draw the 1st-99th
-    # percentile range and say how many trades lie beyond it. (numpy's quantile would import
-    # numpy.ma, ~20 ms, on a backtest's only call.)
-    lo, hi = (column.quantile(q, interpolation="linear") for q in (0.01, 0.99))
-    inside = returns[(returns >= lo) & (returns <= hi)]
     median = s["median_return_bps"]
-    ax = _histogram(scene, region, inside, BLUE, median=median, marks=(0.0, median), x_from=None, **labels)
-    ax.vline(0, GREY)
-    entries: list[tuple[Handle | None, str]] = [(Handle("line", RED, DASHED), f"median {fmt_bps(median)}")]
-    beyond = returns.size - inside.size
-    if beyond:
-        entries.append(
-            (
-                None,
-                f"{beyond} {'trade' if beyond == 1 else 'trades'} beyond the 1st–99th percentile not drawn "
-                f"(min {fmt_bps(float(returns.min()))}, max {fmt_bps(float(returns.max()))})",
-            )
-        )
-    ax.legend(entries, "upper right")
-    return Chart("returns", title, scene)
-
-
-def exit_reasons(trades: pl.DataFrame) -> Chart:
-    s = trade_stats(trades)
-    title = f"Exit reasons — {trades.height} trades, stop-out rate {fmt_pct(s['stop_out_rate'])}"
-    counts = trades.group_by("exit_reason").len().sort(["len", "exit_reason"], descending=[True, False])
-    scene, region = _titled(title, 1.3 + 0.32 * max(counts.height, 2))
+    title = (
+        f"Realized return per trade — {trades.height} trades, median {bps_text(median)}, "
+        f"mean {bps_text(s['avg_return_bps'])}, win rate {pct(s['win_rate'])}"
+    )
+    fig, (ax,) = _axes(3.4)
+    xlabel = "realized return (bps of entry, net of fees and slippage)"
     if trades.height == 0:
-        _empty(scene, region, "no trades", xlabel="trades")
-        return Chart("exit_reasons", title, scene)
-    reasons = [str(r) for r in counts.get_column("exit_reason").to_list()[::-1]]
-    n = counts.get_column("len").to_list()[::-1]
-    labels = [f"{c} ({c / trades.height * 100:.1f}%)" for c in n]
-    x = linear(0.0, float(max(n)), margin=0.15, sticky=(0.0,))
-    room = bar_label_room(n, labels)
-    ax = place_axes(scene, region, x, categories(reasons), xlabel="trades", grid="x", room_right=room)
-    ax.barh(n, BLUE, labels)
-    return Chart("exit_reasons", title, scene)
+        _empty(ax, "no trades")
+    else:
+        returns = trades.get_column("realized_return_bps").to_numpy()
+        ax.hist(returns, bins=return_bins(returns).tolist(), color=BLUE, edgecolor="white", linewidth=0.5)
+        xlabel += _symlog(ax, "x", returns)
+        ax.axvline(0, color=GREY, linewidth=1)
+        ax.axvline(median, color=RED, linestyle="--", label=f"median {bps_text(median)}")
+        if doubled := int((returns >= TWO_X_BPS).sum()):  # their bars are too low to see beside the bulk's
+            trades_2x = f"{doubled} trade{'s' * (doubled > 1)} ≥ {TWO_X_BPS:,} bps (2×)"
+            ax.plot([], [], " ", label=f"{trades_2x}, max {bps_text(returns.max())}")
+        ax.legend(loc="upper right")
+    ax.set(xlabel=xlabel, ylabel="trades")
+    return "returns", title, fig
 
 
-def mae_vs_return(trades: pl.DataFrame) -> Chart:
+@_chart
+def exit_reasons(trades: pl.DataFrame) -> tuple[str, str, Figure]:
+    title = f"Exit reasons — {trades.height} trades, stop-out rate {pct(trade_stats(trades)['stop_out_rate'])}"
+    counts = trades.group_by("exit_reason").len().sort(["len", "exit_reason"], descending=[False, True])
+    fig, (ax,) = _axes(1.3 + 0.32 * max(counts.height, 2))
+    if trades.height == 0:
+        _empty(ax, "no trades")
+    else:  # the most frequent on top
+        n = counts.get_column("len").to_list()
+        bars = ax.barh(counts.get_column("exit_reason").cast(pl.String).to_list(), n, color=BLUE)
+        ax.bar_label(bars, labels=[f"{c} ({c / trades.height * 100:.1f}%)" for c in n], padding=3)
+        ax.margins(x=0.15)
+        ax.grid(axis="y", visible=False)
+    ax.set_xlabel("trades")
+    return "exit_reasons", title, fig
+
+
+@_chart
+def mae_vs_return(trades: pl.DataFrame) -> tuple[str, str, Figure]:
     s = trade_stats(trades)
     title = (
         f"Adverse excursion vs realized return — {trades.height} trades, "
-        f"p95 MAE {fmt_bps(s['p95_mae_bps'])}, median return {fmt_bps(s['median_return_bps'])}"
+        f"p95 MAE {bps_text(s['p95_mae_bps'])}, median return {bps_text(s['median_return_bps'])}"
     )
-    scene, region = _titled(title, 3.8)
-    xlabel = "max adverse excursion (bps of entry; left is worse)"
+    fig, (ax,) = _axes(3.8)
     ylabel = "realized return (bps)"
     if trades.height == 0:
-        _empty(scene, region, "no trades", xlabel=xlabel, ylabel=ylabel)
-        return Chart("mae_vs_return", title, scene)
-    mae = trades.get_column("max_adverse_excursion_bps").to_numpy()
-    ret = trades.get_column("realized_return_bps").to_numpy()
-    p95 = s["p95_mae_bps"]
-    x = linear(min(float(mae.min()), p95), max(float(mae.max()), p95))
-    y_lo, y_hi = min(float(ret.min()), 0.0), max(float(ret.max()), 0.0)
-    biggest = float(np.abs(ret).max())
-    y = linear(y_lo, y_hi)
-    if biggest > SYMLOG_ABOVE_BPS:
-        # Returns are bounded below (-10,000 bps) but not above: keep the losses linear. The
-        # limits stay the linear axis's, so the losses keep room below them.
-        decades = [10.0**k for k in range(3, math.ceil(math.log10(biggest)) + 1)]
-        ticks = tuple((v, fmt_tick(v, 1.0)) for v in [*(-d for d in decades), 0.0, *decades])
-        y = Scale(y.lo, y.hi, fixed=ticks, linthresh=SYMLOG_LINEAR_BPS, linscale=2.0)
-        ylabel += f"; logarithmic beyond ±{SYMLOG_LINEAR_BPS:,}"
-    ax = place_axes(scene, region, x, y, xlabel=xlabel, ylabel=ylabel)
-    stopped = trades.get_column("stop_out").to_numpy().astype(bool)
-    groups, entries = [], []
-    for mask, color, label in ((~stopped, BLUE, "other exits"), (stopped, RED, "stopped out")):
-        if mask.any():
-            groups.append((ax.xs(mae[mask]), ax.ys(ret[mask]), color))
-            entries.append((Handle("marker", blend(color, 0.6), marker_size=4.0), f"{label} ({int(mask.sum())})"))
-    scene.add(PointCloud(tuple(groups), size=math.sqrt(10), alpha=0.6, clip=ax.box, vector_below=RASTERIZE_ABOVE))
-    ax.hline(0, GREY)
-    ax.vline(p95, GREY, 1.5, DOTTED)
-    entries.append((Handle("line", GREY, DOTTED), f"p95 MAE {fmt_bps(p95)}"))
-    xy = (np.concatenate([g[0] for g in groups]), np.concatenate([g[1] for g in groups]))
-    ax.legend(entries, "best", points=xy)
-    return Chart("mae_vs_return", title, scene)
+        _empty(ax, "no trades")
+    else:
+        many = trades.height > RASTERIZE_ABOVE
+        for stopped, color, label in ((False, BLUE, "other exits"), (True, RED, "stopped out")):
+            part = trades.filter(pl.col("stop_out") == stopped)
+            if part.height:
+                x, y = _xy(part, "max_adverse_excursion_bps", "realized_return_bps")
+                label = f"{label} ({part.height})"
+                ax.scatter(x, y, s=10, alpha=0.6, color=color, edgecolors="none", label=label, rasterized=many)
+        ax.axhline(0, color=GREY, linewidth=1)
+        ax.axvline(s["p95_mae_bps"], color=GREY, linestyle=":", label=f"p95 MAE {bps_text(s['p95_mae_bps'])}")
+        ax.legend(loc="best")
+        returns = trades.get_column("realized_return_bps").to_numpy()
+        ylabel += _symlog(ax, "y", returns)
+    ax.set(xlabel="max adverse excursion (bps of entry; left is worse)", ylabel=ylabel)
+    return "mae_vs_return", title, fig
 
 
-# -- truth layer (every run) ----------------------------------------------------------------------
-
-
-def callers(paths: pl.DataFrame, top: int = TOP_CALLERS) -> Chart:
+@_chart
+def callers(paths: pl.DataFrame, top: int = TOP_CALLERS) -> tuple[str, str, Figure]:
     """2x hit rate and median peak multiple (bar: median, whisker: p25–p75) of the busiest callers."""
     t = truth_stats(paths)
+    quartiles = (
+        pl.col("peak_multiple").quantile(q, interpolation="linear").alias(f"p{q:.0%}") for q in (0.25, 0.5, 0.75)
+    )
     by_caller = (
         paths.group_by("caller_name")
-        .agg(
-            pl.len().alias("calls"),
-            pl.col("hit_2x").cast(pl.Float64).mean().alias("hit_rate"),
-            pl.col("peak_multiple").median().alias("median_peak"),
-            pl.col("peak_multiple").quantile(0.25, interpolation="linear").alias("p25"),
-            pl.col("peak_multiple").quantile(0.75, interpolation="linear").alias("p75"),
-        )
+        .agg(pl.len().alias("calls"), pl.col("hit_2x").cast(pl.Float64).mean().alias("hit_rate"), *quartiles)
         .sort(["calls", "caller_name"], descending=[True, False], nulls_last=True)
     )
-    shown = by_caller.head(top)
-    scope = f"top {shown.height} of {by_caller.height} callers by calls" if by_caller.height > top else None
+    shown = by_caller.head(top).reverse()  # the busiest caller on top
     title = (
         f"2x hit rate and peak multiple by caller — {by_caller.height} callers, {t['calls']} calls; "
-        f"overall hit rate {fmt_pct(t['hit_rate_2x'])}, median peak {fmt_multiple(t['median_peak_multiple'])}"
+        f"overall hit rate {pct(t['hit_rate_2x'])}, median peak {multiple(t['median_peak_multiple'])}"
     )
-    scene, (x0, y0, x1, y1) = _titled(title, 1.5 + 0.3 * max(shown.height, 2))
-    if scope:
-        y0 = draw_title(scene, [scope], y0 - TITLE_GAP / 2, size=8, color=GREY) + TITLE_GAP / 2
-    mid = (x0 + x1) / 2
-    left_region, right_region = (x0, y0, mid - 10, y1), (mid + 10, y0, x1, y1)
-    xlabels = ("calls that reached 2× (%)", "peak multiple of entry (×): median, p25–p75")
+    fig, (left, right) = _axes(1.5 + 0.3 * max(shown.height, 2), ncols=2)
     if shown.height == 0:
-        _empty(scene, left_region, "no calls", xlabel=xlabels[0])
-        _empty(scene, right_region, "no calls", xlabel=xlabels[1])
-        return Chart("callers", title, scene)
-    # Busiest caller on top.
-    names = [str(c) for c in shown.get_column("caller_name").to_list()][::-1]
-    rate = shown.get_column("hit_rate").to_numpy()[::-1] * 100
-    n = shown.get_column("calls").to_list()[::-1]
-    labels = [f"{r:.0f}% of {c}" for r, c in zip(rate, n)]
-    left = place_axes(
-        scene,
-        left_region,
-        Scale(0.0, max(100.0, float(rate.max()) * 1.3)),
-        categories(names),
-        xlabel=xlabels[0],
-        grid="x",
-        room_right=bar_label_room(rate.tolist(), labels, size=8),
-    )
-    left.barh(rate.tolist(), BLUE, labels, size=8)
-    median = shown.get_column("median_peak").to_numpy()[::-1]
-    p25 = shown.get_column("p25").to_numpy()[::-1]
-    p75 = shown.get_column("p75").to_numpy()[::-1]
-    x = linear(min(0.0, float(p25.min())), max(float(p75.max()), float(median.max()), 2.0), sticky=(0.0,))
-    right = place_axes(scene, right_region, x, categories(names), xlabel=xlabels[1], grid="x", ytick_labels=False)
-    right.barh(median.tolist(), GREEN)
-    for i, (a, b) in enumerate(zip(p25.tolist(), p75.tolist())):
-        # Whiskers p25–p75 with 2-point caps, as errorbar(capsize=2).
-        ya = right.Y(i)
-        scene.add(Line(((right.X(a), ya), (right.X(b), ya)), GREY, 1.5, clip=right.box))
-        for v in (a, b):
-            scene.add(Line(((right.X(v), ya - 2), (right.X(v), ya + 2)), GREY, 1.0, clip=right.box))
-    right.vline(2.0, RED, 1.0, DASHED)
-    right.legend([(Handle("line", RED, DASHED, width=1.0), "2×")], "lower right")
-    return Chart("callers", title, scene)
+        for ax in (left, right):
+            _empty(ax, "no calls")
+    else:
+        names = shown.get_column("caller_name").cast(pl.String).to_list()
+        rate, n = shown.get_column("hit_rate").to_numpy() * 100, shown.get_column("calls").to_list()
+        bars = left.barh(names, rate, color=BLUE)
+        left.bar_label(bars, labels=[f"{r:.0f}% of {c}" for r, c in zip(rate, n)], padding=3, fontsize=8)
+        left.set_xlim(0, max(100.0, float(rate.max()) * 1.3))
+        p25, p50, p75 = (shown.get_column(c).to_numpy() for c in ("p25%", "p50%", "p75%"))
+        right.barh(names, p50, xerr=[p50 - p25, p75 - p50], color=GREEN, ecolor=GREY, capsize=2)
+        right.axvline(2.0, color=RED, linestyle="--", linewidth=1, label="2×")
+        right.legend(loc="lower right")
+        for ax in (left, right):
+            ax.grid(axis="y", visible=False)
+    if by_caller.height > top:
+        left.set_title(f"top {shown.height} of {by_caller.height} callers by calls", color=GREY)
+    left.set_xlabel("calls that reached 2× (%)")
+    right.set_xlabel("peak multiple of entry (×): median, p25–p75")
+    return "callers", title, fig
 
 
-def time_to_2x(paths: pl.DataFrame) -> Chart:
+@_chart
+def time_to_2x(paths: pl.DataFrame) -> tuple[str, str, Figure]:
     t = truth_stats(paths)
-    title = (
-        f"Time from entry to 2x — {t['hits_2x'] or 0} of {t['calls']} calls ({fmt_pct(t['hit_rate_2x'])}), "
-        f"median {fmt_hours(t['median_hours_to_2x'])}"
-    )
-    hours = (
-        paths.filter(pl.col("hit_2x"))
-        .select((pl.col("t_2x_ms") - pl.col("entry_ts_ms")) / HOUR_MS)
-        .to_series()
-        .to_numpy()
-    )
-    scene, region = _titled(title, 3.2)
-    labels = {"xlabel": "hours from entry to the first candle reaching 2× entry", "ylabel": "calls"}
-    if hours.size == 0:
-        _empty(scene, region, "no call reached 2×", **labels)
-        return Chart("time_to_2x", title, scene)
     median = t["median_hours_to_2x"]
-    ax = _histogram(scene, region, hours, GREEN, median=median, marks=(median,), x_from=0.0, **labels)
-    ax.legend([(Handle("line", RED, DASHED), f"median {fmt_hours(median)}")], "upper right")
-    return Chart("time_to_2x", title, scene)
+    title = (
+        f"Time from entry to 2x — {t['hits_2x'] or 0} of {t['calls']} calls ({pct(t['hit_rate_2x'])}), "
+        f"median {hours(median)}"
+    )
+    elapsed = (pl.col("t_2x_ms") - pl.col("entry_ts_ms")) / UNIT_MS["h"]
+    hit_hours = paths.filter(pl.col("hit_2x")).select(elapsed).to_series().to_numpy()
+    fig, (ax,) = _axes(3.2)
+    if hit_hours.size == 0:
+        _empty(ax, "no call reached 2×")
+    else:
+        ax.hist(hit_hours, bins=_bins(hit_hours.size), color=GREEN, edgecolor="white", linewidth=0.5)
+        ax.axvline(median, color=RED, linestyle="--", label=f"median {hours(median)}")
+        ax.legend(loc="upper right")
+        ax.set_xlim(left=0)
+    ax.set(xlabel="hours from entry to the first candle reaching 2× entry", ylabel="calls")
+    return "time_to_2x", title, fig
 
 
-# -- frontier (optimization runs) -----------------------------------------------------------------
-
-
-def _constraint_text(c: Constraints) -> str:
-    parts = []
-    if c.max_stop_out_rate is not None:
-        parts.append(f"stop-out ≤ {fmt_pct(c.max_stop_out_rate)}")
-    if c.min_p95_mae_bps is not None:
-        parts.append(f"p95 MAE ≥ {fmt_bps(c.min_p95_mae_bps)}")
-    if c.max_avg_time_exposed_ms is not None:
-        parts.append(f"avg exposure ≤ {fmt_hours(c.max_avg_time_exposed_ms / HOUR_MS)}")
-    return ", ".join(parts) or "no constraints"
-
-
-def frontier(frame: pl.DataFrame, constraints: Constraints | None = None) -> Chart:
-    """Median return vs p95 MAE of every policy of the all-callers group (`caller_name` null).
-
-    Up and right is better on both axes, as in the frontier's Pareto definition. Feasible
-    policies (`meets_constraints`) are filled; the Pareto front is joined by a line; the
-    constraint on p95 MAE, the only one expressible in this plane, is shaded when known.
-    """
+@_chart
+def frontier(frame: pl.DataFrame, constraints: Constraints | None = None) -> tuple[str, str, Figure]:
+    """Median return vs p95 MAE of the all-callers group's policies: up and right is better on both, as for
+    the Pareto front. The p95 MAE constraint is the only one this plane can shade. Dots shrink and fade as
+    policies grow, so 10,000 of them still show where they crowd."""
     group = frame.filter(pl.col("caller_name").is_null())
     plotted = group.filter(pl.col("median_return_bps").is_not_null() & pl.col("p95_mae_bps").is_not_null())
     feasible = plotted.filter(pl.col("meets_constraints"))
     pareto = plotted.filter(pl.col("pareto")).sort("p95_mae_bps")
-    best = group.filter(pl.col("meets_constraints")).sort("rank").head(1)
-    best_text = (
-        f"best feasible: {_short(best.item(0, 'policy_id'))} (median {fmt_bps(best.item(0, 'median_return_bps'))})"
-        if best.height
-        else "no feasible policy"
-    )
+    best = group.filter(pl.col("meets_constraints")).sort("rank").head(1).rows(named=True)
+    pick = f"best feasible: {best[0]['policy_id']} (median {bps_text(best[0]['median_return_bps'])})" if best else ""
     title = (
         f"Policy frontier (all callers) — {group.height} policies, {feasible.height} feasible, "
-        f"{pareto.height} on the Pareto front; {best_text}"
+        f"{pareto.height} on the Pareto front; {pick or 'no feasible policy'}"
     )
-    scene, region = _titled(title, 4.8)
-    xlabel = "p95 MAE (bps of entry: the 5% worst adverse excursion; right is better)"
-    ylabel = "median realized return (bps)"
+    fig, (ax,) = _axes(4.8)
     if plotted.height == 0:
-        _empty(scene, region, "no policy has trades", xlabel=xlabel, ylabel=ylabel)
-        return Chart("frontier", title, scene)
-    infeasible = plotted.filter(~pl.col("meets_constraints"))
-    shade = constraints.min_p95_mae_bps if constraints is not None else None
-    feasible_label = f"feasible ({feasible.height})"
-    if constraints is not None:
-        feasible_label += f": {_constraint_text(constraints)}"
-    entries: list[tuple[Handle | None, str]] = []
-    if shade is not None:
-        entries.append((Handle("patch", blend(GREEN, 0.08)), f"feasible region: p95 MAE ≥ {fmt_bps(shade)}"))
-    entries += [
-        (Handle("marker", GREY, marker_size=math.sqrt(22), hollow=True), f"infeasible ({infeasible.height})"),
-        (Handle("marker", BLUE, marker_size=math.sqrt(22)), feasible_label),
-        (Handle("line", RED, width=1.2, marker="D", marker_size=DIAMOND), f"Pareto front ({pareto.height})"),
-    ]
-    # The legend goes under the axes, in two columns.
-    legend_top = region[3] - legend_height(math.ceil(len(entries) / 2), 8)
-    region = (region[0], region[1], region[2], legend_top - line_height(8))
-    xs = plotted.get_column("p95_mae_bps").to_numpy()
-    ys = plotted.get_column("median_return_bps").to_numpy()
-    x_lo, x_hi = float(xs.min()), float(xs.max())
-    if shade is not None:
-        x_hi = max(x_hi, shade)
-        span_end = x_hi + 0.05 * (abs(x_hi) + 1)
-        x_lo, x_hi = min(x_lo, shade), max(x_hi, span_end)
-    ax = place_axes(
-        scene, region, linear(x_lo, x_hi), linear(float(ys.min()), float(ys.max())), xlabel=xlabel, ylabel=ylabel
-    )
-    if shade is not None:
-        ax.rect(shade, ax.y.lo, span_end, ax.y.hi, blend(GREEN, 0.08))
-
-    def points(part: pl.DataFrame) -> tuple[tuple[float, float], ...]:
-        return tuple(
-            zip(
-                ax.xs(part.get_column("p95_mae_bps").to_numpy()).tolist(),
-                ax.ys(part.get_column("median_return_bps").to_numpy()).tolist(),
-            )
-        )
-
-    scene.add(Markers(points(infeasible), "o", math.sqrt(22), None, GREY, clip=ax.box))
-    scene.add(Markers(points(feasible), "o", math.sqrt(22), BLUE, clip=ax.box))
-    front = points(pareto)
-    if len(front) > 1:
-        scene.add(Line(front, RED, 1.2, clip=ax.box))
-    scene.add(Markers(front, "D", DIAMOND, RED, clip=ax.box))
-    ax.legend(entries, "below", size=8, ncols=2, top=legend_top)
-    return Chart("frontier", title, scene)
-
-
-def trade_charts(trades: pl.DataFrame) -> list[Chart]:
-    return [return_distribution(trades), exit_reasons(trades), mae_vs_return(trades)]
-
-
-def truth_charts(paths: pl.DataFrame) -> list[Chart]:
-    return [callers(paths), time_to_2x(paths)]
+        _empty(ax, "no policy has trades")
+    else:
+        if constraints is not None and (shade := constraints.min_p95_mae_bps) is not None:
+            right = max(float(plotted.get_column("p95_mae_bps").to_numpy().max()), shade)
+            end = right + 0.05 * (abs(right) + 1)
+            ax.axvspan(shade, end, color=GREEN, alpha=0.08, lw=0, label=f"feasible region: p95 MAE ≥ {bps_text(shade)}")
+        crowd = min(1.0, math.sqrt(300 / plotted.height))  # 1 up to 300 policies, 0.17 at 10,000
+        size, alpha, width, many = max(3.0, 22 * crowd), max(0.2, crowd), 0.8 * crowd, plotted.height > RASTERIZE_ABOVE
+        feasible_label = f"feasible ({feasible.height})" + (f": {constraints.describe()}" if constraints else "")
+        infeasible = plotted.filter(~pl.col("meets_constraints"))
+        for part, face, edge, label in (
+            (infeasible, "none", GREY, f"infeasible ({infeasible.height})"),
+            (feasible, BLUE, BLUE, feasible_label),
+        ):
+            x, y = _xy(part, "p95_mae_bps", "median_return_bps")
+            ax.scatter(x, y, s=size, alpha=alpha, linewidths=width, fc=face, ec=edge, label=label, rasterized=many)
+        x, y = _xy(pareto, "p95_mae_bps", "median_return_bps")
+        ax.plot(x, y, color=RED, marker="D", markersize=5, linewidth=1.2, label=f"Pareto front ({pareto.height})")
+        legend = ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.15), ncols=2)
+        for handle in legend.legend_handles:  # samples as a small frontier's dots, however many there are
+            if isinstance(handle, PathCollection):
+                handle.set(sizes=[22], alpha=1.0)
+    ax.set(xlabel="p95 MAE (bps of entry: the 5% worst adverse excursion; right is better)")
+    ax.set_ylabel("median realized return (bps)")
+    return "frontier", title, fig

@@ -1,8 +1,6 @@
-"""One self-contained HTML page for a run: inline SVG charts, inline CSS, no script, no fetch.
-
-The page's Content-Security-Policy forbids every external resource, so a report that renders
-once renders the same offline, from an e-mail attachment or an archive. Sections: the whole
-window, then each month when the run spans several (README "Reports").
+"""One self-contained HTML page for a run (docs/reports.md): inline SVG charts and CSS, no script; its
+Content-Security-Policy forbids every external resource, so it renders the same offline, from an
+e-mail attachment or an archive. Sections: the whole window, then each month of a longer run.
 """
 
 from __future__ import annotations
@@ -13,27 +11,27 @@ from dataclasses import dataclass
 
 import polars as pl
 
+from quantlab_pipeline.core.display import FRONTIER_COLUMNS, bps_text, frontier_rows, hours, multiple, pct
+from quantlab_pipeline.core.summary import trade_stats, truth_stats
 from quantlab_pipeline.core.sweep_spec import Constraints
 from quantlab_pipeline.report import charts
 from quantlab_pipeline.report.charts import Chart
-from quantlab_pipeline.report.load import MonthArtifacts, RunArtifacts
+from quantlab_pipeline.storage.run_contents import MonthArtifacts, RunArtifacts
+
+FRONTIER_TOP = 20  # policies listed; the whole grid stays in results/frontier.parquet
+_POLICY = ' class="policy"'  # the policy column of that list
 
 _CSS = """
-body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0 auto; max-width: 1000px;
-       padding: 1.5em; color: #222; }
+body { font: 14px/1.45 system-ui, sans-serif; margin: 0 auto; max-width: 1000px; padding: 1.5em; color: #222; }
 h1 { margin-bottom: .2em; } h2 { border-bottom: 1px solid #ddd; padding-bottom: .2em; margin-top: 2em; }
-dl.spec { display: grid; grid-template-columns: max-content 1fr; gap: .15em 1em; }
-dl.spec dt { color: #666; } dl.spec dd { margin: 0; font-family: ui-monospace, monospace; word-break: break-all; }
+dl.spec { display: grid; grid-template-columns: max-content 1fr; gap: .15em 1em; } dt, th, p.aside { color: #666; }
+dd, .policy { margin: 0; font-family: ui-monospace, monospace; overflow-wrap: anywhere; }
 .notice { background: #fff4e5; border-left: 4px solid #f0a020; padding: .6em 1em; margin: 1em 0; }
-.badge { font-size: .7em; background: #f0a020; color: #fff; border-radius: 3px; padding: .1em .4em;
-         vertical-align: middle; }
-table.headline { border-collapse: collapse; margin: .5em 0 1em; }
-table.headline th, table.headline td { padding: .25em .8em; border-bottom: 1px solid #eee; text-align: right; }
-table.headline th { color: #666; font-weight: normal; text-align: left; }
-figure.chart { margin: 1em 0 1.8em; }
-figure.chart svg { display: block; max-width: 100%; height: auto; }
+.badge { font-size: .7em; background: #f0a020; color: #fff; border-radius: 3px; padding: .1em .4em; }
+table { border-collapse: collapse; margin: .5em 0 1em; } th { font-weight: normal; }
+th, td { padding: .25em .8em; border-bottom: 1px solid #eee; text-align: right; } .headline th, .policy { text-align: left; }
+figure.chart { margin: 1em 0 1.8em; } figure.chart svg { display: block; max-width: 100%; height: auto; }
 nav a { margin-right: .8em; }
-p.aside { color: #666; }
 """
 # No script, no remote anything: styles and images inline only.
 _CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
@@ -47,6 +45,7 @@ class Section:
     charts: tuple[Chart, ...]
     headline: dict[str, str]
     asides: tuple[str, ...]
+    top_policies: tuple[tuple[str, ...], ...] = ()  # an optimization month's best ranked (`FRONTIER_COLUMNS`)
 
 
 def _concat(months: tuple[MonthArtifacts, ...], artifact: str) -> pl.DataFrame | None:
@@ -57,23 +56,17 @@ def _concat(months: tuple[MonthArtifacts, ...], artifact: str) -> pl.DataFrame |
 def _headline(
     run_type: str, alerts: pl.DataFrame | None, paths: pl.DataFrame | None, trades: pl.DataFrame | None
 ) -> dict[str, str]:
-    rows: dict[str, str] = {}
-    if alerts is not None:
-        rows["valid alerts"] = f"{alerts.height:,}"
+    rows = {} if alerts is None else {"valid alerts": f"{alerts.height:,}"}
     if paths is not None:
-        t = charts.truth_stats(paths)
-        rows["calls with an entry"] = f"{t['calls']:,}"
-        rows["2x hit rate"] = charts.fmt_pct(t["hit_rate_2x"])
-        rows["median peak multiple"] = charts.fmt_multiple(t["median_peak_multiple"])
-        rows["median time to 2x"] = charts.fmt_hours(t["median_hours_to_2x"])
+        t = truth_stats(paths)
+        rows |= {"calls with an entry": f"{t['calls']:,}", "2x hit rate": pct(t["hit_rate_2x"])}
+        rows |= {"median peak multiple": multiple(t["median_peak_multiple"])}
+        rows |= {"median time to 2x": hours(t["median_hours_to_2x"])}
     if run_type == "policy" and trades is not None:
-        s = charts.trade_stats(trades)
-        rows["trades"] = f"{trades.height:,}"
-        rows["median return"] = charts.fmt_bps(s["median_return_bps"])
-        rows["mean return"] = charts.fmt_bps(s["avg_return_bps"])
-        rows["win rate"] = charts.fmt_pct(s["win_rate"])
-        rows["stop-out rate"] = charts.fmt_pct(s["stop_out_rate"])
-        rows["p95 MAE"] = charts.fmt_bps(s["p95_mae_bps"])
+        s = trade_stats(trades)
+        rows |= {"trades": f"{trades.height:,}", "median return": bps_text(s["median_return_bps"])}
+        rows |= {"mean return": bps_text(s["avg_return_bps"]), "win rate": pct(s["win_rate"])}
+        rows |= {"stop-out rate": pct(s["stop_out_rate"]), "p95 MAE": bps_text(s["p95_mae_bps"])}
     return rows
 
 
@@ -84,11 +77,12 @@ def build_section(
     alerts, paths, trades = (_concat(months, a) for a in ("alerts", "paths", "trades"))
     built: list[Chart] = []
     asides: list[str] = []
+    top: tuple[tuple[str, ...], ...] = ()
     if run_type == "policy":
         if trades is None:
             asides.append("No trades artifact yet, so no trade charts.")
         else:
-            built += charts.trade_charts(trades)
+            built += [charts.return_distribution(trades), charts.exit_reasons(trades), charts.mae_vs_return(trades)]
     if run_type == "optimization":
         frontier = _concat(months, "frontier")
         if len(months) > 1:
@@ -97,11 +91,15 @@ def build_section(
             asides.append("No frontier artifact yet, so no frontier chart.")
         else:
             built.append(charts.frontier(frontier, constraints))
+            top = tuple(frontier_rows(frontier, FRONTIER_TOP))
+            n = frontier.get_column("caller_name").is_null().sum()
+            asides.append(f"The {len(top)} best ranked of {n:,} policies (all callers); all: results/frontier.parquet")
     if paths is None:
         asides.append("No truth-layer artifact (paths) yet, so no truth charts.")
     else:
-        built += charts.truth_charts(paths)
-    return Section(anchor, heading, months, tuple(built), _headline(run_type, alerts, paths, trades), tuple(asides))
+        built += [charts.callers(paths), charts.time_to_2x(paths)]
+    headline = _headline(run_type, alerts, paths, trades)
+    return Section(anchor, heading, months, tuple(built), headline, tuple(asides), top)
 
 
 def build_sections(run: RunArtifacts) -> list[Section]:
@@ -137,16 +135,24 @@ def _spec_rows(run: RunArtifacts) -> dict[str, str]:
     return rows
 
 
+def _policies_html(rows: tuple[tuple[str, ...], ...]) -> str:
+    def cells(tag: str, row: tuple[str, ...]) -> str:
+        return "".join(f"<{tag}{_POLICY * (i == 1)}>{html.escape(v)}</{tag}>" for i, v in enumerate(row))
+
+    body = "".join(f"<tr>{cells('td', row)}</tr>" for row in rows)
+    return f"<table><thead><tr>{cells('th', FRONTIER_COLUMNS)}</tr></thead><tbody>{body}</tbody></table>"
+
+
 def _section_html(section: Section) -> str:
     e = html.escape
-    badge = ""
-    if any(not m.complete for m in section.months):
-        badge = ' <span class="badge">incomplete</span>'
+    badge = ' <span class="badge">incomplete</span>' if any(not m.complete for m in section.months) else ""
     parts = [f'<section id="{e(section.anchor)}">', f"<h2>{e(section.heading)}{badge}</h2>"]
     if section.headline:
         cells = "".join(f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in section.headline.items())
         parts.append(f'<table class="headline">{cells}</table>')
     parts += [f'<p class="aside">{e(a)}</p>' for a in section.asides]
+    if section.top_policies:
+        parts.append(_policies_html(section.top_policies))
     for chart in section.charts:
         anchor = f"{section.anchor}-{chart.key}"
         parts.append(f'<figure class="chart" id="{e(anchor)}" data-chart="{e(chart.key)}">{chart.svg(anchor)}</figure>')
@@ -168,17 +174,14 @@ def render_html(run: RunArtifacts, sections: list[Section]) -> str:
     title = f"quantlab report — {run.run_type} run {run.run_id}"
     return "\n".join(
         [
-            "<!DOCTYPE html>",
-            '<html lang="en"><head><meta charset="utf-8">',
+            '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">',
             f'<meta http-equiv="Content-Security-Policy" content="{_CSP}">',
             '<meta name="viewport" content="width=device-width, initial-scale=1">',
             f"<title>{e(title)}</title><style>{_CSS}</style></head><body>",
-            f"<h1>Backtest report: {e(run.run_type)} run</h1>",
-            f'<dl class="spec">{spec_rows}</dl>',
+            f'<h1>Backtest report: {e(run.run_type)} run</h1>\n<dl class="spec">{spec_rows}</dl>',
             *notices,
             f"<nav>{nav}</nav>",
             *(_section_html(s) for s in sections),
-            "</body></html>",
-            "",
+            "</body></html>\n",
         ]
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ STDOUT_LOG = "logs/stdout.txt"
 STDERR_LOG = "logs/stderr.txt"
 SPECS_DIR = "_specs"
 LOCKS_DIR = "_locks"
+REPORTS_DIR = "reports"  # `quantlab report` pages (docs/reports.md); the catalog never looks here
 
 ARTIFACT_PATHS: dict[str, str] = {
     "alerts": "inputs/alerts.parquet",
@@ -116,6 +118,17 @@ def run_dir_path(runs_dir: str | Path, month: str, run_id: str) -> Path:
 
 def spec_path(runs_dir: str | Path, run_id: str) -> Path:
     return Path(runs_dir) / SPECS_DIR / f"{validate_run_id(run_id)}.json"
+
+
+def report_path(runs_dir: str | Path, run_id: str) -> Path:
+    """Where `quantlab report RUN_ID` writes the run's HTML page by default."""
+    return Path(runs_dir) / REPORTS_DIR / f"{validate_run_id(run_id)}.html"
+
+
+def report_command(runs_dir: str | Path, run_id: str) -> str:
+    """The command that writes the run's HTML report to `report_path`, as typed from the project root."""
+    custom = "" if str(runs_dir) == DEFAULT_RUNS_DIR else f" --runs-dir {shlex.quote(str(runs_dir))}"
+    return f"quantlab report {validate_run_id(run_id)}{custom}"
 
 
 def lock_path(runs_dir: str | Path, month: str, run_id: str) -> Path:

@@ -30,8 +30,9 @@ from collections.abc import Callable
 from quantlab_pipeline.warm import client, protocol
 
 # Imported before the server listens. Beyond the CLI, the definitions and the run worker: what
-# opening a SQLite instance, running a job in process and drawing the charts import on first use
-# (measured: ~790 modules, ~0.5 s, that a forked command would otherwise import itself).
+# opening a SQLite instance and running a job in process import on first use (measured: ~790
+# modules, ~0.5 s, that a forked command would otherwise import itself). Not matplotlib: only
+# `quantlab report` draws, off the backtest's path, and it would cost every server start (docs/reports.md).
 PRELOAD = (
     "quantlab_pipeline.cli",
     "quantlab_pipeline.definitions",
@@ -62,11 +63,6 @@ PRELOAD = (
     "fsspec.implementations.local",
     "pyarrow.dataset",
     "rich._emoji_codes",
-    "PIL.PngImagePlugin",
-    "PIL.JpegImagePlugin",  # with Gif, Bmp and Ppm: what Pillow's first save imports
-    "PIL.GifImagePlugin",
-    "PIL.BmpImagePlugin",
-    "PIL.PpmImagePlugin",
     "pandas",  # when installed (the bench's extra): Dagster's type checks import it
 )
 
