@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import re
 
 import numpy as np
 import polars as pl
@@ -24,6 +25,7 @@ from quantlab_pipeline.core.confidence import (
     return_intervals,
     spa,
 )
+from quantlab_pipeline.core.nb.bootstrap import pairwise_sum
 from quantlab_pipeline.core.policy_spec import parse_policy, policy_id_of
 from quantlab_pipeline.core.summary import summarize_trades
 from quantlab_pipeline.core.sweep_spec import hold_to_horizon
@@ -226,6 +228,15 @@ def test_intervals_equal_arch_exactly(n):
     assert return_intervals([x]).row(0) == arch_intervals(x)
 
 
+def test_the_compiled_sum_is_numpys_pairwise_sum_bit_for_bit():
+    rng = np.random.default_rng(12)
+    for n in [*range(1, 300), 1000, 8191, 8192, 8193, 19_188, 65_537]:
+        x = rng.standard_t(2, n) * 1000  # heavy tails: any other order of additions rounds differently
+        assert pairwise_sum(x, 0, n) == x.sum(), n
+    x = rng.normal(0, 1, 500)
+    assert pairwise_sum(x, 100, 250) == x[100:350].sum()
+
+
 def test_intervals_per_statistic_equal_a_fresh_arch_bootstrap_each():
     x = np.random.default_rng(4).normal(0, 500, 300)
     got = return_intervals([x]).row(0)
@@ -292,3 +303,66 @@ def test_the_benchmark_is_named_holding_to_the_horizon_only_when_it_is():
     stop = parse_policy({"kind": "fixed_stop", "stop_loss_bps": 500})
     assert benchmark_phrase(stop, 5 * DAY) == 'the benchmark {"kind":"fixed_stop","stop_loss_bps":500}'
     assert policy_id_of(hold_to_horizon(5 * DAY)) == policy_id_of(parse_policy('{"kind":"time_stop","max_hold":"5d"}'))
+
+
+# -- the flags --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args, line",
+    [
+        (["--cscv-blocks", "3.5"], "error: --cscv-blocks: expected an even integer from 2 to 16, got '3.5'"),
+        (["--cscv-blocks", "7"], "error: --cscv-blocks: expected an even integer from 2 to 16, got 7"),
+        (["--cscv-blocks", "0"], "error: --cscv-blocks: expected an even integer from 2 to 16, got 0"),
+        (
+            ["--cscv-blocks", "8", "--to", "2024-01-05"],
+            "error: --cscv-blocks: 8 blocks need 8 days of a month in the window; the window has at most 5",
+        ),
+        (["--benchmark", '{"kind":"hold"}'], 'error: --benchmark: benchmark.kind: unknown kind "hold"'),
+        (["--benchmark", "@nope.json"], "error: --benchmark: cannot read 'nope.json'"),
+    ],
+)
+def test_optimize_flags_are_refused_in_one_line_exit_2_before_anything_is_created(tmp_path, monkeypatch, args, line):
+    from click.testing import CliRunner
+
+    from quantlab_pipeline.cli.backtest import optimize
+
+    monkeypatch.chdir(tmp_path)
+    window = ["--from", "2024-01-01", *([] if "--to" in args else ["--to", "2024-01-31"])]
+    result = CliRunner().invoke(optimize, [*window, *args, "--runs-dir", str(tmp_path / "runs")])
+    lines = [text for text in result.output.splitlines() if text.strip()]
+    assert result.exit_code == 2 and len(lines) == 1 and lines[0].startswith(line), result.output
+    assert not (tmp_path / "runs").exists()
+
+
+def test_the_summary_headline_and_the_closing_table_show_the_median_interval():
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from quantlab_pipeline.cli.months import headline_table
+    from quantlab_pipeline.orchestration.headlines import summary_headline
+
+    row = {
+        "calls_processed": 5,
+        "calls_excluded": 1,
+        "trades_count": 4,
+        "avg_return_bps": 12.3,
+        "median_return_bps": -4.0,
+        "p25_return_bps": -10.0,
+        "p75_return_bps": 20.0,
+        "stop_out_rate": 0.1,
+        "win_rate": 0.5,
+        "median_tail_capture": 0.2,
+        "median_return_bps_ci_low": -30.2,
+        "median_return_bps_ci_high": 15.6,
+        "avg_return_bps_ci_low": -1.0,
+        "avg_return_bps_ci_high": 1234.0,
+    }
+    headline = summary_headline(row, "")
+    assert headline["median_return_bps_ci"] == "-30 … 16"
+    assert "| 12 (-1 … 1,234) | -4 (-30 … 16) |" in headline["headline"].value
+    console = Console(width=200, record=True)
+    result = SimpleNamespace(month="2024-01", status="completed", headline={"summary": headline})
+    console.print(headline_table("policy", [result]))
+    assert re.search(r"Median 95% CI\s*│\s*-30 … 16", console.export_text())

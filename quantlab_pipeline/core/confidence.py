@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from quantlab_pipeline.core.nb.bootstrap import resample_medians
+from quantlab_pipeline.core.nb.bootstrap import resample_statistics
 from quantlab_pipeline.core.policy_spec import Policy, policy_id_of, policy_json
 from quantlab_pipeline.core.sweep_spec import hold_to_horizon
 
@@ -295,9 +295,9 @@ def return_intervals(samples: Sequence[np.ndarray]) -> pl.DataFrame:
 
     (and to a fresh seeded bootstrap per statistic: the draws depend on the length and the seed only).
     The resampling indices are drawn exactly as arch draws them — `Generator.integers(n, size=n)`
-    once per repetition, from `default_rng(seed)` — and the statistics computed over many
-    repetitions at once: the mean by NumPy over the gathered rows, the median by counting
-    (`nb.bootstrap`). Samples of the same length share the draws. No trades: nulls.
+    once per repetition, from `default_rng(seed)` — and both statistics of a resample computed in
+    one compiled pass (`nb.bootstrap`), not by a Python call per repetition. Samples of the same
+    length share the draws. No trades: nulls.
     """
     medians: dict[int, np.ndarray] = {}
     means: dict[int, np.ndarray] = {}
@@ -306,12 +306,13 @@ def return_intervals(samples: Sequence[np.ndarray]) -> pl.DataFrame:
         if len(sample):
             by_length.setdefault(len(sample), []).append(i)
     for n, members in by_length.items():
-        values = [np.ascontiguousarray(samples[i], dtype=np.float64) for i in members]
-        orders = [np.argsort(x, kind="stable") for x in values]
-        ranks = [np.empty(n, dtype=np.int64) for _ in members]
-        for rank, order in zip(ranks, orders):
-            rank[order] = np.arange(n)
+        prepared = []  # per sample: values, values ascending, rank of each value
         for i in members:
+            x = np.ascontiguousarray(samples[i], dtype=np.float64)
+            order = np.argsort(x, kind="stable")
+            rank = np.empty(n, dtype=np.int64)
+            rank[order] = np.arange(n)
+            prepared.append((x, x[order], rank))
             medians[i], means[i] = np.empty(BOOTSTRAP_REPS), np.empty(BOOTSTRAP_REPS)
         generator = np.random.default_rng(BOOTSTRAP_SEED)
         step = max(1, _CHUNK_CELLS // n)
@@ -321,9 +322,8 @@ def return_intervals(samples: Sequence[np.ndarray]) -> pl.DataFrame:
             drawn = indices[: hi - lo]
             for r in range(hi - lo):  # arch's IIDBootstrap.update_indices, once per repetition
                 drawn[r] = generator.integers(n, size=n, dtype=np.int64)
-            for i, x, order, rank in zip(members, values, orders, ranks):
-                resample_medians(x[order], rank, drawn, medians[i][lo:hi])
-                means[i][lo:hi] = x[drawn].mean(axis=1)
+            for i, (x, ascending, rank) in zip(members, prepared):
+                resample_statistics(x, ascending, rank, drawn, medians[i][lo:hi], means[i][lo:hi])
     alpha = (1.0 - INTERVAL_SIZE) / 2  # arch's percentiles, computed as arch computes them
     q = [100 * alpha, 100 * (1.0 - alpha)]
     rows = []

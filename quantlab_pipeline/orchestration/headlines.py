@@ -66,14 +66,15 @@ def summary_headline(row: dict[str, Any], charts_markdown: str) -> dict[str, Any
         "median_return_bps": rounded_bps(row["median_return_bps"]),
         "stop_out_pct": percent(row["stop_out_rate"]),
         "win_pct": percent(row["win_rate"]),
+        "median_return_bps_ci": display.bps_interval(row["median_return_bps_ci_low"], row["median_return_bps_ci_high"]),
     }
     table = _table(
         (
             "calls",
             "excluded",
             "trades",
-            "avg bps",
-            "median bps",
+            "avg bps (95 % CI)",
+            "median bps (95 % CI)",
             "p25 / p75 bps",
             "stop-out",
             "win rate",
@@ -84,8 +85,10 @@ def summary_headline(row: dict[str, Any], charts_markdown: str) -> dict[str, Any
                 display.num(row["calls_processed"]),
                 display.num(row["calls_excluded"]),
                 display.num(row["trades_count"]),
-                display.bps(row["avg_return_bps"]),
-                display.bps(row["median_return_bps"]),
+                f"{display.bps(row['avg_return_bps'])} "
+                f"({display.bps_interval(row['avg_return_bps_ci_low'], row['avg_return_bps_ci_high'])})",
+                f"{display.bps(row['median_return_bps'])} "
+                f"({display.bps_interval(row['median_return_bps_ci_low'], row['median_return_bps_ci_high'])})",
                 f"{display.bps(row['p25_return_bps'])} / {display.bps(row['p75_return_bps'])}",
                 display.pct(row["stop_out_rate"]),
                 display.pct(row["win_rate"]),
