@@ -281,7 +281,15 @@ def test_the_sentence_of_the_issue_and_its_other_cases():
     )
     assert overfitting_sentence(sentence_row(pbo=0.1, spa_pvalue=0.012), benchmark=hold) == (
         "PBO 0.10: the in-sample winner lands in the bottom half out of sample in only 10 % of splits; "
-        "SPA against holding to the horizon: at least one policy beats it (p = 0.01)"
+        "SPA against holding to the horizon: at least one policy beats it (p = 0.012)"
+    )
+    assert overfitting_sentence(sentence_row(pbo=1 / 12_870, spa_pvalue=0.049), benchmark="the benchmark X") == (
+        "PBO 0.00: the in-sample winner lands in the bottom half out of sample in fewer than 1 % of splits; "
+        "SPA against the benchmark X: at least one policy beats it (p = 0.049)"
+    )
+    assert overfitting_sentence(sentence_row(pbo=1.0, spa_pvalue=1.0), benchmark=hold) == (
+        "PBO 1.00: the in-sample winner lands in the bottom half out of sample in 100 % of splits; "
+        "SPA p = 1 against holding to the horizon: no policy reliably beats it"
     )
     assert overfitting_sentence(sentence_row(pbo=0.0, spa_pvalue=0.0), benchmark=hold) == (
         "PBO 0.00: the in-sample winner never lands in the bottom half out of sample (70 splits); "
@@ -290,6 +298,10 @@ def test_the_sentence_of_the_issue_and_its_other_cases():
     assert overfitting_sentence(sentence_row(n_days=2, cscv_splits=0, pbo=None, spa_pvalue=None), benchmark=hold) == (
         "PBO n/a: 2 days with trades, too few for 8 CSCV blocks; "
         "SPA n/a: 2 days with trades, fewer than the 3 the test needs"
+    )
+    assert overfitting_sentence(sentence_row(n_days=1, cscv_splits=0, pbo=None, spa_pvalue=None), benchmark=hold) == (
+        "PBO n/a: 1 day with trades, too few for 8 CSCV blocks; "
+        "SPA n/a: 1 day with trades, fewer than the 3 the test needs"
     )
     assert overfitting_sentence(sentence_row(n_policies=1, pbo=None), benchmark=hold).startswith(
         "PBO n/a: a single policy, nothing was selected; SPA p = 0.31"

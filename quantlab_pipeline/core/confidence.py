@@ -357,23 +357,25 @@ def _pbo_words(row: Mapping[str, Any]) -> str:
     if pbo is None:
         if row["n_policies"] < 2:
             return "PBO n/a: a single policy, nothing was selected"
-        days = row["n_days"]
-        return (
-            f"PBO n/a: {days} day{'' if days == 1 else 's'} with trades, too few for {row['cscv_blocks']} CSCV blocks"
-        )
+        return f"PBO n/a: {_days(row['n_days'])} with trades, too few for {row['cscv_blocks']} CSCV blocks"
     shown = f"{pbo:.2f}"
     if pbo == 0:
         return f"PBO {shown}: the in-sample winner never lands in the bottom half out of sample ({row['cscv_splits']} splits)"
     share = round(100 * float(shown))
-    only = "only " if pbo < 0.5 else ""
-    return f"PBO {shown}: the in-sample winner lands in the bottom half out of sample in {only}{share} % of splits"
+    how_often = "fewer than 1 %" if share == 0 else f"{'only ' if pbo < 0.5 else ''}{share} %"
+    return f"PBO {shown}: the in-sample winner lands in the bottom half out of sample in {how_often} of splits"
 
 
 def _spa_words(row: Mapping[str, Any], benchmark: str) -> str:
     p = row["spa_pvalue"]
     if p is None:
-        return f"SPA n/a: {row['n_days']} days with trades, fewer than the {SPA_MIN_DAYS} the test needs"
+        return f"SPA n/a: {_days(row['n_days'])} with trades, fewer than the {SPA_MIN_DAYS} the test needs"
+    # p is a share of 1,000 repetitions: three decimals say it exactly
+    shown = "p < 0.001" if p == 0 else f"p = {f'{p:.3f}'.rstrip('0').rstrip('.')}"
     if p < SPA_LEVEL:
-        shown = "p < 0.001" if p == 0 else (f"p = {p:.3f}" if p < 0.01 else f"p = {p:.2f}")
         return f"SPA against {benchmark}: at least one policy beats it ({shown})"
-    return f"SPA p = {p:.2f} against {benchmark}: no policy reliably beats it"
+    return f"SPA {shown} against {benchmark}: no policy reliably beats it"
+
+
+def _days(n: int) -> str:
+    return f"{n} day{'' if n == 1 else 's'}"
