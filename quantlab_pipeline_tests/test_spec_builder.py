@@ -83,6 +83,49 @@ def test_per_caller_folds_into_the_sweep():
     }
 
 
+def test_cscv_blocks_and_benchmark_fold_into_the_sweep_canonical():
+    opt = dataclasses.replace(BASE, run_type="optimization")
+    spec = build(
+        dataclasses.replace(opt, cscv_blocks=" 4 ", benchmark='{"stop_loss_bps": 500.0, "kind": "fixed_stop"}')
+    )
+    assert spec.sweep == {"cscv_blocks": 4, "benchmark": POLICY}
+    grid = [{"kind": "fixed_stop", "stop_loss_bps": [500, 1000]}]
+    spec = build(dataclasses.replace(opt, sweep={"templates": grid, "cscv_blocks": 2}, cscv_blocks=16))
+    assert spec.sweep == {"templates": grid, "cscv_blocks": 16}  # the flag wins, as --per-caller does
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"cscv_blocks": "3.5"}, "cscv_blocks: expected an even integer from 2 to 16, got '3.5'"),
+        ({"cscv_blocks": "3"}, "cscv_blocks: expected an even integer from 2 to 16, got 3"),
+        ({"cscv_blocks": 1}, "cscv_blocks: expected an even integer from 2 to 16, got 1"),
+        ({"benchmark": '{"kind": "fixed_stop"}'}, "benchmark.stop_loss_bps: missing"),
+        ({"benchmark": "{"}, "benchmark: invalid JSON"),
+        (
+            {"cscv_blocks": 8, "window_to": "2024-01-05"},
+            "cscv_blocks: 8 blocks need 8 days of a month in the window; the window has at most 5",
+        ),
+        (
+            {"sweep": {"cscv_blocks": 16}, "window_from": "2024-01-20", "window_to": "2024-02-04"},
+            "sweep.cscv_blocks: 16 blocks need 16 days of a month in the window; the window has at most 12",
+        ),
+        ({"run_type": "policy", "policy_id": "p", "policy": POLICY, "cscv_blocks": 4}, "cscv_blocks: not used"),
+    ],
+)
+def test_cscv_blocks_and_benchmark_are_validated_in_one_line(changes, message):
+    with pytest.raises(SpecError) as info:
+        build(dataclasses.replace(BASE, **{"run_type": "optimization", **changes}))
+    assert str(info.value).startswith(message) and "\n" not in str(info.value), str(info.value)
+
+
+def test_the_default_blocks_are_never_refused_and_a_long_enough_month_suffices():
+    opt = dataclasses.replace(BASE, run_type="optimization", window_to="2024-01-05")
+    assert build(opt).sweep is None  # a 5-day window: its month reports no PBO, the run goes on
+    two_months = dataclasses.replace(opt, window_from="2024-01-27", window_to="2024-02-29", cscv_blocks=16)
+    assert build(two_months).sweep == {"cscv_blocks": 16}  # February has 29 days in the window
+
+
 @pytest.mark.parametrize("fee", [math.nan, math.inf, -1.0, 10_000.0])
 def test_costs_must_be_finite_and_sane(fee):
     request = dataclasses.replace(BASE, run_type="policy", policy_id="p", policy=POLICY, fee_bps=fee)

@@ -99,4 +99,14 @@ def test_columns_in_seed_order_then_extras():
         "avg_tail_capture",
         "median_tail_capture",
     ]
-    assert SUMMARY_SCHEMA.names()[11:] == ["month", "policy_id", "win_rate", "p25_return_bps", "p75_return_bps"]
+    assert SUMMARY_SCHEMA.names()[11:] == [
+        "month",
+        "policy_id",
+        "win_rate",
+        "p25_return_bps",
+        "p75_return_bps",
+        "median_return_bps_ci_low",
+        "median_return_bps_ci_high",
+        "avg_return_bps_ci_low",
+        "avg_return_bps_ci_high",
+    ]

@@ -10,12 +10,12 @@ import pytest
 
 from quantlab_pipeline.core.candles import Candles
 from quantlab_pipeline.core.errors import SpecError
-from quantlab_pipeline.core.frontier import FRONTIER_SCHEMA, run_sweep
+from quantlab_pipeline.core.frontier import FRONTIER_SCHEMA, run_sweep, simulated_policies
 from quantlab_pipeline.core.policy import simulate_trades
 from quantlab_pipeline.core.policy_spec import parse_policy, policy_id_of, policy_json
 from quantlab_pipeline.core.spec import Execution
 from quantlab_pipeline.core.summary import summarize_trades
-from quantlab_pipeline.core.sweep_spec import MAX_POLICIES, Constraints, parse_sweep
+from quantlab_pipeline.core.sweep_spec import MAX_POLICIES, Constraints, benchmark_policy, parse_sweep
 
 DELTA = 300_000
 NO_COSTS = Execution(fee_bps=0, slippage_bps=0)
@@ -242,6 +242,30 @@ def test_default_grid_covers_the_five_kinds():
     assert sweep.constraints == Constraints(0.3, -3000, 48 * 3_600_000)
 
 
+def test_cscv_blocks_and_benchmark_default_to_eight_and_holding_to_the_horizon():
+    sweep = parse_sweep(None)
+    assert (sweep.cscv_blocks, sweep.benchmark) == (8, None)
+    assert policy_json(benchmark_policy(sweep, 5 * 86_400_000)) == '{"kind":"time_stop","max_hold":"5d"}'
+    given = parse_sweep({"cscv_blocks": 16, "benchmark": {"stop_loss_bps": 500.0, "kind": "fixed_stop"}})
+    assert given.cscv_blocks == 16
+    assert policy_json(benchmark_policy(given, 5 * 86_400_000)) == policy_json(
+        parse_policy(P1 | {"stop_loss_bps": 500})
+    )
+
+
+def test_the_benchmark_is_simulated_with_the_grid_but_is_a_row_only_when_the_grid_holds_it():
+    sweep = parse_sweep([P1, P2])
+    hold = benchmark_policy(sweep, 3 * DELTA)
+    assert simulated_policies(sweep, hold) == (*sweep.policies, hold)
+    assert simulated_policies(sweep, parse_policy(P2)) == sweep.policies  # already in the grid: once
+    assert simulated_policies(sweep, None) == sweep.policies
+    paths, candles = fixture_data()
+    common = dict(run_id="run", interval_ms=DELTA, horizon_ms=3 * DELTA, execution=NO_COSTS)
+    plain = run_sweep([(paths, candles)], sweep, **common)
+    assert run_sweep([(paths, candles)], sweep, benchmark=hold, **common).equals(plain)
+    assert run_sweep([(paths, candles)], sweep, benchmark=parse_policy(P2), **common).equals(plain)
+
+
 def test_template_lists_expand_to_their_cartesian_product():
     sweep = parse_sweep([{"kind": "fixed_stop", "stop_loss_bps": [500, 1000], "take_profit_bps": [5000, None]}])
     assert [policy_json(p) for p in sweep.policies] == [
@@ -304,6 +328,14 @@ def test_dict_spec_options():
             "sweep.constraints.max_avg_time_exposed: expected a duration",
         ),
         ({"constraints": {"max_drawdown": 1}}, "sweep.constraints.max_drawdown: unknown constraint"),
+        ({"cscv_blocks": 7}, "sweep.cscv_blocks: expected an even integer from 2 to 16, got 7"),
+        ({"cscv_blocks": 0}, "sweep.cscv_blocks: expected an even integer from 2 to 16, got 0"),
+        ({"cscv_blocks": 18}, "sweep.cscv_blocks: expected an even integer from 2 to 16, got 18"),
+        ({"cscv_blocks": 8.0}, "sweep.cscv_blocks: expected an even integer from 2 to 16, got 8.0"),
+        ({"cscv_blocks": "8"}, "sweep.cscv_blocks: expected an even integer from 2 to 16, got '8'"),
+        ({"cscv_blocks": True}, "sweep.cscv_blocks: expected an even integer from 2 to 16, got True"),
+        ({"benchmark": {"kind": "hold"}}, 'sweep.benchmark.kind: unknown kind "hold"'),
+        ({"benchmark": {"kind": "fixed_stop"}}, "sweep.benchmark.stop_loss_bps: missing"),
         ("grid", "sweep: expected a list of policy templates or an object"),
         (
             [{"kind": "time_stop", "max_hold": list(range(1, 60)), "stop_loss_bps": list(range(1, 60))}],

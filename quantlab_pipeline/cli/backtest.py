@@ -99,6 +99,18 @@ def _sweep_options(fn: Callable) -> Callable:
         is_flag=True,
         help="Also select the best policy on the months before each month and test it on that month.",
     )(fn)
+    fn = click.option(
+        "--benchmark",
+        default=None,
+        help="Policy JSON the grid is tested against (SPA), inline or @file.json "
+        '[default: holding to the horizon, {"kind":"time_stop","max_hold":"<horizon>"}].',
+    )(fn)
+    fn = click.option(
+        "--cscv-blocks",
+        default=None,
+        metavar="S",
+        help="PBO: blocks each month's days are cut into, an even integer from 2 to 16 [default: 8].",
+    )(fn)
     fn = click.option("--per-caller", is_flag=True, help="Also rank policies for each caller.")(fn)
     return click.option(
         "--sweep", default=None, help="Policy grid JSON, inline or @grid.json (default: the built-in grid)."
@@ -128,6 +140,8 @@ def _request(run_type: str, opts: dict[str, Any]) -> SpecRequest:
         per_caller=bool(opts.get("per_caller")),
         features=not opts.get("no_features"),
         train_months=(opts.get("train_months") or 1) if opts.get("walk_forward") else None,
+        cscv_blocks=opts.get("cscv_blocks"),
+        benchmark=opts.get("benchmark"),
     )
 
 
@@ -145,6 +159,8 @@ _FLAGS = {
     "per_caller": "--per-caller",
     "features": "--no-features",
     "train_months": "--walk-forward",
+    "cscv_blocks": "--cscv-blocks",
+    "benchmark": "--benchmark",
 }
 
 

@@ -311,6 +311,7 @@ def headline_table(run_type: str, results: Sequence[Any]) -> Table:
             ("Trades", "summary", "trades_count", "num"),
             ("Avg ret bps", "summary", "avg_return_bps", "bps"),
             ("Median ret bps", "summary", "median_return_bps", "bps"),
+            ("Median 95% CI", "summary", "median_return_bps_ci", "str"),
             ("Stop-out", "summary", "stop_out_pct", "percent"),
             ("Win rate", "summary", "win_pct", "percent"),
         ]

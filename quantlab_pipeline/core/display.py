@@ -35,6 +35,11 @@ def hours(value: float | None) -> str:
     return MISSING if value is None else f"{value:.1f} h"
 
 
+def bps_interval(low: float | None, high: float | None) -> str:
+    """A confidence interval in bps: `-150 … -90`."""
+    return MISSING if low is None or high is None else f"{bps(low)} … {bps(high)}"
+
+
 def num(value: Any) -> str:
     """Floats to two decimals, integers with separators, anything else as text."""
     if value is None:

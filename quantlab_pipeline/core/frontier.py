@@ -17,7 +17,7 @@ import polars as pl
 from quantlab_pipeline.core.candles import Candles
 from quantlab_pipeline.core.inputs import DEFAULT_CALLER
 from quantlab_pipeline.core.policy import simulate_policies
-from quantlab_pipeline.core.policy_spec import policy_id_of, policy_json
+from quantlab_pipeline.core.policy_spec import Policy, policy_id_of, policy_json
 from quantlab_pipeline.core.spec import Execution
 from quantlab_pipeline.core.summary import metric_exprs
 from quantlab_pipeline.core.sweep_spec import Constraints, Sweep
@@ -64,8 +64,13 @@ def run_sweep(
     interval_ms: int,
     horizon_ms: int,
     execution: Execution,
+    benchmark: Policy | None = None,
 ) -> pl.DataFrame:
     """`results/frontier.parquet`: one row per policy (and per policy x caller with `per_caller`).
+
+    A `benchmark` (docs/confidence.md) is simulated with the grid, on the same entries
+    (`simulated_policies`), but is a row only if the grid holds it: it is what the grid is tested
+    against, not one of its candidates, so it never changes the frontier's rows or ranks.
 
     `segments` are the partition's `(paths, candles)`: one pair, or several when a large month is
     streamed in parts (re-iterable: it is walked once per `POLICY_CHUNK` policies). Each chunk of
@@ -75,7 +80,8 @@ def run_sweep(
     """
     stats = []
     callers: set[str] = set()
-    for lo in range(0, len(sweep.policies), POLICY_CHUNK):
+    simulated = simulated_policies(sweep, benchmark)
+    for lo in range(0, len(simulated), POLICY_CHUNK):
         parts = []
         for paths, candles in segments:
             # a null caller is the default one (README "Inputs")
@@ -84,7 +90,7 @@ def run_sweep(
             outcomes = simulate_policies(
                 paths,
                 candles,
-                sweep.policies[lo : lo + POLICY_CHUNK],
+                simulated[lo : lo + POLICY_CHUNK],
                 interval_ms=interval_ms,
                 horizon_ms=horizon_ms,
                 execution=execution,
@@ -114,6 +120,7 @@ def run_sweep(
         ]
     )
 
+    # stats of a benchmark outside the grid (index len(sweep.policies)) find no policy row below
     groups = pl.DataFrame(
         {
             "_group": [0, *range(1, len(caller_names) + 1)] if sweep.per_caller else [0],
@@ -152,6 +159,14 @@ def run_sweep(
         .select(FRONTIER_SCHEMA.names())
         .cast(FRONTIER_SCHEMA)
     )
+
+
+def simulated_policies(sweep: Sweep, benchmark: Policy | None) -> tuple[Policy, ...]:
+    """What a sweep simulates: the grid, then the benchmark unless the grid holds it (same
+    `policy_id`); the benchmark's index is that of its id among them."""
+    if benchmark is None or policy_id_of(benchmark) in {policy_id_of(p) for p in sweep.policies}:
+        return sweep.policies
+    return (*sweep.policies, benchmark)
 
 
 def _feasible(constraints: Constraints) -> pl.Expr:

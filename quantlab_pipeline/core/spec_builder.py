@@ -15,6 +15,7 @@ from quantlab_pipeline.core import json_text
 from quantlab_pipeline.core.errors import SpecError
 from quantlab_pipeline.core.policy_spec import parse_policy, policy_to_dict
 from quantlab_pipeline.core.spec import RUN_TYPES, Execution, Provenance, RunSpec, Source
+from quantlab_pipeline.core.sweep_spec import parse_cscv_blocks
 
 # The defaults users see in `--help` and in the README; nowhere else.
 DEFAULT_ALERTS_PATH = "data/alerts.duckdb"
@@ -28,7 +29,9 @@ DEFAULT_SLIPPAGE_BPS: float = Execution.model_fields["slippage_bps"].default
 _ACCEPTS: dict[str, frozenset[str]] = {
     "path-only": frozenset({"features"}),
     "policy": frozenset({"policy_id", "policy", "fee_bps", "slippage_bps", "features"}),
-    "optimization": frozenset({"sweep", "per_caller", "fee_bps", "slippage_bps", "train_months"}),
+    "optimization": frozenset(
+        {"sweep", "per_caller", "fee_bps", "slippage_bps", "train_months", "cscv_blocks", "benchmark"}
+    ),
 }
 _REQUIRES: dict[str, tuple[str, ...]] = {"path-only": (), "policy": ("policy_id", "policy"), "optimization": ()}
 
@@ -56,12 +59,23 @@ class SpecRequest:
     per_caller: bool = False
     features: bool = True  # False: skip features/features.parquet
     train_months: int | None = None  # walk-forward optimization over K training months
+    cscv_blocks: int | str | None = None  # PBO's blocks; text as typed on the command line
+    benchmark: dict[str, Any] | str | None = None  # SPA's benchmark policy (JSON text or parsed)
 
     def given(self) -> set[str]:
         return (
             {
                 name
-                for name in ("policy_id", "policy", "fee_bps", "slippage_bps", "sweep", "train_months")
+                for name in (
+                    "policy_id",
+                    "policy",
+                    "fee_bps",
+                    "slippage_bps",
+                    "sweep",
+                    "train_months",
+                    "cscv_blocks",
+                    "benchmark",
+                )
                 if getattr(self, name) is not None
             }
             | ({"per_caller"} if self.per_caller else set())
@@ -114,18 +128,28 @@ def build_spec(request: SpecRequest, *, run_id: str, created_at: str, provenance
         fields["execution"] = execution
     if request.run_type == "optimization":
         sweep = json_text.loads(request.sweep, field="sweep") if isinstance(request.sweep, str) else request.sweep
-        fields["sweep"] = _sweep_with_flags(sweep, request.per_caller, request.train_months)
+        fields["sweep"] = _sweep_with_flags(sweep, request)
     else:
         fields["features"] = request.features
-    return RunSpec.from_dict(fields)
+    spec = RunSpec.from_dict(fields)
+    if request.run_type == "optimization":
+        _check_blocks_fit(spec, field="cscv_blocks" if request.cscv_blocks is not None else "sweep.cscv_blocks")
+    return spec
 
 
-def _sweep_with_flags(sweep: dict[str, Any] | list[Any] | None, per_caller: bool, train_months: int | None) -> Any:
-    """`--per-caller` and `--walk-forward --train-months` (or the launchpad's fields) folded into
-    the sweep spec."""
-    flags: dict[str, Any] = {"per_caller": True} if per_caller else {}
-    if train_months is not None:
-        flags["walk_forward"] = {"train_months": train_months}
+def _sweep_with_flags(sweep: dict[str, Any] | list[Any] | None, request: SpecRequest) -> Any:
+    """`--per-caller`, `--walk-forward --train-months`, `--cscv-blocks` and `--benchmark` (or the
+    launchpad's fields) folded into the sweep spec; the benchmark in canonical form."""
+    flags: dict[str, Any] = {"per_caller": True} if request.per_caller else {}
+    if request.train_months is not None:
+        flags["walk_forward"] = {"train_months": request.train_months}
+    if request.cscv_blocks is not None:
+        blocks = request.cscv_blocks
+        if isinstance(blocks, str) and blocks.strip().isdigit():  # as typed; "3.5" stays text and is refused
+            blocks = int(blocks)
+        flags["cscv_blocks"] = parse_cscv_blocks(blocks, "cscv_blocks")
+    if request.benchmark is not None:
+        flags["benchmark"] = policy_to_dict(parse_policy(request.benchmark, root="benchmark"))
     if not flags:
         return sweep
     if sweep is None:
@@ -135,3 +159,18 @@ def _sweep_with_flags(sweep: dict[str, Any] | list[Any] | None, per_caller: bool
     if isinstance(sweep, dict):
         return {**sweep, **flags}
     raise SpecError(f"sweep: expected a list of policy templates or an object, got {type(sweep).__name__}")
+
+
+def _check_blocks_fit(spec: RunSpec, *, field: str) -> None:
+    """A `cscv_blocks` given is refused when no month of the window has that many days: no month
+    could be cut (docs/confidence.md). A month shorter than S reports no PBO; the default S is
+    never refused."""
+    sweep = spec.sweep
+    if not isinstance(sweep, dict) or "cscv_blocks" not in sweep:
+        return
+    longest = max((hi - lo).days + 1 for lo, hi in (spec.month_window(m) for m in spec.months()))
+    blocks = sweep["cscv_blocks"]
+    if blocks > longest:
+        raise SpecError(
+            f"{field}: {blocks} blocks need {blocks} days of a month in the window; the window has at most {longest}"
+        )

@@ -4,7 +4,8 @@
 Medians are true medians (the mean of the two middle values for an even count); quartiles and
 the 5th percentile use linear interpolation between the closest ranks (numpy's default "linear"
 method: position q·(n−1)). Tail-capture statistics ignore null values. Over zero trades every
-average, median and rate is null — never a fake 0.
+average, median and rate is null — never a fake 0. The `*_ci_low/high` columns are 95 % bootstrap
+intervals of the median and mean return (docs/confidence.md).
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ from typing import Any
 
 import polars as pl
 
+from quantlab_pipeline.core.confidence import INTERVAL_SCHEMA, return_intervals
 from quantlab_pipeline.core.durations import UNIT_MS
 
-SUMMARY_SCHEMA = pl.Schema(
+_COLUMNS = pl.Schema(
     {
         "run_id": pl.String,
         "calls_processed": pl.Int64,
@@ -35,6 +37,7 @@ SUMMARY_SCHEMA = pl.Schema(
         "p75_return_bps": pl.Float64,
     }
 )
+SUMMARY_SCHEMA = pl.Schema({**_COLUMNS, **INTERVAL_SCHEMA})
 
 
 def metric_exprs(*names: str) -> list[pl.Expr]:
@@ -91,10 +94,12 @@ def summarize_trades(
     calls_excluded: int,
 ) -> pl.DataFrame:
     """The one-row `results/summary.parquet`, columns exactly `SUMMARY_SCHEMA`."""
-    given = ("run_id", "calls_processed", "calls_excluded", "month", "policy_id")
-    metrics = trades.select(metric_exprs(*(n for n in SUMMARY_SCHEMA.names() if n not in given)))
+    not_metrics = ("run_id", "calls_processed", "calls_excluded", "month", "policy_id", *INTERVAL_SCHEMA.names())
+    metrics = trades.select(metric_exprs(*(n for n in SUMMARY_SCHEMA.names() if n not in not_metrics)))
+    intervals = return_intervals([trades.get_column("realized_return_bps").to_numpy()])
     return (
-        metrics.with_columns(
+        pl.concat([metrics, intervals], how="horizontal")
+        .with_columns(
             pl.lit(run_id, dtype=pl.String).alias("run_id"),
             pl.lit(calls_processed, dtype=pl.Int64).alias("calls_processed"),
             pl.lit(calls_excluded, dtype=pl.Int64).alias("calls_excluded"),

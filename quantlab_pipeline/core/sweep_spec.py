@@ -3,7 +3,10 @@ the constraints a policy must meet, and the objective it is ranked by.
 
 A sweep spec is `None` (the default grid below), a list of policy templates, or
 `{"templates": [...], "per_caller": bool, "constraints": {...}, "objective": "...",
-"walk_forward": {"train_months": K}}` with every key optional (README "Walk-forward optimization"). A template is a policy whose scalar fields (numbers, durations, and the `multiple` /
+"walk_forward": {"train_months": K}, "cscv_blocks": S, "benchmark": {...}}` with every key optional
+(README "Walk-forward optimization"; docs/confidence.md for the last two: the blocks PBO cuts a
+month's days into, and the policy SPA tests the grid against, by default holding to the horizon).
+A template is a policy whose scalar fields (numbers, durations, and the `multiple` /
 `fraction` of ladder levels, in combos too) may be lists of alternatives; the grid is their
 cartesian product, `null` in a list meaning "this optional field absent". Each grid point is
 validated by `parse_policy`; equal policies (same `policy_id`) are kept once, first wins.
@@ -25,7 +28,7 @@ import numpy as np
 from quantlab_pipeline.core import display
 from quantlab_pipeline.core.durations import UNIT_MS, parse_duration_ms
 from quantlab_pipeline.core.errors import SpecError
-from quantlab_pipeline.core.policy_spec import Policy, parse_policy, policy_id_of
+from quantlab_pipeline.core.policy_spec import Policy, TimeStop, parse_policy, policy_id_of
 
 # The default grid: 96 policies over the five kinds. Levels in bps of p0, ladder multiples of p0.
 _LADDER_STOPS = [2000, 3000, 5000, None]
@@ -91,6 +94,8 @@ DEFAULT_GRID: tuple[dict[str, Any], ...] = (
 OBJECTIVES: tuple[str, ...] = ("median_return_bps", "avg_return_bps", "p95_mae_bps", "avg_tail_capture")
 MAX_POLICIES = 2_000
 MAX_TRAIN_MONTHS = 24
+DEFAULT_CSCV_BLOCKS = 8
+MAX_CSCV_BLOCKS = 16  # C(16, 8) = 12,870 splits; C(18, 9) would be 48,620
 
 
 @dataclass(frozen=True)
@@ -121,6 +126,27 @@ class Sweep:
     constraints: Constraints = field(default_factory=Constraints)
     objective: str = "median_return_bps"
     train_months: int | None = None  # walk-forward: months selected on before each tested month
+    cscv_blocks: int = DEFAULT_CSCV_BLOCKS  # PBO: blocks a month's days are cut into
+    benchmark: Policy | None = None  # SPA's benchmark; None: `hold_to_horizon`
+
+
+def hold_to_horizon(horizon_ms: int) -> Policy:
+    """The default benchmark, `{"kind":"time_stop","max_hold":"<horizon>"}`: its time stop is never
+    inside the window (which ends at alert + horizon), so every trade exits at the window's last close."""
+    return TimeStop(max_hold_ms=horizon_ms)
+
+
+def benchmark_policy(sweep: Sweep, horizon_ms: int) -> Policy:
+    """The policy the sweep's policies are tested against (SPA)."""
+    return sweep.benchmark if sweep.benchmark is not None else hold_to_horizon(horizon_ms)
+
+
+def parse_cscv_blocks(value: Any, path: str) -> int:
+    """S: an even integer from 2 to `MAX_CSCV_BLOCKS` (whether a month has S days is the run
+    spec's check; a month with fewer days than S reports no PBO)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 2 or value > MAX_CSCV_BLOCKS or value % 2:
+        raise SpecError(f"{path}: expected an even integer from 2 to {MAX_CSCV_BLOCKS}, got {value!r}")
+    return value
 
 
 def parse_sweep(value: dict[str, Any] | list[Any] | None, *, root: str = "sweep") -> Sweep:
@@ -131,7 +157,7 @@ def parse_sweep(value: dict[str, Any] | list[Any] | None, *, root: str = "sweep"
         return Sweep(policies=_grid(value, root))
     if not isinstance(value, dict):
         raise SpecError(f"{root}: expected a list of policy templates or an object, got {type(value).__name__}")
-    allowed = ("templates", "per_caller", "constraints", "objective", "walk_forward")
+    allowed = ("templates", "per_caller", "constraints", "objective", "walk_forward", "cscv_blocks", "benchmark")
     for key in value:
         if key not in allowed:
             raise SpecError(f"{root}.{key}: unknown key (allowed: {', '.join(allowed)})")
@@ -152,7 +178,13 @@ def parse_sweep(value: dict[str, Any] | list[Any] | None, *, root: str = "sweep"
         constraints=_parse_constraints(value.get("constraints") or {}, f"{root}.constraints"),
         objective=objective,
         train_months=_parse_walk_forward(value.get("walk_forward"), f"{root}.walk_forward"),
+        cscv_blocks=parse_cscv_blocks(value.get("cscv_blocks", DEFAULT_CSCV_BLOCKS), f"{root}.cscv_blocks"),
+        benchmark=_parse_benchmark(value.get("benchmark"), f"{root}.benchmark"),
     )
+
+
+def _parse_benchmark(raw: Any, path: str) -> Policy | None:
+    return None if raw is None else parse_policy(raw, root=path)
 
 
 def _parse_walk_forward(raw: Any, path: str) -> int | None:

@@ -42,7 +42,7 @@ from quantlab_pipeline.core.spec_builder import (
     SpecRequest,
 )
 from quantlab_pipeline.core.summary import summarize_trades
-from quantlab_pipeline.core.sweep_spec import parse_sweep
+from quantlab_pipeline.core.sweep_spec import DEFAULT_CSCV_BLOCKS, MAX_CSCV_BLOCKS, benchmark_policy, parse_sweep
 from quantlab_pipeline.core.truth import compute_paths
 from quantlab_pipeline.orchestration.checks import ARTIFACT_CHECKS, ExclusionConfig
 from quantlab_pipeline.orchestration.headlines import (
@@ -170,6 +170,16 @@ class RunSpecConfig(Config):
         description="Optimization runs: the policy grid as JSON or @grid.json (default: the built-in grid).",
     )
     per_caller: bool = Field(default=False, description="Optimization runs: also rank the policies for each caller.")
+    cscv_blocks: int | None = Field(
+        default=None,
+        description="Optimization runs: PBO's blocks, the parts each month's days are cut into; an even "
+        f"integer from 2 to {MAX_CSCV_BLOCKS} (default {DEFAULT_CSCV_BLOCKS}).",
+    )
+    benchmark: str | None = Field(
+        default=None,
+        description="Optimization runs: the policy the grid is tested against (SPA), as JSON or @file.json "
+        '(default: holding to the horizon, {"kind":"time_stop","max_hold":"<horizon>"}).',
+    )
     features: bool = Field(
         default=True,
         description="Write features/features.parquet, the research features of each call (false: the CLI's --no-features).",
@@ -197,6 +207,8 @@ class RunSpecConfig(Config):
             sweep=self.sweep,
             per_caller=self.per_caller,
             features=self.features,
+            cscv_blocks=self.cscv_blocks,
+            benchmark=self.benchmark,
         )
 
 
@@ -424,6 +436,7 @@ def frontier(
             interval_ms=run_spec.interval_ms,
             horizon_ms=run_spec.horizon_ms,
             execution=run_spec.execution,
+            benchmark=benchmark_policy(sweep, run_spec.horizon_ms),
         )
         headline = frontier_headline(frame, report_link(run_store.runs_dir, run_spec.run_id))
         step.log(

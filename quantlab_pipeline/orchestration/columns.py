@@ -51,6 +51,10 @@ COLUMN_DESCRIPTIONS: dict[str, str] = {
     "win_rate": "Share of trades with a net return above 0.",
     "p25_return_bps": "25th percentile of net returns, bps.",
     "p75_return_bps": "75th percentile of net returns, bps.",
+    "median_return_bps_ci_low": "Median net return: low end of its 95 % bootstrap interval (percentile, 1,000 resamples), bps.",
+    "median_return_bps_ci_high": "Median net return: high end of its 95 % bootstrap interval, bps.",
+    "avg_return_bps_ci_low": "Mean net return: low end of its 95 % bootstrap interval (percentile, 1,000 resamples), bps.",
+    "avg_return_bps_ci_high": "Mean net return: high end of its 95 % bootstrap interval, bps.",
     # frontier
     "policy_params": "The policy as canonical JSON.",
     "meets_constraints": "Whether the policy meets the sweep's constraints.",

@@ -79,14 +79,15 @@ def summary_headline(row: dict[str, Any], report: dict[str, Any]) -> dict[str, A
         "median_return_bps": rounded_bps(row["median_return_bps"]),
         "stop_out_pct": percent(row["stop_out_rate"]),
         "win_pct": percent(row["win_rate"]),
+        "median_return_bps_ci": display.bps_interval(row["median_return_bps_ci_low"], row["median_return_bps_ci_high"]),
     }
     table = _table(
         (
             "calls",
             "excluded",
             "trades",
-            "avg bps",
-            "median bps",
+            "avg bps (95 % CI)",
+            "median bps (95 % CI)",
             "p25 / p75 bps",
             "stop-out",
             "win rate",
@@ -97,8 +98,10 @@ def summary_headline(row: dict[str, Any], report: dict[str, Any]) -> dict[str, A
                 display.num(row["calls_processed"]),
                 display.num(row["calls_excluded"]),
                 display.num(row["trades_count"]),
-                display.bps(row["avg_return_bps"]),
-                display.bps(row["median_return_bps"]),
+                f"{display.bps(row['avg_return_bps'])} "
+                f"({display.bps_interval(row['avg_return_bps_ci_low'], row['avg_return_bps_ci_high'])})",
+                f"{display.bps(row['median_return_bps'])} "
+                f"({display.bps_interval(row['median_return_bps_ci_low'], row['median_return_bps_ci_high'])})",
                 f"{display.bps(row['p25_return_bps'])} / {display.bps(row['p75_return_bps'])}",
                 display.pct(row["stop_out_rate"]),
                 display.pct(row["win_rate"]),

@@ -66,11 +66,12 @@ def load_json_arg(value: Any, *, field: str) -> Any:
 
 
 def create_run_spec(request: SpecRequest, *, run_id: str | None = None, base_dir: str | None = None) -> RunSpec:
-    """A new, validated run spec for `request` (`policy` and `sweep` may be text or `@file`)."""
+    """A new, validated run spec for `request` (`policy`, `sweep` and `benchmark` may be text or `@file`)."""
     request = dataclasses.replace(
         request,
         policy=load_json_arg(request.policy, field="policy"),
         sweep=load_json_arg(request.sweep, field="sweep"),
+        benchmark=load_json_arg(request.benchmark, field="benchmark"),
     )
     return build_spec(
         request,
