@@ -353,7 +353,7 @@ def test_the_summary_headline_and_the_closing_table_show_the_median_interval():
     from rich.console import Console
 
     from quantlab_pipeline.cli.months import headline_table
-    from quantlab_pipeline.orchestration.headlines import summary_headline
+    from quantlab_pipeline.orchestration.headlines import report_link, summary_headline
 
     row = {
         "calls_processed": 5,
@@ -371,7 +371,7 @@ def test_the_summary_headline_and_the_closing_table_show_the_median_interval():
         "avg_return_bps_ci_low": -1.0,
         "avg_return_bps_ci_high": 1234.0,
     }
-    headline = summary_headline(row, "")
+    headline = summary_headline(row, report_link("runs", "00000000-0000-4000-8000-000000000001"))
     assert headline["median_return_bps_ci"] == "-30 … 16"
     assert "| 12 (-1 … 1,234) | -4 (-30 … 16) |" in headline["headline"].value
     console = Console(width=200, record=True)

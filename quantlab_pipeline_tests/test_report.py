@@ -323,6 +323,10 @@ def test_summary_and_frontier_metadata_link_the_report_and_hold_no_image(tmp_pat
         "calls_processed": 4,
         "calls_excluded": 0,
         "median_tail_capture": 0.7,
+        "median_return_bps_ci_low": 100.0,
+        "median_return_bps_ci_high": 900.0,
+        "avg_return_bps_ci_low": -50.0,
+        "avg_return_bps_ci_high": 1900.0,
     }
     for metadata in (summary_headline(row, link), frontier_headline(big_frontier(500), link)):
         assert metadata["report"] is link["report"] and metadata["report_command"] is link["report_command"]
