@@ -14,7 +14,16 @@ from typing import Any
 from quantlab_pipeline.core import json_text
 from quantlab_pipeline.core.errors import SpecError
 from quantlab_pipeline.core.policy_spec import parse_policy, policy_to_dict
-from quantlab_pipeline.core.spec import RUN_TYPES, Execution, Provenance, RunSpec, Source
+from quantlab_pipeline.core.spec import (
+    DEFAULT_CAPITAL,
+    DEFAULT_POSITION_SIZE,
+    RUN_TYPES,
+    Execution,
+    PortfolioParams,
+    Provenance,
+    RunSpec,
+    Source,
+)
 
 # The defaults users see in `--help` and in the README; nowhere else.
 DEFAULT_ALERTS_PATH = "data/alerts.duckdb"
@@ -24,10 +33,13 @@ DEFAULT_HORIZON: str = RunSpec.model_fields["horizon"].default
 DEFAULT_FEE_BPS: float = Execution.model_fields["fee_bps"].default
 DEFAULT_SLIPPAGE_BPS: float = Execution.model_fields["slippage_bps"].default
 
+_PORTFOLIO_FIELDS = ("capital", "position_size", "position_fraction", "max_positions")
 # Which optional request fields each run type accepts (anything else given is refused).
 _ACCEPTS: dict[str, frozenset[str]] = {
     "path-only": frozenset({"features"}),
-    "policy": frozenset({"policy_id", "policy", "fee_bps", "slippage_bps", "features"}),
+    "policy": frozenset(
+        {"policy_id", "policy", "fee_bps", "slippage_bps", "features", *_PORTFOLIO_FIELDS, "portfolio"}
+    ),
     "optimization": frozenset({"sweep", "per_caller", "fee_bps", "slippage_bps", "train_months"}),
 }
 _REQUIRES: dict[str, tuple[str, ...]] = {"path-only": (), "policy": ("policy_id", "policy"), "optimization": ()}
@@ -56,16 +68,30 @@ class SpecRequest:
     per_caller: bool = False
     features: bool = True  # False: skip features/features.parquet
     train_months: int | None = None  # walk-forward optimization over K training months
+    portfolio: bool = True  # policy runs: False skips the portfolio (docs/portfolio.md)
+    capital: float | None = None
+    position_size: float | None = None
+    position_fraction: float | None = None
+    max_positions: int | None = None
 
     def given(self) -> set[str]:
         return (
             {
                 name
-                for name in ("policy_id", "policy", "fee_bps", "slippage_bps", "sweep", "train_months")
+                for name in (
+                    "policy_id",
+                    "policy",
+                    "fee_bps",
+                    "slippage_bps",
+                    "sweep",
+                    "train_months",
+                    *_PORTFOLIO_FIELDS,
+                )
                 if getattr(self, name) is not None
             }
             | ({"per_caller"} if self.per_caller else set())
             | (set() if self.features else {"features"})
+            | (set() if self.portfolio else {"portfolio"})
         )
 
 
@@ -86,6 +112,9 @@ def build_spec(request: SpecRequest, *, run_id: str, created_at: str, provenance
     refused = sorted(request.given() - _ACCEPTS[request.run_type])
     if refused:
         raise SpecError(f"{refused[0]}: not used by a {request.run_type} run")
+    unused = [name for name in _PORTFOLIO_FIELDS if name in request.given()] if not request.portfolio else []
+    if unused:
+        raise SpecError(f"{unused[0]}: not used when the portfolio is off")
     for name in _REQUIRES[request.run_type]:
         if getattr(request, name) in (None, ""):
             raise SpecError(f"{name}: required for a {request.run_type} run")
@@ -117,7 +146,20 @@ def build_spec(request: SpecRequest, *, run_id: str, created_at: str, provenance
         fields["sweep"] = _sweep_with_flags(sweep, request.per_caller, request.train_months)
     else:
         fields["features"] = request.features
+    if request.run_type == "policy" and request.portfolio:
+        fields["portfolio"] = _portfolio(request).model_dump(mode="json")
     return RunSpec.from_dict(fields)
+
+
+def _portfolio(request: SpecRequest) -> PortfolioParams:
+    """The account a policy run follows its trades with: the documented defaults (capital 10,000,
+    100 quote units an entry, no cap) for what is not given."""
+    if request.position_size is not None and request.position_fraction is not None:
+        raise SpecError("position_fraction: not with position_size (an entry spends one or the other)")
+    given = {name: getattr(request, name) for name in _PORTFOLIO_FIELDS if getattr(request, name) is not None}
+    if request.position_fraction is None:
+        given.setdefault("position_size", DEFAULT_POSITION_SIZE)
+    return PortfolioParams.parse({"capital": DEFAULT_CAPITAL, **given})
 
 
 def _sweep_with_flags(sweep: dict[str, Any] | list[Any] | None, per_caller: bool, train_months: int | None) -> Any:

@@ -14,6 +14,7 @@ sha256 of the spec it was written from (`spec_sha256`): a changed spec is refuse
 
 from __future__ import annotations
 
+import contextlib
 import time
 import traceback as tb
 from collections.abc import Iterable
@@ -49,6 +50,7 @@ from quantlab_pipeline.storage.layout import (
     ARTIFACT_SCHEMA_VERSION,
     MANIFEST,
     MANIFEST_SCHEMA_VERSION,
+    PREVIOUS_MONTH_INPUTS,
     REQUIRED_ARTIFACTS,
     STDERR_LOG,
     STDOUT_LOG,
@@ -57,6 +59,7 @@ from quantlab_pipeline.storage.layout import (
     required_artifacts,
     run_dir_path,
     spec_path,
+    split_month_input,
     temp_leftovers,
 )
 from quantlab_pipeline.storage.manifest import InvalidJSONFile, read_json_object
@@ -181,7 +184,11 @@ class RunDirectory:
             manifest = self._reopen(spec, dagster_run_id=dagster_run_id, phase=errors[0] if errors else None)
             started = time.perf_counter()
             record = self._write_parquet(artifact, frame, parquet_metadata or {})
-            record["inputs"] = {u: inputs[u] for u in ARTIFACT_INPUTS[artifact] if u in inputs}
+            record["inputs"] = {u: inputs[u] for u in ARTIFACT_INPUTS[artifact] if u in inputs} | {
+                key: sha
+                for key, sha in inputs.items()
+                if (other := split_month_input(key)) and other[0] in PREVIOUS_MONTH_INPUTS.get(artifact, ())
+            }
             manifest["artifacts"][artifact] = record
             if errors is not None:
                 self._replace_errors(manifest, *errors)
@@ -308,8 +315,22 @@ class RunDirectory:
             )
             return [*done, f"recorded as interrupted: {gone}"]
 
+    def changed_months(self, record: dict[str, Any]) -> list[str]:
+        """The other months of this run whose artifact an artifact (its manifest `record`) was
+        computed from was rewritten since with other bytes (a month gone or unreadable: not counted)."""
+        changed = []
+        for key, sha in record.get("inputs", {}).items():
+            other = split_month_input(key)
+            with contextlib.suppress(QuantlabError):
+                manifest = RunDirectory(self.runs_dir, other[1], self.run_id).manifest() if other else None
+                if other and (manifest or {}).get("artifacts", {}).get(other[0], {}).get("sha256", sha) != sha:
+                    changed.append(other[1])
+        return changed
+
     def completion(self, manifest: dict[str, Any] | None = None) -> Completion:
-        """Which required artifacts are missing (or not at their recorded size) or stale."""
+        """Which required artifacts are missing (or not at their recorded size) or stale: computed
+        from an older version of an upstream artifact of this month or, for the portfolio, of the
+        month before (`changed_months`)."""
         manifest = manifest if manifest is not None else self.manifest()
         if manifest is None:
             return Completion(False, missing=REQUIRED_ARTIFACTS["path-only"])
@@ -321,11 +342,12 @@ class RunDirectory:
             if rec is None or not path.is_file() or path.stat().st_size != rec["bytes"]:
                 missing.append(name)
                 continue
-            for upstream in ARTIFACT_INPUTS[name]:
-                up = artifacts.get(upstream)
-                if up is None or rec["inputs"].get(upstream) != up["sha256"]:
-                    stale.append(name)
-                    break
+            changed = any(
+                (up := artifacts.get(upstream)) is None or rec["inputs"].get(upstream) != up["sha256"]
+                for upstream in ARTIFACT_INPUTS[name]
+            )
+            if changed or self.changed_months(rec):
+                stale.append(name)
         return Completion(not missing and not stale, tuple(missing), tuple(stale))
 
     # -- internals (call with the lock held) -----------------------------------------------------
