@@ -41,6 +41,7 @@ from quantlab_pipeline.orchestration.resources import CandleStoreResource
 from quantlab_pipeline.storage.artifact_files import LoadedArtifact
 from quantlab_pipeline.storage.atomic import sha256_file
 from quantlab_pipeline.storage.catalog import ARTIFACT_TYPES, query_artifacts
+from quantlab_pipeline.storage.chain import changed_months
 from quantlab_pipeline.storage.layout import ARTIFACT_INPUTS
 from quantlab_pipeline.storage.run_dir import RunDirectory
 
@@ -130,7 +131,9 @@ def _manifest_consistent(subject: CheckSubject) -> AssetCheckResult:
             current = manifest["artifacts"].get(upstream, {}).get("sha256")
             if record.get("inputs", {}).get(upstream) != current:
                 problems.append(f"computed from an older {upstream}")
-        problems += [f"computed from an older version of {month}" for month in rd.changed_months(record)]
+        problems += [
+            f"computed from an older version of {month}" for month in changed_months(rd.runs_dir, rd.run_id, record)
+        ]
     return AssetCheckResult(
         passed=not problems,
         metadata={"problems": MetadataValue.json(problems), "run_status": manifest.get("status", "missing")},

@@ -174,7 +174,7 @@ def _previous_positions(step: ArtifactStep, run_store: RunStoreResource, spec: R
                 f"`quantlab runs resume {spec.run_id}`"
             )
         if not waiting:
-            step.log(f"waiting for {month} ({status.state}): this month's portfolio starts from its")
+            step.log(f"waiting for {month} ({status.state}): this month's portfolio starts from its positions")
             waiting = True
         time.sleep(POLL_S)
 

@@ -17,6 +17,7 @@ from typing import Literal
 
 from quantlab_pipeline.core.errors import EnvironmentFault, QuantlabError, first_line
 from quantlab_pipeline.core.spec import RunSpec
+from quantlab_pipeline.storage.chain import changed_months
 from quantlab_pipeline.storage.layout import ARTIFACT_INPUTS, SUCCESS_MARKER, iter_run_dirs, required_artifacts
 from quantlab_pipeline.storage.run_dir import RunDirectory
 from quantlab_pipeline.storage.specs import read_spec
@@ -64,7 +65,9 @@ def month_status(run_dir: RunDirectory) -> MonthStatus:
         return status("interrupted" if error.get("reason") == "interrupted" else "failed", message)
     if state == "completed" and (run_dir.path / SUCCESS_MARKER).exists():
         records = manifest.get("artifacts", {}).values()
-        changed = sorted({month for record in records for month in run_dir.changed_months(record)})
+        changed = sorted(
+            {month for record in records for month in changed_months(run_dir.runs_dir, run_dir.run_id, record)}
+        )
         if changed:
             return status("stale", f"computed from {', '.join(changed)} before it was rewritten")
         return status("completed")

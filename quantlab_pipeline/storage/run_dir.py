@@ -14,7 +14,6 @@ sha256 of the spec it was written from (`spec_sha256`): a changed spec is refuse
 
 from __future__ import annotations
 
-import contextlib
 import time
 import traceback as tb
 from collections.abc import Iterable
@@ -34,6 +33,7 @@ from quantlab_pipeline.storage.artifact_files import (
     write_artifact_file,
 )
 from quantlab_pipeline.storage.atomic import atomic_write_bytes, atomic_write_json, sha256_bytes
+from quantlab_pipeline.storage.chain import changed_months
 from quantlab_pipeline.storage.errors_file import error_rows, read_error_rows, without_phase
 from quantlab_pipeline.storage.guards import (
     WriteRefused,
@@ -315,22 +315,10 @@ class RunDirectory:
             )
             return [*done, f"recorded as interrupted: {gone}"]
 
-    def changed_months(self, record: dict[str, Any]) -> list[str]:
-        """The other months of this run whose artifact an artifact (its manifest `record`) was
-        computed from was rewritten since with other bytes (a month gone or unreadable: not counted)."""
-        changed = []
-        for key, sha in record.get("inputs", {}).items():
-            other = split_month_input(key)
-            with contextlib.suppress(QuantlabError):
-                manifest = RunDirectory(self.runs_dir, other[1], self.run_id).manifest() if other else None
-                if other and (manifest or {}).get("artifacts", {}).get(other[0], {}).get("sha256", sha) != sha:
-                    changed.append(other[1])
-        return changed
-
     def completion(self, manifest: dict[str, Any] | None = None) -> Completion:
         """Which required artifacts are missing (or not at their recorded size) or stale: computed
         from an older version of an upstream artifact of this month or, for the portfolio, of the
-        month before (`changed_months`)."""
+        month before (`chain.changed_months`)."""
         manifest = manifest if manifest is not None else self.manifest()
         if manifest is None:
             return Completion(False, missing=REQUIRED_ARTIFACTS["path-only"])
@@ -346,7 +334,7 @@ class RunDirectory:
                 (up := artifacts.get(upstream)) is None or rec["inputs"].get(upstream) != up["sha256"]
                 for upstream in ARTIFACT_INPUTS[name]
             )
-            if changed or self.changed_months(rec):
+            if changed or changed_months(self.runs_dir, self.run_id, rec):
                 stale.append(name)
         return Completion(not missing and not stale, tuple(missing), tuple(stale))
 
@@ -377,15 +365,23 @@ class RunDirectory:
         }
 
     def _reopen(self, spec: RunSpec, *, dagster_run_id: str | None, phase: str | None) -> dict[str, Any]:
-        """The manifest of a run being (re)written by this process, its marker removed first."""
+        """The manifest of a run being (re)written by this process, its marker removed first. A
+        failure an earlier step of the same Dagster run recorded stays: a step that does not
+        depend on the failed one (it runs after it all the same) does not make the month running."""
         check_not_archiving(self.path.parent, self.run_id)
         manifest = self._load_or_new(spec)
         check_spec(manifest, spec, spec_path(self.runs_dir, self.run_id), self.month)
         self._clean_leftovers()
         self._unmark()
         writer = writer_record(dagster_run_id, phase, previous=manifest.get("writer"))
-        manifest.update(status="running", completed_at=None, writer=writer, spec_sha256=spec_sha256(spec))
-        manifest.pop("error", None)
+        error = manifest.pop("error", None)
+        failed = (
+            manifest.get("status") == "failed"
+            and dagster_run_id
+            and (error or {}).get("dagster_run_id") == dagster_run_id
+        )
+        manifest.update(status="failed" if failed else "running", completed_at=None, writer=writer)
+        manifest.update(spec_sha256=spec_sha256(spec), **({"error": error} if failed else {}))
         self._ensure_logs()
         return manifest
 
