@@ -193,8 +193,11 @@ def test_trade_marks_are_the_candles_from_the_entry_candle_that_close_before_the
     candles = candles_from_rows([("A", T0 + k * M5, 1.0, 1.0, 1.0, 1.0 + k) for k in range(6)])
     frame = trades(("a", "A", T0 + M5, 1.0, T0 + 4 * M5, 0.0), ("b", "Z", T0, 1.0, T0 + M5, 0.0))
     marks = marks_of(frame, candles)
-    assert marks.offsets.tolist() == [0, 2, 2]  # candles 1 and 2 (closing at 2·5m and 3·5m); 3 closes at the exit
-    assert marks.ts.tolist() == [T0 + 2 * M5, T0 + 3 * M5] and marks.close.tolist() == [2.0, 3.0]
+    times, closes = marks.known(0)  # candles 1 and 2 (closing at 2·5m and 3·5m); 3 closes at the exit
+    assert times.tolist() == [T0 + 2 * M5, T0 + 3 * M5] and closes.tolist() == [2.0, 3.0]
+    assert marks.known(1)[0].size == 0  # a mint without candles
+    compact = marks.compact()
+    assert compact.delay_ms == 0 and compact.ts.tolist() == times.tolist() and compact.lo.tolist() == [0, 2]
 
 
 def test_a_ladder_returns_all_its_parts_at_its_exit():
@@ -235,7 +238,8 @@ def test_figures_by_hand():
     drawdown deepest at 950 below the peak 1100 (3/22)."""
     frame = trades(("a", "A", T0 + H, 1.0, T0 + 3 * DAY + H, 1000.0))
     marks = Marks(
-        np.array([0, 3]),
+        np.array([0]),
+        np.array([3]),
         np.array([T0 + 12 * H, T0 + DAY + 12 * H, T0 + 2 * DAY + 12 * H]),
         np.array([0.8, 1.2, 0.9]),
     )

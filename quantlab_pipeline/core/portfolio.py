@@ -90,41 +90,54 @@ POSITIONS_SCHEMA = pl.Schema(
 
 @dataclass(frozen=True)
 class Marks:
-    """Per trade `i`, rows `offsets[i]:offsets[i + 1]` of `ts` (when each close is known: the
-    candle's `ts_ms` + Δ) and `close`: its mint's candles opened at or after its entry that close
-    before its exit (a position is marked only while open)."""
+    """Per trade `i`, rows `lo[i]:hi[i]` of `ts` and `close`: its mint's candles opened at or after
+    its entry that close before its exit (a position is marked only while open). A close is known
+    at `ts + delay_ms`: a candle's open time + Δ when the rows are the candle set's own (no copy),
+    the time itself (`delay_ms` 0) when they were gathered (`compact`)."""
 
-    offsets: np.ndarray
+    lo: np.ndarray
+    hi: np.ndarray
     ts: np.ndarray
     close: np.ndarray
+    delay_ms: int = 0
+
+    def known(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Trade `i`'s marks: when each close is known, and the close."""
+        return self.ts[self.lo[i] : self.hi[i]] + self.delay_ms, self.close[self.lo[i] : self.hi[i]]
+
+    def compact(self) -> Marks:
+        """The trades' rows only, in arrays of their own (times as known)."""
+        offsets = np.zeros(len(self.lo) + 1, dtype=np.int64)
+        np.cumsum(self.hi - self.lo, out=offsets[1:])
+        ts = np.empty(offsets[-1], dtype=np.int64)
+        close = np.empty(offsets[-1], dtype=np.float64)
+        nb.gather_marks(self.ts, self.close, self.lo, self.hi, np.int64(self.delay_ms), offsets, ts, close)
+        return Marks(offsets[:-1], offsets[1:], ts, close)
 
     @classmethod
     def concat(cls, parts: Sequence[Marks]) -> Marks:
-        """The marks of several sets of trades, one after the other (at least one set)."""
+        """The marks of several sets of trades (read apart: a large month's parts), one after the other."""
         if len(parts) == 1:
             return parts[0]
-        starts = np.cumsum([0, *(len(p.ts) for p in parts[:-1])])
-        offsets = [np.zeros(1, np.int64), *(p.offsets[1:] + start for p, start in zip(parts, starts))]
+        compact = [part.compact() for part in parts]
+        starts = np.cumsum([0, *(len(part.ts) for part in compact[:-1])])
         return cls(
-            np.concatenate(offsets),
-            np.concatenate([p.ts for p in parts]),
-            np.concatenate([p.close for p in parts]),
+            np.concatenate([part.lo + start for part, start in zip(compact, starts)]),
+            np.concatenate([part.hi + start for part, start in zip(compact, starts)]),
+            np.concatenate([part.ts for part in compact]),
+            np.concatenate([part.close for part in compact]),
         )
 
 
 def trade_marks(
     candles: Candles, mints: pl.Series, entry_ts: np.ndarray, exit_ts: np.ndarray, interval_ms: int
 ) -> Marks:
-    """The marks of each trade (its mint, entry and exit) from a candle set holding its window."""
+    """The marks of each trade (its mint, entry and exit): row bounds into the candle set holding
+    its window, nothing copied."""
     entry = np.ascontiguousarray(entry_ts, dtype=np.int64)
     # a close known before the exit (`ts + Δ < exit`): at the exit the position is sold, not marked
     start, stop = candles.window_bounds(mints, entry, np.asarray(exit_ts, dtype=np.int64) - interval_ms)
-    offsets = np.zeros(len(entry) + 1, dtype=np.int64)
-    np.cumsum(stop - start, out=offsets[1:])
-    ts = np.empty(offsets[-1], dtype=np.int64)
-    close = np.empty(offsets[-1], dtype=np.float64)
-    nb.gather_marks(candles.ts, candles.close, start, stop, np.int64(interval_ms), offsets, ts, close)
-    return Marks(offsets, ts, close)
+    return Marks(start, stop, candles.ts, candles.close, interval_ms)
 
 
 # -- the state a month hands the next ----------------------------------------------------------
@@ -209,7 +222,7 @@ def _stored_marks(positions: pl.DataFrame) -> Marks:
         values = positions.get_column(name).rechunk().to_arrow().flatten()  # empty lists add nothing
         return np.ascontiguousarray(values.to_numpy(zero_copy_only=False), dtype=dtype)
 
-    return Marks(offsets, flat("mark_ts_ms", np.int64), flat("mark_close", np.float64))
+    return Marks(offsets[:-1], offsets[1:], flat("mark_ts_ms", np.int64), flat("mark_close", np.float64))
 
 
 def simulate_portfolio(
@@ -225,7 +238,7 @@ def simulate_portfolio(
     carried = state.positions
     columns = pl.Schema({name: POSITIONS_SCHEMA[name] for name in TRADE_COLUMNS})
     frame = pl.concat([carried.select(TRADE_COLUMNS), trades.select(TRADE_COLUMNS).cast(columns)])
-    both = Marks.concat([_stored_marks(carried), marks])
+    stored = _stored_marks(carried)  # source 1 of the kernel; the month's `marks` are source 0
     # buy order: entry time, then call_id (a sort of the strings, not of row order)
     order = (
         frame.select(pl.int_range(pl.len(), dtype=pl.Int64).alias("row"), "entry_ts_ms", "call_id")
@@ -238,8 +251,9 @@ def simulate_portfolio(
     carried_status = np.array([codes[s] for s in carried.get_column("status").to_list()], dtype=np.int8)
     status = np.concatenate([carried_status, np.full(trades.height, nb.PENDING, np.int8)])[order]
     size = np.concatenate([carried.get_column("size").fill_null(0.0).to_numpy(), np.zeros(trades.height)])[order]
-    mark_lo = np.ascontiguousarray(both.offsets[:-1][order])
-    mark_hi = np.ascontiguousarray(both.offsets[1:][order])
+    source = np.concatenate([np.ones(carried.height, np.int8), np.zeros(trades.height, np.int8)])[order]
+    mark_lo = np.ascontiguousarray(np.concatenate([stored.lo, marks.lo])[order], dtype=np.int64)
+    mark_hi = np.ascontiguousarray(np.concatenate([stored.hi, marks.hi])[order], dtype=np.int64)
     entry = frame.get_column("entry_ts_ms").to_numpy().astype(np.int64)
     exit_ = frame.get_column("exit_ts_ms").to_numpy().astype(np.int64)
     entry_px = frame.get_column("entry_px").to_numpy().astype(np.float64)
@@ -291,10 +305,14 @@ def simulate_portfolio(
         exit_,
         entry_px,
         growth,
+        source,
         mark_lo,
         mark_hi,
-        both.ts,
-        both.close,
+        marks.ts,
+        marks.close,
+        np.int64(marks.delay_ms),
+        stored.ts,
+        stored.close,
         status,
         size,
         cursor,
@@ -350,12 +368,13 @@ def simulate_portfolio(
         calls_skipped_max_positions=int(counts[nb.SKIPPED_MAX_COUNT]),
         max_open_positions=int(counts[nb.MAX_OPEN]),
     )
-    positions = _carry(frame, status, size, cursor, mark_lo, mark_hi, exit_, both, until)
+    sources = (marks, stored)
+    positions = _carry(frame, status, size, cursor, source, mark_lo, mark_hi, exit_, sources, until)
     state = PortfolioState(new_account, positions)
     return PortfolioMonth(curve, state, portfolio_figures(new_account, params.capital))
 
 
-def _carry(frame, status, size, cursor, mark_lo, mark_hi, exit_, marks: Marks, until: int) -> pl.DataFrame:
+def _carry(frame, status, size, cursor, source, mark_lo, mark_hi, exit_, sources, until: int) -> pl.DataFrame:
     """The calls a later month still needs: open (with the mark in force and those to come),
     not yet entered (all their marks), and skipped with their exit, an event time, still ahead."""
     skipped = (status == nb.SKIPPED_CASH) | (status == nb.SKIPPED_MAX)
@@ -363,15 +382,17 @@ def _carry(frame, status, size, cursor, mark_lo, mark_hi, exit_, marks: Marks, u
     rows = np.flatnonzero(keep)
     lo = np.where(status[rows] == nb.OPEN, np.maximum(cursor[rows] - 1, mark_lo[rows]), mark_lo[rows])
     hi = np.where(skipped[rows], lo, mark_hi[rows])
+    of = [sources[source[r]] for r in rows]  # each call's marks: the month's candles, or those handed on
+    times = [m.ts[a:b] + m.delay_ms for m, a, b in zip(of, lo, hi)]
+    closes = [m.close[a:b] for m, a, b in zip(of, lo, hi)]
     lengths = hi - lo
-    take = np.repeat(lo - np.cumsum(np.concatenate([[0], lengths[:-1]])), lengths) + np.arange(lengths.sum())
     return (
         frame[rows]
         .with_columns(
             pl.Series("status", np.array(STATUSES)[status[rows]], dtype=pl.String),
             pl.Series("size", np.where(status[rows] == nb.OPEN, size[rows], np.nan)).fill_nan(None),
-            _list_column(marks.ts[take], lengths, pl.List(pl.Int64)).alias("mark_ts_ms"),
-            _list_column(marks.close[take], lengths, pl.List(pl.Float64)).alias("mark_close"),
+            _list_column(np.concatenate([[], *times]).astype(np.int64), lengths, pl.List(pl.Int64)).alias("mark_ts_ms"),
+            _list_column(np.concatenate([[], *closes]), lengths, pl.List(pl.Float64)).alias("mark_close"),
         )
         .select(POSITIONS_SCHEMA.names())
         .cast(POSITIONS_SCHEMA)

@@ -7,6 +7,7 @@ manager writes it into the run directory.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -88,7 +89,8 @@ class ArtifactStep:
         companions: Mapping[str, ArtifactOutput] | None = None,
     ) -> ArtifactOutput:
         """The artifact and what it was computed from: `inputs` of this month, `other_months`
-        (month: artifact) of the months before it."""
+        (month: artifact) of the months before it. The step's time is recorded once, with this
+        artifact: its `companions` record none."""
         recorded = {a.artifact: a.sha256 for a in inputs}
         recorded |= {month_input_key(a.artifact, month): a.sha256 for month, a in (other_months or {}).items()}
         return ArtifactOutput(
@@ -99,7 +101,7 @@ class ArtifactStep:
             headline=headline or {},
             parquet_metadata=parquet_metadata or {},
             compute_ms=int((time.perf_counter() - self._started) * 1000),
-            companions=dict(companions or {}),
+            companions={name: dataclasses.replace(c, compute_ms=0) for name, c in (companions or {}).items()},
         )
 
 

@@ -1,10 +1,12 @@
 """Portfolio kernels (docs/portfolio.md): an account following a run's trades, event by event.
 
 Trades are parallel arrays in buy order (entry time, then call_id). A trade's *marks* are the
-closes of its mint's candles from its entry candle on, each with the time it becomes known
-(`ts_ms + Δ`): rows `mark_lo[i]:mark_hi[i]` of `mark_ts` / `mark_close`. `cursor[i]` is the first
-of them not yet known, so marking an open position at time t only moves its cursor forward:
-over a month every position's marks are read once, however many points are marked.
+closes of its mint's candles from its entry candle on, each known at a time: rows
+`mark_lo[i]:mark_hi[i]` of one of two sources (`source[i]`): 0, the month's candles themselves
+(`ts0` open times, known `delay0` = Δ later: nothing is copied), or 1, the marks the month before
+handed on (`ts1` the times they are known). `cursor[i]` is the first of them not yet known, so
+marking an open position at time t only moves its cursor forward: over a month every position's
+marks are read once, however many points are marked.
 """
 
 from __future__ import annotations
@@ -24,33 +26,39 @@ TAKEN, SKIPPED_CASH_COUNT, SKIPPED_MAX_COUNT, MAX_OPEN, FIRST_POINT, LAST_POINT,
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
-def gather_marks(ts, close, start, stop, interval_ms, offsets, out_ts, out_close):
-    """Copy candle rows `start[i]:stop[i]` of each trade to `out_*[offsets[i]:offsets[i + 1]]`,
-    as (time the close is known, close)."""
+def gather_marks(ts, close, start, stop, delay, offsets, out_ts, out_close):
+    """Copy rows `start[i]:stop[i]` of each trade to `out_*[offsets[i]:offsets[i + 1]]`, as (time
+    the close is known: `ts + delay`, close)."""
     for i in range(start.shape[0]):
         w = offsets[i]
         for r in range(start[i], stop[i]):
-            out_ts[w] = ts[r] + interval_ms
+            out_ts[w] = ts[r] + delay
             out_close[w] = close[r]
             w += 1
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
-def mark_open(t, open_idx, n_open, size, entry_px, mark_lo, mark_hi, mark_ts, mark_close, cursor):
+def mark_open(t, open_idx, n_open, size, entry_px, source, mark_lo, mark_hi, ts0, close0, delay0, ts1, close1, cursor):
     """The open positions' worth at time t, summed in buy order: size × c / entry_px with c the
-    close of the last candle known by t (`mark_ts <= t`), or the size while none is."""
+    close of the last candle known by t, or the size while none is."""
     value = 0.0
     for j in range(n_open):
         i = open_idx[j]
         c = cursor[i]
         hi = mark_hi[i]
-        while c < hi and mark_ts[c] <= t:
-            c += 1
-        cursor[i] = c
-        if c > mark_lo[i]:
-            value += size[i] * (mark_close[c - 1] / entry_px[i])
+        # One branch per source, each indexing its arrays directly: binding an array to a local
+        # in the loop costs reference counting per position and point.
+        if source[i] == 0:
+            known = t - delay0
+            while c < hi and ts0[c] <= known:
+                c += 1
+            mark = close0[c - 1] if c > mark_lo[i] else entry_px[i]
         else:
-            value += size[i]
+            while c < hi and ts1[c] <= t:
+                c += 1
+            mark = close1[c - 1] if c > mark_lo[i] else entry_px[i]
+        cursor[i] = c
+        value += size[i] * (mark / entry_px[i])
     return value
 
 
@@ -61,10 +69,14 @@ def simulate_account(
     exit_ts,
     entry_px,
     growth,
+    source,
     mark_lo,
     mark_hi,
-    mark_ts,
-    mark_close,
+    ts0,
+    close0,
+    delay0,
+    ts1,
+    close1,
     status,
     size,
     cursor,
@@ -134,7 +146,20 @@ def simulate_account(
                 if position_fraction > 0.0:
                     if not value_known:
                         value = mark_open(
-                            t, open_idx, n_open, size, entry_px, mark_lo, mark_hi, mark_ts, mark_close, cursor
+                            t,
+                            open_idx,
+                            n_open,
+                            size,
+                            entry_px,
+                            source,
+                            mark_lo,
+                            mark_hi,
+                            ts0,
+                            close0,
+                            delay0,
+                            ts1,
+                            close1,
+                            cursor,
                         )
                         value_known = True
                     spend = position_fraction * (cash + value)
@@ -154,7 +179,9 @@ def simulate_account(
                     n_open += 1
                     value += spend  # worth its size: no candle of it has closed yet
             e += 1
-        value = mark_open(t, open_idx, n_open, size, entry_px, mark_lo, mark_hi, mark_ts, mark_close, cursor)
+        value = mark_open(
+            t, open_idx, n_open, size, entry_px, source, mark_lo, mark_hi, ts0, close0, delay0, ts1, close1, cursor
+        )
         equity = cash + value
         out_ts[p] = t
         out_equity[p] = equity
