@@ -39,7 +39,7 @@ import time
 import numpy as np
 import polars as pl
 
-from quantlab_pipeline.core.portfolio import Marks, PortfolioState, simulate_portfolio
+from quantlab_pipeline.core.portfolio import TRADE_COLUMNS, Marks, PortfolioState, simulate_portfolio
 from quantlab_pipeline.core.spec import PortfolioParams
 
 DAY_MS = 86_400_000
@@ -188,11 +188,12 @@ def compare(trades: pl.DataFrame, marks: Marks, capital: float, position_size: f
     if _vectorbt() is None:
         return {"skipped": "vectorbt is not installed (pip install -e '.[bench]'; make bench does)"}
     params = PortfolioParams(capital=capital, position_size=position_size)
-    columns = ("call_id", "mint", "entry_ts_ms", "entry_px", "exit_ts_ms", "realized_return_bps")
     ours_s, vbt_s = [], []
     for _ in range(repeat):
         started = time.process_time()
-        ours = simulate_portfolio(PortfolioState.start(capital), trades.select(columns), marks, params, until_ms=None)
+        ours = simulate_portfolio(
+            PortfolioState.start(capital), trades.select(TRADE_COLUMNS), marks, params, until_ms=None
+        )
         ours_s.append(time.process_time() - started)
         negative = set(trades.filter(pl.col("realized_return_bps") < -1e4).get_column("call_id").to_list())
         charged, layout_s, seconds = negative, 0.0, 0.0
@@ -264,7 +265,6 @@ def figure(month, paths: pl.DataFrame, e2e_policy: dict, repeat: int) -> dict:
         horizon_ms=month.horizon_ms,
         execution=Execution(),
     ).join(paths.select("call_id", "mint"), on="call_id")
-    columns = ("call_id", "mint", "entry_ts_ms", "entry_px", "exit_ts_ms", "realized_return_bps")
 
     def marks() -> Marks:
         entry, exit_ = trades.get_column("entry_ts_ms").to_numpy(), trades.get_column("exit_ts_ms").to_numpy()
@@ -274,7 +274,7 @@ def figure(month, paths: pl.DataFrame, e2e_policy: dict, repeat: int) -> dict:
     params = PortfolioParams(capital=CAPITAL, position_size=POSITION_SIZE)
 
     def simulate() -> None:
-        simulate_portfolio(PortfolioState.start(CAPITAL), trades.select(columns), gathered, params, until_ms=None)
+        simulate_portfolio(PortfolioState.start(CAPITAL), trades.select(TRADE_COLUMNS), gathered, params, until_ms=None)
 
     simulate()
     steps = e2e_policy["steps_s"]

@@ -13,6 +13,8 @@ import pytest
 from quantlab_pipeline.core.candles import Candles
 from quantlab_pipeline.core.errors import SpecError
 from quantlab_pipeline.core.portfolio import (
+    POSITIONS_SCHEMA,
+    TRADE_COLUMNS,
     Account,
     Marks,
     PortfolioState,
@@ -28,23 +30,11 @@ MIN, H, DAY = 60_000, 3_600_000, 86_400_000
 M5 = 5 * MIN
 T0 = 1_704_067_200_000  # 2024-01-01 00:00 UTC
 FEB = T0 + 31 * DAY  # 2024-02-01 00:00 UTC
-COLUMNS = ("call_id", "mint", "entry_ts_ms", "entry_px", "exit_ts_ms", "realized_return_bps")
 
 
 def trades(*rows: tuple) -> pl.DataFrame:
     """`(call_id, mint, entry, entry_px, exit, return_bps)` rows."""
-    return pl.DataFrame(
-        list(rows),
-        schema={
-            "call_id": pl.String,
-            "mint": pl.String,
-            "entry_ts_ms": pl.Int64,
-            "entry_px": pl.Float64,
-            "exit_ts_ms": pl.Int64,
-            "realized_return_bps": pl.Float64,
-        },
-        orient="row",
-    )
+    return pl.DataFrame(list(rows), schema={name: POSITIONS_SCHEMA[name] for name in TRADE_COLUMNS}, orient="row")
 
 
 def marks_of(frame: pl.DataFrame, candles: Candles | None = None, interval_ms: int = M5) -> Marks:

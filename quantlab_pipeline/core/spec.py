@@ -73,6 +73,15 @@ def months_between(first: dt.date, last: dt.date) -> list[str]:
     return months
 
 
+def validation_line(exc: ValidationError, *, where: str = "") -> str:
+    """A validation error as one line naming the field (`capital: must be …`); `where` names an
+    error of no field (a message of its own then names one)."""
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"]) or where
+    msg = err["msg"].removeprefix("Value error, ")
+    return f"{loc}: {msg}" if loc else msg
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -214,10 +223,7 @@ class PortfolioParams(_Strict):
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
-            err = exc.errors()[0]
-            loc = ".".join(str(p) for p in err["loc"])
-            msg = err["msg"].removeprefix("Value error, ")
-            raise SpecError(f"{loc}: {msg}" if loc else msg) from None
+            raise SpecError(validation_line(exc)) from None
 
 
 class Provenance(_Strict):
@@ -293,10 +299,7 @@ class RunSpec(_Strict):
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
-            err = exc.errors()[0]
-            loc = ".".join(str(p) for p in err["loc"]) or "spec"
-            msg = err["msg"].removeprefix("Value error, ")
-            raise SpecError(f"run spec: {loc}: {msg}") from None
+            raise SpecError(f"run spec: {validation_line(exc, where='spec')}") from None
         except SpecError as exc:
             raise SpecError(f"run spec: {exc}") from None
 
