@@ -139,14 +139,16 @@ def _trades_and_marks(
     """The month's trades with their mint, and their marks from the month's candles, part by part
     (a large month is read in parts of whole mints: one part's candles in memory at a time)."""
     frame = trades.frame.join(paths.frame.select("call_id", "mint"), on="call_id", how="left").select(TRADE_COLUMNS)
+    whole = len(candle_store.plan(spec, alerts.frame)) == 1
     parts, marks = [], []
     for part, read in candle_store.parts(spec, alerts.frame):
         mine = frame.filter(pl.col("call_id").is_in(part.get_column("call_id").implode()))
         entry = mine.get_column("entry_ts_ms").to_numpy()
         exit_ = mine.get_column("exit_ts_ms").to_numpy()
-        marks.append(trade_marks(read.candles, mine.get_column("mint"), entry, exit_, spec.interval_ms))
+        found = trade_marks(read.candles, mine.get_column("mint"), entry, exit_, spec.interval_ms)
+        marks.append(found if whole else found.compact())  # a part's own rows: its candles can go
         parts.append(mine)
-        del read  # free this part before the next one is read
+        del read, found  # free this part before the next one is read
     return pl.concat(parts), Marks.concat(marks)  # `parts` yields at least one part
 
 
