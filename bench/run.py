@@ -3,7 +3,8 @@
 Builds the reference month with the sample generator (20,000 alerts × 1,440 five-minute candles,
 cached in `bench/.cache/` by size, seed and generator version) and measures, at each requested scale, the streaming
 floor, the truth kernel, one policy of each kind, a 100-policy sweep, the same exits computed by
-vectorbt (the `bench` extra; `peer.py`), the bare DuckDB scan, and
+vectorbt (the `bench` extra; `peer.py`), the portfolio and vectorbt's `Portfolio` on the same
+trades (`portfolio_peer.py`), the bare DuckDB scan, and
 `quantlab backtest path-only|policy` end to end (wall, Dagster overhead, peak memory); at the
 largest scale, four months with `--parallel 1` and `--parallel 2`; once, the cold start and the
 per-run fixed cost. Every figure is the median of `--repeat` runs with min and max.
@@ -34,6 +35,7 @@ import endtoend
 import kernels
 import numba
 import peer
+import portfolio_peer
 import report
 import research
 from measure import ratio
@@ -171,6 +173,8 @@ def _measure_scale(scale: float, args: argparse.Namespace, work_dir: Path, conso
     sweep = kernels.sweep(month, paths, args.repeat, threads=numba.config.NUMBA_NUM_THREADS)
     say("peer: vectorbt's OHLC stop generator, both engines, one thread")
     peers = peer.peer(month, paths, args.repeat)
+    say("portfolio: marks, simulation, and vectorbt's Portfolio on the same trades")
+    portfolio = portfolio_peer.figure(month, paths, e2e["policy"], args.repeat)
     gc.collect()
     say("bare DuckDB scan")
     scan = endtoend.bare_scan(db, (dataset.MONTH,), args.repeat)
@@ -201,6 +205,7 @@ def _measure_scale(scale: float, args: argparse.Namespace, work_dir: Path, conso
         "policies": policies,
         "sweep": sweep,
         "peer": peers,
+        "portfolio": portfolio,
         "bare_scan": scan,
         "e2e": e2e,
     }
@@ -278,6 +283,8 @@ def main(argv: list[str] | None = None) -> int:
     tmp.write_text(json.dumps(results, indent=2) + "\n")
     os.replace(tmp, args.json)
     report.render(results, console)
+    for scale in results["scales"].values():
+        portfolio_peer.render(scale, console)
     research.render(results["research"], console)
     console.print(f"results: {args.json} ({results['meta']['elapsed_s']:.0f} s)")
     return 0

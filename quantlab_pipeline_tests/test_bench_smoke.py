@@ -143,6 +143,18 @@ def test_quick_run_reports_every_figure(quick_run):
         months["parallel_1"]["wall_s"]["samples"][0] / months["parallel_2"]["wall_s"]["samples"][0]
     )
 
+    portfolio = scale["portfolio"]  # the portfolio step's share of the policy run, and vectorbt's Portfolio
+    assert portfolio["trades"] > 0 and 0 < portfolio["step_share"] < 1
+    assert portfolio["step_share"] == pytest.approx(
+        portfolio["step_seconds"] / scale["e2e"]["policy"]["wall_s"]["median"]
+    )
+    _figure(portfolio, "marks_seconds")
+    _figure(portfolio, "simulate_seconds")
+    if "skipped" in portfolio["vectorbt"]:
+        assert "vectorbt" in portfolio["vectorbt"]["skipped"]
+    else:
+        assert portfolio["vectorbt"]["equal"], portfolio["vectorbt"]
+
     peer = scale["peer"]  # vectorbt is the optional `bench` extra: measured when installed
     if "skipped" in peer:
         assert "vectorbt" in peer["skipped"]
@@ -171,7 +183,17 @@ def test_quick_run_checks_targets_and_prints_the_table(quick_run):
 # -- the derived sections, on hand-made figures --------------------------------------------------
 
 
-BENCH_MODULES = ("coldstart_child", "dataset", "endtoend", "kernels", "measure", "peer", "report", "rusage_child")
+BENCH_MODULES = (
+    "coldstart_child",
+    "dataset",
+    "endtoend",
+    "kernels",
+    "measure",
+    "peer",
+    "portfolio_peer",
+    "report",
+    "rusage_child",
+)
 
 
 @pytest.fixture

@@ -163,7 +163,7 @@ def test_runs_create_then_dagster_asset_materialize(workdir):
             "-m",
             "quantlab_pipeline.definitions",
             "--select",
-            "alerts,paths,trades,summary,features",
+            "alerts,paths,trades,summary,features,equity,portfolio,positions",  # what `runs create` printed
             "--partition",
             f"2024-01.policy.fixed-5.{run_id}",
         ],
@@ -175,7 +175,7 @@ def test_runs_create_then_dagster_asset_materialize(workdir):
     assert (rd / "_SUCCESS").exists()
     manifest = RunDirectory.read_manifest(rd)
     assert manifest["status"] == "completed"
-    assert set(manifest["artifacts"]) >= {"alerts", "paths", "trades", "summary"}
+    assert set(manifest["artifacts"]) >= {"alerts", "paths", "trades", "summary", "equity", "portfolio", "positions"}
 
 
 def test_dagster_definitions_validate(tmp_path):

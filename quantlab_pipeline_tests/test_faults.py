@@ -108,7 +108,8 @@ def test_sigterm_is_recorded_as_interrupted_with_exit_143_and_one_line(workdir, 
 
     resumed = run_cli(["runs", "resume", run_id], workdir)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    assert "(paths, trades, summary, features)" in resumed.stdout  # only what was missing
+    # only what was missing
+    assert "(paths, trades, summary, equity, features, portfolio, positions)" in resumed.stdout
     assert trades_rows(workdir, run_id) == clean_trades
 
 

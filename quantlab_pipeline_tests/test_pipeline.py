@@ -92,8 +92,12 @@ def test_path_only_month_completes(sample_db, runs_dir, dagster_instance):
 
 
 def test_policy_month_completes_with_four_artifacts(sample_db, runs_dir, dagster_instance):
-    spec = new_spec(
-        sample_db, "policy", policy_id="fixed-stop-5pct", policy={"kind": "fixed_stop", "stop_loss_bps": 500}
+    spec = new_spec(  # without its portfolio, a month completes on its own (docs/portfolio.md)
+        sample_db,
+        "policy",
+        policy_id="fixed-stop-5pct",
+        policy={"kind": "fixed_stop", "stop_loss_bps": 500},
+        portfolio=False,
     )
     create_run(spec, runs_dir=str(runs_dir), instance=dagster_instance)
     result = materialize_month(spec, "2024-02", runs_dir=str(runs_dir), instance=dagster_instance)
@@ -329,12 +333,15 @@ def test_dagster_home_defaults_to_the_project_folder(tmp_path, monkeypatch):
 
 
 POLICY_CHECKS = {
-    *((a, "manifest_consistent") for a in ("alerts", "paths", "trades", "summary")),
+    *((a, "manifest_consistent") for a in ("alerts", "paths", "trades", "summary", "equity", "positions", "portfolio")),
     ("alerts", "call_id_unique"),
     ("paths", "no_look_ahead"),
     ("paths", "excluded_share"),
     ("trades", "trades_match_paths"),
     ("summary", "summary_matches_trades"),
+    ("portfolio", "curve_ends_at_equity_end"),
+    ("portfolio", "cash_never_negative"),
+    ("portfolio", "calls_add_up"),
 }
 
 
@@ -357,7 +364,8 @@ def _steps_started(result) -> list[str]:
 def test_a_policy_month_runs_one_step_per_artifact_and_evaluates_every_check_in_it(
     defs, sample_db, runs_dir, dagster_instance
 ):
-    """Checks are evaluated in their asset's step: 5 steps, 9 evaluations. A warning (here
+    """Checks are evaluated in their asset's step: 6 steps (the portfolio's writes three assets),
+    15 evaluations. A warning (here
     `excluded_share` with no exclusion allowed) is recorded, shown and does not stop the month."""
     spec = new_spec(sample_db, "policy", policy_id="p", policy={"kind": "fixed_stop", "stop_loss_bps": 500})
     create_run(spec, runs_dir=str(runs_dir), instance=dagster_instance)
@@ -368,7 +376,7 @@ def test_a_policy_month_runs_one_step_per_artifact_and_evaluates_every_check_in_
         run_config={"ops": {"paths": {"config": {"max_excluded_share": 0.0}}}},
     )
     assert result.success
-    assert sorted(_steps_started(result)) == ["alerts", "features", "paths", "summary", "trades"]
+    assert sorted(_steps_started(result)) == ["alerts", "features", "paths", "portfolio", "summary", "trades"]
     evaluations = {(e.asset_key.path[-1], e.check_name): e for e in result.get_asset_check_evaluations()}
     assert set(evaluations) == POLICY_CHECKS
     warned = evaluations.pop(("paths", "excluded_share"))

@@ -50,7 +50,19 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]  # the dg project: pyproject.toml's [tool.dg]
 POLICY = '{"kind":"fixed_stop","stop_loss_bps":500}'
-BACKTEST_ASSETS = {"run_spec", "alerts", "paths", "features", "trades", "summary", "frontier", "walkforward"}
+BACKTEST_ASSETS = {
+    "run_spec",
+    "alerts",
+    "paths",
+    "features",
+    "trades",
+    "summary",
+    "frontier",
+    "walkforward",
+    "equity",
+    "positions",
+    "portfolio",
+}
 # An instance without telemetry: the UI would otherwise load a script from the internet.
 INSTANCE_YAML = "telemetry:\n  enabled: false\n"
 
@@ -336,7 +348,7 @@ def test_one_lineage_graph_of_the_backtest_group_and_the_catalog(ui):
     # artifact), and the catalog follows the last artifact of each run type's chain.
     upstream = {n["assetKey"]["path"][-1]: {d["path"][-1] for d in n["dependencyKeys"]} for n in nodes}
     assert [k for k, deps in upstream.items() if "run_spec" in deps] == ["alerts"]
-    assert upstream["backtest_catalog"] == {"features", "summary", "frontier", "walkforward"}
+    assert upstream["backtest_catalog"] == {"features", "summary", "portfolio", "frontier", "walkforward"}
 
 
 CHECKS = """query ($key: [String!]!) { assetNodeOrError(assetKey: {path: $key}) { ... on AssetNode {
@@ -428,7 +440,9 @@ def chromium() -> str:
 def test_the_pages_render_without_errors(ui, chromium, tmp_path):
     shots = Path(os.environ.get("QUANTLAB_UI_SCREENSHOTS") or tmp_path / "screenshots")
     shots.mkdir(parents=True, exist_ok=True)
-    browser = Browser(chromium, tmp_path / "profile", timeout_s=150, window=(1400, 1000))
+    browser = Browser(
+        chromium, tmp_path / "profile", timeout_s=150, window=(1400, 2000)
+    )  # tall: the group graph has 11 assets
     try:
         tab = browser.open_page()
 

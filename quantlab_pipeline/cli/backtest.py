@@ -21,9 +21,11 @@ from quantlab_pipeline.core.errors import SpecError
 from quantlab_pipeline.core.spec_builder import (
     DEFAULT_ALERTS_PATH,
     DEFAULT_ALERTS_TABLE,
+    DEFAULT_CAPITAL,
     DEFAULT_FEE_BPS,
     DEFAULT_HORIZON,
     DEFAULT_INTERVAL,
+    DEFAULT_POSITION_SIZE,
     DEFAULT_SLIPPAGE_BPS,
     SpecRequest,
 )
@@ -79,6 +81,41 @@ def _execution_options(fn: Callable) -> Callable:
 def _policy_options(fn: Callable) -> Callable:
     fn = click.option("--policy", "policy", default=None, help="Policy JSON, inline or @file.json.")(fn)
     return click.option("--policy-id", default=None, help="Name of the policy (stored with the run).")(fn)
+
+
+def _portfolio_options(fn: Callable) -> Callable:
+    """The account that follows a policy run's trades (docs/portfolio.md)."""
+    options = [
+        click.option(
+            "--no-portfolio",
+            is_flag=True,
+            help="Skip the portfolio (portfolio/equity.parquet, results/portfolio.parquet).",
+        ),
+        click.option(
+            "--capital",
+            type=float,
+            default=None,
+            help=f"The account's starting cash [default: {DEFAULT_CAPITAL:,.0f}].",
+        ),
+        click.option(
+            "--position-size",
+            type=float,
+            default=None,
+            help=f"Quote units each entry spends [default: {DEFAULT_POSITION_SIZE:g}].",
+        ),
+        click.option(
+            "--position-fraction",
+            type=float,
+            default=None,
+            help="Instead of --position-size: the fraction of equity each entry spends, in (0, 1].",
+        ),
+        click.option(
+            "--max-positions", type=int, default=None, help="At most this many positions open [default: no cap]."
+        ),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
 
 
 def _features_option(fn: Callable) -> Callable:
@@ -142,6 +179,11 @@ def _request(run_type: str, opts: dict[str, Any]) -> SpecRequest:
         train_months=(opts.get("train_months") or 1) if opts.get("walk_forward") else None,
         cscv_blocks=opts.get("cscv_blocks"),
         benchmark=opts.get("benchmark"),
+        portfolio=not opts.get("no_portfolio"),
+        capital=opts.get("capital"),
+        position_size=opts.get("position_size"),
+        position_fraction=opts.get("position_fraction"),
+        max_positions=opts.get("max_positions"),
     )
 
 
@@ -161,6 +203,11 @@ _FLAGS = {
     "train_months": "--walk-forward",
     "cscv_blocks": "--cscv-blocks",
     "benchmark": "--benchmark",
+    "portfolio": "--no-portfolio",
+    "capital": "--capital",
+    "position_size": "--position-size",
+    "position_fraction": "--position-fraction",
+    "max_positions": "--max-positions",
 }
 
 
@@ -281,10 +328,12 @@ def path_only(**opts: Any) -> None:
 @_launch_options
 @_policy_options
 @_features_option
+@_portfolio_options
 @_execution_options
 @user_errors
 def policy(**opts: Any) -> None:
-    """Simulate an exit policy for every entry: trades and a summary per month."""
+    """Simulate an exit policy for every entry: trades and a summary per month, and an account
+    following the trades (its equity curve and window-to-date figures)."""
     _backtest("policy", opts)
 
 
@@ -308,6 +357,7 @@ def optimize(**opts: Any) -> None:
 @_execution_options
 @_sweep_options
 @_features_option
+@_portfolio_options
 @user_errors
 def runs_create(run_type: str, **opts: Any) -> None:
     """Create a run (spec + partitions) for `dagster asset materialize`; prints the commands to run."""

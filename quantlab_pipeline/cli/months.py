@@ -230,7 +230,7 @@ class _EventPrinter:
     def print_new(self, month: str, run_id: str) -> None:
         from dagster import DagsterEventType
 
-        from quantlab_pipeline.orchestration.steps import check_outcomes
+        from quantlab_pipeline.orchestration.steps import check_label, check_outcomes
 
         result = self.instance.get_records_for_run(run_id, cursor=self.cursors.get(run_id))
         self.cursors[run_id] = result.cursor
@@ -241,10 +241,14 @@ class _EventPrinter:
             if event.event_type == DagsterEventType.ASSET_CHECK_EVALUATION:
                 self.checks.setdefault((run_id, event.step_key or ""), []).append(event.event_specific_data)
             elif event.event_type in (DagsterEventType.STEP_SUCCESS, DagsterEventType.STEP_FAILURE):
-                evaluations = self.checks.pop((run_id, event.step_key or ""), [])
+                step = event.step_key or ""
+                evaluations = self.checks.pop((run_id, step), [])
                 if evaluations:
-                    line = check_outcomes((e.check_name, e.passed, e.severity) for e in evaluations)
-                    self._line(month, evaluations[0].asset_key.path[-1], escape(line))
+                    line = check_outcomes(
+                        (check_label(e.check_name, e.asset_key.path[-1], step), e.passed, e.severity)
+                        for e in evaluations
+                    )
+                    self._line(month, step, escape(line))
             elif event.event_type == DagsterEventType.ASSET_MATERIALIZATION:
                 materialization = event.step_materialization_data.materialization
                 rows = materialization.metadata.get("dagster/row_count")
@@ -314,6 +318,13 @@ def headline_table(run_type: str, results: Sequence[Any]) -> Table:
             ("Median 95% CI", "summary", "median_return_bps_ci", "str"),
             ("Stop-out", "summary", "stop_out_pct", "percent"),
             ("Win rate", "summary", "win_pct", "percent"),
+        ]
+    if any("portfolio" in r.headline for r in results):  # window to date (docs/portfolio.md)
+        metrics += [
+            ("Equity end", "portfolio", "equity_end", "num"),
+            ("Total return", "portfolio", "total_return_pct", "percent"),
+            ("Max drawdown", "portfolio", "max_drawdown_pct", "percent"),
+            ("Sharpe", "portfolio", "sharpe", "num"),
         ]
     if run_type == "optimization":
         metrics += [

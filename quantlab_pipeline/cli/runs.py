@@ -19,7 +19,14 @@ from quantlab_pipeline.cli.months import MonthPlan, finish, follow_queued, run_m
 from quantlab_pipeline.cli.options import runs_dir_option
 from quantlab_pipeline.core.spec import validate_run_id
 
-_STYLE = {"completed": "green", "failed": "red", "interrupted": "yellow", "running": "cyan", "missing": "dim"}
+_STYLE = {
+    "completed": "green",
+    "stale": "yellow",
+    "failed": "red",
+    "interrupted": "yellow",
+    "running": "cyan",
+    "missing": "dim",
+}
 
 
 @click.command("status")
@@ -28,8 +35,8 @@ _STYLE = {"completed": "green", "failed": "red", "interrupted": "yellow", "runni
 @click.option("--format", "fmt", default="table", show_default=True, help="table | json.")
 @user_errors
 def runs_status(run_id: str, runs_dir: str, fmt: str) -> None:
-    """Where each month of a run stands: completed, failed, interrupted (writer gone), running
-    (writer alive) or missing."""
+    """Where each month of a run stands: completed, stale (computed from a month before it that
+    was rewritten since), failed, interrupted (writer gone), running (writer alive) or missing."""
     from quantlab_pipeline.storage.lifecycle import run_status
     from quantlab_pipeline.storage.specs import read_spec
 

@@ -73,6 +73,15 @@ def months_between(first: dt.date, last: dt.date) -> list[str]:
     return months
 
 
+def validation_line(exc: ValidationError, *, where: str = "") -> str:
+    """A validation error as one line naming the field (`capital: must be …`); `where` names an
+    error of no field (a message of its own then names one)."""
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"]) or where
+    msg = err["msg"].removeprefix("Value error, ")
+    return f"{loc}: {msg}" if loc else msg
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -154,6 +163,69 @@ class Execution(_Strict):
         return v
 
 
+MAX_CAPITAL = 1e12  # a trillion quote units: past it a capital is a typo
+MAX_POSITIONS = 1_000_000
+DEFAULT_CAPITAL = 10_000.0
+DEFAULT_POSITION_SIZE = 100.0
+
+
+class PortfolioParams(_Strict):
+    """The account of a policy run's portfolio (docs/portfolio.md): starting cash, what each entry
+    spends (a fixed size in quote units, or a fraction of equity at entry), and a cap on open positions."""
+
+    capital: float = DEFAULT_CAPITAL
+    position_size: float | None = None
+    position_fraction: float | None = None
+    max_positions: int | None = None  # None: no cap
+
+    @field_validator("capital")
+    @classmethod
+    def _capital(cls, v: float) -> float:
+        if not (0 < v <= MAX_CAPITAL):  # NaN fails too
+            raise ValueError(f"must be a number > 0 and at most {MAX_CAPITAL:g}, got {v!r}")
+        return v
+
+    @field_validator("position_size")
+    @classmethod
+    def _size(cls, v: float | None) -> float | None:
+        if v is not None and not (0 < v <= MAX_CAPITAL):
+            raise ValueError(f"must be a number > 0 and at most {MAX_CAPITAL:g} quote units, got {v!r}")
+        return v
+
+    @field_validator("position_fraction")
+    @classmethod
+    def _fraction(cls, v: float | None) -> float | None:
+        if v is not None and not (0 < v <= 1):
+            raise ValueError(f"must be a fraction of equity in (0, 1], got {v!r}")
+        return v
+
+    @field_validator("max_positions", mode="before")
+    @classmethod
+    def _cap(cls, v: Any) -> Any:
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_POSITIONS):
+            raise ValueError(f"must be a whole number from 1 to {MAX_POSITIONS:,}, got {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _sizing(self) -> PortfolioParams:
+        # Messages start with the field they are about: `parse` has no location for them.
+        if (self.position_size is None) == (self.position_fraction is None):
+            raise ValueError("position_fraction: give exactly one of position_size and position_fraction")
+        if self.position_size is not None and self.position_size > self.capital:
+            raise ValueError(
+                f"position_size: {self.position_size:g} is above capital {self.capital:g}, so no call could be taken"
+            )
+        return self
+
+    @classmethod
+    def parse(cls, data: dict[str, Any]) -> PortfolioParams:
+        """Validate; any problem is one `SpecError` naming the field (`capital: must be …`)."""
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise SpecError(validation_line(exc)) from None
+
+
 class Provenance(_Strict):
     git_commit: str | None = None
     git_branch: str | None = None
@@ -176,6 +248,9 @@ class RunSpec(_Strict):
     execution: Execution = Execution()
     sweep: dict[str, Any] | list[Any] | None = None
     features: bool = True  # path-only and policy runs: write features/features.parquet (README "Features")
+    # Policy runs: the account that follows the trades (docs/portfolio.md); None: no portfolio, as
+    # in every spec written before it existed.
+    portfolio: PortfolioParams | None = None
     provenance: Provenance = Provenance()
 
     @field_validator("run_id")
@@ -212,6 +287,8 @@ class RunSpec(_Strict):
             parse_policy(self.policy)  # raises SpecError naming the bad field
         if self.run_type == "optimization":
             parse_sweep(self.sweep)
+        if self.portfolio is not None and self.run_type != "policy":
+            raise ValueError(f"portfolio: only policy runs have a portfolio, this is a {self.run_type} run")
         return self
 
     # -- construction -------------------------------------------------------------------------
@@ -222,10 +299,7 @@ class RunSpec(_Strict):
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
-            err = exc.errors()[0]
-            loc = ".".join(str(p) for p in err["loc"]) or "spec"
-            msg = err["msg"].removeprefix("Value error, ")
-            raise SpecError(f"run spec: {loc}: {msg}") from None
+            raise SpecError(f"run spec: {validation_line(exc, where='spec')}") from None
         except SpecError as exc:
             raise SpecError(f"run spec: {exc}") from None
 
@@ -253,6 +327,12 @@ class RunSpec(_Strict):
         if self.window.from_ is None or self.window.to is None:
             raise SpecError("window: an open-ended window has no finite month list; give 'from' and 'to'")
         return months_between(self.window.from_, self.window.to)
+
+    def previous_month(self, month: str) -> str | None:
+        """The month of the window before `month`, None for the first (the window must be closed)."""
+        months = self.months()
+        position = months.index(validate_month(month))
+        return months[position - 1] if position else None
 
     def covers_month(self, month: str) -> bool:
         first, last = month_bounds(month)

@@ -14,7 +14,16 @@ from typing import Any
 from quantlab_pipeline.core import json_text
 from quantlab_pipeline.core.errors import SpecError
 from quantlab_pipeline.core.policy_spec import parse_policy, policy_to_dict
-from quantlab_pipeline.core.spec import RUN_TYPES, Execution, Provenance, RunSpec, Source
+from quantlab_pipeline.core.spec import (
+    DEFAULT_CAPITAL,
+    DEFAULT_POSITION_SIZE,
+    RUN_TYPES,
+    Execution,
+    PortfolioParams,
+    Provenance,
+    RunSpec,
+    Source,
+)
 from quantlab_pipeline.core.sweep_spec import parse_cscv_blocks
 
 # The defaults users see in `--help` and in the README; nowhere else.
@@ -25,10 +34,13 @@ DEFAULT_HORIZON: str = RunSpec.model_fields["horizon"].default
 DEFAULT_FEE_BPS: float = Execution.model_fields["fee_bps"].default
 DEFAULT_SLIPPAGE_BPS: float = Execution.model_fields["slippage_bps"].default
 
+_PORTFOLIO_FIELDS = ("capital", "position_size", "position_fraction", "max_positions")
 # Which optional request fields each run type accepts (anything else given is refused).
 _ACCEPTS: dict[str, frozenset[str]] = {
     "path-only": frozenset({"features"}),
-    "policy": frozenset({"policy_id", "policy", "fee_bps", "slippage_bps", "features"}),
+    "policy": frozenset(
+        {"policy_id", "policy", "fee_bps", "slippage_bps", "features", *_PORTFOLIO_FIELDS, "portfolio"}
+    ),
     "optimization": frozenset(
         {"sweep", "per_caller", "fee_bps", "slippage_bps", "train_months", "cscv_blocks", "benchmark"}
     ),
@@ -61,6 +73,11 @@ class SpecRequest:
     train_months: int | None = None  # walk-forward optimization over K training months
     cscv_blocks: int | str | None = None  # PBO's blocks; text as typed on the command line
     benchmark: dict[str, Any] | str | None = None  # SPA's benchmark policy (JSON text or parsed)
+    portfolio: bool = True  # policy runs: False skips the portfolio (docs/portfolio.md)
+    capital: float | None = None
+    position_size: float | None = None
+    position_fraction: float | None = None
+    max_positions: int | None = None
 
     def given(self) -> set[str]:
         return (
@@ -75,11 +92,13 @@ class SpecRequest:
                     "train_months",
                     "cscv_blocks",
                     "benchmark",
+                    *_PORTFOLIO_FIELDS,
                 )
                 if getattr(self, name) is not None
             }
             | ({"per_caller"} if self.per_caller else set())
             | (set() if self.features else {"features"})
+            | (set() if self.portfolio else {"portfolio"})
         )
 
 
@@ -100,6 +119,9 @@ def build_spec(request: SpecRequest, *, run_id: str, created_at: str, provenance
     refused = sorted(request.given() - _ACCEPTS[request.run_type])
     if refused:
         raise SpecError(f"{refused[0]}: not used by a {request.run_type} run")
+    unused = [name for name in _PORTFOLIO_FIELDS if name in request.given()] if not request.portfolio else []
+    if unused:
+        raise SpecError(f"{unused[0]}: not used when the portfolio is off")
     for name in _REQUIRES[request.run_type]:
         if getattr(request, name) in (None, ""):
             raise SpecError(f"{name}: required for a {request.run_type} run")
@@ -131,6 +153,8 @@ def build_spec(request: SpecRequest, *, run_id: str, created_at: str, provenance
         fields["sweep"] = _sweep_with_flags(sweep, request)
     else:
         fields["features"] = request.features
+    if request.run_type == "policy" and request.portfolio:
+        fields["portfolio"] = _portfolio(request).model_dump(mode="json")
     spec = RunSpec.from_dict(fields)
     if request.run_type == "optimization":
         _check_blocks_fit(spec, field="cscv_blocks" if request.cscv_blocks is not None else "sweep.cscv_blocks")
@@ -159,6 +183,17 @@ def _sweep_with_flags(sweep: dict[str, Any] | list[Any] | None, request: SpecReq
     if isinstance(sweep, dict):
         return {**sweep, **flags}
     raise SpecError(f"sweep: expected a list of policy templates or an object, got {type(sweep).__name__}")
+
+
+def _portfolio(request: SpecRequest) -> PortfolioParams:
+    """The account a policy run follows its trades with: the documented defaults (capital 10,000,
+    100 quote units an entry, no cap) for what is not given."""
+    if request.position_size is not None and request.position_fraction is not None:
+        raise SpecError("position_fraction: not with position_size (an entry spends one or the other)")
+    given = {name: getattr(request, name) for name in _PORTFOLIO_FIELDS if getattr(request, name) is not None}
+    if request.position_fraction is None:
+        given.setdefault("position_size", DEFAULT_POSITION_SIZE)
+    return PortfolioParams.parse({"capital": DEFAULT_CAPITAL, **given})
 
 
 def _check_blocks_fit(spec: RunSpec, *, field: str) -> None:

@@ -9,7 +9,7 @@ from the spec to every artifact; the other steps read the (immutable) spec throu
 
 import enum
 import inspect
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import polars as pl
@@ -35,9 +35,11 @@ from quantlab_pipeline.core.policy import simulate_trades
 from quantlab_pipeline.core.spec import RunSpec
 from quantlab_pipeline.core.spec_builder import (
     DEFAULT_ALERTS_TABLE,
+    DEFAULT_CAPITAL,
     DEFAULT_FEE_BPS,
     DEFAULT_HORIZON,
     DEFAULT_INTERVAL,
+    DEFAULT_POSITION_SIZE,
     DEFAULT_SLIPPAGE_BPS,
     SpecRequest,
 )
@@ -54,6 +56,7 @@ from quantlab_pipeline.orchestration.headlines import (
 )
 from quantlab_pipeline.orchestration.partitions import (
     OWNER,
+    RUN_MONTH_PARTITIONS_NAME,
     check_months_exist,
     month_run_key,
     run_month_keys,
@@ -65,6 +68,7 @@ from quantlab_pipeline.orchestration.steps import ArtifactOutput, ArtifactStep, 
 from quantlab_pipeline.sources.alerts import check_alerts_source, read_alerts
 from quantlab_pipeline.sources.candles import check_candles_source
 from quantlab_pipeline.storage.artifact_files import LoadedArtifact
+from quantlab_pipeline.storage.layout import step_artifacts
 from quantlab_pipeline.storage.run_creation import create_run_spec
 from quantlab_pipeline.storage.specs import read_spec
 
@@ -86,26 +90,33 @@ Body = Callable[..., Iterator[Output | AssetCheckResult]]
 
 
 def checked_artifact_asset(
-    kinds: set[str], ins: dict[str, AssetIn] | None = None
+    kinds: set[str], companions: Mapping[str, str] | None = None, ins: dict[str, AssetIn] | None = None
 ) -> Callable[[Body], AssetsDefinition]:
     """`artifact_asset` for an artifact with checks (`checks.ARTIFACT_CHECKS`): the checks are
-    declared on the asset and evaluated in its step. Subsettable, so a check can run alone."""
+    declared on the asset and evaluated in its step. Subsettable, so a check can run alone.
+
+    A step that writes several artifacts (`layout.STEP_ARTIFACTS`) has an asset for each; their
+    descriptions are `companions` (artifact: description)."""
 
     def decorate(body: Body) -> AssetsDefinition:
         name = body.__name__
-        out = AssetOut(
-            key=AssetKey(name),
-            description=inspect.getdoc(body),
-            io_manager_key="run_io_manager",
-            is_required=False,  # a check-only selection writes nothing
-            group_name=GROUP,
-            owners=[OWNER],
-            kinds=kinds,
-        )
+        descriptions = {name: inspect.getdoc(body), **(companions or {})}
+        outs = {
+            artifact: AssetOut(
+                key=AssetKey(artifact),
+                description=descriptions[artifact],
+                io_manager_key="run_io_manager",
+                is_required=False,  # a check-only selection writes nothing
+                group_name=GROUP,
+                owners=[OWNER],
+                kinds=kinds,
+            )
+            for artifact in step_artifacts(name)
+        }
         return multi_asset(
             name=name,
-            outs={name: out},
-            check_specs=[check.spec(name) for check in ARTIFACT_CHECKS[name]],
+            outs=outs,
+            check_specs=[check.spec(artifact) for artifact in outs for check in ARTIFACT_CHECKS.get(artifact, ())],
             can_subset=True,
             partitions_def=run_month_partitions,
             ins=ins or {},
@@ -184,6 +195,28 @@ class RunSpecConfig(Config):
         default=True,
         description="Write features/features.parquet, the research features of each call (false: the CLI's --no-features).",
     )
+    portfolio: bool = Field(
+        default=True,
+        description="Policy runs: follow the trades with an account, writing portfolio/equity.parquet and "
+        "results/portfolio.parquet (false: the CLI's --no-portfolio).",
+    )
+    capital: float | None = Field(
+        default=None,
+        description=f"Policy runs: the account's starting cash, in quote units (default {DEFAULT_CAPITAL:,.0f}).",
+    )
+    position_size: float | None = Field(
+        default=None,
+        description=f"Policy runs: what each entry spends, in quote units (default {DEFAULT_POSITION_SIZE:g}; "
+        "not with position_fraction).",
+    )
+    position_fraction: float | None = Field(
+        default=None,
+        description="Policy runs: what each entry spends as a fraction of equity at that instant, in (0, 1] "
+        "(instead of position_size).",
+    )
+    max_positions: int | None = Field(
+        default=None, description="Policy runs: at most this many positions open at once (default: no cap)."
+    )
 
     def is_empty(self) -> bool:
         return not self.model_dump(exclude_defaults=True)
@@ -209,6 +242,11 @@ class RunSpecConfig(Config):
             features=self.features,
             cscv_blocks=self.cscv_blocks,
             benchmark=self.benchmark,
+            portfolio=self.portfolio,
+            capital=self.capital,
+            position_size=self.position_size,
+            position_fraction=self.position_fraction,
+            max_positions=self.max_positions,
         )
 
 
@@ -240,7 +278,7 @@ def run_spec(context: AssetExecutionContext, config: RunSpecConfig, run_store: R
             )
     except SpecError as exc:
         raise Failure(description=str(exc), allow_retries=False) from None
-    context.instance.add_dynamic_partitions(run_month_partitions.name, run_month_keys(spec))
+    context.instance.add_dynamic_partitions(RUN_MONTH_PARTITIONS_NAME, run_month_keys(spec))
     return spec
 
 

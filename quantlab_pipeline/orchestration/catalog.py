@@ -48,7 +48,7 @@ FULL_SYNC_TAG = "quantlab/catalog_sync"  # "full" on a run of the job: every dir
     # the last artifact of each run type's chain, so the graph reads as the pipeline.
     deps=[
         AssetDep(name, partition_mapping=AllPartitionMapping())
-        for name in ("features", "summary", "frontier", "walkforward")
+        for name in ("features", "summary", "portfolio", "frontier", "walkforward")
     ],
     owners=[OWNER],
     kinds={"duckdb"},

@@ -16,7 +16,7 @@ never recomputes the artifact it checks.
 
 import warnings
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -41,6 +41,7 @@ from quantlab_pipeline.orchestration.resources import CandleStoreResource
 from quantlab_pipeline.storage.artifact_files import LoadedArtifact
 from quantlab_pipeline.storage.atomic import sha256_file
 from quantlab_pipeline.storage.catalog import ARTIFACT_TYPES, query_artifacts
+from quantlab_pipeline.storage.chain import changed_months
 from quantlab_pipeline.storage.layout import ARTIFACT_INPUTS
 from quantlab_pipeline.storage.run_dir import RunDirectory
 
@@ -73,6 +74,12 @@ class CheckSubject:
     run_dir: RunDirectory
     candle_store: CandleStoreResource
     max_excluded_share: float = DEFAULT_MAX_EXCLUDED_SHARE
+    outputs: Mapping[str, pl.DataFrame] = field(default_factory=dict)  # every artifact of the step, by name
+
+    def previous_month(self) -> RunDirectory | None:
+        """The directory of the window's month before this one (None for the first)."""
+        month = self.spec.previous_month(self.run_dir.month)
+        return None if month is None else RunDirectory(self.run_dir.runs_dir, month, self.run_dir.run_id)
 
 
 @dataclass(frozen=True)
@@ -124,6 +131,9 @@ def _manifest_consistent(subject: CheckSubject) -> AssetCheckResult:
             current = manifest["artifacts"].get(upstream, {}).get("sha256")
             if record.get("inputs", {}).get(upstream) != current:
                 problems.append(f"computed from an older {upstream}")
+        problems += [
+            f"computed from an older version of {month}" for month in changed_months(rd.runs_dir, rd.run_id, record)
+        ]
     return AssetCheckResult(
         passed=not problems,
         metadata={"problems": MetadataValue.json(problems), "run_status": manifest.get("status", "missing")},
@@ -239,6 +249,62 @@ def _summary_matches_trades(subject: CheckSubject) -> AssetCheckResult:
     return AssetCheckResult(passed=not differ, metadata={"columns_that_differ": MetadataValue.json(differ)})
 
 
+def _curve_ends_at_equity_end(subject: CheckSubject) -> AssetCheckResult:
+    row = subject.frame.row(0, named=True)
+    curve = subject.outputs["equity"]
+    previous = subject.previous_month()
+    if curve.height:
+        where, last = "this month's last point", curve.get_column("equity")[-1]
+    elif previous is not None:  # no point this month: the window's last point is in a month before
+        where, last = f"{previous.month}'s equity_end", previous.read_artifact("portfolio").frame["equity_end"][0]
+    else:
+        where, last = "the capital (no point yet)", row["capital"]
+    return AssetCheckResult(
+        passed=last == row["equity_end"],
+        metadata={"equity_end": row["equity_end"], "last_point_equity": last, "last_point": where},
+    )
+
+
+def _cash_never_negative(subject: CheckSubject) -> AssetCheckResult:
+    curve = subject.outputs["equity"]
+    negative = curve.filter(pl.col("cash") < 0)
+    return AssetCheckResult(
+        passed=negative.height == 0,
+        metadata={
+            "points": curve.height,
+            "points_with_negative_cash": negative.height,
+            "lowest_cash": float(curve.get_column("cash").min()) if curve.height else None,  # type: ignore[arg-type]
+            "examples": _examples(negative.get_column("ts_ms").to_list()),
+        },
+    )
+
+
+def _decided(row: dict[str, Any], positions: pl.DataFrame) -> tuple[int, int, int]:
+    """(taken, skipped, not yet entered) calls of the window to date."""
+    skipped = row["calls_skipped_cash"] + row["calls_skipped_max_positions"]
+    return row["calls_taken"], skipped, positions.filter(pl.col("status") == "pending").height
+
+
+def _calls_add_up(subject: CheckSubject) -> AssetCheckResult:
+    taken, skipped, pending = _decided(subject.frame.row(0, named=True), subject.outputs["positions"])
+    trades = subject.inputs["trades"].frame.height
+    previous = subject.previous_month()
+    before = 0
+    if previous is not None:  # the previous month's check holds the same for the months before it
+        row = previous.read_artifact("portfolio").frame.row(0, named=True)
+        before = sum(_decided(row, previous.read_artifact("positions").frame))
+    return AssetCheckResult(
+        passed=taken + skipped + pending == before + trades,
+        metadata={
+            "calls_taken": taken,
+            "calls_skipped": skipped,
+            "calls_not_yet_entered": pending,
+            "trades_before_this_month": before,
+            "trades_this_month": trades,
+        },
+    )
+
+
 # Each checked artifact's checks, in the order they are evaluated and reported.
 ARTIFACT_CHECKS: dict[str, tuple[ArtifactCheck, ...]] = {
     "alerts": (
@@ -283,6 +349,27 @@ ARTIFACT_CHECKS: dict[str, tuple[ArtifactCheck, ...]] = {
         _manifest_check("summary"),
     ),
     "frontier": (_manifest_check("frontier"),),
+    "portfolio": (
+        ArtifactCheck(
+            "curve_ends_at_equity_end",
+            "The window-to-date equity_end is the equity of the curve's last point.",
+            _curve_ends_at_equity_end,
+        ),
+        ArtifactCheck(
+            "cash_never_negative",
+            "The account's cash is never below zero at a point of this month's curve.",
+            _cash_never_negative,
+        ),
+        ArtifactCheck(
+            "calls_add_up",
+            "Every trade of the window to date was taken, skipped, or is not yet entered (it enters after "
+            "the month's end): taken + skipped + not yet entered = the trades of the months so far.",
+            _calls_add_up,
+        ),
+        _manifest_check("portfolio"),
+    ),
+    "equity": (_manifest_check("equity"),),
+    "positions": (_manifest_check("positions"),),
 }
 
 

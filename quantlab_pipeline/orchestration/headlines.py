@@ -157,3 +157,46 @@ def walkforward_headline(frame: pl.DataFrame) -> dict[str, Any]:
         "out_of_sample_score": rounded_bps(row["oos_objective_score"]),
         "score_gap": rounded_bps(row["score_gap"]),
     }
+
+
+def portfolio_headline(row: dict[str, Any]) -> dict[str, Any]:
+    """The window-to-date account (docs/portfolio.md): equity and return, drawdown, ratios, calls."""
+    headline = {
+        "equity_end": round(row["equity_end"], 2),
+        "total_return_pct": percent(row["total_return"]),
+        "max_drawdown_pct": percent(row["max_drawdown"]),
+        "sharpe": None if row["sharpe"] is None else round(row["sharpe"], 2),
+        "sortino": None if row["sortino"] is None else round(row["sortino"], 2),
+        "exposure_pct": percent(row["exposure"]),
+        "max_open_positions": row["max_open_positions"],
+        "calls_taken": row["calls_taken"],
+        "calls_skipped_cash": row["calls_skipped_cash"],
+        "calls_skipped_max_positions": row["calls_skipped_max_positions"],
+    }
+    table = _table(
+        (
+            "capital",
+            "equity",
+            "return",
+            "max drawdown",
+            "Sharpe",
+            "Sortino",
+            "exposure",
+            "taken",
+            "skipped (cash / cap)",
+        ),
+        [
+            (
+                display.num(row["capital"]),
+                display.num(row["equity_end"]),
+                display.pct(row["total_return"]),
+                display.pct(row["max_drawdown"]),
+                display.num(row["sharpe"]),
+                display.num(row["sortino"]),
+                display.pct(row["exposure"]),
+                display.num(row["calls_taken"]),
+                f"{display.num(row['calls_skipped_cash'])} / {display.num(row['calls_skipped_max_positions'])}",
+            )
+        ],
+    )
+    return {**headline, "headline": MetadataValue.md(f"Window to date:\n\n{table}")}

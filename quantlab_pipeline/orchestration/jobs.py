@@ -1,7 +1,8 @@
 """One job per run type (the artifacts that complete it, README "What a run writes") and the spec job.
 
-`features` and `walkforward` are in the jobs of the run types they can apply to; a run whose spec
-turns them off materializes nothing for them (`orchestration.research`).
+`features`, `walkforward` and the portfolio are in the jobs of the run types they can apply to; a
+run whose spec turns them off materializes nothing for them (`orchestration.research`,
+`orchestration.portfolio`).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from dagster import AssetSelection, define_asset_job
 
 from quantlab_pipeline.orchestration.assets import alerts, frontier, paths, run_spec, summary, trades
 from quantlab_pipeline.orchestration.partitions import run_month_partitions
+from quantlab_pipeline.orchestration.portfolio import portfolio
 from quantlab_pipeline.orchestration.research import features, walkforward
 
 run_spec_job = define_asset_job(
@@ -26,9 +28,9 @@ path_only_job = define_asset_job(
 )
 policy_job = define_asset_job(
     "policy_job",
-    selection=AssetSelection.assets(alerts, paths, features, trades, summary),
+    selection=AssetSelection.assets(alerts, paths, features, trades, summary, portfolio),
     partitions_def=run_month_partitions,
-    description="A policy run for one month: alerts, truth layer, features, trades and summary.",
+    description="A policy run for one month: alerts, truth layer, features, trades, summary and the portfolio.",
 )
 optimization_job = define_asset_job(
     "optimization_job",

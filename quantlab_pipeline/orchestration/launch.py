@@ -15,7 +15,7 @@ from quantlab_pipeline.core.errors import EnvironmentFault, QuantlabError, first
 from quantlab_pipeline.core.spec import RunSpec
 from quantlab_pipeline.core.sweep_spec import parse_sweep
 from quantlab_pipeline.orchestration.io_managers import spec_metadata
-from quantlab_pipeline.orchestration.partitions import month_run_key, run_month_keys, run_month_partitions
+from quantlab_pipeline.orchestration.partitions import RUN_MONTH_PARTITIONS_NAME, month_run_key, run_month_keys
 from quantlab_pipeline.storage.specs import write_spec
 
 
@@ -67,7 +67,7 @@ def create_run(spec: RunSpec, *, runs_dir: str, instance: DagsterInstance) -> No
     the cost of a Dagster run per backtest.
     """
     stored = write_spec(runs_dir, spec)
-    instance.add_dynamic_partitions(run_month_partitions.name, run_month_keys(spec))
+    instance.add_dynamic_partitions(RUN_MONTH_PARTITIONS_NAME, run_month_keys(spec))
     metadata = spec_metadata(Path(runs_dir), stored)
     for month in spec.months():
         instance.report_runless_asset_event(

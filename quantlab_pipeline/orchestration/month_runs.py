@@ -35,7 +35,7 @@ from quantlab_pipeline.core.errors import QuantlabError, first_line
 from quantlab_pipeline.core.spec import RunSpec
 from quantlab_pipeline.orchestration.jobs import JOB_BY_RUN_TYPE
 from quantlab_pipeline.orchestration.launch import project_root, run_tags
-from quantlab_pipeline.orchestration.partitions import month_run_key, run_month_partitions
+from quantlab_pipeline.orchestration.partitions import RUN_MONTH_PARTITIONS_NAME, month_run_key
 from quantlab_pipeline.storage.layout import ARTIFACT_PHASES, required_artifacts
 from quantlab_pipeline.storage.lifecycle import month_status, steps_to_finish
 from quantlab_pipeline.storage.run_dir import RunDirectory
@@ -81,7 +81,7 @@ def create_month_run(
     spec.month_window(month)
     recon, origin = _job(spec.run_type)
     key = month_run_key(spec, month)
-    instance.add_dynamic_partitions(run_month_partitions.name, [key])  # a run created before this layout
+    instance.add_dynamic_partitions(RUN_MONTH_PARTITIONS_NAME, [key])  # a run created before this layout
     tags = {**run_tags(spec, month), "dagster/partition": key}
     run_config = {**QUIET_LOGS, "resources": {"run_store": {"config": {"runs_dir": str(Path(runs_dir).resolve())}}}}
     return instance.create_run_for_job(

@@ -35,7 +35,7 @@ _KEY_RE = re.compile(r"^\d{4}-\d{2}\.(?:[A-Za-z0-9_-]+\.)+[0-9a-f-]{36}$")
 def _label(spec: RunSpec) -> str:
     """The key's middle: the run type, and the policy id of a policy run (only `[A-Za-z0-9_-]`,
     so the key stays a valid Dagster key and splits unambiguously)."""
-    parts = [spec.run_type]
+    parts: list[str] = [spec.run_type]
     if spec.policy_id:
         parts.append(_LABEL_UNSAFE.sub("-", spec.policy_id).strip("-")[:48] or "policy")
     return ".".join(parts)

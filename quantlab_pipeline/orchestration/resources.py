@@ -91,14 +91,18 @@ class CandleStoreResource(ConfigurableResource):
     _cache_key: tuple | None = PrivateAttr(default=None)
     _cache_value: CandlesInput | None = PrivateAttr(default=None)
 
-    def parts(self, spec: RunSpec, alerts: pl.DataFrame) -> Iterator[tuple[pl.DataFrame, CandlesInput]]:
-        """`(alerts of the part, their candles)` for each part of the partition."""
-        plan = plan_chunks(
+    def plan(self, spec: RunSpec, alerts: pl.DataFrame) -> list[pl.DataFrame]:
+        """The alerts of each part the partition is read in (one part: the month is read whole)."""
+        return plan_chunks(
             alerts,
             candles_per_alert=(spec.horizon_ms + lookback_ms(spec)) // spec.interval_ms
             + spec.truth.max_entry_delay_candles,
             max_candles=self.max_chunk_candles,
         )
+
+    def parts(self, spec: RunSpec, alerts: pl.DataFrame) -> Iterator[tuple[pl.DataFrame, CandlesInput]]:
+        """`(alerts of the part, their candles)` for each part of the partition."""
+        plan = self.plan(spec, alerts)
         if len(plan) == 1:
             yield plan[0], self._read_shared(spec, plan[0])
             return

@@ -7,6 +7,7 @@ manager writes it into the run directory.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -35,6 +36,7 @@ from quantlab_pipeline.orchestration.resources import CandleStoreResource, RunSt
 from quantlab_pipeline.storage.artifact_files import LoadedArtifact
 from quantlab_pipeline.storage.faults import fault_point
 from quantlab_pipeline.storage.guards import WriteRefused
+from quantlab_pipeline.storage.layout import month_input_key, step_artifacts
 from quantlab_pipeline.storage.run_dir import RunDirectory
 
 # The CLI attaches a handler here to print one progress line per month and step.
@@ -43,7 +45,8 @@ progress_logger = logging.getLogger("quantlab_pipeline.progress")
 
 @dataclass
 class ArtifactOutput:
-    """An artifact computed by an asset, with what the run directory records about it."""
+    """An artifact computed by an asset, with what the run directory records about it, and the
+    other artifacts its step wrote with it (`companions`: a multi-artifact step's other assets)."""
 
     frame: pl.DataFrame
     phase: str
@@ -52,6 +55,7 @@ class ArtifactOutput:
     headline: dict[str, Any] = field(default_factory=dict)
     parquet_metadata: dict[str, str] = field(default_factory=dict)
     compute_ms: int = 0
+    companions: dict[str, ArtifactOutput] = field(default_factory=dict)
 
 
 class ArtifactStep:
@@ -67,7 +71,16 @@ class ArtifactStep:
 
     @property
     def artifact(self) -> str:
-        return self.context.asset_key.path[-1]
+        return self.context.op_def.name  # the asset's name (one asset, or a multi-artifact step's first)
+
+    @contextmanager
+    def untimed(self) -> Iterator[None]:
+        """What the step does inside (waiting for another month) is not its compute time."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._started += time.perf_counter() - started
 
     def log(self, message: str) -> None:
         self.context.log.info(message)
@@ -82,15 +95,23 @@ class ArtifactStep:
         errors: list[ErrorRecord] | None = None,
         headline: dict[str, Any] | None = None,
         parquet_metadata: dict[str, str] | None = None,
+        other_months: Mapping[str, LoadedArtifact] | None = None,
+        companions: Mapping[str, ArtifactOutput] | None = None,
     ) -> ArtifactOutput:
+        """The artifact and what it was computed from: `inputs` of this month, `other_months`
+        (month: artifact) of the months before it. The step's time is recorded once, with this
+        artifact: its `companions` record none."""
+        recorded = {a.artifact: a.sha256 for a in inputs}
+        recorded |= {month_input_key(a.artifact, month): a.sha256 for month, a in (other_months or {}).items()}
         return ArtifactOutput(
             frame=frame,
             phase=self.phase,
-            inputs={a.artifact: a.sha256 for a in inputs},
+            inputs=recorded,
             errors=list(errors or []),
             headline=headline or {},
             parquet_metadata=parquet_metadata or {},
             compute_ms=int((time.perf_counter() - self._started) * 1000),
+            companions={name: dataclasses.replace(c, compute_ms=0) for name, c in (companions or {}).items()},
         )
 
 
@@ -137,7 +158,7 @@ def artifact_step(
     run_dir = run_store.directory(month, run_id)
     fault_point(f"step.{context.asset_key.path[-1]}")  # between steps: no lock held
     try:
-        run_dir.begin(spec, artifact=context.asset_key.path[-1], phase=phase, dagster_run_id=context.run_id)
+        run_dir.begin(spec, artifact=context.op_def.name, phase=phase, dagster_run_id=context.run_id)
     except WriteRefused as exc:
         run_dir.record_failure(spec, phase=phase, exc=exc, dagster_run_id=context.run_id)
         raise Failure(description=str(exc), allow_retries=False) from None
@@ -178,8 +199,17 @@ def check_outcomes(results: Iterable[tuple[str, bool, AssetCheckSeverity]]) -> s
     )
 
 
-def _outcomes(results: Iterable[AssetCheckResult]) -> str:
-    return check_outcomes((r.check_name or "", r.passed, r.severity) for r in results)
+def check_label(check: str, artifact: str, step: str) -> str:
+    """A check as a step's progress line names it: by its name, prefixed by its artifact when that
+    is another of the step's artifacts (`equity.manifest_consistent`)."""
+    return check if artifact == step else f"{artifact}.{check}"
+
+
+def _outcomes(results: Iterable[AssetCheckResult], step: str) -> str:
+    return check_outcomes(
+        (check_label(r.check_name or "", r.asset_key.path[-1] if r.asset_key else step, step), r.passed, r.severity)
+        for r in results
+    )
 
 
 def checked_step(
@@ -196,33 +226,43 @@ def checked_step(
     """The body of a checked asset (`orchestration.checks`): compute the artifact in its
     `artifact_step`, evaluate its content checks on the frame in memory, let the IO manager write
     it, then check the write. With only checks selected (the UI's "Execute checks") the stored
-    artifact is read and checked, and nothing is written."""
-    artifact = context.op_def.name  # the asset's name: one asset per op
+    artifact is read and checked, and nothing is written.
+
+    A step that writes several artifacts (one asset each; `compute` returns the others as the
+    output's `companions`) yields those selected, the companions first; each artifact's checks
+    see the frames of all of them."""
+    artifact = context.op_def.name  # the asset's name: one asset per op, or the step's first
+    artifacts = step_artifacts(artifact)
     month, run_id = split_month_run_key(context.partition_key)
     run_dir = run_store.directory(month, run_id)
     selected = [
-        check
-        for check in ARTIFACT_CHECKS[artifact]
-        if AssetCheckKey(AssetKey(artifact), check.name) in context.selected_asset_check_keys
+        (name, check)
+        for name in artifacts
+        for check in ARTIFACT_CHECKS.get(name, ())
+        if AssetCheckKey(AssetKey(name), check.name) in context.selected_asset_check_keys
     ]
 
-    def subject(frame: pl.DataFrame) -> CheckSubject:
-        return CheckSubject(artifact, frame, inputs, spec, run_dir, candle_store, max_excluded_share)
+    def subject(name: str, frames: Mapping[str, pl.DataFrame]) -> CheckSubject:
+        return CheckSubject(name, frames[name], inputs, spec, run_dir, candle_store, max_excluded_share, frames)
 
-    content = [check for check in selected if not check.after_write]
-    if AssetKey(artifact) in context.selected_asset_keys:
+    content = [(name, check) for name, check in selected if not check.after_write]
+    written = [name for name in artifacts if AssetKey(name) in context.selected_asset_keys]
+    if written:
         with artifact_step(context, run_store, spec, phase) as step:
             output = compute(step)
-            results = [check.result(subject(output.frame)) for check in content]
+            outputs = {artifact: output, **output.companions}
+            frames = {name: out.frame for name, out in outputs.items()}
+            results = [check.result(subject(name, frames)) for name, check in content]
             if results:  # logs/stdout.txt gets them before the write, which may finalize the month
-                step.lines.append(f"{utc_now_iso()} [{artifact}] {_outcomes(results)}")
-        yield Output(output, output_name=artifact)
-        frame = output.frame
+                step.lines.append(f"{utc_now_iso()} [{artifact}] {_outcomes(results, artifact)}")
+        for name in [*artifacts[1:], artifact]:
+            if name in written:
+                yield Output(outputs[name], output_name=name)
     else:
-        frame = run_dir.read_artifact(artifact).frame
-        results = [check.result(subject(frame)) for check in content]
-    results += [check.result(subject(frame)) for check in selected if check.after_write]
+        frames = {name: run_dir.read_artifact(name).frame for name in artifacts}
+        results = [check.result(subject(name, frames)) for name, check in content]
+    results += [check.result(subject(name, frames)) for name, check in selected if check.after_write]
     if results:
-        context.log.info(_outcomes(results))
-        progress_logger.info(_outcomes(results), extra={"month": month, "step": artifact})
+        context.log.info(_outcomes(results, artifact))
+        progress_logger.info(_outcomes(results, artifact), extra={"month": month, "step": artifact})
     yield from results

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from quantlab_pipeline.core.spec import RUN_ID_RE, validate_month, validate_run_id
+from quantlab_pipeline.core.spec import MONTH_RE, RUN_ID_RE, validate_month, validate_run_id
 
 DEFAULT_RUNS_DIR = "runs"
 DEFAULT_CATALOG = "data/backtest_catalog.duckdb"
@@ -34,8 +34,23 @@ ARTIFACT_PATHS: dict[str, str] = {
     "summary": "results/summary.parquet",
     "frontier": "results/frontier.parquet",
     "walkforward": "results/walkforward.parquet",
+    "equity": "portfolio/equity.parquet",
+    "positions": "portfolio/positions.parquet",
+    "portfolio": "results/portfolio.parquet",
     "errors": "errors/errors.parquet",
 }
+# One step writes the portfolio's three artifacts (docs/portfolio.md): the curve, what the next
+# month starts from, and the window-to-date figures.
+PORTFOLIO_ARTIFACTS: tuple[str, ...] = ("equity", "positions", "portfolio")
+# The artifacts a step writes together, by the step's name (an asset each); any other step writes
+# the one artifact it is named after.
+STEP_ARTIFACTS: dict[str, tuple[str, ...]] = {"portfolio": PORTFOLIO_ARTIFACTS}
+
+
+def step_artifacts(step: str) -> tuple[str, ...]:
+    """What the step named `step` writes: that artifact first, then the others it writes with it."""
+    return (step, *(a for a in STEP_ARTIFACTS.get(step, ()) if a != step))
+
 
 # The upstream artifacts each artifact is computed from; a recorded input that no longer matches
 # the upstream's current sha256 makes the artifact stale and blocks completion.
@@ -48,8 +63,27 @@ ARTIFACT_INPUTS: dict[str, tuple[str, ...]] = {
     "features": ("alerts", "paths"),
     # and the previous months' frontiers, recorded in the artifact's Parquet metadata
     "walkforward": ("frontier",),
+    # and the previous month's positions (PREVIOUS_MONTH_INPUTS)
+    **dict.fromkeys(PORTFOLIO_ARTIFACTS, ("alerts", "paths", "trades")),
     "errors": (),
 }
+
+# Artifacts computed from an artifact of the previous month of the same run (docs/portfolio.md):
+# recorded in `inputs` under `month_input_key`, and stale, like any other input, once that month's
+# artifact is rewritten with other bytes.
+PREVIOUS_MONTH_INPUTS: dict[str, tuple[str, ...]] = dict.fromkeys(PORTFOLIO_ARTIFACTS, ("positions",))
+
+
+def month_input_key(artifact: str, month: str) -> str:
+    """The `inputs` key of another month's artifact: `positions@2024-01`."""
+    return f"{artifact}@{validate_month(month)}"
+
+
+def split_month_input(key: str) -> tuple[str, str] | None:
+    """`(artifact, month)` of a `month_input_key`; None for an artifact of the same month."""
+    artifact, sep, month = key.partition("@")
+    return (artifact, month) if sep and MONTH_RE.match(month) else None
+
 
 # The phase (errors.parquet `phase`) of the step that writes each artifact; a step replaces its
 # phase's error rows when it succeeds.
@@ -61,6 +95,7 @@ ARTIFACT_PHASES: dict[str, str] = {
     "frontier": "frontier",
     "features": "features",
     "walkforward": "walkforward",
+    **dict.fromkeys(PORTFOLIO_ARTIFACTS, "portfolio"),
 }
 
 REQUIRED_ARTIFACTS: dict[str, tuple[str, ...]] = {
@@ -76,7 +111,7 @@ REQUIRED_ARTIFACTS: dict[str, tuple[str, ...]] = {
 # them off materializes nothing for them: orchestration.research).
 OPTIONAL_ARTIFACTS: dict[str, frozenset[str]] = {
     "path-only": frozenset({"features"}),
-    "policy": frozenset({"features"}),
+    "policy": frozenset({"features", *PORTFOLIO_ARTIFACTS}),
     "optimization": frozenset({"walkforward"}),
 }
 APPLICABLE_ARTIFACTS: dict[str, frozenset[str]] = {
@@ -88,17 +123,21 @@ APPLICABLE_ARTIFACTS: dict[str, frozenset[str]] = {
 def required_artifacts(run_type: str, spec: Mapping[str, Any] | None) -> tuple[str, ...]:
     """What a month of a run is to hold, given its stored spec (`RunSpec.to_dict()`, the
     manifest's `spec`): `REQUIRED_ARTIFACTS` plus `features` for path-only and policy runs unless
-    the spec says `features: false`, plus `walkforward` for a walk-forward optimization; each
-    after the artifacts it is computed from. Completion, the catalog's validation, the steps, the
-    candle read, `runs create` and `runs resume` all follow it.
+    the spec says `features: false`, plus `walkforward` for a walk-forward optimization, plus the
+    portfolio's artifacts for a policy run whose spec has a `portfolio`; each after the artifacts
+    it is computed from. Completion, the catalog's validation, the steps, the candle read,
+    `runs create` and `runs resume` all follow it.
 
-    A spec written before features existed has no `features` key and is complete without them.
+    A spec written before features (the portfolio) existed has no `features` (`portfolio`) key
+    and is complete without them.
     """
     spec = spec or {}
     sweep = spec.get("sweep")
+    portfolio = isinstance(spec.get("portfolio"), Mapping)
     wanted = {
         "features": bool(spec.get("features", False)),
         "walkforward": isinstance(sweep, Mapping) and sweep.get("walk_forward") is not None,
+        **dict.fromkeys(PORTFOLIO_ARTIFACTS, portfolio),
     }
     return (*REQUIRED_ARTIFACTS[run_type], *(a for a in sorted(OPTIONAL_ARTIFACTS[run_type]) if wanted[a]))
 

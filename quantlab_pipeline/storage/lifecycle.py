@@ -1,9 +1,11 @@
 """Where each month of a run stands, read from its directory alone (README "When a run is
 interrupted"), and the checks a command makes on the runs directory before writing into it.
 
-A month is `completed` (manifest completed and `_SUCCESS` present), `failed` (with its error's
-first line), `interrupted` (recorded as interrupted, or its writer is gone while the manifest
-still says running), `running` (its writer is alive) or `missing` (no manifest yet).
+A month is `completed` (manifest completed and `_SUCCESS` present), `stale` (completed, but its
+portfolio was computed from the month before as it was before that month was rewritten:
+docs/portfolio.md), `failed` (with its error's first line), `interrupted` (recorded as
+interrupted, or its writer is gone while the manifest still says running), `running` (its writer
+is alive) or `missing` (no manifest yet).
 """
 
 from __future__ import annotations
@@ -15,12 +17,13 @@ from typing import Literal
 
 from quantlab_pipeline.core.errors import EnvironmentFault, QuantlabError, first_line
 from quantlab_pipeline.core.spec import RunSpec
+from quantlab_pipeline.storage.chain import changed_months
 from quantlab_pipeline.storage.layout import ARTIFACT_INPUTS, SUCCESS_MARKER, iter_run_dirs, required_artifacts
 from quantlab_pipeline.storage.run_dir import RunDirectory
 from quantlab_pipeline.storage.specs import read_spec
 from quantlab_pipeline.storage.writer import writer_gone
 
-State = Literal["completed", "failed", "interrupted", "running", "missing"]
+State = Literal["completed", "stale", "failed", "interrupted", "running", "missing"]
 
 
 @dataclass(frozen=True)
@@ -29,7 +32,8 @@ class MonthStatus:
     run_id: str
     state: State
     path: Path
-    # failed/interrupted: the error's first line or why the writer is taken for dead; else None
+    # stale: what changed; failed/interrupted: the error's first line or why the writer is taken
+    # for dead; else None
     detail: str | None = None
 
     def to_dict(self) -> dict[str, str | None]:
@@ -60,6 +64,12 @@ def month_status(run_dir: RunDirectory) -> MonthStatus:
         message = first_line(str(error.get("message") or "failed (no error recorded)"))
         return status("interrupted" if error.get("reason") == "interrupted" else "failed", message)
     if state == "completed" and (run_dir.path / SUCCESS_MARKER).exists():
+        records = manifest.get("artifacts", {}).values()
+        changed = sorted(
+            {month for record in records for month in changed_months(run_dir.runs_dir, run_dir.run_id, record)}
+        )
+        if changed:
+            return status("stale", f"computed from {', '.join(changed)} before it was rewritten")
         return status("completed")
     # `running`, or `completed` without its marker: a finalize in progress, or cut short.
     gone = writer_gone(manifest.get("writer"))

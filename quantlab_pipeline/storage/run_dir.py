@@ -34,6 +34,7 @@ from quantlab_pipeline.storage.artifact_files import (
     write_artifact_file,
 )
 from quantlab_pipeline.storage.atomic import atomic_write_bytes, atomic_write_json, sha256_bytes
+from quantlab_pipeline.storage.chain import changed_months
 from quantlab_pipeline.storage.errors_file import error_rows, read_error_rows, without_phase
 from quantlab_pipeline.storage.guards import (
     WriteRefused,
@@ -50,6 +51,7 @@ from quantlab_pipeline.storage.layout import (
     ARTIFACT_SCHEMA_VERSION,
     MANIFEST,
     MANIFEST_SCHEMA_VERSION,
+    PREVIOUS_MONTH_INPUTS,
     REQUIRED_ARTIFACTS,
     STDERR_LOG,
     STDOUT_LOG,
@@ -59,6 +61,7 @@ from quantlab_pipeline.storage.layout import (
     required_artifacts,
     run_dir_path,
     spec_path,
+    split_month_input,
     temp_leftovers,
 )
 from quantlab_pipeline.storage.manifest import InvalidJSONFile, read_json_object
@@ -184,7 +187,11 @@ class RunDirectory:
             manifest = self._reopen(spec, dagster_run_id=dagster_run_id, phase=errors[0] if errors else None)
             started = time.perf_counter()
             record = self._write_parquet(artifact, frame, parquet_metadata or {})
-            record["inputs"] = {u: inputs[u] for u in ARTIFACT_INPUTS[artifact] if u in inputs}
+            record["inputs"] = {u: inputs[u] for u in ARTIFACT_INPUTS[artifact] if u in inputs} | {
+                key: sha
+                for key, sha in inputs.items()
+                if (other := split_month_input(key)) and other[0] in PREVIOUS_MONTH_INPUTS.get(artifact, ())
+            }
             manifest["artifacts"][artifact] = record
             if errors is not None:
                 self._replace_errors(manifest, *errors)
@@ -327,7 +334,9 @@ class RunDirectory:
             return [*done, f"recorded as interrupted: {gone}"]
 
     def completion(self, manifest: dict[str, Any] | None = None) -> Completion:
-        """Which required artifacts are missing (or not at their recorded size) or stale."""
+        """Which required artifacts are missing (or not at their recorded size) or stale: computed
+        from an older version of an upstream artifact of this month or, for the portfolio, of the
+        month before (`chain.changed_months`)."""
         manifest = manifest if manifest is not None else self.manifest()
         if manifest is None:
             return Completion(False, missing=REQUIRED_ARTIFACTS["path-only"])
@@ -339,11 +348,12 @@ class RunDirectory:
             if rec is None or not path.is_file() or path.stat().st_size != rec["bytes"]:
                 missing.append(name)
                 continue
-            for upstream in ARTIFACT_INPUTS[name]:
-                up = artifacts.get(upstream)
-                if up is None or rec["inputs"].get(upstream) != up["sha256"]:
-                    stale.append(name)
-                    break
+            changed = any(
+                (up := artifacts.get(upstream)) is None or rec["inputs"].get(upstream) != up["sha256"]
+                for upstream in ARTIFACT_INPUTS[name]
+            )
+            if changed or changed_months(self.runs_dir, self.run_id, rec):
+                stale.append(name)
         return Completion(not missing and not stale, tuple(missing), tuple(stale))
 
     # -- internals (call with the lock held) -----------------------------------------------------
@@ -374,7 +384,9 @@ class RunDirectory:
 
     def _reopen(self, spec: RunSpec, *, dagster_run_id: str | None, phase: str | None) -> dict[str, Any]:
         """The manifest of a run being (re)written by this process, its marker removed first (a
-        terminal month leaving the catalog is announced in the journal before)."""
+        terminal month leaving the catalog is announced in the journal before). A failure an earlier
+        step of the same Dagster run recorded stays: a step that does not depend on the failed one
+        (it runs after it all the same) does not make the month running."""
         manifest = self._load_or_new(spec)
         check_spec(manifest, spec, spec_path(self.runs_dir, self.run_id), self.month)
         self._clean_leftovers()
@@ -382,8 +394,14 @@ class RunDirectory:
             self.journal.append(self.month, self.run_id, "reopened")
         self._unmark()
         writer = writer_record(dagster_run_id, phase, previous=manifest.get("writer"))
-        manifest.update(status="running", completed_at=None, writer=writer, spec_sha256=spec_sha256(spec))
-        manifest.pop("error", None)
+        error = manifest.pop("error", None)
+        failed = (
+            manifest.get("status") == "failed"
+            and dagster_run_id
+            and (error or {}).get("dagster_run_id") == dagster_run_id
+        )
+        manifest.update(status="failed" if failed else "running", completed_at=None, writer=writer)
+        manifest.update(spec_sha256=spec_sha256(spec), **({"error": error} if failed else {}))
         self._ensure_logs()
         return manifest
 
