@@ -270,6 +270,7 @@ def _cash_never_negative(subject: CheckSubject) -> AssetCheckResult:
     negative = curve.filter(pl.col("cash") < 0)
     return AssetCheckResult(
         passed=negative.height == 0,
+        severity=AssetCheckSeverity.WARN,
         metadata={
             "points": curve.height,
             "points_with_negative_cash": negative.height,
@@ -357,8 +358,12 @@ ARTIFACT_CHECKS: dict[str, tuple[ArtifactCheck, ...]] = {
         ),
         ArtifactCheck(
             "cash_never_negative",
-            "The account's cash is never below zero at a point of this month's curve.",
+            "The account's cash is never below zero at a point of this month's curve. A buy never spends "
+            "more than the cash there is (it is skipped), so only a sell can bring cash below zero: a trade "
+            "whose net return is below -100 % (a near-total loss plus its fees) returns less than nothing. "
+            "A warning: the numbers are right, the account was overdrawn by its costs.",
             _cash_never_negative,
+            blocking=False,
         ),
         ArtifactCheck(
             "calls_add_up",
