@@ -41,7 +41,7 @@ from quantlab_pipeline.orchestration.resources import CandleStoreResource
 from quantlab_pipeline.storage.artifact_files import LoadedArtifact
 from quantlab_pipeline.storage.atomic import sha256_file
 from quantlab_pipeline.storage.catalog import ARTIFACT_TYPES, query_artifacts
-from quantlab_pipeline.storage.chain import changed_months
+from quantlab_pipeline.storage.completion import changed_months
 from quantlab_pipeline.storage.layout import ARTIFACT_INPUTS
 from quantlab_pipeline.storage.run_dir import RunDirectory
 

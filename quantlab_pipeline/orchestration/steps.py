@@ -156,7 +156,7 @@ def artifact_step(
     except SpecError as exc:
         raise Failure(description=f"{exc}; nothing was written", allow_retries=False) from None
     run_dir = run_store.directory(month, run_id)
-    fault_point(f"step.{context.asset_key.path[-1]}")  # between steps: no lock held
+    fault_point(f"step.{context.op_def.name}")  # between steps: no lock held
     try:
         run_dir.begin(spec, artifact=context.op_def.name, phase=phase, dagster_run_id=context.run_id)
     except WriteRefused as exc:

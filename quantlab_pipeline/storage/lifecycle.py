@@ -17,7 +17,7 @@ from typing import Literal
 
 from quantlab_pipeline.core.errors import EnvironmentFault, QuantlabError, first_line
 from quantlab_pipeline.core.spec import RunSpec
-from quantlab_pipeline.storage.chain import changed_months
+from quantlab_pipeline.storage.completion import changed_months
 from quantlab_pipeline.storage.layout import ARTIFACT_INPUTS, SUCCESS_MARKER, iter_run_dirs, required_artifacts
 from quantlab_pipeline.storage.run_dir import RunDirectory
 from quantlab_pipeline.storage.specs import read_spec

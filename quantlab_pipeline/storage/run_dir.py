@@ -18,7 +18,6 @@ import shutil
 import time
 import traceback as tb
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -34,7 +33,7 @@ from quantlab_pipeline.storage.artifact_files import (
     write_artifact_file,
 )
 from quantlab_pipeline.storage.atomic import atomic_write_bytes, atomic_write_json, sha256_bytes
-from quantlab_pipeline.storage.chain import changed_months
+from quantlab_pipeline.storage.completion import Completion, completion
 from quantlab_pipeline.storage.errors_file import error_rows, read_error_rows, without_phase
 from quantlab_pipeline.storage.guards import (
     WriteRefused,
@@ -52,7 +51,6 @@ from quantlab_pipeline.storage.layout import (
     MANIFEST,
     MANIFEST_SCHEMA_VERSION,
     PREVIOUS_MONTH_INPUTS,
-    REQUIRED_ARTIFACTS,
     STDERR_LOG,
     STDOUT_LOG,
     SUCCESS_MARKER,
@@ -68,21 +66,6 @@ from quantlab_pipeline.storage.manifest import InvalidJSONFile, read_json_object
 from quantlab_pipeline.storage.run_creation import package_version
 from quantlab_pipeline.storage.specs import spec_sha256
 from quantlab_pipeline.storage.writer import MonthLock, RunLock, is_current_writer, writer_gone, writer_record
-
-
-@dataclass(frozen=True)
-class Completion:
-    complete: bool
-    missing: tuple[str, ...] = ()
-    stale: tuple[str, ...] = ()
-
-    def describe(self) -> str:
-        parts = []
-        if self.missing:
-            parts.append("missing " + ", ".join(self.missing))
-        if self.stale:
-            parts.append("stale (upstream changed) " + ", ".join(self.stale))
-        return "; ".join(parts) or "complete"
 
 
 class RunDirectory:
@@ -334,27 +317,8 @@ class RunDirectory:
             return [*done, f"recorded as interrupted: {gone}"]
 
     def completion(self, manifest: dict[str, Any] | None = None) -> Completion:
-        """Which required artifacts are missing (or not at their recorded size) or stale: computed
-        from an older version of an upstream artifact of this month or, for the portfolio, of the
-        month before (`chain.changed_months`)."""
-        manifest = manifest if manifest is not None else self.manifest()
-        if manifest is None:
-            return Completion(False, missing=REQUIRED_ARTIFACTS["path-only"])
-        artifacts = manifest.get("artifacts", {})
-        missing, stale = [], []
-        for name in required_artifacts(manifest["run_type"], manifest.get("spec")):
-            rec = artifacts.get(name)
-            path = self.path / rec["path"] if rec else self.path / ARTIFACT_PATHS[name]
-            if rec is None or not path.is_file() or path.stat().st_size != rec["bytes"]:
-                missing.append(name)
-                continue
-            changed = any(
-                (up := artifacts.get(upstream)) is None or rec["inputs"].get(upstream) != up["sha256"]
-                for upstream in ARTIFACT_INPUTS[name]
-            )
-            if changed or changed_months(self.runs_dir, self.run_id, rec):
-                stale.append(name)
-        return Completion(not missing and not stale, tuple(missing), tuple(stale))
+        """What this directory still lacks (`storage.completion`), from `manifest` or its run.json."""
+        return completion(self.runs_dir, self.month, self.run_id, manifest if manifest is not None else self.manifest())
 
     # -- internals (call with the lock held) -----------------------------------------------------
 
