@@ -9,15 +9,30 @@ import duckdb
 import pyarrow as pa
 
 from quantlab_pipeline.core.errors import QuantlabError
-from quantlab_pipeline.storage.layout import ARTIFACT_PATHS
+from quantlab_pipeline.storage.layout import ARTIFACT_PATHS, STEP_ARTIFACTS
 
-CATALOG_SCHEMA_VERSION = "2"  # 2: timing_walkforward_ms
+# 2: timing_walkforward_ms; 3: the portfolio's figures and timing_portfolio_ms (docs/catalog.md)
+CATALOG_SCHEMA_VERSION = "3"
 CATALOG_STATUSES: tuple[str, ...] = ("completed", "failed")  # the catalog holds terminal runs only
 MANIFEST_STATUSES = ("running", "completed", "failed")
 ARTIFACT_TYPES: tuple[str, ...] = tuple(ARTIFACT_PATHS)
-TIMING_STEPS: tuple[str, ...] = (*(a for a in ARTIFACT_PATHS if a != "errors"), "total")
+# One timing per step: an artifact written along with its step's (the portfolio's curve and
+# positions) has no time of its own.
+_COMPANIONS = {a for step, written in STEP_ARTIFACTS.items() for a in written if a != step}
+TIMING_STEPS: tuple[str, ...] = (*(a for a in ARTIFACT_PATHS if a != "errors" and a not in _COMPANIONS), "total")
 
 Columns = tuple[tuple[str, str, pa.DataType], ...]
+
+# The window-to-date figures of `results/portfolio.parquet` (docs/portfolio.md), as `portfolio_<name>`
+# columns of a policy run-month with a portfolio: the window's last month holds the whole window's.
+# Listed here rather than imported from core.portfolio, which loads numba (a test keeps them equal).
+PORTFOLIO_FIGURES: tuple[tuple[str, str, pa.DataType], ...] = (
+    *((name, "DOUBLE", pa.float64()) for name in ("capital", "equity_end", "total_return", "max_drawdown")),
+    *((name, "DOUBLE", pa.float64()) for name in ("sharpe", "sortino", "exposure")),
+    *((name, "BIGINT", pa.int64()) for name in ("max_open_positions", "calls_taken")),
+    *((name, "BIGINT", pa.int64()) for name in ("calls_skipped_cash", "calls_skipped_max_positions")),
+)
+PORTFOLIO_COLUMNS: Columns = tuple((f"portfolio_{name}", sql, typ) for name, sql, typ in PORTFOLIO_FIGURES)
 
 RUN_COLUMNS: Columns = (
     ("run_id", "VARCHAR NOT NULL", pa.string()),
@@ -42,6 +57,7 @@ RUN_COLUMNS: Columns = (
     *((f"timing_{step}_ms", "BIGINT", pa.int64()) for step in TIMING_STEPS),
     ("error_message", "VARCHAR", pa.string()),
     ("error_phase", "VARCHAR", pa.string()),
+    *PORTFOLIO_COLUMNS,
     ("run_dir", "VARCHAR NOT NULL", pa.string()),
     ("manifest_path", "VARCHAR NOT NULL", pa.string()),
     ("manifest_sha256", "VARCHAR NOT NULL", pa.string()),

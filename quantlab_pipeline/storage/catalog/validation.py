@@ -13,9 +13,13 @@ import re
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from quantlab_pipeline.core.errors import first_line
 from quantlab_pipeline.core.spec import RUN_TYPES
 from quantlab_pipeline.storage.atomic import sha256_bytes, sha256_file
-from quantlab_pipeline.storage.catalog.schema import MANIFEST_STATUSES, TIMING_STEPS
+from quantlab_pipeline.storage.catalog.schema import MANIFEST_STATUSES, PORTFOLIO_FIGURES, TIMING_STEPS
 from quantlab_pipeline.storage.layout import (
     ARTIFACT_PATHS,
     ARTIFACT_SCHEMA_VERSION,
@@ -177,6 +181,28 @@ def checked_artifacts(manifest: dict[str, Any], run_dir: Path, run_type: str, ve
     return rows
 
 
+def portfolio_figures(artifacts: list[dict[str, Any]]) -> dict[str, Any]:
+    """The `portfolio_*` columns: the one row of the month's `results/portfolio.parquet` (none when
+    the month has no portfolio). A file that is not one row of those figures rejects the directory."""
+    path = next((a["path"] for a in artifacts if a["artifact_type"] == "portfolio"), None)
+    if path is None:
+        return {}
+    where = f"artifact portfolio: {ARTIFACT_PATHS['portfolio']}"
+    try:
+        table = pq.read_table(path, columns=[name for name, _, _ in PORTFOLIO_FIGURES])
+    except (OSError, pa.ArrowException) as exc:
+        raise Invalid(f"{where}: unreadable: {first_line(exc)}") from None
+    if table.num_rows != 1:
+        raise Invalid(f"{where}: {table.num_rows} rows, expected 1")
+    row = {}
+    for name, _, typ in PORTFOLIO_FIGURES:
+        found = table.schema.field(name).type
+        if not (pa.types.is_floating if pa.types.is_floating(typ) else pa.types.is_integer)(found):
+            raise Invalid(f"{where}: column {name!r} has type {found}, expected {typ}")
+        row[f"portfolio_{name}"] = table.column(name)[0].as_py()
+    return row
+
+
 def read_terminal(month: str, run_id: str, run_dir: Path, verify: bool) -> Rows | None:
     """`(runs row, artifact rows)` of a terminal directory, None when it is not terminal (skipped).
 
@@ -210,6 +236,7 @@ def read_terminal(month: str, run_id: str, run_dir: Path, verify: bool) -> Rows 
         if row["status"] != "completed":
             raise Invalid(f"{MANIFEST}: status is {row['status']!r} but {SUCCESS_MARKER} is present")
         artifacts = checked_artifacts(manifest, run_dir, row["run_type"], verify)
+        row |= portfolio_figures(artifacts)
     row.update(
         run_dir=str(run_dir),
         manifest_path=str(manifest_path),
