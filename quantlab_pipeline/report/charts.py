@@ -27,7 +27,7 @@ from matplotlib.figure import Figure
 from matplotlib.scale import SymmetricalLogTransform
 from matplotlib.ticker import FixedLocator, NullLocator, StrMethodFormatter
 
-from quantlab_pipeline.core.display import bps_text, hours, multiple, pct
+from quantlab_pipeline.core.display import bps_text, hours, multiple, num, pct
 from quantlab_pipeline.core.durations import UNIT_MS
 from quantlab_pipeline.core.summary import trade_stats, truth_stats
 from quantlab_pipeline.core.sweep_spec import Constraints
@@ -303,3 +303,37 @@ def frontier(frame: pl.DataFrame, constraints: Constraints | None = None) -> tup
     ax.set(xlabel="p95 MAE (bps of entry: the 5% worst adverse excursion; right is better)")
     ax.set_ylabel("median realized return (bps)")
     return "frontier", title, fig
+
+
+def drawdown(equity: np.ndarray, capital: float) -> np.ndarray:
+    """(running peak − equity) / running peak at each point, the peak starting at the capital: the
+    largest is `max_drawdown` (docs/portfolio.md)."""
+    peak = np.maximum.accumulate(np.concatenate([[capital], equity]))[1:]
+    return (peak - equity) / peak
+
+
+@_chart
+def equity(curve: pl.DataFrame, capital: float) -> tuple[str, str, Figure]:
+    """The account's equity at the curve's points (portfolio/equity.parquet, the months end to end)
+    over its drawdown, which shares the time axis."""
+    ts, value = _xy(curve, "ts_ms", "equity")
+    fall = drawdown(value, capital)
+    end = float(value[-1]) if value.size else capital
+    title = (
+        f"Equity and drawdown — capital {num(capital)}, equity end {num(end)} ({pct(end / capital - 1)}), "
+        f"max drawdown {pct(float(fall.max()) if fall.size else 0.0)}, {curve.height} points"
+    )
+    fig = Figure(figsize=(7.5, 4.2), layout="constrained", dpi=144)
+    top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[2, 1])
+    if curve.height == 0:
+        _empty(top, "no points yet")
+    else:
+        when = ts.astype("datetime64[ms]")
+        top.plot(when, value, color=BLUE, linewidth=1.2, label="equity")
+        top.axhline(capital, color=GREY, linestyle="--", linewidth=1, label=f"capital {num(capital)}")
+        top.legend(loc="best")
+        bottom.fill_between(when, -100 * fall, 0, color=RED, alpha=0.3, linewidth=0)
+        bottom.plot(when, -100 * fall, color=RED, linewidth=0.8)
+    top.set_ylabel("equity (quote units)")
+    bottom.set(ylabel="drawdown (%)", xlabel="time (UTC)")
+    return "equity", title, fig

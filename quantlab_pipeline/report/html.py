@@ -6,13 +6,12 @@ e-mail attachment or an archive. Sections: the whole window, then each month of 
 from __future__ import annotations
 
 import html
-import json
 from dataclasses import dataclass
 
 import polars as pl
 
-from quantlab_pipeline.core.display import FRONTIER_COLUMNS, bps_text, frontier_rows, hours, multiple, pct
-from quantlab_pipeline.core.summary import trade_stats, truth_stats
+from quantlab_pipeline.core.display import FRONTIER_COLUMNS, frontier_rows
+from quantlab_pipeline.core.report_rows import headline_rows, spec_rows
 from quantlab_pipeline.core.sweep_spec import Constraints
 from quantlab_pipeline.report import charts
 from quantlab_pipeline.report.charts import Chart
@@ -53,23 +52,6 @@ def _concat(months: tuple[MonthArtifacts, ...], artifact: str) -> pl.DataFrame |
     return pl.concat(frames, how="vertical_relaxed") if frames else None
 
 
-def _headline(
-    run_type: str, alerts: pl.DataFrame | None, paths: pl.DataFrame | None, trades: pl.DataFrame | None
-) -> dict[str, str]:
-    rows = {} if alerts is None else {"valid alerts": f"{alerts.height:,}"}
-    if paths is not None:
-        t = truth_stats(paths)
-        rows |= {"calls with an entry": f"{t['calls']:,}", "2x hit rate": pct(t["hit_rate_2x"])}
-        rows |= {"median peak multiple": multiple(t["median_peak_multiple"])}
-        rows |= {"median time to 2x": hours(t["median_hours_to_2x"])}
-    if run_type == "policy" and trades is not None:
-        s = trade_stats(trades)
-        rows |= {"trades": f"{trades.height:,}", "median return": bps_text(s["median_return_bps"])}
-        rows |= {"mean return": bps_text(s["avg_return_bps"]), "win rate": pct(s["win_rate"])}
-        rows |= {"stop-out rate": pct(s["stop_out_rate"]), "p95 MAE": bps_text(s["p95_mae_bps"])}
-    return rows
-
-
 def build_section(
     run_type: str, anchor: str, heading: str, months: tuple[MonthArtifacts, ...], constraints: Constraints | None
 ) -> Section:
@@ -94,11 +76,14 @@ def build_section(
             top = tuple(frontier_rows(frontier, FRONTIER_TOP))
             n = frontier.get_column("caller_name").is_null().sum()
             asides.append(f"The {len(top)} best ranked of {n:,} policies (all callers); all: results/frontier.parquet")
+    equity, portfolio = _concat(months, "equity"), _concat(months, "portfolio")
+    if anchor == "window" and equity is not None and portfolio is not None:  # the drawdown needs the window
+        built.insert(0, charts.equity(equity, portfolio.item(-1, "capital")))
     if paths is None:
         asides.append("No truth-layer artifact (paths) yet, so no truth charts.")
     else:
         built += [charts.callers(paths), charts.time_to_2x(paths)]
-    headline = _headline(run_type, alerts, paths, trades)
+    headline = headline_rows(run_type, alerts, paths, trades, portfolio)
     return Section(anchor, heading, months, tuple(built), headline, tuple(asides), top)
 
 
@@ -112,27 +97,6 @@ def build_sections(run: RunArtifacts) -> list[Section]:
     if len(present) > 1:
         sections += [build_section(run.run_type, m.month, m.month, (m,), constraints) for m in present]
     return sections
-
-
-def _spec_rows(run: RunArtifacts) -> dict[str, str]:
-    spec = run.spec
-    rows = {
-        "run id": run.run_id,
-        "run type": spec.run_type,
-        "window": f"{spec.window.from_ or '…'} to {spec.window.to or '…'}",
-        "interval / horizon": f"{spec.interval} / {spec.horizon}",
-        "alerts": spec.source.alerts,
-        "candles": spec.source.candles_source,
-        "created": spec.created_at,
-    }
-    if spec.policy_id:
-        rows["policy"] = f"{spec.policy_id}: {json.dumps(spec.policy)}"
-    if spec.run_type == "policy":
-        rows["fees + slippage"] = f"{spec.execution.fee_bps:g} + {spec.execution.slippage_bps:g} bps per side"
-    if spec.provenance.git_commit:
-        rows["git commit"] = f"{spec.provenance.git_commit}{' (dirty)' if spec.provenance.git_dirty else ''}"
-    rows["months"] = ", ".join(f"{m.month} ({m.status})" for m in run.months)
-    return rows
 
 
 def _policies_html(rows: tuple[tuple[str, ...], ...]) -> str:
@@ -163,7 +127,8 @@ def _section_html(section: Section) -> str:
 def render_html(run: RunArtifacts, sections: list[Section]) -> str:
     """The page; deterministic for the same artifacts (no generation time, fixed SVG ids)."""
     e = html.escape
-    spec_rows = "".join(f"<dt>{e(k)}</dt><dd>{e(v)}</dd>" for k, v in _spec_rows(run).items())
+    months = ", ".join(f"{m.month} ({m.status})" for m in run.months)
+    spec = "".join(f"<dt>{e(k)}</dt><dd>{e(v)}</dd>" for k, v in (spec_rows(run.spec) | {"months": months}).items())
     notices = [
         f'<div class="notice"><strong>Incomplete month {e(m.month)}</strong>: {e(m.note)}. '
         + ("Its artifacts that exist are included below." if m.frames else "Nothing of it is included.")
@@ -178,7 +143,7 @@ def render_html(run: RunArtifacts, sections: list[Section]) -> str:
             f'<meta http-equiv="Content-Security-Policy" content="{_CSP}">',
             '<meta name="viewport" content="width=device-width, initial-scale=1">',
             f"<title>{e(title)}</title><style>{_CSS}</style></head><body>",
-            f'<h1>Backtest report: {e(run.run_type)} run</h1>\n<dl class="spec">{spec_rows}</dl>',
+            f'<h1>Backtest report: {e(run.run_type)} run</h1>\n<dl class="spec">{spec}</dl>',
             *notices,
             f"<nav>{nav}</nav>",
             *(_section_html(s) for s in sections),

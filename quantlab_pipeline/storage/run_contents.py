@@ -22,7 +22,7 @@ from quantlab_pipeline.storage.lifecycle import month_status
 from quantlab_pipeline.storage.run_dir import RunDirectory
 from quantlab_pipeline.storage.specs import read_spec
 
-REPORTED_ARTIFACTS = ("alerts", "paths", "trades", "summary", "frontier")
+REPORTED_ARTIFACTS = ("alerts", "paths", "trades", "summary", "frontier", "equity", "portfolio")
 
 
 @dataclass(frozen=True)
