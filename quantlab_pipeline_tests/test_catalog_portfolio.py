@@ -131,7 +131,7 @@ def test_each_policy_month_carries_its_window_to_date_row(runs, db):
         "calls_skipped_max_positions": 2,
     }
     jan = rows[(A, "2024-01")]
-    assert (jan["portfolio_equity_end"], jan["portfolio_max_drawdown"], jan["portfolio_calls_taken"]) == (1100.0, 0.05, 4)
+    assert [jan[f"portfolio_{n}"] for n in ("equity_end", "max_drawdown", "calls_taken")] == [1100.0, 0.05, 4]
     assert (jan["timing_portfolio_ms"], feb["timing_portfolio_ms"]) == (7, 9)
     assert jan["timing_total_ms"] == 52  # the fixture's total (alerts 12 + paths 40), as run.json records it
     other = rows[key(path_only)]
@@ -194,9 +194,8 @@ def test_a_catalog_of_the_previous_version_is_refused_in_one_line(runs, db):
     sync_catalog(db, runs)
     with duckdb.connect(str(db)) as conn:
         conn.execute("UPDATE catalog_meta SET value = '2'")
-    with pytest.raises(QuantlabError, match="schema version '2', this quantlab uses '3'.*delete it") as err:
+    with pytest.raises(QuantlabError, match=r"schema version '2', this quantlab uses '3'.*delete it") as err:
         sync_catalog(db, runs)
     assert "\n" not in str(err.value)
     db.unlink()
     assert len(sync_catalog(db, runs).registered) == 1
-

@@ -561,8 +561,9 @@ def test_cli_report_writes_the_page_and_fails_in_one_line(real_policy_run):
     proc = run_cli(["report", run_id], cwd=workdir)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     page = workdir / "runs" / "reports" / f"{run_id}.html"
-    assert f"Wrote {page}" in proc.stdout and "(5 charts: the whole window)" in proc.stdout
-    assert chart_keys(page.read_text()) == [f"window-{k}" for k in TRADE_CHARTS + TRUTH_CHARTS]
+    assert f"Wrote {page}" in proc.stdout and "(6 charts: the whole window)" in proc.stdout
+    # the portfolio is on by default: its equity curve comes first
+    assert chart_keys(page.read_text()) == [f"window-{k}" for k in ["equity", *TRADE_CHARTS, *TRUTH_CHARTS]]
 
     out = workdir / "elsewhere" / "r.html"
     proc = run_cli(["report", run_id, "--out", str(out), "--runs-dir", "runs"], cwd=workdir)
@@ -589,4 +590,4 @@ def test_cli_report_draws_in_chromium_without_errors(chromium, real_policy_run, 
     out = tmp_path / "report.html"
     proc = run_cli(["report", run_id, "--out", str(out)], cwd=workdir)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert_every_chart_draws(chromium, out, tmp_path / "profile", expected=5)
+    assert_every_chart_draws(chromium, out, tmp_path / "profile", expected=6)

@@ -65,16 +65,16 @@ def row(month: str) -> pl.DataFrame:
 def portfolio_run(tmp_path) -> Path:
     runs = tmp_path / "runs"
     spec = write_spec(runs, make_spec("policy", portfolio={"capital": 1000.0, "position_size": 100.0}))
+    positions = pl.DataFrame(schema=POSITIONS_SCHEMA)
     for month in CURVES:
+        policy = {
+            "alerts": alerts_frame(),
+            "paths": paths_frame(),
+            "trades": trades_frame(),
+            "summary": summary_frame(),
+        }
         write_month(
-            runs,
-            spec,
-            month,
-            {
-                **{"alerts": alerts_frame(), "paths": paths_frame(), "trades": trades_frame()},
-                **{"summary": summary_frame(), "equity": curve(month), "positions": pl.DataFrame(schema=POSITIONS_SCHEMA)},
-                "portfolio": row(month),
-            },
+            runs, spec, month, {**policy, "equity": curve(month), "positions": positions, "portfolio": row(month)}
         )
     return runs
 

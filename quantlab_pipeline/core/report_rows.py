@@ -60,7 +60,8 @@ def headline_rows(
         p = portfolio.row(-1, named=True)
         to_date = f" (window to {p['month']})"
         rows |= {f"equity end{to_date}": num(p["equity_end"]), "total return": pct(p["total_return"])}
-        rows |= {"max drawdown": pct(p["max_drawdown"]), "Sharpe / Sortino": f"{num(p['sharpe'])} / {num(p['sortino'])}"}
+        rows |= {"max drawdown": pct(p["max_drawdown"])}
+        rows |= {"Sharpe / Sortino": f"{num(p['sharpe'])} / {num(p['sortino'])}"}
         rows |= {"exposure": pct(p["exposure"]), "max open positions": num(p["max_open_positions"])}
         skipped = f"{num(p['calls_skipped_cash'])} for cash, {num(p['calls_skipped_max_positions'])} for the cap"
         rows |= {"calls taken": num(p["calls_taken"]), "calls skipped": skipped}
