@@ -332,6 +332,7 @@ def equity(curve: pl.DataFrame, capital: float) -> tuple[str, str, Figure]:
         top.plot(when, value, color=BLUE, linewidth=1.2, label="equity")
         top.axhline(capital, color=GREY, linestyle="--", linewidth=1, label=f"capital {num(capital)}")
         top.legend(loc="best")
+        top.yaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))
         bottom.fill_between(when, -100 * fall, 0, color=RED, alpha=0.3, linewidth=0)
         bottom.plot(when, -100 * fall, color=RED, linewidth=0.8)
     top.set_ylabel("equity (quote units)")
