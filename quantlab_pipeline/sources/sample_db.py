@@ -19,6 +19,10 @@ CANDLES_DDL = (
     "CREATE TABLE ohlcv_candles (mint VARCHAR, chain VARCHAR, interval VARCHAR, ts_ms BIGINT, "
     "open DOUBLE, high DOUBLE, low DOUBLE, close DOUBLE, volume DOUBLE)"
 )
+# DuckDB keeps every block it wrote cached up to its memory limit (default: 80 % of RAM), so the
+# process grew with the file (6 months: 9.1 GB). The blocks are on disk once written: a small
+# cache bounds memory by one block of tokens (docs/performance.md "A year of sample data").
+_DUCKDB_CONFIG = {"memory_limit": "256MB"}
 
 
 @dataclass(frozen=True)
@@ -58,7 +62,7 @@ def generate_sample_data(
     for leftover in (tmp, Path(f"{tmp}.wal")):
         leftover.unlink(missing_ok=True)
     try:
-        con = duckdb.connect(str(tmp))
+        con = duckdb.connect(str(tmp), config=_DUCKDB_CONFIG)
         try:
             con.execute(ALERTS_DDL)
             con.register("alert_rows", tables.alerts)
