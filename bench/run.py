@@ -102,6 +102,13 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
         metavar="N",
         help=f"alerts per month of the 12-month row (default {dataset.REFERENCE_ALERTS:,})",
     )
+    parser.add_argument(
+        "--year-candle-cache-gb",
+        type=float,
+        default=0.0,
+        metavar="GB",
+        help="candle cache cap of the 12-month row's backtests (default 0: off; a year fills ~23 GB)",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.scales, args.repeat = [QUICK_SCALE], 1
