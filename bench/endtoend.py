@@ -43,8 +43,9 @@ _SCAN_WHERE = (
 )
 
 
-def scan_connection(db: Path) -> duckdb.DuckDBPyConnection:
-    con = duckdb.connect(str(db), read_only=True)
+def scan_connection(db: Path, memory_limit: str | None = None) -> duckdb.DuckDBPyConnection:
+    """A read-only connection for the bare scan; `memory_limit` caps DuckDB's block cache."""
+    con = duckdb.connect(str(db), read_only=True, config={"memory_limit": memory_limit} if memory_limit else {})
     con.execute("SET enable_progress_bar = false")
     return con
 
