@@ -41,6 +41,22 @@ def _generator_version() -> str:
     return digest.hexdigest()[:10]
 
 
+def _stem(alerts_per_month: int, seed: int, months: tuple[str, ...]) -> str:
+    span = f"month-{months[0]}" if len(months) == 1 else f"months-{months[0]}..{months[-1]}"
+    return f"{span}-{INTERVAL}-a{alerts_per_month}-s{seed}"
+
+
+def database_path(cache_dir: Path, alerts_per_month: int, seed: int, months: tuple[str, ...]) -> Path:
+    """Where the sample database of `months` at this size and seed is cached, by generator version."""
+    return Path(cache_dir) / f"{_stem(alerts_per_month, seed, months)}-g{_generator_version()}.duckdb"
+
+
+def remove_stale(cache_dir: Path, alerts_per_month: int, seed: int, months: tuple[str, ...]) -> None:
+    """Delete the cached databases (and their records) of other generator versions of this size and seed."""
+    for stale in Path(cache_dir).glob(f"{_stem(alerts_per_month, seed, months)}-g*.duckdb*"):
+        stale.unlink()
+
+
 def ensure_database(
     cache_dir: Path, alerts_per_month: int, seed: int, months: tuple[str, ...] = (MONTH,)
 ) -> tuple[Path, float | None]:
@@ -51,13 +67,10 @@ def ensure_database(
     The generator writes atomically (temp file + rename), so an interrupted run never leaves a
     truncated cache entry behind.
     """
-    span = f"month-{months[0]}" if len(months) == 1 else f"months-{months[0]}..{months[-1]}"
-    stem = f"{span}-{INTERVAL}-a{alerts_per_month}-s{seed}"
-    path = Path(cache_dir) / f"{stem}-g{_generator_version()}.duckdb"
+    path = database_path(cache_dir, alerts_per_month, seed, months)
     if path.is_file():
         return path, None
-    for stale in Path(cache_dir).glob(f"{stem}-g*.duckdb"):
-        stale.unlink()
+    remove_stale(cache_dir, alerts_per_month, seed, months)
     started = time.perf_counter()
     sample_db.generate_sample_data(
         path, months=list(months), alerts_per_month=alerts_per_month, seed=seed, interval=INTERVAL

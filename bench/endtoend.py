@@ -24,7 +24,7 @@ from pathlib import Path
 
 import duckdb
 import pyarrow as pa
-from dataset import HORIZON, INTERVAL, MONTH, month_read
+from dataset import HORIZON, INTERVAL, MONTH, MonthRead, month_read
 from kernels import E2E_POLICY, E2E_POLICY_ID
 from measure import ChildRun, child_env, ratio, run_child, summarize, timed
 
@@ -34,6 +34,30 @@ from quantlab_pipeline.warm.client import stop_servers
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 QUANTLAB = Path(sys.executable).parent / "quantlab"
+
+
+WITH_MINTS, NUMERIC = "mint, ts_ms, open, high, low, close, volume", "ts_ms, open, high, low, close, volume"
+_SCAN_WHERE = (
+    "FROM ohlcv_candles WHERE interval = $interval AND ts_ms >= $start_ms AND ts_ms < $end_ms "
+    "AND mint IN (SELECT mint FROM wanted_mints)"
+)
+
+
+def scan_connection(db: Path, memory_limit: str | None = None) -> duckdb.DuckDBPyConnection:
+    """A read-only connection for the bare scan; `memory_limit` caps DuckDB's block cache."""
+    con = duckdb.connect(str(db), read_only=True, config={"memory_limit": memory_limit} if memory_limit else {})
+    con.execute("SET enable_progress_bar = false")
+    return con
+
+
+def fetch_months(con: duckdb.DuckDBPyConnection, reads: Sequence[MonthRead], columns: str) -> int:
+    """The candle rows of each month's read fetched into Arrow, one query a month; rows fetched."""
+    fetched = 0
+    for read in reads:
+        con.register("wanted_mints", pa.table({"mint": pa.array(read.mints, pa.string())}))
+        params = {"interval": INTERVAL, "start_ms": read.start_ms, "end_ms": read.end_ms}
+        fetched += con.sql(f"SELECT {columns} {_SCAN_WHERE}", params=params).to_arrow_table().num_rows
+    return fetched
 
 
 def bare_scan(db: Path, months: Sequence[str], repeat: int) -> dict:
@@ -50,31 +74,20 @@ def bare_scan(db: Path, months: Sequence[str], repeat: int) -> dict:
     `numeric_seconds` leaves the mint strings out (filtered on, not fetched), the lower bound.
     """
     reads = [month_read(db, month) for month in months]
-    where = (
-        "FROM ohlcv_candles WHERE interval = $interval AND ts_ms >= $start_ms AND ts_ms < $end_ms "
-        "AND mint IN (SELECT mint FROM wanted_mints)"
-    )
-    with_mints, numeric = "mint, ts_ms, open, high, low, close, volume", "ts_ms, open, high, low, close, volume"
     seconds: list[float] = []
     numeric_seconds: list[float] = []
     rows = 0
     for _ in range(2):
-        con = duckdb.connect(str(db), read_only=True)
+        con = scan_connection(db)
         try:
-            con.execute("SET enable_progress_bar = false")
 
             def fetch(columns: str, con: duckdb.DuckDBPyConnection = con) -> int:
-                fetched = 0
-                for read in reads:
-                    con.register("wanted_mints", pa.table({"mint": pa.array(read.mints, pa.string())}))
-                    params = {"interval": INTERVAL, "start_ms": read.start_ms, "end_ms": read.end_ms}
-                    fetched += con.sql(f"SELECT {columns} {where}", params=params).to_arrow_table().num_rows
-                return fetched
+                return fetch_months(con, reads, columns)
 
-            rows = fetch(with_mints)
-            fetch(with_mints)
-            seconds += timed(lambda: fetch(with_mints), repeat)
-            numeric_seconds += timed(lambda: fetch(numeric), repeat)
+            rows = fetch(WITH_MINTS)
+            fetch(WITH_MINTS)
+            seconds += timed(lambda: fetch(WITH_MINTS), repeat)
+            numeric_seconds += timed(lambda: fetch(NUMERIC), repeat)
         finally:
             con.close()
     return {"rows": rows, "seconds": summarize(seconds, "s"), "numeric_seconds": summarize(numeric_seconds, "s")}

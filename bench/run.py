@@ -12,6 +12,7 @@ per-run fixed cost. Every figure is the median of `--repeat` runs with min and m
     .venv/bin/python bench/run.py                      # scales 0.25 and 1, 3 runs each
     .venv/bin/python bench/run.py --scales 0.25,1,4    # 4× is ~110 M candles: ~8 min, ~8 GB RAM
     .venv/bin/python bench/run.py --quick              # tiny smoke run (the test suite's)
+    .venv/bin/python bench/run.py --year-only --cache-dir /work/benchcache12   # the 12-month row (year.py)
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ import peer
 import portfolio_peer
 import report
 import research
+import year
 from measure import ratio
 from rich.console import Console
 
@@ -87,11 +89,33 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
         default=BENCH_DIR / "results" / "latest.json",
         help="where to write the results (default bench/results/latest.json)",
     )
+    parser.add_argument(
+        "--year",
+        action="store_true",
+        help="also measure the 12-month row (sample-data of a year, --parallel 2 over it; ~16 GB in --cache-dir)",
+    )
+    parser.add_argument("--year-only", action="store_true", help="measure the 12-month row alone")
+    parser.add_argument(
+        "--year-alerts",
+        type=int,
+        default=dataset.REFERENCE_ALERTS,
+        metavar="N",
+        help=f"alerts per month of the 12-month row (default {dataset.REFERENCE_ALERTS:,})",
+    )
+    parser.add_argument(
+        "--year-candle-cache-gb",
+        type=float,
+        default=0.0,
+        metavar="GB",
+        help="candle cache cap of the 12-month row's backtests (default 0: off; a year fills ~23 GB)",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.scales, args.repeat = [QUICK_SCALE], 1
     if args.repeat < 1:
         parser.error("--repeat: must be at least 1")
+    if args.year_alerts < 10:
+        parser.error("--year-alerts: must be at least 10")
     return args
 
 
@@ -262,6 +286,9 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     try:
         results: dict = {"meta": _meta(args)}
+        if args.year_only:
+            results["year"] = year.measure(args, work_dir, console)
+            return _finish(results, args, console, started)
         console.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] cold start × {args.repeat} (cold and warm numba cache)")
         tiny_db, _ = dataset.ensure_database(args.cache_dir, COLD_START_ALERTS, args.seed)
         results["cold_start"] = endtoend.cold_start(
@@ -275,17 +302,27 @@ def main(argv: list[str] | None = None) -> int:
         results["scaling"] = report.scaling(results["scales"])
         results["checks"] = report.checks(results["scales"])
         results["research"] = _research(args, work_dir, console)
-        results["meta"]["elapsed_s"] = time.perf_counter() - started
+        if args.year:
+            results["year"] = year.measure(args, work_dir, console)
+        return _finish(results, args, console, started)
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
+
+
+def _finish(results: dict, args: argparse.Namespace, console: Console, started: float) -> int:
+    """Write the JSON atomically and print the tables of what was measured."""
+    results["meta"]["elapsed_s"] = time.perf_counter() - started
     args.json.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.json.with_name(f".{args.json.name}.tmp")
     tmp.write_text(json.dumps(results, indent=2) + "\n")
     os.replace(tmp, args.json)
-    report.render(results, console)
-    for scale in results["scales"].values():
-        portfolio_peer.render(scale, console)
-    research.render(results["research"], console)
+    if "scales" in results:
+        report.render(results, console)
+        for scale in results["scales"].values():
+            portfolio_peer.render(scale, console)
+        research.render(results["research"], console)
+    if "year" in results:
+        year.render(results["year"], console)
     console.print(f"results: {args.json} ({results['meta']['elapsed_s']:.0f} s)")
     return 0
 

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
+import tracemalloc
 from pathlib import Path
 
 import duckdb
 import polars as pl
+import pyarrow as pa
 import pytest
 from click.testing import CliRunner
 
 from quantlab_pipeline.core.errors import SpecError
+from quantlab_pipeline.core.sample_data import generate_sample_tables
 from quantlab_pipeline.core.spec import TruthParams
 from quantlab_pipeline.core.truth import compute_paths
 from quantlab_pipeline.sources.alerts import read_alerts
@@ -231,6 +235,72 @@ def test_replaces_the_file_atomically_and_leaves_no_temp_files(tmp_path):
     generate_sample_data(out, months=["2024-01", "2024-02"], alerts_per_month=20, seed=1)
     assert q(out, "SELECT count(*) FROM alerts")[0][0] == 2 * first - 1  # one null-ts row in both
     assert sorted(p.name for p in out.parent.iterdir()) == ["alerts.duckdb"]
+
+
+def table_digest(path: Path, table: str) -> tuple[int, str]:
+    """Row count and SHA-256 of a table's rows in storage order: every column's nulls and values,
+    bit for bit (floats by their bytes, strings joined)."""
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        rows = con.sql(f"SELECT * FROM {table} ORDER BY rowid").to_arrow_table()
+    finally:
+        con.close()
+    digest = hashlib.sha256()
+    for name in rows.column_names:
+        column = rows.column(name).combine_chunks()
+        digest.update(name.encode())
+        digest.update(column.is_null().to_numpy(zero_copy_only=False).tobytes())
+        if pa.types.is_string(column.type):
+            digest.update("\n".join(column.fill_null("").to_pylist()).encode())
+        else:
+            digest.update(column.fill_null(0).to_numpy().tobytes())
+    return rows.num_rows, digest.hexdigest()
+
+
+# Computed from the files the generator wrote at commit ca3f028, before the writer bounded its
+# memory: three months with a call id repeated across months, and two months of over a thousand
+# tokens each (several blocks of tokens, an hourly interval to keep it small).
+FROZEN = {
+    (("2024-01", "2024-02", "2024-03"), 30, 11, "5m"): {
+        "alerts": (91, "3254c0c8d830b4c157074f14afe29b7a766c505bbc8cb4302fe6d9f7b89e9f94"),
+        "ohlcv_candles": (140_291, "cbcf57f3c8d60cc0e72e46409a00ef2bc2ab509d0306f5ca48d1b7cec80613c9"),
+    },
+    (("2024-01", "2024-02"), 1_100, 3, "1h"): {
+        "alerts": (2_201, "e6e79236de0ae0444fed5a90af5c481e260d1be80310ec9aeb9091a8b14d69da"),
+        "ohlcv_candles": (308_647, "abd5bcd72968e5519214ab0460494d67f099b1b2ff692e34d98877eafafcb4c2"),
+    },
+}
+
+
+@pytest.mark.parametrize("args", list(FROZEN), ids=lambda a: f"{len(a[0])}months-{a[1]}-{a[3]}")
+def test_same_rows_in_the_same_order_as_before_streaming(tmp_path, args):
+    months, per_month, seed, interval = args
+    out = tmp_path / "alerts.duckdb"
+    generate_sample_data(out, months=list(months), alerts_per_month=per_month, seed=seed, interval=interval)
+    assert {table: table_digest(out, table) for table in ("alerts", "ohlcv_candles")} == FROZEN[args]
+
+
+def test_memory_is_flat_in_the_number_of_months():
+    """The candles come a block of tokens at a time: three months peak no higher than one (the
+    alerts and token arrays of all months are small), and no block holds a month's rows."""
+
+    def generate(months: list[str]) -> tuple[int, int, int]:
+        tracemalloc.start()
+        try:
+            tables = generate_sample_tables(months, alerts_per_month=2_200, seed=3, interval="1h")
+            largest = total = 0
+            for block in tables.candle_blocks:
+                largest, total = max(largest, block.num_rows), total + block.num_rows
+            return tracemalloc.get_traced_memory()[1], largest, total
+        finally:
+            tracemalloc.stop()
+
+    generate(["2024-01"])  # the first run's one-off allocations (caches of NumPy and Arrow)
+    one_peak, _, one_rows = generate(["2024-01"])
+    three_peak, three_largest, three_rows = generate(["2024-01", "2024-02", "2024-03"])
+    assert three_rows > 2.5 * one_rows
+    assert three_largest < one_rows / 2
+    assert three_peak < 1.2 * one_peak
 
 
 def test_bad_arguments_are_one_line_errors(tmp_path):
