@@ -233,7 +233,12 @@ def _create(run_type: str, opts: dict[str, Any]):
     if "parallel" in opts and _launch_parallel(run_type, opts, spec, months) > 1:  # a backtest command
         start_private_server()  # unless forked by the warm server: its imports overlap what follows
 
-    from quantlab_pipeline.orchestration.launch import create_run, get_instance, queue_daemon_running
+    from quantlab_pipeline.orchestration.launch import (
+        check_dagster_home,
+        create_run,
+        get_instance,
+        queue_daemon_running,
+    )
     from quantlab_pipeline.orchestration.month_runs import check_queue
     from quantlab_pipeline.orchestration.partitions import check_months_exist
     from quantlab_pipeline.sources.alerts import check_alerts_source
@@ -243,6 +248,7 @@ def _create(run_type: str, opts: dict[str, Any]):
     check_months_exist(months)
     check_alerts_source(spec.source.alerts, spec.source.alerts_table)
     check_candles_source(spec.source.candles_source, interval=spec.interval)
+    check_dagster_home()
     ensure_runs_dir(opts["runs_dir"])  # last check, first thing created
     instance = get_instance(note)
     if opts.get("submit"):

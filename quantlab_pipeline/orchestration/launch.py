@@ -32,14 +32,9 @@ def project_root() -> Path | None:
     return None
 
 
-def ensure_dagster_home(notice: Callable[[str], None] | None = None) -> str:
-    """Point `DAGSTER_HOME` at the project's `dagster.yaml` folder when unset.
-
-    Dagster's fallback is a temporary instance that is deleted on exit, taking the registered
-    run partitions and the materialization history with it. A relative path or a file is refused
-    in one line; a folder that does not exist yet is created with the project's `dagster.yaml`
-    (its run queue included), and `notice` told so (docs/faults.md).
-    """
+def check_dagster_home() -> str:
+    """`DAGSTER_HOME` (set to the project's folder when unset), refused in one line if it is
+    relative or not a folder; nothing created."""
     home = os.environ.get("DAGSTER_HOME")
     if not home:
         root = project_root()
@@ -50,11 +45,23 @@ def ensure_dagster_home(notice: Callable[[str], None] | None = None) -> str:
             )
         home = str(root)
         os.environ["DAGSTER_HOME"] = home
-    folder = Path(home)
-    if not folder.is_absolute():
+    if not os.path.isabs(home):
         raise QuantlabError(f"DAGSTER_HOME={home}: must be an absolute path")
-    if folder.exists() and not folder.is_dir():
+    if os.path.exists(home) and not os.path.isdir(home):
         raise QuantlabError(f"DAGSTER_HOME={home}: not a directory")
+    return home
+
+
+def ensure_dagster_home(notice: Callable[[str], None] | None = None) -> str:
+    """Point `DAGSTER_HOME` at the project's `dagster.yaml` folder when unset.
+
+    Dagster's fallback is a temporary instance that is deleted on exit, taking the registered
+    run partitions and the materialization history with it. A relative path or a file is refused
+    in one line; a folder that does not exist yet is created with the project's `dagster.yaml`
+    (its run queue included), and `notice` told so (docs/faults.md).
+    """
+    home = check_dagster_home()
+    folder = Path(home)
     if not folder.exists():
         root = project_root()
         try:
