@@ -45,8 +45,17 @@ def test_a_policy_nested_too_deep_is_one_line(workdir, depth):
     (workdir / "deep.json").write_text(_nested(depth))  # 5000 deep is longer than one argument may be
     policy = _nested(depth) if depth < 1000 else "@deep.json"
     proc = run_cli(
-        ["backtest", "policy", "--calls-from-duckdb", "data/alerts.duckdb", *WINDOW]
-        + ["--policy-id", "p", "--policy", policy],
+        [
+            "backtest",
+            "policy",
+            "--calls-from-duckdb",
+            "data/alerts.duckdb",
+            *WINDOW,
+            "--policy-id",
+            "p",
+            "--policy",
+            policy,
+        ],
         workdir,
     )
     _one_line(proc, 2, "--policy")
@@ -56,8 +65,17 @@ def test_a_policy_nested_too_deep_is_one_line(workdir, depth):
 @pytest.mark.parametrize("policy_id", ["../../x", "a\nb", "-x", "a/b", "x" * 49, ".hidden"])
 def test_a_policy_id_that_could_not_be_a_label_is_one_line(workdir, policy_id):
     proc = run_cli(
-        ["backtest", "policy", "--calls-from-duckdb", "data/alerts.duckdb", *WINDOW]
-        + ["--policy-id", policy_id, "--policy", POLICY],
+        [
+            "backtest",
+            "policy",
+            "--calls-from-duckdb",
+            "data/alerts.duckdb",
+            *WINDOW,
+            "--policy-id",
+            policy_id,
+            "--policy",
+            POLICY,
+        ],
         workdir,
     )
     _one_line(proc, 2, "--policy-id")
