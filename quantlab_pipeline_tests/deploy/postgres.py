@@ -3,7 +3,9 @@
 The binaries come from the project's own files: the `pgserver` wheel of the `deploy-test` extra,
 or else the OS package (`apt-get install postgresql`). Only the binaries are used: the server is
 started here, on a free port and a temporary data directory, so nothing outside the test's temp
-folder changes. PostgreSQL refuses to run as root; as root, the server runs as `nobody`.
+folder changes. PostgreSQL refuses to run as root; as root, the server runs as `nobody`, from a
+copy of the binaries in its temporary folder when `nobody` cannot reach them where they are
+installed (a clone in a private folder; docs/faults.md).
 """
 
 from __future__ import annotations
@@ -79,6 +81,30 @@ def _server_user() -> tuple[int, int] | None:
     return nobody.pw_uid, nobody.pw_gid
 
 
+def _reachable(bin_dir: Path) -> bool:
+    """Whether any user can run the binaries: every folder above them searchable by others (a
+    clone under /root or in a mode-700 folder is not, and `nobody` runs the server as root)."""
+    return all(os.stat(folder).st_mode & 0o001 for folder in [bin_dir, *bin_dir.parents])
+
+
+def _copy_install(bin_dir: Path, root: Path) -> Path:
+    """The installation (`bin`, `lib`, `share`: PostgreSQL finds the others relative to `bin`)
+    under `root`, hard-linked where it can be; its new `bin`."""
+
+    def link_or_copy(src: str, dst: str) -> None:
+        try:
+            os.link(src, dst)
+        except OSError:  # another file system
+            shutil.copy2(src, dst)
+
+    install = root / "pginstall"
+    install.mkdir(mode=0o755)
+    for part in ("bin", "lib", "share"):
+        if (bin_dir.parent / part).is_dir():
+            shutil.copytree(bin_dir.parent / part, install / part, symlinks=True, copy_function=link_or_copy)
+    return install / "bin"
+
+
 @contextmanager
 def temporary_postgres(*, timeout_s: float = 60.0) -> Iterator[Postgres]:
     """initdb + postgres on a free localhost port; yields once `dagster` accepts connections; always stops it."""
@@ -91,6 +117,8 @@ def temporary_postgres(*, timeout_s: float = 60.0) -> Iterator[Postgres]:
     root = Path(tempfile.mkdtemp(prefix="quantlab-pg-"))
     if user:
         os.chown(root, *user)
+    if user and not _reachable(bin_dir):
+        bin_dir = _copy_install(bin_dir, root)
     data = root / "data"
     log = root / "postgres.log"
     proc: subprocess.Popen | None = None
