@@ -127,3 +127,8 @@ def test_a_month_without_calls_of_a_non_empty_table_completes_with_zero(workdir)
     assert json.loads(run_json.read_text())["status"] == "completed"
     assert (run_json.parent / "_SUCCESS").exists()
     assert pl.read_parquet(run_json.parent / "truth" / "paths.parquet").height == 0
+    synced = run_cli(["backtest", "catalog-sync", "--runs-dir", "runs"], workdir)
+    assert synced.returncode == 0, synced.stderr
+    query = run_cli(["backtest", "catalog-query", "--format", "json"], workdir)
+    ((row,),) = [json.loads(query.stdout)]
+    assert (row["status"], row["calls_count"]) == ("completed", 0)
