@@ -88,8 +88,9 @@ def _reachable(bin_dir: Path) -> bool:
 
 
 def _copy_install(bin_dir: Path, root: Path) -> Path:
-    """The installation (`bin`, `lib`, `share`: PostgreSQL finds the others relative to `bin`)
-    under `root`, hard-linked where it can be; its new `bin`."""
+    """The installation under `root`, hard-linked where it can be, in the same layout: PostgreSQL
+    finds `lib` and `share` relative to `bin`, and the wheel's binaries their vendored libraries
+    (`pgserver.libs`) through `$ORIGIN/../../../`. Its new `bin`."""
 
     def link_or_copy(src: str, dst: str) -> None:
         try:
@@ -97,12 +98,14 @@ def _copy_install(bin_dir: Path, root: Path) -> Path:
         except OSError:  # another file system
             shutil.copy2(src, dst)
 
-    install = root / "pginstall"
-    install.mkdir(mode=0o755)
-    for part in ("bin", "lib", "share"):
-        if (bin_dir.parent / part).is_dir():
-            shutil.copytree(bin_dir.parent / part, install / part, symlinks=True, copy_function=link_or_copy)
-    return install / "bin"
+    base, target = bin_dir.parents[2], root / "pginstall"
+    target.mkdir(mode=0o755)
+    parts = [bin_dir.parent / part for part in ("bin", "lib", "share")]
+    parts.append(base / f"{bin_dir.parents[1].name}.libs")
+    for part in parts:
+        if part.is_dir():
+            shutil.copytree(part, target / part.relative_to(base), symlinks=True, copy_function=link_or_copy)
+    return target / bin_dir.relative_to(base)
 
 
 @contextmanager
