@@ -127,7 +127,7 @@ def exit_like(code: int) -> NoReturn:
 
 def servers(directory: str) -> dict[str, int]:
     """The servers answering in `directory`: socket path → server pid."""
-    return {path: pid for path, (pid, answering) in probe_servers(directory).items() if answering}
+    return {path: pid for path, (pid, answering) in probe_servers(directory).items() if answering and pid is not None}
 
 
 def probe_servers(directory: str) -> dict[str, tuple[int | None, bool]]:

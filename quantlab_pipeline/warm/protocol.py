@@ -115,7 +115,8 @@ def decode(data: bytes) -> dict:
         raise ValueError("message nested too deep") from None
     if not isinstance(message, dict):
         raise ValueError("message is not a JSON object")
-    stack, depth = [message], 0
+    stack: list[dict | list] = [message]
+    depth = 0
     while stack:  # breadth-first, level by level: no recursion
         depth += 1
         if depth > MAX_JSON_DEPTH:
