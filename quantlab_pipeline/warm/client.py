@@ -173,7 +173,8 @@ def _end_stuck(pid: int) -> None:
         return
     with os.fdopen(pidfd) as handle:
         for signum in (signal.SIGTERM, signal.SIGCONT):
-            os.kill(pid, signum)
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(pidfd, signum)
         if select.select([handle], [], [], STOP_WAIT_S)[0]:
             return
         try:
