@@ -185,7 +185,8 @@ def _end_stuck(pid: int) -> None:
         except OSError:  # gone meanwhile
             return
         if stopped or not busy:
-            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
 
 
 def connect(path: str, timeout_s: float = protocol.HANDOFF_TIMEOUT_S) -> socket.socket | None:
