@@ -137,7 +137,8 @@ def build_spec(request: SpecRequest, *, run_id: str, created_at: str, provenance
             raise SpecError(f"{name}: required for a {request.run_type} run")
     if request.policy_id is not None and not POLICY_ID_RE.match(request.policy_id):
         raise SpecError(
-            f"policy_id: 1 to 48 letters, digits, '_', '-' or '.' (not first), got {_show(request.policy_id)}"
+            f"policy_id: 1 to 48 letters, digits, '_', '-' or '.', starting with a letter or digit, "
+            f"got {_show(request.policy_id)}"
         )
 
     source: dict[str, Any] = {"alerts": resolve_path(request.alerts or "", base_dir)}
