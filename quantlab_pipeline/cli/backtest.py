@@ -13,7 +13,7 @@ from typing import Any
 import click
 from rich.markup import escape
 
-from quantlab_pipeline.cli.console import console, err_console, user_errors
+from quantlab_pipeline.cli.console import console, err_console, note, user_errors
 from quantlab_pipeline.cli.months import MonthPlan, default_parallel, finish, run_months
 from quantlab_pipeline.cli.options import runs_dir_option
 from quantlab_pipeline.cli.walkforward import print_walk_forward
@@ -233,7 +233,12 @@ def _create(run_type: str, opts: dict[str, Any]):
     if "parallel" in opts and _launch_parallel(run_type, opts, spec, months) > 1:  # a backtest command
         start_private_server()  # unless forked by the warm server: its imports overlap what follows
 
-    from quantlab_pipeline.orchestration.launch import create_run, get_instance
+    from quantlab_pipeline.orchestration.launch import (
+        check_dagster_home,
+        create_run,
+        get_instance,
+        queue_daemon_running,
+    )
     from quantlab_pipeline.orchestration.month_runs import check_queue
     from quantlab_pipeline.orchestration.partitions import check_months_exist
     from quantlab_pipeline.sources.alerts import check_alerts_source
@@ -243,10 +248,16 @@ def _create(run_type: str, opts: dict[str, Any]):
     check_months_exist(months)
     check_alerts_source(spec.source.alerts, spec.source.alerts_table)
     check_candles_source(spec.source.candles_source, interval=spec.interval)
+    check_dagster_home()
     ensure_runs_dir(opts["runs_dir"])  # last check, first thing created
-    instance = get_instance()
+    instance = get_instance(note)
     if opts.get("submit"):
         check_queue(instance)
+        if not queue_daemon_running(instance):
+            note(
+                "--submit: no Dagster daemon is running for this instance, so nothing launches until one starts "
+                "(`dagster-daemon run` with the same DAGSTER_HOME, or `make dev`)"
+            )
     create_run(spec, runs_dir=opts["runs_dir"], instance=instance)
     return spec, months, instance
 

@@ -43,3 +43,8 @@ def user_errors(fn: Callable) -> Callable:
 
 def ok(message: str) -> None:
     console.print(f"[green]✓[/green] {escape(message)}")
+
+
+def note(message: str) -> None:
+    """A one-line notice on stderr (what the command did beyond what was asked)."""
+    err_console.print(f"note: {escape(message)}")

@@ -12,7 +12,7 @@ import sys
 import click
 from rich.markup import escape
 
-from quantlab_pipeline.cli.console import console, fail, ok, user_errors
+from quantlab_pipeline.cli.console import console, fail, note, ok, user_errors
 from quantlab_pipeline.cli.options import runs_dir_option
 
 _DELETE_HELP = "Archive the runs' directories and specs to this .tar.gz first (restore: tar -xzf FILE -C <runs dir>)."
@@ -28,7 +28,7 @@ def _delete(run_files: list, runs_dir: str, archive: str | None, dry_run: bool, 
 
     if not (dry_run or yes or sys.stdin.isatty()):
         fail("no terminal to confirm on: pass --yes to delete without asking (--dry-run lists what would go)")
-    instance = get_instance()
+    instance = get_instance(note)
     plans = plan_removal(instance, run_files)
     if not plans:
         ok("No run matches; nothing to delete")
@@ -55,8 +55,8 @@ def _delete(run_files: list, runs_dir: str, archive: str | None, dry_run: bool, 
         f"Deleted {removed.runs} run(s): {runs_dir} shrank by {_mb(removed.runs_dir_bytes)}, "
         f"the Dagster instance ({removed.instance_dir}) by {_mb(removed.instance_bytes)}"
     )
-    for note in removed.notes:
-        console.print(f"  [yellow]note:[/yellow] {escape(note)}")
+    for remark in removed.notes:
+        console.print(f"  [yellow]note:[/yellow] {escape(remark)}")
     console.print("  The catalog drops their rows at its next sync (`quantlab backtest catalog-sync`).")
 
 

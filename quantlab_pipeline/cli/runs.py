@@ -14,7 +14,7 @@ from rich import box
 from rich.markup import escape
 from rich.table import Table
 
-from quantlab_pipeline.cli.console import console, err_console, fail, ok, user_errors
+from quantlab_pipeline.cli.console import console, err_console, fail, note, ok, user_errors
 from quantlab_pipeline.cli.months import MonthPlan, finish, follow_queued, run_months
 from quantlab_pipeline.cli.options import runs_dir_option
 from quantlab_pipeline.core.spec import validate_run_id
@@ -72,7 +72,7 @@ def runs_resume(run_id: str, runs_dir: str) -> None:
     from quantlab_pipeline.storage.specs import read_spec
 
     spec = read_spec(runs_dir, validate_run_id(run_id))
-    instance = get_instance()
+    instance = get_instance(note)
     plan, done, busy = [], [], []
     for status in run_status(runs_dir, spec):
         if status.state == "completed":
@@ -114,7 +114,7 @@ def runs_wait(run_id: str, runs_dir: str) -> None:
     from quantlab_pipeline.storage.specs import read_spec
 
     spec = read_spec(runs_dir, validate_run_id(run_id))
-    instance = get_instance()
+    instance = get_instance(note)
     console.print(f"[bold]Run[/bold] {spec.run_id} ({spec.run_type}): waiting for {len(spec.months())} month run(s)")
     finish(spec, follow_queued(spec, spec.months(), runs_dir=runs_dir, instance=instance))
 

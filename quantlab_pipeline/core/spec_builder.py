@@ -8,6 +8,7 @@ Pure: paths are resolved against a `base_dir` the caller passes, JSON arguments 
 from __future__ import annotations
 
 import posixpath
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -102,6 +103,15 @@ class SpecRequest:
         )
 
 
+# What a policy id may hold: it names the run's partition keys, tags and tables (docs/faults.md).
+POLICY_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,47}$")
+
+
+def _show(value: str) -> str:
+    """`value` quoted, cut to 60 characters (a newline shown as \\n: the error stays one line)."""
+    return repr(value if len(value) <= 60 else value[:57] + "...")
+
+
 def resolve_path(path: str, base_dir: str) -> str:
     """`path` made absolute against `base_dir` (globs stay globs), so a stored spec names the same
     file whatever the working directory of whoever reads it later."""
@@ -125,6 +135,11 @@ def build_spec(request: SpecRequest, *, run_id: str, created_at: str, provenance
     for name in _REQUIRES[request.run_type]:
         if getattr(request, name) in (None, ""):
             raise SpecError(f"{name}: required for a {request.run_type} run")
+    if request.policy_id is not None and not POLICY_ID_RE.match(request.policy_id):
+        raise SpecError(
+            f"policy_id: 1 to 48 letters, digits, '_', '-' or '.', starting with a letter or digit, "
+            f"got {_show(request.policy_id)}"
+        )
 
     source: dict[str, Any] = {"alerts": resolve_path(request.alerts or "", base_dir)}
     if request.alerts_table is not None:

@@ -7,6 +7,8 @@ partitions and materializations appear in `dagster dev`.
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from dagster import AssetKey, AssetMaterialization, DagsterInstance
@@ -16,6 +18,7 @@ from quantlab_pipeline.core.spec import RunSpec
 from quantlab_pipeline.core.sweep_spec import parse_sweep
 from quantlab_pipeline.orchestration.io_managers import spec_metadata
 from quantlab_pipeline.orchestration.partitions import RUN_MONTH_PARTITIONS_NAME, month_run_key, run_month_keys
+from quantlab_pipeline.storage.atomic import atomic_write_bytes
 from quantlab_pipeline.storage.specs import write_spec
 
 
@@ -29,12 +32,9 @@ def project_root() -> Path | None:
     return None
 
 
-def ensure_dagster_home() -> str:
-    """Point `DAGSTER_HOME` at the project's `dagster.yaml` folder when unset.
-
-    Dagster's fallback is a temporary instance that is deleted on exit, taking the registered
-    run partitions and the materialization history with it.
-    """
+def check_dagster_home() -> str:
+    """`DAGSTER_HOME` (set to the project's folder when unset), refused in one line if it is
+    relative or not a folder; nothing created."""
     home = os.environ.get("DAGSTER_HOME")
     if not home:
         root = project_root()
@@ -45,17 +45,54 @@ def ensure_dagster_home() -> str:
             )
         home = str(root)
         os.environ["DAGSTER_HOME"] = home
-    Path(home).mkdir(parents=True, exist_ok=True)
+    if not os.path.isabs(home):
+        raise QuantlabError(f"DAGSTER_HOME={home}: must be an absolute path")
+    if os.path.exists(home) and not os.path.isdir(home):
+        raise QuantlabError(f"DAGSTER_HOME={home}: not a directory")
     return home
 
 
-def get_instance() -> DagsterInstance:
+def ensure_dagster_home(notice: Callable[[str], None] | None = None) -> str:
+    """Point `DAGSTER_HOME` at the project's `dagster.yaml` folder when unset.
+
+    Dagster's fallback is a temporary instance that is deleted on exit, taking the registered
+    run partitions and the materialization history with it. A relative path or a file is refused
+    in one line; a folder that does not exist yet is created with the project's `dagster.yaml`
+    (its run queue included), and `notice` told so (docs/faults.md).
+    """
+    home = check_dagster_home()
+    folder = Path(home)
+    if not folder.exists():
+        root = project_root()
+        try:
+            folder.mkdir(parents=True)
+            if root is not None:
+                atomic_write_bytes(folder / "dagster.yaml", (root / "dagster.yaml").read_bytes())
+        except OSError as exc:
+            raise EnvironmentFault(f"DAGSTER_HOME={home}: cannot create it ({exc.strerror})") from None
+        if notice is not None:
+            origin = f"with {root / 'dagster.yaml'}" if root is not None else "(no project dagster.yaml found)"
+            notice(f"created DAGSTER_HOME {home} {origin}")
+    return home
+
+
+def get_instance(notice: Callable[[str], None] | None = None) -> DagsterInstance:
     """The instance at `DAGSTER_HOME`; an unusable home or `dagster.yaml` is one line naming it."""
-    home = ensure_dagster_home()
+    home = ensure_dagster_home(notice)
     try:
         return DagsterInstance.get()
     except Exception as exc:  # YAML, config schema, SQLite on a read-only home, …
         raise EnvironmentFault(f"Dagster instance at {home} (dagster.yaml): {first_line(exc)}") from None
+
+
+# The daemon beats every 30 s; two missed beats and more and it is taken for stopped.
+DAEMON_HEARTBEAT_FRESH_S = 90.0
+
+
+def queue_daemon_running(instance: DagsterInstance) -> bool:
+    """Whether a daemon that launches queued runs has beaten lately (docs/faults.md)."""
+    beat = instance.get_daemon_heartbeats().get("QUEUED_RUN_COORDINATOR")
+    return beat is not None and time.time() - beat.timestamp < DAEMON_HEARTBEAT_FRESH_S
 
 
 def create_run(spec: RunSpec, *, runs_dir: str, instance: DagsterInstance) -> None:

@@ -61,6 +61,8 @@ def features(
         step.log(
             f"{frame.height} calls; 24h history for {headline['with_24h_history_pct']}%, "
             f"a prior caller record for {headline['with_caller_record_pct']}%"
+            if frame.height
+            else "0 calls"
         )
         output = step.output(frame, inputs=(alerts, paths), headline=headline)
     yield Output(output)

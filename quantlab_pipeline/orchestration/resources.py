@@ -127,6 +127,8 @@ class CandleStoreResource(ConfigurableResource):
         )
 
     def _read_shared(self, spec: RunSpec, alerts: pl.DataFrame) -> CandlesInput:
+        if alerts.height == 0:  # a month without calls: no candles, nothing to keep (docs/inputs.md)
+            return self._read(spec, alerts)
         mints = tuple(sorted(alerts.get_column("mint").unique().to_list()))
         key = (
             spec.source.candles_source,

@@ -54,9 +54,17 @@ def _open(path: str, table: str) -> tuple[duckdb.DuckDBPyConnection, dict[str, s
 
 
 def check_alerts_source(path: str, table: str = "alerts") -> None:
-    """Raise `InputError` (one line naming file, table, column) unless the alerts table is usable."""
+    """Raise `InputError` (one line naming file, table, column) unless the alerts table is usable:
+    an empty table is refused, a month of a non-empty one may hold no calls (docs/inputs.md)."""
     con, _ = _open(path, table)
-    con.close()
+    try:
+        # `table` is a checked identifier (`validate_identifier`).
+        if con.execute(f"SELECT count(*) FROM (SELECT 1 FROM {table} LIMIT 1)").fetchone() == (0,):
+            raise InputError(f"alerts database {path}, table {table}: no rows (an alerts table with no calls)")
+    except duckdb.Error as exc:
+        raise InputError(f"alerts database {path}, table {table}: {first_line(exc)}") from None
+    finally:
+        con.close()
 
 
 def read_alerts(

@@ -13,7 +13,9 @@ signals sent here (Ctrl-C, SIGTERM, SIGHUP) are forwarded to its process group; 
 becomes this process's, a death by signal included. If this process is killed (SIGKILL), the
 server's side of the connection closes and the command is killed too: nothing keeps running that
 the user cannot see. Anything unusual (server disabled, unusable socket directory, a server that
-fails to start) and the command simply runs in this process.
+fails to start) and the command simply runs in this process; so does a command whose server does
+not greet it within `protocol.HANDOFF_TIMEOUT_S` (stopped, stuck), saying so on stderr: the request
+is only sent after the greeting, so a server that wakes up later never runs it too (docs/faults.md).
 """
 
 from __future__ import annotations
@@ -24,9 +26,11 @@ import os
 import select
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Sequence
 from typing import NoReturn
 
@@ -52,6 +56,13 @@ def run_in_server(argv: list[str]) -> int | None:
         return None
     try:
         sock = connect(path) or _start_persistent(path)
+    except protocol.NotAnswering as exc:
+        print(
+            f"quantlab: {exc} within {protocol.HANDOFF_TIMEOUT_S:g} s; running the command in this process"
+            " (`quantlab server stop` ends that server)",
+            file=sys.stderr,
+        )
+        return None
     except OSError:  # the lock or log beside the socket cannot be opened
         return None
     if sock is None:
@@ -115,39 +126,120 @@ def exit_like(code: int) -> NoReturn:
 
 
 def servers(directory: str) -> dict[str, int]:
-    """The servers listening in `directory`: socket path → server pid."""
-    found = {}
+    """The servers answering in `directory`: socket path → server pid."""
+    return {path: pid for path, (pid, answering) in probe_servers(directory).items() if answering and pid is not None}
+
+
+def probe_servers(directory: str) -> dict[str, tuple[int | None, bool]]:
+    """Every server listening in `directory`: socket path → (pid, whether it answered in time)."""
+    found: dict[str, tuple[int | None, bool]] = {}
     for name in sorted(os.listdir(directory)):
+        if not name.endswith(".sock"):
+            continue
         path = os.path.join(directory, name)
-        sock = connect(path) if name.endswith(".sock") else None
+        try:
+            sock = connect(path)
+        except protocol.NotAnswering as exc:
+            found[path] = (exc.pid, False)
+            continue
         if sock is not None:
             with sock:
-                protocol.send(sock, {"kind": "ping"})
-                reply = protocol.receive(sock)
-            if reply:
-                found[path] = int(reply["pid"])
+                found[path] = (_peer_pid(sock), True)
     return found
 
 
-def stop_servers(directory: str) -> dict[str, int]:
-    """Stop the servers listening in `directory` (each finishes the commands it is running);
-    what was listening."""
-    found = servers(directory)
-    for path in found:
+def stop_servers(directory: str) -> dict[str, int | None]:
+    """Stop the servers listening in `directory` (each finishes the commands it is running; one
+    that does not answer is woken and asked to stop, then killed if it has not within
+    `STOP_WAIT_S`); what was listening."""
+    found = probe_servers(directory)
+    for path, (pid, answering) in found.items():
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)  # a server stops listening once its socket is gone
-    return found
+        if not answering and pid is not None:
+            _end_stuck(pid)
+    return {path: pid for path, (pid, _) in found.items()}
 
 
-def connect(path: str) -> socket.socket | None:
-    """A connection to the server listening at `path`, or None if none is."""
+STOP_WAIT_S = 5.0
+
+
+def _end_stuck(pid: int) -> None:
+    """SIGTERM and SIGCONT to a server that did not answer; SIGKILL if, `STOP_WAIT_S` later, it is
+    still there stopped or with no command left to finish."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    with os.fdopen(pidfd) as handle:
+        for signum in (signal.SIGTERM, signal.SIGCONT):
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(pidfd, signum)
+        if select.select([handle], [], [], STOP_WAIT_S)[0]:
+            return
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                stopped = stat.read().rpartition(")")[2].split()[0] in "tT"
+            with open(f"/proc/{pid}/task/{pid}/children") as children:
+                busy = bool(children.read().split())
+        except OSError:  # gone meanwhile
+            return
+        if stopped or not busy:
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+
+
+def connect(path: str, timeout_s: float = protocol.HANDOFF_TIMEOUT_S) -> socket.socket | None:
+    """A connection to the server listening at `path`, once it has greeted it; None if no server
+    listens there; `protocol.NotAnswering` if one does but has not greeted it within `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:
-        sock.connect(path)
-    except OSError:
+        while True:
+            sock.settimeout(max(0.001, deadline - time.monotonic()))
+            try:
+                sock.connect(path)
+                break
+            except BlockingIOError:  # its queue of connections is full
+                if time.monotonic() >= deadline:
+                    raise protocol.NotAnswering(path, _listener_pid(path)) from None
+                time.sleep(0.05)
+        pid = _peer_pid(sock)
+        try:
+            hello = protocol.receive(sock)
+        except (TimeoutError, ValueError):
+            hello = None
+        if hello is None or "server" not in hello:
+            raise protocol.NotAnswering(path, pid)
+        sock.settimeout(None)
+        return sock
+    except protocol.NotAnswering:
+        sock.close()
+        raise
+    except OSError:  # nothing listening there (refused, no such socket)
         sock.close()
         return None
-    return sock
+
+
+def _peer_pid(sock: socket.socket) -> int:
+    pid, _uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+    return pid
+
+
+def _listener_pid(path: str) -> int | None:
+    """The pid of this user's server process for `path` (whose queue is too full to connect)."""
+    wanted = ["-m", "quantlab_pipeline.warm.server", path]
+    for entry in os.listdir("/proc"):
+        try:
+            if not entry.isdigit() or os.stat(f"/proc/{entry}").st_uid != os.getuid():
+                continue
+            with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                argv = fh.read().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if argv[1:4] == wanted:
+            return int(entry)
+    return None
 
 
 def send_request(sock: socket.socket, request: dict, fds: Sequence[int] = ()) -> int:
@@ -234,7 +326,10 @@ class ServerProcess:
 def start_process(kind: str, **fields) -> ServerProcess:
     """Fork a `kind` process (`server.TARGETS`) from the server this process came from, else from
     this command's private server (started on first use, gone when this process ends)."""
-    sock = connect(serving) if serving else None
+    sock = None
+    if serving:
+        with contextlib.suppress(protocol.NotAnswering):  # stuck: this command's own server instead
+            sock = connect(serving)
     if sock is None:
         sock = connect(_private_server().wait())
     if sock is None:

@@ -23,6 +23,8 @@ DIR_ENV = "QUANTLAB_WARM_DIR"  # where servers listen (default: $XDG_RUNTIME_DIR
 IDLE_ENV = "QUANTLAB_WARM_IDLE_S"  # a server exits after this long without a command
 DEFAULT_IDLE_S = 900.0
 _IMPORT_TIME_ENV = ("PYTHON", "NUMBA_", "NUMPY_", "LC_", "LANG")
+HANDOFF_TIMEOUT_S = 2.0  # a server that has not greeted a client by then is bypassed (docs/faults.md)
+MAX_JSON_DEPTH = 64  # a request nested deeper is refused, not parsed into a RecursionError
 _MAX_PACKET = 1 << 20
 _MAX_SOCKET_PATH = 107  # sun_path holds 108 bytes with the terminating NUL
 
@@ -82,6 +84,15 @@ def fingerprint(env: os._Environ | dict) -> str:
     return digest.hexdigest()
 
 
+class NotAnswering(OSError):
+    """A server listens at the socket but has not answered within `HANDOFF_TIMEOUT_S` (stopped,
+    or stuck); `pid` is its process when known."""
+
+    def __init__(self, path: str, pid: int | None):
+        super().__init__(f"the warm server {f'(pid {pid}) ' if pid else ''}at {path} did not answer")
+        self.path, self.pid = path, pid
+
+
 def send(sock: socket.socket, message: dict, fds=()) -> None:
     data = json.dumps(message).encode()
     if fds:
@@ -93,9 +104,34 @@ def send(sock: socket.socket, message: dict, fds=()) -> None:
 def receive(sock: socket.socket) -> dict | None:
     """The next message; None once the peer has closed."""
     data = sock.recv(_MAX_PACKET)
-    return json.loads(data) if data else None
+    return decode(data) if data else None
 
 
-def receive_fds(sock: socket.socket, max_fds: int) -> tuple[dict | None, list[int]]:
+def decode(data: bytes) -> dict:
+    """A message: a JSON object nested at most `MAX_JSON_DEPTH` deep, else a ValueError."""
+    try:
+        message = json.loads(data)
+    except RecursionError:
+        raise ValueError("message nested too deep") from None
+    if not isinstance(message, dict):
+        raise ValueError("message is not a JSON object")
+    stack: list[dict | list] = [message]
+    depth = 0
+    while stack:  # breadth-first, level by level: no recursion
+        depth += 1
+        if depth > MAX_JSON_DEPTH:
+            raise ValueError("message nested too deep")
+        stack = [
+            item
+            for value in stack
+            for item in (value.values() if isinstance(value, dict) else value)
+            if isinstance(item, (dict, list))
+        ]
+    return message
+
+
+def receive_fds(sock: socket.socket, max_fds: int) -> tuple[bytes, list[int]]:
+    """The next packet, undecoded, and the descriptors that came with it (the caller owns and
+    must close them, whatever the packet holds); empty once the peer has closed."""
     data, fds, _flags, _address = socket.recv_fds(sock, _MAX_PACKET, max_fds)
-    return (json.loads(data) if data else None), list(fds)
+    return data, list(fds)

@@ -108,10 +108,16 @@ def _run_months(request: dict) -> None:
 TARGETS: dict[str, Callable[[dict], None]] = {"command": _run_command, "months": _run_months}
 
 
+MAX_CONNECTIONS = 128  # greeted connections awaiting their request plus running commands
+REQUEST_TIMEOUT_S = 10.0  # a greeted connection that sends no request by then is closed
+_PENDING = "pending"  # selector data of a greeted connection awaiting its request
+
+
 class Server:
     def __init__(self, path: str, idle_s: float, alive_fd: int | None):
         self.path, self.idle_s, self.alive_fd = path, idle_s, alive_fd
         self.children: dict[int, socket.socket] = {}
+        self.pending: dict[socket.socket, float] = {}  # → when greeted
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.listener.bind(path)
         self.listener.listen(64)
@@ -140,9 +146,9 @@ class Server:
         while listening or self.children:
             for key, _ in selector.select(timeout=1.0):
                 if key.fileobj is self.listener and listening:
-                    pid = self._accept()
-                    if pid is not None:
-                        selector.register(self.children[pid], selectors.EVENT_READ, pid)
+                    self._accept(selector)
+                elif key.data == _PENDING:
+                    self._request(selector, key.fileobj)  # type: ignore[arg-type]
                 elif key.data is not None:  # a requester's end closed before its process ended
                     self._requester_gone(selector, key.data)
                 elif key.fileobj == self.wake_r:
@@ -155,11 +161,13 @@ class Server:
                 with contextlib.suppress(KeyError):  # unless its requester went first
                     selector.unregister(conn)
                 conn.close()
-            if self.children:
+            self._drop_pending(selector, time.monotonic() - REQUEST_TIMEOUT_S)
+            if self.children or self.pending:
                 last_busy = time.monotonic()
             idle = self.alive_fd is None and not self.children and time.monotonic() - last_busy > self.idle_s
             if listening and (self.stopping or idle or not self._owns_socket()):
                 selector.unregister(self.listener)
+                self._drop_pending(selector, float("inf"))
                 self._close()
                 listening = False
 
@@ -169,26 +177,59 @@ class Server:
         except FileNotFoundError:
             return False
 
-    def _accept(self) -> int | None:
-        """Fork a process for the request on a new connection; its pid."""
-        conn, _ = self.listener.accept()
-        _pid, uid, _gid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+    def _accept(self, selector: selectors.BaseSelector) -> None:
+        """Greet a new connection (its client sends its request only then), unless it is another
+        user's or the server already holds `MAX_CONNECTIONS`: then close it at once."""
         try:
-            request, fds = protocol.receive_fds(conn, 3)
-        except (OSError, ValueError):
+            conn, _ = self.listener.accept()
+        except OSError:  # the peer gave up already, or no descriptor left
+            return
+        _pid, uid, _gid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+        if uid != os.getuid() or len(self.pending) + len(self.children) >= MAX_CONNECTIONS:
+            conn.close()  # what it sent, descriptors included, is released with it
+            return
+        try:
+            protocol.send(conn, {"server": os.getpid(), "children": len(self.children)})
+        except OSError:
             conn.close()
-            return None
-        if request is None or uid != os.getuid():
+            return
+        self.pending[conn] = time.monotonic()
+        selector.register(conn, selectors.EVENT_READ, _PENDING)
+
+    def _drop_pending(self, selector: selectors.BaseSelector, greeted_before: float) -> None:
+        for conn in [conn for conn, at in self.pending.items() if at < greeted_before]:
+            del self.pending[conn]
+            selector.unregister(conn)
             conn.close()
-            return None
-        if request.get("kind") == "ping":
-            protocol.send(conn, {"pid": os.getpid(), "children": len(self.children)})
-            conn.close()
-            return None
-        if request.get("kind") not in TARGETS:
-            protocol.send(conn, {"error": f"unknown request {request.get('kind')!r}"})
-            conn.close()
-            return None
+
+    def _request(self, selector: selectors.BaseSelector, conn: socket.socket) -> None:
+        """Fork a process for the request a greeted connection sent, or refuse it; either way the
+        descriptors received with it are closed here."""
+        del self.pending[conn]
+        selector.unregister(conn)
+        fds: list[int] = []
+        try:
+            data, fds = protocol.receive_fds(conn, 3)
+            request = protocol.decode(data) if data else None  # None: a probe that closed
+            problem = _malformed(request, fds) if request is not None else None
+            if request is not None and problem is None:
+                pid = self._fork(conn, request, fds)
+                self.children[pid] = conn
+                selector.register(conn, selectors.EVENT_READ, pid)
+                with contextlib.suppress(OSError):  # the requester is gone already: noticed by `serve`
+                    protocol.send(conn, {"pid": pid})
+                return
+            if problem is not None:
+                protocol.send(conn, {"error": problem})
+        except (OSError, ValueError) as exc:  # unreadable, or not a JSON object nested ≤ 64 deep
+            with contextlib.suppress(OSError):
+                protocol.send(conn, {"error": f"malformed request: {exc}"})
+        finally:
+            for fd in fds:
+                os.close(fd)
+        conn.close()
+
+    def _fork(self, conn: socket.socket, request: dict, fds: list[int]) -> int:
         pid = os.fork()
         if pid == 0:
             code = 70
@@ -203,11 +244,6 @@ class Server:
                 traceback.print_exc()
             finally:
                 os._exit(code)
-        for fd in fds:
-            os.close(fd)
-        self.children[pid] = conn
-        with contextlib.suppress(OSError):  # the requester is gone already: noticed by `serve`
-            protocol.send(conn, {"pid": pid})
         return pid
 
     def _requester_gone(self, selector: selectors.BaseSelector, pid: int) -> None:
@@ -230,7 +266,7 @@ class Server:
         signal.signal(signal.SIGINT, signal.default_int_handler)
         self.listener.close()
         os.close(self.wake_r)
-        for other in self.children.values():
+        for other in [*self.children.values(), *self.pending]:
             other.close()
         if self.alive_fd is not None:
             os.close(self.alive_fd)
@@ -272,6 +308,20 @@ class Server:
             os.unlink(self.path)
         if self.alive_fd is not None:  # a private server's directory is its own
             shutil.rmtree(os.path.dirname(self.path), ignore_errors=True)
+
+
+def _malformed(request: dict, fds: list[int]) -> str | None:
+    """What makes `request` unusable, if anything."""
+    if request.get("kind") not in TARGETS:
+        return f"unknown request {request.get('kind')!r}"
+    env = request.get("env")
+    if not isinstance(request.get("cwd"), str) or not isinstance(request.get("umask"), int):
+        return "malformed request: cwd or umask"
+    if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()):
+        return "malformed request: env"
+    if len(fds) not in (0, 3):
+        return f"malformed request: {len(fds)} descriptors (0 or 3)"
+    return None
 
 
 def _drain(fd: int) -> bool:

@@ -3,7 +3,9 @@
 The binaries come from the project's own files: the `pgserver` wheel of the `deploy-test` extra,
 or else the OS package (`apt-get install postgresql`). Only the binaries are used: the server is
 started here, on a free port and a temporary data directory, so nothing outside the test's temp
-folder changes. PostgreSQL refuses to run as root; as root, the server runs as `nobody`.
+folder changes. PostgreSQL refuses to run as root; as root, the server runs as `nobody`, from a
+copy of the binaries in its temporary folder when `nobody` cannot reach them where they are
+installed (a clone in a private folder; docs/faults.md).
 """
 
 from __future__ import annotations
@@ -79,6 +81,33 @@ def _server_user() -> tuple[int, int] | None:
     return nobody.pw_uid, nobody.pw_gid
 
 
+def _reachable(bin_dir: Path) -> bool:
+    """Whether any user can run the binaries: every folder above them searchable by others (a
+    clone under /root or in a mode-700 folder is not, and `nobody` runs the server as root)."""
+    return all(os.stat(folder).st_mode & 0o001 for folder in [bin_dir, *bin_dir.parents])
+
+
+def _copy_install(bin_dir: Path, root: Path) -> Path:
+    """The installation under `root`, hard-linked where it can be, in the same layout: PostgreSQL
+    finds `lib` and `share` relative to `bin`, and the wheel's binaries their vendored libraries
+    (`pgserver.libs`) through `$ORIGIN/../../../`. Its new `bin`."""
+
+    def link_or_copy(src: str, dst: str) -> None:
+        try:
+            os.link(src, dst)
+        except OSError:  # another file system
+            shutil.copy2(src, dst)
+
+    base, target = bin_dir.parents[2], root / "pginstall"
+    target.mkdir(mode=0o755)
+    parts = [bin_dir.parent / part for part in ("bin", "lib", "share")]
+    parts.append(base / f"{bin_dir.parents[1].name}.libs")
+    for part in parts:
+        if part.is_dir():
+            shutil.copytree(part, target / part.relative_to(base), symlinks=True, copy_function=link_or_copy)
+    return target / bin_dir.relative_to(base)
+
+
 @contextmanager
 def temporary_postgres(*, timeout_s: float = 60.0) -> Iterator[Postgres]:
     """initdb + postgres on a free localhost port; yields once `dagster` accepts connections; always stops it."""
@@ -91,6 +120,8 @@ def temporary_postgres(*, timeout_s: float = 60.0) -> Iterator[Postgres]:
     root = Path(tempfile.mkdtemp(prefix="quantlab-pg-"))
     if user:
         os.chown(root, *user)
+    if user and not _reachable(bin_dir):
+        bin_dir = _copy_install(bin_dir, root)
     data = root / "data"
     log = root / "postgres.log"
     proc: subprocess.Popen | None = None
