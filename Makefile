@@ -45,7 +45,7 @@ $(BENCH_STAMP): $(STAMP)
 	touch $(BENCH_STAMP)
 
 bench: install $(BENCH_STAMP)
-	$(BIN)/python bench/run.py
+	$(BIN)/python bench/run.py --docs docs/performance.md
 
 dev: install
 	$(BIN)/dagster dev
