@@ -16,6 +16,14 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# vectorbt (the optional `bench` extra, never a runtime dependency): the benchmark's peer sections,
+# and the tests that hold the portfolio to vectorbt's Portfolio.
+BENCH_STAMP := $(VENV)/.bench-stamp
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e ".[dev,bench]"
+	touch $(BENCH_STAMP)
+
+
 demo: install
 	$(BIN)/quantlab sample-data --out data/alerts.duckdb --months 2024-01..2024-03
 	$(BIN)/quantlab backtest path-only --calls-from-duckdb data/alerts.duckdb \
@@ -30,22 +38,17 @@ lint: install
 	$(BIN)/ruff format --check quantlab_pipeline quantlab_pipeline_tests bench
 	$(BIN)/mypy
 
-test: lint
+test: lint $(BENCH_STAMP)
 	$(BIN)/python -m pytest -q
 
-# The deploy rehearsal alone (README "Running on a cluster"): a real PostgreSQL server, the daemon
+# The deploy rehearsal alone (docs/deployment.md): a real PostgreSQL server, the daemon
 # and the webserver with deploy/dagster.yaml, a 4-month backtest, a UI-style backfill, a killed worker.
 deploy-test: install
 	$(BIN)/python -m pytest -q -m deploy quantlab_pipeline_tests/deploy
 
-# The benchmark's peer section needs vectorbt (the optional `bench` extra), never a runtime dependency.
-BENCH_STAMP := $(VENV)/.bench-stamp
-$(BENCH_STAMP): $(STAMP)
-	$(BIN)/python -m pip install --quiet -e ".[dev,bench]"
-	touch $(BENCH_STAMP)
 
 bench: install $(BENCH_STAMP)
-	$(BIN)/python bench/run.py
+	$(BIN)/python bench/run.py --docs docs/performance.md
 
 dev: install
 	$(BIN)/dagster dev

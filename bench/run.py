@@ -1,4 +1,4 @@
-"""`make bench`: the performance figures (README "Performance") of this machine, as a table and as JSON.
+"""`make bench`: the performance figures (docs/performance.md) of this machine, as a table and as JSON.
 
 Builds the reference month with the sample generator (20,000 alerts × 1,440 five-minute candles,
 cached in `bench/.cache/` by size, seed and generator version) and measures, at each requested scale, the streaming
@@ -13,6 +13,7 @@ per-run fixed cost. Every figure is the median of `--repeat` runs with min and m
     .venv/bin/python bench/run.py --scales 0.25,1,4    # 4× is ~110 M candles: ~8 min, ~8 GB RAM
     .venv/bin/python bench/run.py --quick              # tiny smoke run (the test suite's)
     .venv/bin/python bench/run.py --year-only --cache-dir /work/benchcache12   # the 12-month row (year.py)
+    .venv/bin/python bench/run.py --docs docs/performance.md   # also rewrite the page's figures (make bench)
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from importlib import metadata
 from pathlib import Path
 
 import dataset
+import docs_block
 import endtoend
 import kernels
 import numba
@@ -108,6 +110,12 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
         default=0.0,
         metavar="GB",
         help="candle cache cap of the 12-month row's backtests (default 0: off; a year fills ~23 GB)",
+    )
+    parser.add_argument(
+        "--docs",
+        type=Path,
+        default=None,
+        help="also write the printed tables into this page's generated block (make bench: docs/performance.md)",
     )
     args = parser.parse_args(argv)
     if args.quick:
@@ -272,7 +280,7 @@ def _research(args: argparse.Namespace, work_dir: Path, console: Console) -> dic
 def main(argv: list[str] | None = None) -> int:
     args = _args(argv)
     # Piped output (make, CI logs) gets a table wide enough to read; a terminal keeps its width.
-    console = Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 150)
+    console = Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 150, record=True)
     if not endtoend.QUANTLAB.is_file():
         console.print(
             f"[red]{endtoend.QUANTLAB} not found: run the benchmark with the project's virtualenv (make bench)[/red]"
@@ -316,6 +324,7 @@ def _finish(results: dict, args: argparse.Namespace, console: Console, started: 
     tmp = args.json.with_name(f".{args.json.name}.tmp")
     tmp.write_text(json.dumps(results, indent=2) + "\n")
     os.replace(tmp, args.json)
+    console.export_text(clear=True)  # the progress lines are not figures
     if "scales" in results:
         report.render(results, console)
         for scale in results["scales"].values():
@@ -323,6 +332,8 @@ def _finish(results: dict, args: argparse.Namespace, console: Console, started: 
         research.render(results["research"], console)
     if "year" in results:
         year.render(results["year"], console)
+    if args.docs is not None and "scales" in results:  # a --year-only run leaves the page's figures alone
+        docs_block.update(args.docs, console.export_text(clear=False), results["meta"])
     console.print(f"results: {args.json} ({results['meta']['elapsed_s']:.0f} s)")
     return 0
 

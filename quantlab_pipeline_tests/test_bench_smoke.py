@@ -43,9 +43,13 @@ def _figure(node: dict, *path: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def quick_run(tmp_path_factory) -> tuple[dict, str]:
+def quick_run(tmp_path_factory) -> tuple[dict, str, str]:
     tmp = tmp_path_factory.mktemp("bench")
     out = tmp / "latest.json"
+    page = tmp / "performance.md"
+    page.write_text(
+        "# Performance\n\nProse before.\n\n<!-- make bench: begin (old) -->\nold figures\n<!-- make bench: end -->\n\nProse after.\n"
+    )
     env = child_env(("DAGSTER_", "QUANTLAB_", "NUMBA_"))
     proc = subprocess.run(
         [
@@ -56,6 +60,8 @@ def quick_run(tmp_path_factory) -> tuple[dict, str]:
             str(tmp / "cache"),
             "--json",
             str(out),
+            "--docs",
+            str(page),
         ],
         cwd=REPO,
         env={**env, "NO_COLOR": "1", "COLUMNS": "200"},
@@ -64,12 +70,22 @@ def quick_run(tmp_path_factory) -> tuple[dict, str]:
         timeout=900,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return json.loads(out.read_text()), proc.stdout
+    return json.loads(out.read_text()), proc.stdout, page.read_text()
+
+
+@pytest.mark.slow
+def test_the_docs_page_gets_the_printed_tables_between_its_markers(quick_run):
+    _, stdout, page = quick_run
+    assert page.startswith("# Performance\n\nProse before.\n\n<!-- make bench: begin")
+    assert page.endswith("<!-- make bench: end -->\n\nProse after.\n")
+    assert "old figures" not in page and page.count("<!-- make bench: begin") == 1
+    assert "quantlab benchmark" in page and "Measured " in page
+    assert "quantlab benchmark" in stdout
 
 
 @pytest.mark.slow
 def test_quick_run_reports_every_figure(quick_run):
-    results, _ = quick_run
+    results, _, _ = quick_run
     assert results["meta"]["quick"] is True and results["meta"]["repeat"] == 1
     (scale,) = results["scales"].values()
     for key in ("alerts", "paths", "mints", "candles", "candle_bytes", "window_candles"):
@@ -170,7 +186,7 @@ def test_quick_run_reports_every_figure(quick_run):
 
 @pytest.mark.slow
 def test_quick_run_checks_targets_and_prints_the_table(quick_run):
-    results, stdout = quick_run
+    results, stdout, _ = quick_run
     checks = results["checks"]
     assert checks["reference"] is False  # the quick size is not the reference month
     for name in (*TARGETS, "months_parallel_2_to_bare_scan", "months_parallel_1_over_2"):
@@ -366,7 +382,7 @@ def test_visited_candles_run_from_the_entry_to_the_exit_candle(bench):
 
 @pytest.mark.slow
 def test_quick_run_reports_the_research_figures(quick_run):
-    results, stdout = quick_run
+    results, stdout, _ = quick_run
     research = results["research"]
     features = research["features"]
     for variant in ("with_features", "without_features"):
