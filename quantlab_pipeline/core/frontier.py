@@ -10,19 +10,22 @@ by `policy_id` (README "Semantics chosen where the design leaves a choice": Summ
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import polars as pl
 
 from quantlab_pipeline.core.candles import Candles
 from quantlab_pipeline.core.inputs import DEFAULT_CALLER
-from quantlab_pipeline.core.policy import simulate_policies
+from quantlab_pipeline.core.confidence import DAY_MS
+from quantlab_pipeline.core.nb.sweep import aggregate_policies
+from quantlab_pipeline.core.policy import IS_STOP_OUT, PolicyExits, compile_policies, policy_exits, round_trip_costs_bps
 from quantlab_pipeline.core.policy_spec import Policy, policy_id_of, policy_json
 from quantlab_pipeline.core.spec import Execution
-from quantlab_pipeline.core.summary import metric_exprs
 from quantlab_pipeline.core.sweep_spec import Constraints, Sweep
 
-# Policies simulated per kernel call: bounds the per-trade outcome frame (policies x trades rows).
+# Policies simulated per kernel call: bounds the exits held at once (policies x trades of each array).
 POLICY_CHUNK = 128
 
 FRONTIER_SCHEMA = pl.Schema(
@@ -56,6 +59,19 @@ _STAT_NAMES = (
 )
 
 
+@dataclass(frozen=True)
+class SweepResults:
+    """A sweep's frontier, and per simulated policy (`simulated_policies`: the grid, then a
+    benchmark outside it) the sums and counts of its realized returns per UTC day of entry
+    (`day_numbers`: days since 1970-01-01, ascending; `daily_sums[i, j]`, `daily_counts[i, j]`)."""
+
+    frontier: pl.DataFrame
+    policy_ids: tuple[str, ...]
+    day_numbers: np.ndarray
+    daily_sums: np.ndarray
+    daily_counts: np.ndarray
+
+
 def run_sweep(
     segments: Iterable[tuple[pl.DataFrame, Candles]],
     sweep: Sweep,
@@ -66,7 +82,30 @@ def run_sweep(
     execution: Execution,
     benchmark: Policy | None = None,
 ) -> pl.DataFrame:
-    """`results/frontier.parquet`: one row per policy (and per policy x caller with `per_caller`).
+    """`results/frontier.parquet`: one row per policy (and per policy x caller with `per_caller`);
+    see `sweep_results`."""
+    return sweep_results(
+        segments,
+        sweep,
+        run_id=run_id,
+        interval_ms=interval_ms,
+        horizon_ms=horizon_ms,
+        execution=execution,
+        benchmark=benchmark,
+    ).frontier
+
+
+def sweep_results(
+    segments: Iterable[tuple[pl.DataFrame, Candles]],
+    sweep: Sweep,
+    *,
+    run_id: str,
+    interval_ms: int,
+    horizon_ms: int,
+    execution: Execution,
+    benchmark: Policy | None = None,
+) -> SweepResults:
+    """The frontier and the daily sums of a sweep.
 
     A `benchmark` (docs/confidence.md) is simulated with the grid, on the same entries
     (`simulated_policies`), but is a row only if the grid holds it: it is what the grid is tested
@@ -74,73 +113,136 @@ def run_sweep(
 
     `segments` are the partition's `(paths, candles)`: one pair, or several when a large month is
     streamed in parts (re-iterable: it is walked once per `POLICY_CHUNK` policies). Each chunk of
-    policies is one parallel kernel call per segment; the per-trade outcomes are then aggregated
-    by polars, never per policy in Python. Rows: the all-callers group (`caller_name` null)
-    first, then callers by name; within a group by `rank`.
+    policies is one parallel kernel call per segment, then one compiled pass over its exits
+    (`nb.sweep.aggregate_policies`): no per-trade frame (docs/performance.md). Rows: the
+    all-callers group (`caller_name` null) first, then callers by name; within a group by `rank`.
     """
-    stats = []
-    callers: set[str] = set()
     simulated = simulated_policies(sweep, benchmark)
+    costs = round_trip_costs_bps(execution)
+    paths_of: _SweepPaths | None = None
+    stats, sums, counts = [], [], []
     for lo in range(0, len(simulated), POLICY_CHUNK):
-        parts = []
+        compiled = compile_policies(simulated[lo : lo + POLICY_CHUNK])
+        parts: list[PolicyExits] = []
+        frames: list[pl.DataFrame] = []
         for paths, candles in segments:
-            # a null caller is the default one (README "Inputs")
-            caller = paths.get_column("caller_name").cast(pl.String).fill_null(DEFAULT_CALLER)
-            callers.update(caller.unique().to_list())
-            outcomes = simulate_policies(
-                paths,
-                candles,
-                simulated[lo : lo + POLICY_CHUNK],
-                interval_ms=interval_ms,
-                horizon_ms=horizon_ms,
-                execution=execution,
-            )
-            parts.append(
-                outcomes.with_columns(
-                    pl.col("policy_index") + lo, caller.gather(outcomes.get_column("path_index")).alias("caller_name")
-                )
-            )
+            parts.append(policy_exits(paths, candles, compiled, interval_ms=interval_ms, horizon_ms=horizon_ms))
+            frames.append(paths)
             del candles  # a streamed part is freed before the next one is read
-        outcomes = pl.concat(parts)
-        stats.append(outcomes.group_by("policy_index").agg(metric_exprs(*_STAT_NAMES)).with_columns(_group=pl.lit(0)))
-        if sweep.per_caller:
-            stats.append(outcomes.group_by("policy_index", "caller_name").agg(metric_exprs(*_STAT_NAMES)))
-    # _group 0 = all callers, k >= 1 = caller_names[k - 1]
-    caller_names = sorted(callers)
-    codes = pl.DataFrame(
-        {"caller_name": caller_names, "_group": range(1, len(caller_names) + 1)},
-        schema={"caller_name": pl.String, "_group": pl.Int64},
+        if paths_of is None:
+            paths_of = _SweepPaths.of(frames, per_caller=sweep.per_caller)
+        exits = [np.concatenate([getattr(part, name) for part in parts], axis=1) for name in _EXIT_NAMES]
+        del parts
+        chunk_stats, chunk_sums, chunk_counts = aggregate_policies(
+            *exits,
+            paths_of.entry_ts,
+            paths_of.p0,
+            paths_of.peak,
+            costs,
+            IS_STOP_OUT,
+            paths_of.group_paths,
+            paths_of.group_offsets,
+            paths_of.day_index,
+            paths_of.day_numbers.shape[0],
+        )
+        stats.append(chunk_stats)
+        sums.append(chunk_sums)
+        counts.append(chunk_counts)
+    if paths_of is None:  # no policy: the paths still name the groups
+        paths_of = _SweepPaths.of([paths for paths, _ in segments], per_caller=sweep.per_caller)
+    n_days = paths_of.day_numbers.shape[0]
+    frame = _frontier(
+        sweep,
+        np.concatenate(stats)[: len(sweep.policies)] if stats else np.empty((0, 1, len(_STAT_NAMES))),
+        paths_of.caller_names,
+        run_id,
     )
-    stats_frame = pl.concat(
-        [
-            (s if "_group" in s.columns else s.join(codes, on="caller_name")).select(
-                pl.col("policy_index", "_group").cast(pl.Int64), *_STAT_NAMES
-            )
-            for s in stats
-        ]
+    return SweepResults(
+        frontier=frame,
+        policy_ids=tuple(policy_id_of(p) for p in simulated),
+        day_numbers=paths_of.day_numbers,
+        daily_sums=np.concatenate(sums) if sums else np.zeros((0, n_days)),
+        daily_counts=np.concatenate(counts) if counts else np.zeros((0, n_days), dtype=np.int64),
     )
 
-    # stats of a benchmark outside the grid (index len(sweep.policies)) find no policy row below
+
+_EXIT_NAMES = ("out_ts", "out_px", "out_reason", "out_low")
+
+
+@dataclass(frozen=True)
+class _SweepPaths:
+    """The per-path inputs of the aggregation, over the segments' paths in order: the groups
+    (0 = every path; with `per_caller`, k >= 1 = the paths of `caller_names[k - 1]`) and the day index."""
+
+    entry_ts: np.ndarray
+    p0: np.ndarray
+    peak: np.ndarray
+    caller_names: list[str]
+    group_paths: np.ndarray
+    group_offsets: np.ndarray
+    day_numbers: np.ndarray
+    day_index: np.ndarray
+
+    @classmethod
+    def of(cls, frames: list[pl.DataFrame], *, per_caller: bool) -> _SweepPaths:
+        paths = pl.concat([f.select("caller_name", "entry_ts_ms", "p0", "peak_multiple") for f in frames])
+        # a null caller is the default one (README "Inputs")
+        caller = paths.get_column("caller_name").cast(pl.String).fill_null(DEFAULT_CALLER)
+        caller_names = sorted(caller.unique().to_list())
+        entry_ts = np.ascontiguousarray(paths.get_column("entry_ts_ms").to_numpy(), dtype=np.int64)
+        groups = [np.arange(paths.height, dtype=np.int64)]
+        if per_caller:
+            codes = caller.to_frame().join(
+                pl.DataFrame({"caller_name": caller_names, "_code": range(len(caller_names))}),
+                on="caller_name",
+                how="left",
+                maintain_order="left",
+            )
+            code = codes.get_column("_code").to_numpy()
+            groups += [np.flatnonzero(code == k) for k in range(len(caller_names))]
+        day = entry_ts // DAY_MS
+        day_numbers = np.unique(day)
+        return cls(
+            entry_ts=entry_ts,
+            p0=np.ascontiguousarray(paths.get_column("p0").to_numpy(), dtype=np.float64),
+            peak=np.asarray(paths.get_column("peak_multiple").to_numpy(), dtype=np.float64),  # null → NaN
+            caller_names=caller_names,
+            group_paths=np.concatenate(groups).astype(np.int64),
+            group_offsets=np.cumsum([0, *(g.shape[0] for g in groups)]).astype(np.int64),
+            day_numbers=day_numbers.astype(np.int64),
+            day_index=np.searchsorted(day_numbers, day).astype(np.int64),
+        )
+
+
+def _frontier(sweep: Sweep, stats: np.ndarray, caller_names: list[str], run_id: str) -> pl.DataFrame:
+    """The frontier's rows from `stats[policy, group, metric]` (groups as `_SweepPaths`)."""
+    n_groups = len(caller_names) + 1 if sweep.per_caller else 1
+    n_policies = len(sweep.policies)
+    columns: dict[str, Any] = {
+        "policy_index": np.tile(np.arange(n_policies, dtype=np.int64), n_groups),
+        "_group": np.repeat(np.arange(n_groups, dtype=np.int64), n_policies),
+    }
+    for k, name in enumerate(_STAT_NAMES):
+        columns[name] = np.ascontiguousarray(stats[:, :n_groups, k].T).reshape(-1)
+    stats_frame = pl.DataFrame(columns).with_columns(
+        pl.col(*_STAT_NAMES[1:]).fill_nan(None), pl.col("trades_count").fill_nan(0).cast(pl.Int64)
+    )
     groups = pl.DataFrame(
-        {
-            "_group": [0, *range(1, len(caller_names) + 1)] if sweep.per_caller else [0],
-            "caller_name": [None, *caller_names] if sweep.per_caller else [None],
-        },
+        {"_group": range(n_groups), "caller_name": [None, *caller_names][:n_groups]},
         schema={"_group": pl.Int64, "caller_name": pl.String},
     )
     policies = pl.DataFrame(
         {
-            "policy_index": range(len(sweep.policies)),
+            "policy_index": range(n_policies),
             "policy_id": [policy_id_of(p) for p in sweep.policies],
             "policy_params": [policy_json(p) for p in sweep.policies],
         },
         schema={"policy_index": pl.Int64, "policy_id": pl.String, "policy_params": pl.String},
     )
     frame = (
-        groups.join(policies, how="cross")
-        .join(stats_frame, on=["policy_index", "_group"], how="left")
+        stats_frame.join(groups, on="_group")
+        .join(policies, on="policy_index")
         .with_columns(
-            pl.col("trades_count").fill_null(0),
             _feasible(sweep.constraints).fill_null(False).alias("meets_constraints"),
             pl.col(sweep.objective).alias("objective_score"),
         )
