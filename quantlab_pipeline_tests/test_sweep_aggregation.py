@@ -6,10 +6,18 @@ from __future__ import annotations
 
 import numpy as np
 import polars as pl
+import pytest
 
 from quantlab_pipeline.core.candles import Candles
 from quantlab_pipeline.core.confidence import DAY_MS
-from quantlab_pipeline.core.frontier import _STAT_NAMES, simulated_policies, sweep_results
+from quantlab_pipeline.core.errors import SpecError
+from quantlab_pipeline.core.frontier import (
+    _STAT_NAMES,
+    check_sweep_memory,
+    simulated_policies,
+    sweep_peak_bytes,
+    sweep_results,
+)
 from quantlab_pipeline.core.inputs import DEFAULT_CALLER
 from quantlab_pipeline.core.nb.sweep import linear_quantile
 from quantlab_pipeline.core.policy import simulate_policies
@@ -152,3 +160,28 @@ def test_linear_quantile_by_hand():
     assert linear_quantile(np.array([8.0, 1.0, 4.0, 2.0]), 4, 0.5) == 3.0
     assert linear_quantile(np.array([8.0, 1.0, 4.0, 2.0]), 4, 0.05) == 1.0 + (3 * 0.05) * 1.0
     assert linear_quantile(np.array([5.0, -1.0, 9.0, 99.0]), 3, 0.5) == 5.0  # odd count: the middle one
+
+
+def test_a_grid_is_limited_by_the_memory_it_needs():
+    # one chunk's exits: 128 policies × 20,000 entries × 50 B = 128,000,000 B; 10,000 policies × 4,096 B
+    assert sweep_peak_bytes(10_000, 20_000) == 128_000_000 + 40_960_000
+    assert sweep_peak_bytes(3, 10, n_groups=2, n_days=5) == 3 * 10 * 50 + 3 * (2 * 4096 + 5 * 16)
+    check_sweep_memory(10_000, 20_000, 168_960_000, where="--sweep")  # exactly enough
+    check_sweep_memory(10**6, 20_000, None, where="--sweep")  # memory unknown: never refused
+    with pytest.raises(SpecError) as info:
+        check_sweep_memory(10_000, 20_000, 2**27, where="--sweep")
+    assert str(info.value) == (
+        "--sweep: 10,000 policies over 20,000 entries need 0.2 GiB of memory, 0.1 GiB available; "
+        "narrow the parameter lists or the months"
+    )
+
+
+def test_a_grid_of_10000_policies_parses():
+    grid = [
+        {
+            "kind": "time_stop",
+            "max_hold": [f"{h}h" for h in range(1, 101)],
+            "stop_loss_bps": list(range(10, 1010, 10)),
+        }
+    ]
+    assert len(parse_sweep(grid).policies) == 10_000

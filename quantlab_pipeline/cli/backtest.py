@@ -243,12 +243,31 @@ def _create(run_type: str, opts: dict[str, Any]):
     check_months_exist(months)
     check_alerts_source(spec.source.alerts, spec.source.alerts_table)
     check_candles_source(spec.source.candles_source, interval=spec.interval)
+    if run_type == "optimization":
+        _check_sweep_memory(spec, months)
     ensure_runs_dir(opts["runs_dir"])  # last check, first thing created
     instance = get_instance()
     if opts.get("submit"):
         check_queue(instance)
     create_run(spec, runs_dir=opts["runs_dir"], instance=instance)
     return spec, months, instance
+
+
+def _check_sweep_memory(spec: Any, months: list[str]) -> None:
+    """Refuse a grid the memory cannot hold over its largest month (docs/performance.md), before the run exists."""
+    from quantlab_pipeline.core.durations import UNIT_MS
+    from quantlab_pipeline.core.frontier import check_sweep_memory
+    from quantlab_pipeline.core.spec import date_to_ms, month_bounds
+    from quantlab_pipeline.core.sweep_spec import parse_sweep
+    from quantlab_pipeline.sources.alerts import count_alerts
+    from quantlab_pipeline.sources.machine import available_memory_bytes
+
+    entries = 0
+    for month in months:
+        first, last = month_bounds(month)
+        bounds = {"start_ms": date_to_ms(first), "end_ms": date_to_ms(last) + UNIT_MS["d"]}
+        entries = max(entries, count_alerts(spec.source.alerts, spec.source.alerts_table, **bounds))
+    check_sweep_memory(len(parse_sweep(spec.sweep).policies), entries, available_memory_bytes(), where="--sweep")
 
 
 def _launch_parallel(run_type: str, opts: dict[str, Any], spec: Any, months: list[str]) -> int:

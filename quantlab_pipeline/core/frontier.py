@@ -17,8 +17,9 @@ import numpy as np
 import polars as pl
 
 from quantlab_pipeline.core.candles import Candles
-from quantlab_pipeline.core.inputs import DEFAULT_CALLER
 from quantlab_pipeline.core.confidence import DAY_MS
+from quantlab_pipeline.core.errors import SpecError
+from quantlab_pipeline.core.inputs import DEFAULT_CALLER
 from quantlab_pipeline.core.nb.sweep import aggregate_policies
 from quantlab_pipeline.core.policy import IS_STOP_OUT, PolicyExits, compile_policies, policy_exits, round_trip_costs_bps
 from quantlab_pipeline.core.policy_spec import Policy, policy_id_of, policy_json
@@ -27,6 +28,13 @@ from quantlab_pipeline.core.sweep_spec import Constraints, Sweep
 
 # Policies simulated per kernel call: bounds the exits held at once (policies x trades of each array).
 POLICY_CHUNK = 128
+# What a sweep holds (docs/performance.md, "10,000-policy sweeps"): per (policy, entry) of a chunk
+# the exits (exit time, price and lowest price held, 8 B each, and the reason, 1 B), twice when
+# streamed parts are joined; per policy its object, id and JSON, a frontier row per group and
+# its daily sums (an upper bound, measured at ~1.5 KB); per day of a policy a sum and a count.
+EXIT_BYTES = 2 * (8 + 8 + 8 + 1)
+POLICY_BYTES = 4096
+DAY_BYTES = 16
 
 FRONTIER_SCHEMA = pl.Schema(
     {
@@ -263,6 +271,28 @@ def _frontier(sweep: Sweep, stats: np.ndarray, caller_names: list[str], run_id: 
     )
 
 
+def sweep_peak_bytes(n_policies: int, n_entries: int, *, n_groups: int = 1, n_days: int = 0) -> int:
+    """The most memory a sweep of `n_policies` over `n_entries` holds beyond its inputs (the
+    month's candles and paths): one chunk's exits, and per policy its rows and daily sums."""
+    chunk = min(n_policies, POLICY_CHUNK)
+    return chunk * n_entries * EXIT_BYTES + n_policies * (n_groups * POLICY_BYTES + n_days * DAY_BYTES)
+
+
+def check_sweep_memory(n_policies: int, n_entries: int, available_bytes: int | None, *, where: str) -> None:
+    """Refuse (one line) a sweep whose `sweep_peak_bytes` exceed the memory available; a grid's
+    size is limited by that, not by a count. `available_bytes` None: unknown, never refused."""
+    needed = sweep_peak_bytes(n_policies, n_entries)
+    if available_bytes is not None and needed > available_bytes:
+        raise SpecError(
+            f"{where}: {n_policies:,} policies over {n_entries:,} entries need {_gib(needed)} of memory, "
+            f"{_gib(available_bytes)} available; narrow the parameter lists or the months"
+        )
+
+
+def _gib(n_bytes: int) -> str:
+    return f"{n_bytes / 2**30:.1f} GiB"
+
+
 def simulated_policies(sweep: Sweep, benchmark: Policy | None) -> tuple[Policy, ...]:
     """What a sweep simulates: the grid, then the benchmark unless the grid holds it (same
     `policy_id`); the benchmark's index is that of its id among them."""
@@ -285,19 +315,27 @@ def _feasible(constraints: Constraints) -> pl.Expr:
 def _pareto_by_group(frame: pl.DataFrame) -> np.ndarray:
     """Per row: not dominated within its `_group` on (median_return_bps, p95_mae_bps), both higher
     is better; a row dominates another when it is >= on both and > on one. Rows without trades
-    (null metrics) are neither dominated nor on the frontier."""
+    (null metrics) are neither dominated nor on the frontier.
+
+    Sorted by median descending, a row is dominated exactly when a row of a higher median has a
+    p95 MAE at least as high, or a row of the same median a higher one: a running maximum, so a
+    grid of 10,000 policies needs no 10,000 x 10,000 comparison."""
     median = frame.get_column("median_return_bps").fill_null(np.nan).to_numpy()
     mae = frame.get_column("p95_mae_bps").fill_null(np.nan).to_numpy()
     group = frame.get_column("_group").to_numpy()
     pareto = np.zeros(frame.height, dtype=bool)
     for g in np.unique(group):
         rows = np.flatnonzero((group == g) & ~np.isnan(median) & ~np.isnan(mae))
-        m, a = median[rows], mae[rows]
-        # dominated[i, j]: row j dominates row i
-        dominated = (
-            (m[None, :] >= m[:, None])
-            & (a[None, :] >= a[:, None])
-            & ((m[None, :] > m[:, None]) | (a[None, :] > a[:, None]))
-        )
-        pareto[rows] = ~dominated.any(axis=1)
+        if rows.size == 0:
+            continue
+        order = np.lexsort((-mae[rows], -median[rows]))  # median descending, then MAE descending
+        m, a = median[rows][order], mae[rows][order]
+        first = np.r_[True, m[1:] != m[:-1]]  # the first row of each run of equal medians
+        starts = np.flatnonzero(first)
+        best_same = np.repeat(a[starts], np.diff(np.r_[starts, m.size]))  # the run's highest MAE
+        run_max = np.maximum.accumulate(a)
+        # the highest MAE among rows of a strictly higher median: the running max before the run
+        before = np.repeat(np.r_[-np.inf, run_max[starts[1:] - 1]], np.diff(np.r_[starts, m.size]))
+        dominated = (before >= a) | (best_same > a)
+        pareto[rows[order]] = ~dominated
     return pareto

@@ -30,7 +30,7 @@ from pydantic import Field
 
 from quantlab_pipeline.core import display
 from quantlab_pipeline.core.errors import QuantlabError, SpecError
-from quantlab_pipeline.core.frontier import run_sweep
+from quantlab_pipeline.core.frontier import check_sweep_memory, run_sweep
 from quantlab_pipeline.core.policy import simulate_trades
 from quantlab_pipeline.core.spec import RunSpec
 from quantlab_pipeline.core.spec_builder import (
@@ -67,6 +67,7 @@ from quantlab_pipeline.orchestration.resources import CandleStoreResource, RunSt
 from quantlab_pipeline.orchestration.steps import ArtifactOutput, ArtifactStep, checked_step
 from quantlab_pipeline.sources.alerts import check_alerts_source, read_alerts
 from quantlab_pipeline.sources.candles import check_candles_source
+from quantlab_pipeline.sources.machine import available_memory_bytes
 from quantlab_pipeline.storage.artifact_files import LoadedArtifact
 from quantlab_pipeline.storage.layout import step_artifacts
 from quantlab_pipeline.storage.run_creation import create_run_spec
@@ -467,6 +468,7 @@ def frontier(
 
     def compute(step: ArtifactStep) -> ArtifactOutput:
         sweep = parse_sweep(run_spec.sweep)
+        check_sweep_memory(len(sweep.policies), paths.frame.height, available_memory_bytes(), where="--sweep")
         frame = run_sweep(
             candle_store.segments(run_spec, alerts.frame, paths.frame),
             sweep,

@@ -37,8 +37,8 @@ def linear_quantile(values, n, q):
     """The `q` quantile of `values[:n]`, linear between the nearest order statistics (Polars'
     `interpolation="linear"`); reorders `values[:n]`."""
     position = (n - 1) * q
-    i = int(math.floor(position))
-    j = int(math.ceil(position))
+    i = math.floor(position)
+    j = math.ceil(position)
     part = np.partition(values[:n], i)
     lower = part[i]
     if j == i:
