@@ -138,9 +138,9 @@ def count_alerts(path: str, table: str = "alerts", *, start_ms: int, end_ms: int
     # `table` is a checked identifier (`validate_identifier`); the bounds are bound parameters.
     query = f"SELECT count(*) FROM {table} WHERE alert_ts_ms >= $start_ms AND alert_ts_ms < $end_ms"
     try:
-        row = con.sql(query, params={"start_ms": int(start_ms), "end_ms": int(end_ms)}).fetchone()
+        rows = con.sql(query, params={"start_ms": int(start_ms), "end_ms": int(end_ms)}).fetchall()
     except duckdb.Error as exc:
         raise InputError(f"alerts database {path}, table {table}: {first_line(exc)}") from None
     finally:
         con.close()
-    return int(row[0]) if row else 0
+    return int(rows[0][0])
