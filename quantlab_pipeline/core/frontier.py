@@ -139,10 +139,16 @@ def sweep_results(
             del candles  # a streamed part is freed before the next one is read
         if paths_of is None:
             paths_of = _SweepPaths.of(frames, per_caller=sweep.per_caller)
-        exits = [np.concatenate([getattr(part, name) for part in parts], axis=1) for name in _EXIT_NAMES]
+        out_ts, out_px, out_reason, out_low = (  # one segment (the usual month): no copy
+            getattr(parts[0], name) if len(parts) == 1 else np.concatenate([getattr(p, name) for p in parts], axis=1)
+            for name in _EXIT_NAMES
+        )
         del parts
         chunk_stats, chunk_sums, chunk_counts = aggregate_policies(
-            *exits,
+            out_ts,
+            out_px,
+            out_reason,
+            out_low,
             paths_of.entry_ts,
             paths_of.p0,
             paths_of.peak,
