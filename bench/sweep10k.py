@@ -27,9 +27,11 @@ from kernels import cpu_timed
 from measure import summarize, timed
 
 from quantlab_pipeline.core.frontier import POLICY_CHUNK, run_sweep
+from quantlab_pipeline.core.inputs import DEFAULT_CALLER
 from quantlab_pipeline.core.policy import compile_policies, run_policies, simulate_policies
-from quantlab_pipeline.core.policy_spec import BPS
+from quantlab_pipeline.core.policy_spec import BPS, policy_id_of
 from quantlab_pipeline.core.spec import Execution
+from quantlab_pipeline.core.summary import metric_exprs
 from quantlab_pipeline.core.sweep_spec import Sweep, parse_sweep
 
 STOPS_BPS = list(range(50, 5050, 50))  # 100 stops, 0.5 % to 50 %
@@ -111,6 +113,41 @@ def aggregation_share(month, paths: pl.DataFrame, repeat: int) -> dict:
     }
 
 
+def polars_check(month, paths: pl.DataFrame) -> dict:
+    """The compiled aggregation against Polars' on the reference month: `POLICY_CHUNK` policies of
+    the grid, per caller, every metric compared bit for bit (nulls at the same rows)."""
+    names = ("trades_count", "avg_return_bps", "median_return_bps", "stop_out_rate", "p95_mae_bps", "avg_tail_capture")
+    sweep = Sweep(policies=grid().policies[:: GRID_SIZE // POLICY_CHUNK][:POLICY_CHUNK], per_caller=True)
+    common = dict(interval_ms=month.interval_ms, horizon_ms=month.horizon_ms, execution=Execution())
+    ours = run_sweep([(paths, month.candles)], sweep, run_id="bench", **common).select(
+        "policy_id", "caller_name", *names
+    )
+    trades = simulate_policies(paths, month.candles, sweep.policies, **common)
+    caller = paths.get_column("caller_name").fill_null(DEFAULT_CALLER).gather(trades.get_column("path_index"))
+    trades = trades.with_columns(caller.alias("caller_name"))
+    ids = pl.DataFrame(
+        {"policy_index": range(len(sweep.policies)), "policy_id": [policy_id_of(p) for p in sweep.policies]}
+    )
+    theirs = pl.concat(
+        [
+            trades.group_by("policy_index").agg(metric_exprs(*names)).with_columns(caller_name=pl.lit(None, pl.String)),
+            trades.group_by("policy_index", "caller_name").agg(metric_exprs(*names)),
+        ],
+        how="diagonal",
+    ).join(ids, on="policy_index")
+    joined = ours.join(theirs, on=["policy_id", "caller_name"], how="full", nulls_equal=True, suffix="_polars")
+    differing = sum(
+        int((~np.isclose(joined[n].to_numpy(), joined[f"{n}_polars"].to_numpy(), rtol=0, atol=0, equal_nan=True)).sum())
+        for n in names
+    )
+    return {
+        "policies": len(sweep.policies),
+        "rows": joined.height,
+        "values": joined.height * len(names),
+        "differing_values": differing,
+    }
+
+
 def vectorbt_sample(month, paths: pl.DataFrame, repeat: int) -> dict:
     """vectorbt's fastest engine on `PEER_SAMPLE` policies of the grid, one thread, CPU seconds
     per policy, and its exits against ours on them; `{"skipped": reason}` without the `bench` extra."""
@@ -181,6 +218,7 @@ def figure(db: Path, month, paths: pl.DataFrame, *, repeat: int, numba_cache: Pa
     started = time.perf_counter()
     out = {"end_to_end": end_to_end(db, repeat=repeat, numba_cache=numba_cache, work_dir=work_dir)}
     out["aggregation"] = aggregation_share(month, paths, repeat)
+    out["aggregation"]["polars_check"] = polars_check(month, paths)
     out["vectorbt"] = vectorbt_sample(month, paths, repeat)
     if "scaled_seconds" in out["vectorbt"]:
         out["vectorbt_over_ours"] = out["vectorbt"]["scaled_seconds"] / out["end_to_end"]["wall_s"]["median"]
