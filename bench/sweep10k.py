@@ -224,3 +224,41 @@ def figure(db: Path, month, paths: pl.DataFrame, *, repeat: int, numba_cache: Pa
         out["vectorbt_over_ours"] = out["vectorbt"]["scaled_seconds"] / out["end_to_end"]["wall_s"]["median"]
     out["measured_s"] = time.perf_counter() - started
     return out
+
+
+def render(scale: dict, console) -> None:
+    """The 10,000-policy row and the first backtest, when the scale measured them."""
+    from rich.table import Table
+
+    table = Table(title="Research scale and first run (docs/performance.md)")
+    for name in ("figure", "value", "target"):
+        table.add_column(name)
+    sweep = scale.get("sweep_10k")
+    if sweep:
+        e2e, agg = sweep["end_to_end"], sweep["aggregation"]
+        table.add_row(
+            f"quantlab backtest optimize, {e2e['policies']:,} policies (s)", f"{e2e['wall_s']['median']:.1f}", "≤ 60"
+        )
+        table.add_row("  its frontier step (s)", f"{e2e['frontier_compute_s']['median']:.1f}", "")
+        table.add_row(f"sweep / its kernel, {agg['policies']:,} policies", f"{agg['ratio']['median']:.3f}", "≤ 1.1")
+        check = agg["polars_check"]
+        table.add_row(
+            "values differing from Polars' aggregation", f"{check['differing_values']} of {check['values']:,}", "0"
+        )
+        peer = sweep["vectorbt"]
+        if "scaled_seconds" in peer:
+            table.add_row(
+                f"vectorbt scaled / ours end to end ({peer['note']})", f"{sweep['vectorbt_over_ours']:.1f}×", "≥ 10×"
+            )
+            table.add_row(
+                "  exits differing from vectorbt's", f"{peer['differing_exits']} of {peer['exits_compared']:,}", "0"
+            )
+    first = scale.get("first_backtest")
+    if first:
+        table.add_row("first backtest, numba cache empty (s)", f"{first['cold_s']['median']:.1f}", "")
+        table.add_row(
+            "first backtest after make install's prebuild (s)", f"{first['prebuilt_s']['median']:.1f}", "≤ 10"
+        )
+        table.add_row("  ratio", f"{first['ratio']['median']:.2f}", "")
+    if sweep or first:
+        console.print(table)
