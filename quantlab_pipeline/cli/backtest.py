@@ -16,7 +16,7 @@ from rich.markup import escape
 from quantlab_pipeline.cli.console import console, err_console, user_errors
 from quantlab_pipeline.cli.months import MonthPlan, default_parallel, finish, run_months
 from quantlab_pipeline.cli.options import runs_dir_option
-from quantlab_pipeline.cli.walkforward import print_walk_forward
+from quantlab_pipeline.cli.walkforward import print_frontier_top, print_walk_forward
 from quantlab_pipeline.core.errors import SpecError
 from quantlab_pipeline.core.spec_builder import (
     DEFAULT_ALERTS_PATH,
@@ -313,6 +313,7 @@ def _backtest(run_type: str, opts: dict[str, Any]) -> None:
     try:
         finish(spec, results)
     finally:  # after the headline table, also when a month did not complete
+        print_frontier_top(spec, results, runs_dir=opts["runs_dir"])
         print_walk_forward(spec, results, runs_dir=opts["runs_dir"])
         if any(r.status == "completed" for r in results):  # charts are drawn on demand (docs/reports.md)
             console.print(f"Charts: [bold]{escape(report_command(opts['runs_dir'], spec.run_id))}[/bold]")

@@ -72,6 +72,9 @@ FRONTIER_COLUMNS = (
 )
 
 
+FRONTIER_TOP = 20  # policies the CLI's closing table and the report list; every one is in results/frontier.parquet
+
+
 def frontier_rows(frame: pl.DataFrame, top: int) -> list[tuple[str, ...]]:
     """The `top` best-ranked policies of a frontier's all-callers group (`caller_name` null), one
     tuple of `FRONTIER_COLUMNS` each: the Dagster headline and the HTML report list the same rows."""

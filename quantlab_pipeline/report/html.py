@@ -11,14 +11,13 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from quantlab_pipeline.core.display import FRONTIER_COLUMNS, bps_text, frontier_rows, hours, multiple, pct
+from quantlab_pipeline.core.display import FRONTIER_COLUMNS, FRONTIER_TOP, bps_text, frontier_rows, hours, multiple, pct
 from quantlab_pipeline.core.summary import trade_stats, truth_stats
 from quantlab_pipeline.core.sweep_spec import Constraints
 from quantlab_pipeline.report import charts
 from quantlab_pipeline.report.charts import Chart
 from quantlab_pipeline.storage.run_contents import MonthArtifacts, RunArtifacts
 
-FRONTIER_TOP = 20  # policies listed; the whole grid stays in results/frontier.parquet
 _POLICY = ' class="policy"'  # the policy column of that list
 
 _CSS = """
