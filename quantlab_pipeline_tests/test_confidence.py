@@ -30,7 +30,7 @@ from quantlab_pipeline.core.policy_spec import parse_policy, policy_id_of
 from quantlab_pipeline.core.summary import summarize_trades
 from quantlab_pipeline.core.sweep_spec import hold_to_horizon
 
-arch_bootstrap = pytest.importorskip("arch.bootstrap", reason="arch is a dependency: pip install -e .")
+arch_bootstrap = pytest.importorskip("arch.bootstrap", reason="arch is a dev dependency: pip install -e '.[dev]'")
 
 DAY = 86_400_000
 D0 = dt.date(2024, 1, 1)
@@ -200,6 +200,17 @@ def test_spa_equals_arch_called_directly_on_the_same_losses():
     assert got == (expected["lower"], expected["consistent"], expected["upper"])
     assert got[1] < 0.05  # p05 beats the benchmark
     assert row.item(0, "n_policies") == 12  # the benchmark, outside the grid, is not a swept policy
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_the_numpy_spa_equals_arch_bit_for_bit_at_any_shape(seed):
+    # core.spa replays arch's SPA (its draws, recentring and variance) without importing arch
+    rng = np.random.default_rng(seed)
+    days, policies = int(rng.integers(3, 70)), int(rng.integers(1, 120))
+    bench = rng.normal(-20, 150, days)
+    models = rng.normal(-20, 150, (policies, days)) + rng.normal(0, 60, (policies, 1))
+    got = spa(bench, models)
+    assert got is not None and (got.lower, got.consistent, got.upper) == tuple(arch_spa(bench, models))
 
 
 def test_spa_reads_a_day_without_trades_as_zero_and_needs_three_days():

@@ -5,8 +5,8 @@
 - **PBO** by combinatorially symmetric cross-validation (Bailey, Borwein, López de Prado, Zhu
   2015): how often the policy that is best on half of the days lands in the bottom half on the
   other half.
-- **SPA**: Hansen's test of superior predictive ability against a benchmark policy, by
-  `arch.bootstrap.SPA`.
+- **SPA**: Hansen's test of superior predictive ability against a benchmark policy, as
+  `arch.bootstrap.SPA` computes it (`core.spa`: the same p-values without importing arch).
 - **Bootstrap intervals** of a policy's median and mean return: the percentile intervals of
   `arch.bootstrap.IIDBootstrap`, computed from the very resampling indices arch draws.
 
@@ -30,6 +30,7 @@ import polars as pl
 
 from quantlab_pipeline.core.nb.bootstrap import resample_statistics
 from quantlab_pipeline.core.policy_spec import Policy, policy_id_of, policy_json
+from quantlab_pipeline.core.spa import SpaPvalues, spa_pvalues
 from quantlab_pipeline.core.sweep_spec import hold_to_horizon
 
 DAY_MS = 86_400_000
@@ -221,35 +222,16 @@ def _twice_rank_of_best(in_sample: np.ndarray, out_of_sample: np.ndarray) -> np.
 # -- SPA --------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Spa:
-    lower: float
-    consistent: float
-    upper: float
-
-
-def spa(benchmark: np.ndarray, models: np.ndarray) -> Spa | None:
-    """Hansen's SPA p-values of the models' daily returns (k × D) against the benchmark's (D), by
-    `arch.bootstrap.SPA`: losses = − daily return, stationary bootstrap, `SPA_REPS` repetitions,
-    seed `SPA_SEED`, arch's default block size (√D), studentized, not nested. None below
-    `SPA_MIN_DAYS` days."""
+def spa(benchmark: np.ndarray, models: np.ndarray) -> SpaPvalues | None:
+    """Hansen's SPA p-values of the models' daily returns (k × D) against the benchmark's (D), as
+    `arch.bootstrap.SPA` computes them (`core.spa`): losses = − daily return, stationary
+    bootstrap, `SPA_REPS` repetitions, seed `SPA_SEED`, arch's default block size (√D),
+    studentized, not nested. None below `SPA_MIN_DAYS` days."""
     if benchmark.shape[0] < SPA_MIN_DAYS:
         return None
-    # Imported here: arch brings pandas, scipy and statsmodels (~1 s); only this step needs them.
-    from arch.bootstrap import SPA
-
-    test = SPA(
-        -np.asarray(benchmark, dtype=np.float64),
-        -np.asarray(models, dtype=np.float64).T,
-        reps=SPA_REPS,
-        bootstrap="stationary",
-        studentize=True,
-        nested=False,
-        seed=SPA_SEED,
+    return spa_pvalues(
+        -np.asarray(benchmark, dtype=np.float64), -np.asarray(models, dtype=np.float64).T, reps=SPA_REPS, seed=SPA_SEED
     )
-    test.compute()
-    p = test.pvalues
-    return Spa(lower=float(p["lower"]), consistent=float(p["consistent"]), upper=float(p["upper"]))
 
 
 def overfitting(
