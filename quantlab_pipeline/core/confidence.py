@@ -83,6 +83,44 @@ INTERVAL_SCHEMA = pl.Schema(
 # -- the daily matrix -------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class DailySums:
+    """Per (policy, UTC day of entry): the sum and the count of `realized_return_bps`, as
+    policies × days arrays over the ascending `day_numbers` (days since 1970-01-01) — what
+    `daily_matrix` stores. A sweep builds one per chunk of policies and segment (`of_trades`)
+    and stacks them (`stack`)."""
+
+    day_numbers: np.ndarray  # int64, ascending
+    sums: np.ndarray  # float64, policies × days
+    counts: np.ndarray  # int64, policies × days
+
+    @classmethod
+    def of_trades(
+        cls, policy_index: np.ndarray, entry_ts_ms: np.ndarray, returns: np.ndarray, n_policies: int
+    ) -> DailySums:
+        """The sums of one set of trades: trade i of policy row `policy_index[i]` (0 ≤ it <
+        `n_policies`), entered at `entry_ts_ms[i]`, returned `returns[i]`."""
+        days, column = np.unique(np.asarray(entry_ts_ms, dtype=np.int64) // DAY_MS, return_inverse=True)
+        cell = np.asarray(policy_index, dtype=np.int64) * len(days) + column.reshape(-1)
+        shape = (n_policies, len(days))
+        sums = np.bincount(cell, weights=np.asarray(returns, dtype=np.float64), minlength=shape[0] * shape[1])
+        counts = np.bincount(cell, minlength=shape[0] * shape[1])
+        return cls(days.astype(np.int64), sums.reshape(shape), counts.astype(np.int64).reshape(shape))
+
+    @classmethod
+    def stack(cls, parts: Sequence[tuple[int, DailySums]], n_policies: int) -> DailySums:
+        """One array over every day of the `parts`: `(first, sums)` holds policy rows `first …
+        first + rows − 1`; parts may repeat rows (one per segment of a month read in parts)."""
+        days = np.unique(np.concatenate([np.zeros(0, dtype=np.int64), *(d.day_numbers for _, d in parts)]))
+        sums, counts = np.zeros((n_policies, len(days))), np.zeros((n_policies, len(days)), dtype=np.int64)
+        for first, part in parts:
+            rows = slice(first, first + part.sums.shape[0])
+            columns = np.searchsorted(days, part.day_numbers)
+            sums[rows, columns] += part.sums
+            counts[rows, columns] += part.counts
+        return cls(days, sums, counts)
+
+
 def daily_matrix(
     policy_ids: Sequence[str], day_numbers: np.ndarray, sums: np.ndarray, counts: np.ndarray, *, run_id: str
 ) -> pl.DataFrame:
