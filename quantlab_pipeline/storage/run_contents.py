@@ -13,9 +13,9 @@ from pathlib import Path
 import polars as pl
 import pyarrow.parquet as pq
 
+from quantlab_pipeline.core.confidence import benchmark_phrase
 from quantlab_pipeline.core.errors import QuantlabError
 from quantlab_pipeline.core.spec import RunSpec, validate_run_id
-from quantlab_pipeline.core.confidence import benchmark_phrase
 from quantlab_pipeline.core.sweep_spec import Constraints, benchmark_policy, parse_sweep
 from quantlab_pipeline.storage.artifact_files import frame_from_arrow
 from quantlab_pipeline.storage.layout import ARTIFACT_PATHS, iter_run_dirs, spec_path
