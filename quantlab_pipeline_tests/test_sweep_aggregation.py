@@ -15,8 +15,8 @@ from quantlab_pipeline.core.frontier import (
     _STAT_NAMES,
     check_sweep_memory,
     simulated_policies,
+    sweep_month,
     sweep_peak_bytes,
-    sweep_results,
 )
 from quantlab_pipeline.core.inputs import DEFAULT_CALLER
 from quantlab_pipeline.core.nb.sweep import linear_quantile
@@ -103,7 +103,7 @@ def polars_stats(paths: pl.DataFrame, candles: Candles, policies) -> pl.DataFram
 def test_compiled_metrics_equal_polars_bit_for_bit():
     paths, candles = random_month(400, seed=7)
     sweep = parse_sweep(GRID)
-    frontier = sweep_results([(paths, candles)], sweep, **COMMON).frontier
+    frontier = sweep_month([(paths, candles)], sweep, intervals=False, **COMMON).frontier
     expected = polars_stats(paths, candles, sweep.policies)
     got = frontier.select("policy_id", "caller_name", *_STAT_NAMES[:-1])
     joined = got.join(expected, on=["policy_id", "caller_name"], how="full", nulls_equal=True, suffix="_polars")
@@ -122,7 +122,7 @@ def test_daily_sums_and_counts_per_policy_and_day():
     paths, candles = random_month(120, seed=3)
     sweep = parse_sweep({"templates": [{"kind": "fixed_stop", "stop_loss_bps": [500, 2000]}]})
     benchmark = hold_to_horizon(N_CANDLES * DELTA)
-    results = sweep_results([(paths, candles)], sweep, benchmark=benchmark, **COMMON)
+    results = sweep_month([(paths, candles)], sweep, benchmark=benchmark, **COMMON)
     simulated = simulated_policies(sweep, benchmark)
     assert results.policy_ids == tuple(policy_id_of(p) for p in simulated) and len(simulated) == 3
     trades = simulate_policies(
@@ -133,26 +133,26 @@ def test_daily_sums_and_counts_per_policy_and_day():
         .agg(pl.len().alias("n"), pl.col("realized_return_bps").sum().alias("s"))
         .sort("policy_index", "day")
     )
-    days = results.day_numbers
+    days = results.daily.day_numbers
     assert days.tolist() == sorted((paths.get_column("entry_ts_ms") // DAY_MS).unique().to_list())
-    rows, cols = np.nonzero(results.daily_counts)
+    rows, cols = np.nonzero(results.daily.counts)
     assert rows.tolist() == expected.get_column("policy_index").to_list()
     assert days[cols].tolist() == expected.get_column("day").to_list()
-    assert results.daily_counts[rows, cols].tolist() == expected.get_column("n").to_list()
-    np.testing.assert_allclose(results.daily_sums[rows, cols], expected.get_column("s").to_numpy(), rtol=1e-12)
-    assert results.daily_counts.sum() == trades.height
+    assert results.daily.counts[rows, cols].tolist() == expected.get_column("n").to_list()
+    np.testing.assert_allclose(results.daily.sums[rows, cols], expected.get_column("s").to_numpy(), rtol=1e-12)
+    assert results.daily.counts.sum() == trades.height
 
 
 def test_streamed_segments_give_the_same_results():
     paths, candles = random_month(90, seed=11)
     sweep = parse_sweep(GRID)
-    whole = sweep_results([(paths, candles)], sweep, **COMMON)
+    whole = sweep_month([(paths, candles)], sweep, **COMMON)
     parts = [paths.slice(0, 31), paths.slice(31, 2), paths.slice(33)]
     segments = [(p, candles) for p in parts]  # the whole candle set serves every part
-    streamed = sweep_results(segments, sweep, **COMMON)
+    streamed = sweep_month(segments, sweep, **COMMON)
     assert streamed.frontier.equals(whole.frontier)
-    assert np.array_equal(streamed.daily_counts, whole.daily_counts)
-    assert np.array_equal(streamed.daily_sums, whole.daily_sums)
+    assert np.array_equal(streamed.daily.counts, whole.daily.counts)
+    assert np.array_equal(streamed.daily.sums, whole.daily.sums)
 
 
 def test_linear_quantile_by_hand():

@@ -17,11 +17,18 @@ import numpy as np
 import polars as pl
 
 from quantlab_pipeline.core.candles import Candles
-from quantlab_pipeline.core.confidence import DAY_MS
+from quantlab_pipeline.core.confidence import DAY_MS, INTERVAL_SCHEMA, DailySums, return_intervals
 from quantlab_pipeline.core.errors import SpecError
 from quantlab_pipeline.core.inputs import DEFAULT_CALLER
 from quantlab_pipeline.core.nb.sweep import aggregate_policies
-from quantlab_pipeline.core.policy import IS_STOP_OUT, PolicyExits, compile_policies, policy_exits, round_trip_costs_bps
+from quantlab_pipeline.core.policy import (
+    IS_STOP_OUT,
+    PolicyExits,
+    compile_policies,
+    policy_exits,
+    round_trip_costs_bps,
+    trade_columns,
+)
 from quantlab_pipeline.core.policy_spec import Policy, policy_id_of, policy_json
 from quantlab_pipeline.core.spec import Execution
 from quantlab_pipeline.core.sweep_spec import Constraints, Sweep
@@ -52,8 +59,10 @@ FRONTIER_SCHEMA = pl.Schema(
         "trades_count": pl.Int64,
         "pareto": pl.Boolean,
         "rank": pl.Int64,
+        **INTERVAL_SCHEMA,  # the BEST_ROWS best rows of each group; null below
     }
 )
+BEST_ROWS = 10  # rows of each group with bootstrap intervals (docs/confidence.md)
 
 
 _STAT_NAMES = (
@@ -68,16 +77,14 @@ _STAT_NAMES = (
 
 
 @dataclass(frozen=True)
-class SweepResults:
-    """A sweep's frontier, and per simulated policy (`simulated_policies`: the grid, then a
-    benchmark outside it) the sums and counts of its realized returns per UTC day of entry
-    (`day_numbers`: days since 1970-01-01, ascending; `daily_sums[i, j]`, `daily_counts[i, j]`)."""
+class SweepResult:
+    """A sweep's frontier and what confidence needs of it (docs/confidence.md): the per-(policy,
+    day) sums of the simulated policies, rows in the order of `policy_ids` (the grid, then the
+    benchmark when the grid does not hold it)."""
 
     frontier: pl.DataFrame
     policy_ids: tuple[str, ...]
-    day_numbers: np.ndarray
-    daily_sums: np.ndarray
-    daily_counts: np.ndarray
+    daily: DailySums
 
 
 def run_sweep(
@@ -90,9 +97,8 @@ def run_sweep(
     execution: Execution,
     benchmark: Policy | None = None,
 ) -> pl.DataFrame:
-    """`results/frontier.parquet`: one row per policy (and per policy x caller with `per_caller`);
-    see `sweep_results`."""
-    return sweep_results(
+    """`results/frontier.parquet`: `sweep_month(...).frontier`."""
+    return sweep_month(
         segments,
         sweep,
         run_id=run_id,
@@ -103,7 +109,7 @@ def run_sweep(
     ).frontier
 
 
-def sweep_results(
+def sweep_month(
     segments: Iterable[tuple[pl.DataFrame, Candles]],
     sweep: Sweep,
     *,
@@ -112,8 +118,10 @@ def sweep_results(
     horizon_ms: int,
     execution: Execution,
     benchmark: Policy | None = None,
-) -> SweepResults:
-    """The frontier and the daily sums of a sweep.
+    intervals: bool = True,
+) -> SweepResult:
+    """`results/frontier.parquet`: one row per policy (and per policy x caller with `per_caller`),
+    and the daily sums of every simulated policy.
 
     A `benchmark` (docs/confidence.md) is simulated with the grid, on the same entries
     (`simulated_policies`), but is a row only if the grid holds it: it is what the grid is tested
@@ -124,11 +132,14 @@ def sweep_results(
     policies is one parallel kernel call per segment, then one compiled pass over its exits
     (`nb.sweep.aggregate_policies`): no per-trade frame (docs/performance.md). Rows: the
     all-callers group (`caller_name` null) first, then callers by name; within a group by `rank`.
+    With `intervals`, the `BEST_ROWS` best rows of each group get the bootstrap intervals of their
+    trades' returns (`_Best` keeps the returns of the policies still among them from chunk to chunk).
     """
     simulated = simulated_policies(sweep, benchmark)
     costs = round_trip_costs_bps(execution)
     paths_of: _SweepPaths | None = None
     stats, sums, counts = [], [], []
+    best = _Best(sweep) if intervals else None
     for lo in range(0, len(simulated), POLICY_CHUNK):
         compiled = compile_policies(simulated[lo : lo + POLICY_CHUNK])
         parts: list[PolicyExits] = []
@@ -162,21 +173,28 @@ def sweep_results(
         stats.append(chunk_stats)
         sums.append(chunk_sums)
         counts.append(chunk_counts)
+        if best is not None:
+            exits = PolicyExits(paths_of.entry_ts, paths_of.p0, out_ts, out_px, out_reason, out_low)
+            best.offer(lo, chunk_stats, exits, paths_of, costs)
     if paths_of is None:  # no policy: the paths still name the groups
         paths_of = _SweepPaths.of([paths for paths, _ in segments], per_caller=sweep.per_caller)
-    n_days = paths_of.day_numbers.shape[0]
     frame = _frontier(
         sweep,
         np.concatenate(stats)[: len(sweep.policies)] if stats else np.empty((0, 1, len(_STAT_NAMES))),
         paths_of.caller_names,
         run_id,
     )
-    return SweepResults(
-        frontier=frame,
+    frame = pl.concat(
+        [frame, best.intervals(frame, paths_of) if best else _no_intervals(frame.height)], how="horizontal"
+    )
+    n_days = paths_of.day_numbers.shape[0]
+    day_sums = np.concatenate(sums) if sums else np.zeros((0, n_days))
+    day_counts = np.concatenate(counts) if counts else np.zeros((0, n_days), dtype=np.int64)
+    traded = day_counts.sum(axis=0) > 0  # the days some trade entered on
+    return SweepResult(
+        frontier=frame.select(FRONTIER_SCHEMA.names()).cast(FRONTIER_SCHEMA),
         policy_ids=tuple(policy_id_of(p) for p in simulated),
-        day_numbers=paths_of.day_numbers,
-        daily_sums=np.concatenate(sums) if sums else np.zeros((0, n_days)),
-        daily_counts=np.concatenate(counts) if counts else np.zeros((0, n_days), dtype=np.int64),
+        daily=DailySums(paths_of.day_numbers[traded], day_sums[:, traded], day_counts[:, traded]),
     )
 
 
@@ -191,6 +209,8 @@ class _SweepPaths:
     entry_ts: np.ndarray
     p0: np.ndarray
     peak: np.ndarray
+    caller: pl.Series
+    keys: pl.DataFrame  # path_index, alert_ts_ms, call_id: the month's order of paths
     caller_names: list[str]
     group_paths: np.ndarray
     group_offsets: np.ndarray
@@ -199,7 +219,8 @@ class _SweepPaths:
 
     @classmethod
     def of(cls, frames: list[pl.DataFrame], *, per_caller: bool) -> _SweepPaths:
-        paths = pl.concat([f.select("caller_name", "entry_ts_ms", "p0", "peak_multiple") for f in frames])
+        columns = ("caller_name", "entry_ts_ms", "p0", "peak_multiple", "alert_ts_ms", "call_id")
+        paths = pl.concat([f.select(*columns).with_columns(pl.col("call_id").cast(pl.String)) for f in frames])
         # a null caller is the default one (README "Inputs")
         caller = paths.get_column("caller_name").cast(pl.String).fill_null(DEFAULT_CALLER)
         caller_names = sorted(caller.unique().to_list())
@@ -220,6 +241,10 @@ class _SweepPaths:
             entry_ts=entry_ts,
             p0=np.ascontiguousarray(paths.get_column("p0").to_numpy(), dtype=np.float64),
             peak=np.asarray(paths.get_column("peak_multiple").to_numpy(), dtype=np.float64),  # null → NaN
+            caller=caller,
+            keys=paths.select("alert_ts_ms", "call_id")
+            .with_row_index("path_index")
+            .with_columns(pl.col("path_index").cast(pl.Int64)),
             caller_names=caller_names,
             group_paths=np.concatenate(groups).astype(np.int64),
             group_offsets=np.cumsum([0, *(g.shape[0] for g in groups)]).astype(np.int64),
@@ -229,52 +254,139 @@ class _SweepPaths:
 
 
 def _frontier(sweep: Sweep, stats: np.ndarray, caller_names: list[str], run_id: str) -> pl.DataFrame:
-    """The frontier's rows from `stats[policy, group, metric]` (groups as `_SweepPaths`)."""
+    """The frontier's rows from `stats[policy, group, metric]` (groups as `_SweepPaths`), ranked,
+    with `policy_index` and `_group` still on them."""
     n_groups = len(caller_names) + 1 if sweep.per_caller else 1
-    n_policies = len(sweep.policies)
+    frame = _stats_frame(stats[:, :n_groups], 0).join(
+        pl.DataFrame(
+            {"_group": range(n_groups), "caller_name": [None, *caller_names][:n_groups]},
+            schema={"_group": pl.Int64, "caller_name": pl.String},
+        ),
+        on="_group",
+    )
+    frame = _ranked(frame.join(_policies(sweep), on="policy_index"), sweep)
+    return frame.with_columns(
+        pl.Series("pareto", _pareto_by_group(frame)),
+        pl.lit(run_id, dtype=pl.String).alias("run_id"),
+        pl.int_range(1, pl.len() + 1, dtype=pl.Int64).over("_group").alias("rank"),
+    )
+
+
+def _stats_frame(stats: np.ndarray, first: int) -> pl.DataFrame:
+    """`stats[policy, group, metric]` of policies `first …` as rows `policy_index, _group, *metrics`
+    (null metrics where the group has no trade, `trades_count` 0)."""
+    n_policies, n_groups = stats.shape[:2]
     columns: dict[str, Any] = {
-        "policy_index": np.tile(np.arange(n_policies, dtype=np.int64), n_groups),
+        "policy_index": np.tile(np.arange(first, first + n_policies, dtype=np.int64), n_groups),
         "_group": np.repeat(np.arange(n_groups, dtype=np.int64), n_policies),
     }
     for k, name in enumerate(_STAT_NAMES):
-        columns[name] = np.ascontiguousarray(stats[:, :n_groups, k].T).reshape(-1)
-    stats_frame = pl.DataFrame(columns).with_columns(
+        columns[name] = np.ascontiguousarray(stats[:, :, k].T).reshape(-1)
+    return pl.DataFrame(columns).with_columns(
         pl.col(*_STAT_NAMES[1:]).fill_nan(None), pl.col("trades_count").fill_nan(0).cast(pl.Int64)
     )
-    groups = pl.DataFrame(
-        {"_group": range(n_groups), "caller_name": [None, *caller_names][:n_groups]},
-        schema={"_group": pl.Int64, "caller_name": pl.String},
-    )
-    policies = pl.DataFrame(
+
+
+def _policies(sweep: Sweep) -> pl.DataFrame:
+    return pl.DataFrame(
         {
-            "policy_index": range(n_policies),
+            "policy_index": range(len(sweep.policies)),
             "policy_id": [policy_id_of(p) for p in sweep.policies],
             "policy_params": [policy_json(p) for p in sweep.policies],
         },
         schema={"policy_index": pl.Int64, "policy_id": pl.String, "policy_params": pl.String},
     )
-    frame = (
-        stats_frame.join(groups, on="_group")
-        .join(policies, on="policy_index")
-        .with_columns(
-            _feasible(sweep.constraints).fill_null(False).alias("meets_constraints"),
-            pl.col(sweep.objective).alias("objective_score"),
-        )
+
+
+def _ranked(frame: pl.DataFrame, sweep: Sweep) -> pl.DataFrame:
+    """Policy rows with their feasibility and objective, in rank order within each `_group`:
+    feasible first, then the objective descending (nulls last), ties by `policy_id`."""
+    return frame.with_columns(
+        _feasible(sweep.constraints).fill_null(False).alias("meets_constraints"),
+        pl.col(sweep.objective).alias("objective_score"),
+    ).sort(
+        ["_group", "meets_constraints", "objective_score", "policy_id"],
+        descending=[False, True, True, False],
+        nulls_last=True,
     )
-    frame = frame.with_columns(pl.Series("pareto", _pareto_by_group(frame)))
-    return (
-        frame.sort(
-            ["_group", "meets_constraints", "objective_score", "policy_id"],
-            descending=[False, True, True, False],
-            nulls_last=True,
+
+
+def _no_intervals(height: int) -> pl.DataFrame:
+    return pl.DataFrame({name: pl.Series(name, [None] * height, dtype=dt) for name, dt in INTERVAL_SCHEMA.items()})
+
+
+class _Best:
+    """The trades of the policies among the `BEST_ROWS` best of some group so far. A chunk's
+    stats are final (each chunk sees every segment), so after each chunk the best of the
+    policies seen are ranked as the frontier ranks them and the others' trades are dropped:
+    at most `BEST_ROWS` policies per group are kept, whatever the grid's size. Their trades'
+    returns come from the chunk's exits by the trade formulas (`nb.policy.trade_columns`)."""
+
+    def __init__(self, sweep: Sweep):
+        self.sweep = sweep
+        self.policies = _policies(sweep)
+        self.stats = pl.DataFrame()
+        self.trades = pl.DataFrame()
+
+    def offer(self, first: int, chunk_stats: np.ndarray, exits: PolicyExits, paths: _SweepPaths, costs: float) -> None:
+        grid = len(self.sweep.policies)  # a benchmark outside the grid is no row
+        codes = pl.DataFrame(
+            {"_group": range(len(paths.caller_names) + 1), "caller_name": [None, *paths.caller_names]},
+            schema={"_group": pl.Int64, "caller_name": pl.String},
         )
-        .with_columns(
-            pl.lit(run_id, dtype=pl.String).alias("run_id"),
-            pl.int_range(1, pl.len() + 1, dtype=pl.Int64).over("_group").alias("rank"),
+        fresh = (
+            _stats_frame(chunk_stats, first)
+            .filter((pl.col("trades_count") > 0) & (pl.col("policy_index") < grid))
+            .join(codes, on="_group")
+            .select("policy_index", "caller_name", *_STAT_NAMES)
         )
-        .select(FRONTIER_SCHEMA.names())
-        .cast(FRONTIER_SCHEMA)
-    )
+        candidates = pl.concat([self.stats, fresh]) if self.stats.height else fresh
+        # `_group` here: any code per caller group, as ranking only needs groups apart
+        ranked = _ranked(
+            candidates.join(self.policies, on="policy_index").with_columns(
+                pl.col("caller_name").rank("dense").fill_null(0).cast(pl.Int64).alias("_group")
+            ),
+            self.sweep,
+        )
+        self.stats = ranked.filter(pl.int_range(pl.len()).over("_group") < BEST_ROWS).select(
+            "policy_index", "caller_name", *_STAT_NAMES
+        )
+        kept = np.unique(self.stats.get_column("policy_index").to_numpy())
+        rows = kept[(kept >= first) & (kept < first + chunk_stats.shape[0])] - first
+        policy_index, path_index, *_, realized, _, _, _, _ = trade_columns(
+            exits.out_ts[rows],
+            exits.out_px[rows],
+            exits.out_reason[rows],
+            exits.out_low[rows],
+            exits.entry_ts,
+            exits.p0,
+            paths.peak,
+            costs,
+            IS_STOP_OUT,
+        )
+        trades = pl.DataFrame(
+            {
+                "policy_index": rows[policy_index] + first,
+                "caller_name": paths.caller.gather(path_index),
+                "path_index": path_index,
+                "realized_return_bps": realized,
+            }
+        )
+        previous = self.trades.filter(pl.col("policy_index").is_in(kept.tolist())) if self.trades.height else None
+        self.trades = trades if previous is None else pl.concat([previous, trades])
+
+    def intervals(self, frame: pl.DataFrame, paths: _SweepPaths) -> pl.DataFrame:
+        """`INTERVAL_SCHEMA` columns for `frame`'s rows (ranked): its rows of rank ≤ `BEST_ROWS`
+        from their trades' returns, in the month's order of paths (a policy run's trades' order,
+        which the draws follow), all callers' or the row's caller's; null below."""
+        trades = self.trades.join(paths.keys, on="path_index").sort("alert_ts_ms", "call_id")
+        samples = []
+        for policy_index, caller, rank in frame.select("policy_index", "caller_name", "rank").iter_rows():
+            mine = trades.filter(pl.col("policy_index") == policy_index) if rank <= BEST_ROWS else trades.clear()
+            if caller is not None:
+                mine = mine.filter(pl.col("caller_name") == caller)
+            samples.append(mine.get_column("realized_return_bps").to_numpy())
+        return return_intervals(samples)  # no trades (and every row below the best): nulls
 
 
 def sweep_peak_bytes(n_policies: int, n_entries: int, *, n_groups: int = 1, n_days: int = 0) -> int:

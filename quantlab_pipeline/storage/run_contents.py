@@ -13,16 +13,17 @@ from pathlib import Path
 import polars as pl
 import pyarrow.parquet as pq
 
+from quantlab_pipeline.core.confidence import benchmark_phrase
 from quantlab_pipeline.core.errors import QuantlabError
 from quantlab_pipeline.core.spec import RunSpec, validate_run_id
-from quantlab_pipeline.core.sweep_spec import Constraints, parse_sweep
+from quantlab_pipeline.core.sweep_spec import Constraints, benchmark_policy, parse_sweep
 from quantlab_pipeline.storage.artifact_files import frame_from_arrow
 from quantlab_pipeline.storage.layout import ARTIFACT_PATHS, iter_run_dirs, spec_path
 from quantlab_pipeline.storage.lifecycle import month_status
 from quantlab_pipeline.storage.run_dir import RunDirectory
 from quantlab_pipeline.storage.specs import read_spec
 
-REPORTED_ARTIFACTS = ("alerts", "paths", "trades", "summary", "frontier")
+REPORTED_ARTIFACTS = ("alerts", "paths", "trades", "summary", "frontier", "overfitting")
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,14 @@ class RunArtifacts:
     def constraints(self) -> Constraints | None:
         """The sweep's constraints (optimization runs), to draw the frontier's feasible region."""
         return parse_sweep(self.spec.sweep).constraints if self.run_type == "optimization" else None
+
+    @property
+    def benchmark(self) -> str | None:
+        """How the overfitting sentence names the sweep's benchmark (optimization runs)."""
+        if self.run_type != "optimization":
+            return None
+        horizon = self.spec.horizon_ms
+        return benchmark_phrase(benchmark_policy(parse_sweep(self.spec.sweep), horizon), horizon)
 
     @property
     def incomplete(self) -> tuple[MonthArtifacts, ...]:
