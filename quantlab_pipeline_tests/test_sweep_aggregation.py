@@ -9,10 +9,11 @@ import polars as pl
 import pytest
 
 from quantlab_pipeline.core.candles import Candles
-from quantlab_pipeline.core.confidence import DAY_MS
+from quantlab_pipeline.core.confidence import DAY_MS, INTERVAL_SCHEMA, return_intervals
 from quantlab_pipeline.core.errors import SpecError
 from quantlab_pipeline.core.frontier import (
     _STAT_NAMES,
+    BEST_ROWS,
     check_sweep_memory,
     simulated_policies,
     sweep_month,
@@ -20,7 +21,7 @@ from quantlab_pipeline.core.frontier import (
 )
 from quantlab_pipeline.core.inputs import DEFAULT_CALLER
 from quantlab_pipeline.core.nb.sweep import linear_quantile
-from quantlab_pipeline.core.policy import simulate_policies
+from quantlab_pipeline.core.policy import simulate_policies, simulate_trades
 from quantlab_pipeline.core.policy_spec import policy_id_of
 from quantlab_pipeline.core.spec import Execution
 from quantlab_pipeline.core.summary import metric_exprs
@@ -185,3 +186,39 @@ def test_a_grid_of_10000_policies_parses():
         }
     ]
     assert len(parse_sweep(grid).policies) == 10_000
+
+
+def test_the_best_rows_get_the_intervals_of_their_trades():
+    """Rows of rank ≤ BEST_ROWS: the bootstrap intervals of their trades' returns in the month's
+    order (all callers' or the row's caller's), as a policy run of that policy gives them; null below."""
+    paths, candles = random_month(150, seed=5)
+    sweep = parse_sweep(GRID)
+    frontier = sweep_month([(paths, candles)], sweep, **COMMON).frontier
+    by_id = {policy_id_of(p): p for p in sweep.policies}
+    order = paths.select("call_id", "alert_ts_ms", pl.col("caller_name").fill_null(DEFAULT_CALLER))
+    names = list(INTERVAL_SCHEMA.names())
+    checked = 0
+    for row in frontier.iter_rows(named=True):
+        if row["rank"] > BEST_ROWS:
+            assert all(row[n] is None for n in names)
+            continue
+        trades = (
+            simulate_trades(
+                paths,
+                candles,
+                by_id[row["policy_id"]],
+                run_id="r",
+                policy_id="p",
+                interval_ms=DELTA,
+                horizon_ms=N_CANDLES * DELTA,
+                execution=Execution(),
+            )
+            .join(order, on="call_id")
+            .sort("alert_ts_ms", "call_id")
+        )
+        if row["caller_name"] is not None:
+            trades = trades.filter(pl.col("caller_name") == row["caller_name"])
+        expected = return_intervals([trades.get_column("realized_return_bps").to_numpy()]).row(0, named=True)
+        assert [row[n] for n in names] == [expected[n] for n in names]
+        checked += 1
+    assert checked == BEST_ROWS * 5  # every group has more than BEST_ROWS policies
