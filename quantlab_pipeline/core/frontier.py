@@ -59,8 +59,8 @@ FRONTIER_SCHEMA = pl.Schema(
         "trades_count": pl.Int64,
         "pareto": pl.Boolean,
         "rank": pl.Int64,
-        **INTERVAL_SCHEMA,  # the BEST_ROWS best rows of each group; null below
     }
+    | dict(INTERVAL_SCHEMA)  # the BEST_ROWS best rows of each group; null below
 )
 BEST_ROWS = 10  # rows of each group with bootstrap intervals (docs/confidence.md)
 
