@@ -62,13 +62,13 @@ def test_load_backtest_kernels_loads_the_recorded_builds_without_compiling(tmp_p
     then exactly the builds an earlier process compiled and recorded, from the cache (a hit)."""
     env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba")}
     load = (
-        "from quantlab_pipeline.core.nb import candles, load_backtest_kernels; "
+        "from quantlab_pipeline.core.nb import candles; from quantlab_pipeline.warm.kernels import load_backtest_kernels; "
         "print(load_backtest_kernels(), len(candles.scatter_batch.signatures), "
         "sum(candles.scatter_batch.stats.cache_hits.values()))"
     )
     compile_one = (
         "import numpy as np; from quantlab_pipeline.core.nb.candles import scatter_batch; "
-        "from quantlab_pipeline.core.nb import record_kernel_signatures; "
+        "from quantlab_pipeline.warm.kernels import record_kernel_signatures; "
         "i, f = np.zeros(1, np.int64), np.ones(1); k = np.zeros(1, np.int32); "
         "scatter_batch(k, i, f, f, f, f, f, np.zeros(1, np.int64), np.ones(1, np.int64), "
         "i.copy(), f.copy(), f.copy(), f.copy(), f.copy(), f.copy()); print(record_kernel_signatures())"
@@ -87,7 +87,8 @@ def test_load_backtest_kernels_loads_the_recorded_builds_without_compiling(tmp_p
 def test_kernels_compiled_reads_the_cache_index_files(tmp_path, monkeypatch):
     """An index file of each kernel, newer than its source, under `NUMBA_CACHE_DIR` (any
     subdirectory, as numba lays them out): compiled; an index older than its source: not."""
-    from quantlab_pipeline.core.nb import _index_name, kernels_compiled, truth, windows
+    from quantlab_pipeline.core.nb import truth, windows
+    from quantlab_pipeline.warm.kernels import _index_name, kernels_compiled
 
     monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path))
     assert not kernels_compiled()

@@ -269,6 +269,7 @@ def big_frontier(n: int, seed: int = 11) -> pl.DataFrame:
             "meets_constraints": (mae >= -3_000.0) & (rng.random(n) < 0.5),
             "objective_score": median,
             "median_return_bps": median,
+            "avg_return_bps": median + 50.0,
             "stop_out_rate": rng.random(n),
             "p95_mae_bps": mae,
             "trades_count": np.full(n, 100),

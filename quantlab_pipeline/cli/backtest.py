@@ -283,7 +283,7 @@ def _launch_parallel(run_type: str, opts: dict[str, Any], spec: Any, months: lis
 
 
 def _backtest(run_type: str, opts: dict[str, Any]) -> None:
-    from quantlab_pipeline.core.nb import kernels_compiled
+    from quantlab_pipeline.warm.kernels import kernels_compiled
 
     if opts.get("walk_forward") and (opts["submit"] or (opts["parallel"] or 1) > 1):
         # each month selects its policy on the months before it (README "Walk-forward optimization")

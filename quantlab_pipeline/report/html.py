@@ -20,6 +20,7 @@ from quantlab_pipeline.report.charts import Chart
 from quantlab_pipeline.storage.run_contents import MonthArtifacts, RunArtifacts
 
 _POLICY = ' class="policy"'  # the policy column of that list
+Months = tuple[MonthArtifacts, ...]
 
 _CSS = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 0 auto; max-width: 1000px; padding: 1.5em; color: #222; }
@@ -30,11 +31,9 @@ dd, .policy { margin: 0; font-family: ui-monospace, monospace; overflow-wrap: an
 .badge { font-size: .7em; background: #f0a020; color: #fff; border-radius: 3px; padding: .1em .4em; }
 table { border-collapse: collapse; margin: .5em 0 1em; } th { font-weight: normal; }
 th, td { padding: .25em .8em; border-bottom: 1px solid #eee; text-align: right; } .headline th, .policy { text-align: left; }
-figure.chart { margin: 1em 0 1.8em; } figure.chart svg { display: block; max-width: 100%; height: auto; }
-nav a { margin-right: .8em; }
+figure.chart { margin: 1em 0 1.8em; } figure.chart svg { display: block; max-width: 100%; height: auto; } nav a { margin-right: .8em; }
 """
-# No script, no remote anything: styles and images inline only.
-_CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
+_CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"  # no script, no remote anything
 
 
 @dataclass(frozen=True)
@@ -71,16 +70,9 @@ def _headline(
 
 
 def build_section(
-    run_type: str,
-    anchor: str,
-    heading: str,
-    months: tuple[MonthArtifacts, ...],
-    constraints: Constraints | None,
-    benchmark: str | None = None,
+    run_type: str, anchor: str, heading: str, months: Months, constraints: Constraints | None, benchmark: str | None
 ) -> Section:
-    """The charts of `months` together: trades charts (policy), truth charts, frontier (one month)
-    with how much of its winner is luck, in words (docs/confidence.md; `benchmark` names the
-    benchmark as the sentence does)."""
+    """The charts of `months` together: trades, truth, one month's frontier and its luck in words (docs/confidence.md)."""
     alerts, paths, trades = (_concat(months, a) for a in ("alerts", "paths", "trades"))
     built: list[Chart] = []
     asides: list[str] = []
@@ -118,10 +110,9 @@ def build_sections(run: RunArtifacts) -> list[Section]:
     constraints = run.constraints
     first, last = present[0].month, present[-1].month
     span = first if first == last else f"{first} to {last}"
-    benchmark = run.benchmark
-    sections = [build_section(run.run_type, "window", f"Whole window ({span})", present, constraints, benchmark)]
+    sections = [build_section(run.run_type, "window", f"Whole window ({span})", present, constraints, run.benchmark)]
     if len(present) > 1:
-        sections += [build_section(run.run_type, m.month, m.month, (m,), constraints, benchmark) for m in present]
+        sections += [build_section(run.run_type, m.month, m.month, (m,), constraints, run.benchmark) for m in present]
     return sections
 
 

@@ -24,7 +24,7 @@ MONTH = "2024-01"
 
 def prebuild() -> int:
     """Run the three backtests, then record the kernels' signatures; returns how many."""
-    from quantlab_pipeline.core.nb import record_kernel_signatures
+    from quantlab_pipeline.warm.kernels import record_kernel_signatures
 
     scratch = Path(tempfile.mkdtemp(prefix="quantlab-prebuild-"))
     saved = {name: os.environ.get(name) for name in ("DAGSTER_HOME", "QUANTLAB_CACHE_DIR", "QUANTLAB_WARM_SERVER")}
