@@ -107,6 +107,7 @@ def frontier_frame() -> pl.DataFrame:
             "meets_constraints": [True, False, True, False, True],
             "objective_score": [100.0, 300.0, -100.0, -500.0, 900.0],
             "median_return_bps": [100.0, 300.0, -100.0, -500.0, 900.0],
+            "avg_return_bps": [150.0, 250.0, -50.0, -400.0, 800.0],
             "stop_out_rate": [0.25, 0.5, 0.25, 0.75, 0.0],
             "p95_mae_bps": [-2000.0, -4000.0, -1000.0, -5000.0, -100.0],
             "trades_count": [4, 4, 4, 4, 2],
