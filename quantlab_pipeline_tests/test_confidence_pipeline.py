@@ -24,6 +24,7 @@ from quantlab_pipeline.orchestration.launch import create_run
 from quantlab_pipeline.orchestration.month_runs import materialize_month
 from quantlab_pipeline.orchestration.partitions import month_run_key
 from quantlab_pipeline.orchestration.settings import Settings
+from quantlab_pipeline.storage.catalog import query_runs, sync_catalog
 from quantlab_pipeline.storage.layout import required_artifacts
 from quantlab_pipeline.storage.run_creation import create_run_spec
 from quantlab_pipeline.storage.run_dir import RunDirectory
@@ -149,6 +150,12 @@ def test_an_optimization_month_writes_the_daily_matrix_and_its_overfitting(optim
     assert sentence.startswith(f"PBO {stored['pbo']:.2f}") and "against holding to the horizon" in sentence
     assert sentence in (rd.path / "logs/stdout.txt").read_text()
     assert "(95 % CI)" in result.headline["frontier"]["headline"]
+
+    # the catalog lists the month's PBO and SPA p-value with the run
+    catalog = rd.runs_dir.parent / "catalog.duckdb"
+    sync_catalog(catalog, rd.runs_dir)
+    (registered,) = query_runs(catalog, run_type="optimization")
+    assert (registered["pbo"], registered["spa_pvalue"]) == (stored["pbo"], stored["spa_pvalue"])
 
 
 def test_the_best_policys_daily_matrix_and_intervals_equal_a_policy_run_of_it(
