@@ -68,7 +68,7 @@ def print_walk_forward(spec: RunSpec, results: list[Any], *, runs_dir: str | Pat
         return
     objective = walkforward.get_column("objective")[0]
     table = Table(title=f"Walk-forward (objective {objective}, all callers)", title_justify="left")
-    for name in ("Month", "Trained on", "Selected policy", "In-sample", "Out-of-sample", "Gap"):
+    for name in ("Month", "Trained on", "Selected policy", "In-sample", "Out-of-sample", "Gap", "Training PBO"):
         table.add_column(name, justify="left" if name in ("Month", "Trained on", "Selected policy") else "right")
     for r in walkforward.filter(pl.col("caller_name").is_null()).iter_rows(named=True):
         table.add_row(
@@ -78,6 +78,7 @@ def print_walk_forward(spec: RunSpec, results: list[Any], *, runs_dir: str | Pat
             display.bps(r["is_objective_score"]),
             display.bps(r["oos_objective_score"]),
             display.bps(r["score_gap"]),
+            display.num(r.get("train_pbo")),  # docs/confidence.md
         )
     console.print(table)
     gap = window_gap(walkforward, pl.concat(frontiers, how="diagonal_relaxed"))

@@ -168,6 +168,7 @@ def walkforward_headline(frame: pl.DataFrame) -> dict[str, Any]:
         "in_sample_score": rounded_bps(row["is_objective_score"]),
         "out_of_sample_score": rounded_bps(row["oos_objective_score"]),
         "score_gap": rounded_bps(row["score_gap"]),
+        "train_pbo": None if row.get("train_pbo") is None else round(row["train_pbo"], 3),
     }
 
 

@@ -11,13 +11,14 @@ import pyarrow as pa
 from quantlab_pipeline.core.errors import QuantlabError
 from quantlab_pipeline.storage.layout import ARTIFACT_PATHS
 
-CATALOG_SCHEMA_VERSION = "2"  # 2: timing_walkforward_ms
+CATALOG_SCHEMA_VERSION = "3"  # 2: timing_walkforward_ms; 3: pbo, spa_pvalue (and the confidence artifacts)
 CATALOG_STATUSES: tuple[str, ...] = ("completed", "failed")  # the catalog holds terminal runs only
 MANIFEST_STATUSES = ("running", "completed", "failed")
 ARTIFACT_TYPES: tuple[str, ...] = tuple(ARTIFACT_PATHS)
 TIMING_STEPS: tuple[str, ...] = (*(a for a in ARTIFACT_PATHS if a != "errors"), "total")
 
 Columns = tuple[tuple[str, str, pa.DataType], ...]
+OVERFITTING_COLUMNS: tuple[str, ...] = ("pbo", "spa_pvalue")
 
 RUN_COLUMNS: Columns = (
     ("run_id", "VARCHAR NOT NULL", pa.string()),
@@ -42,6 +43,8 @@ RUN_COLUMNS: Columns = (
     *((f"timing_{step}_ms", "BIGINT", pa.int64()) for step in TIMING_STEPS),
     ("error_message", "VARCHAR", pa.string()),
     ("error_phase", "VARCHAR", pa.string()),
+    # optimization runs: the month's PBO and SPA p-value (results/overfitting.parquet, docs/confidence.md)
+    *((name, "DOUBLE", pa.float64()) for name in OVERFITTING_COLUMNS),
     ("run_dir", "VARCHAR NOT NULL", pa.string()),
     ("manifest_path", "VARCHAR NOT NULL", pa.string()),
     ("manifest_sha256", "VARCHAR NOT NULL", pa.string()),
