@@ -219,7 +219,9 @@ def _measure_scale(scale: float, args: argparse.Namespace, work_dir: Path, conso
         )
     del month, paths
     gc.collect()
-    if scale == max(args.scales):
+    if scale == max(args.scales) and args.quick:
+        result["first_backtest"] = {"skipped": "not in --quick: the prebuild alone takes minutes on a loaded machine"}
+    elif scale == max(args.scales):
         say(f"first backtest of a fresh install (cold and prebuilt numba cache) × {args.repeat}")
         result["first_backtest"] = firstrun.first_backtest(db, repeat=args.repeat, work_dir=work_dir)
         months_db, months_generation_s = dataset.ensure_database(

@@ -260,11 +260,11 @@ def render(scale: dict, console) -> None:
                 "  exits differing from vectorbt's", f"{peer['differing_exits']} of {peer['exits_compared']:,}", "0"
             )
     first = scale.get("first_backtest")
-    if first:
+    if first and "skipped" not in first:
         table.add_row("first backtest, numba cache empty (s)", f"{first['cold_s']['median']:.1f}", "")
         table.add_row(
             "first backtest after make install's prebuild (s)", f"{first['prebuilt_s']['median']:.1f}", "≤ 10"
         )
         table.add_row("  ratio", f"{first['ratio']['median']:.2f}", "")
-    if sweep or first:
+    if table.row_count:
         console.print(table)
