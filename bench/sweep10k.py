@@ -26,7 +26,7 @@ from endtoend import _backtest_argv, _run_dir, _step_times, backtest_child, dags
 from kernels import cpu_timed
 from measure import summarize, timed
 
-from quantlab_pipeline.core.frontier import POLICY_CHUNK, run_sweep
+from quantlab_pipeline.core.frontier import POLICY_CHUNK, run_sweep, sweep_month
 from quantlab_pipeline.core.inputs import DEFAULT_CALLER
 from quantlab_pipeline.core.policy import compile_policies, run_policies, simulate_policies
 from quantlab_pipeline.core.policy_spec import BPS, policy_id_of
@@ -79,8 +79,10 @@ def end_to_end(db: Path, *, repeat: int, numba_cache: Path, work_dir: Path) -> d
 
 
 def aggregation_share(month, paths: pl.DataFrame, repeat: int) -> dict:
-    """`run_sweep` of `AGGREGATION_SUBSET` policies of the grid against its policy kernel alone
-    over the same chunks (windows bounded once): the sweep's wall over its kernel's, interleaved."""
+    """The sweep of `AGGREGATION_SUBSET` policies of the grid (`sweep_month` without the best rows'
+    bootstrap intervals: kernel, aggregation, ranking) against its policy kernel alone over the
+    same chunks (windows bounded once): the sweep's wall over its kernel's, interleaved; and the
+    sweep with the intervals (docs/confidence.md), whose bootstrap is apart from the aggregation."""
     sweep = Sweep(policies=grid().policies[:: GRID_SIZE // AGGREGATION_SUBSET])
     candles = month.candles
     common = dict(run_id="bench", interval_ms=month.interval_ms, horizon_ms=month.horizon_ms, execution=Execution())
@@ -93,7 +95,10 @@ def aggregation_share(month, paths: pl.DataFrame, repeat: int) -> dict:
     ]
 
     def full() -> None:
-        run_sweep([(paths, candles)], sweep, **common)
+        sweep_month([(paths, candles)], sweep, intervals=False, **common)
+
+    def with_intervals() -> None:
+        sweep_month([(paths, candles)], sweep, **common)
 
     def kernel() -> None:
         for compiled in chunks:
@@ -101,17 +106,20 @@ def aggregation_share(month, paths: pl.DataFrame, repeat: int) -> dict:
 
     full()  # compile / load
     kernel()
-    sweep_s, kernel_s, cpu_s = [], [], []
+    with_intervals()
+    sweep_s, kernel_s, cpu_s, intervals_s = [], [], [], []
     for _ in range(repeat):
         sweep_s += timed(full, 1)
         kernel_s += timed(kernel, 1)
         cpu_s += cpu_timed(full, 1)
+        intervals_s += timed(with_intervals, 1)
     return {
         "policies": AGGREGATION_SUBSET,
         "seconds": summarize(sweep_s, "s"),
         "kernel_seconds": summarize(kernel_s, "s"),
         "ratio": summarize([s / k for s, k in zip(sweep_s, kernel_s, strict=True)], "ratio"),
         "cpu_seconds": summarize(cpu_s, "s"),  # every thread: what vectorbt's one-thread CPU time compares with
+        "with_intervals_seconds": summarize(intervals_s, "s"),
     }
 
 
