@@ -27,7 +27,7 @@ from quantlab_pipeline.core.sweep_spec import Constraints, Sweep
 # Policies simulated per kernel call: bounds the per-trade outcome frame (policies x trades rows).
 POLICY_CHUNK = 128
 
-FRONTIER_SCHEMA = pl.Schema(
+_COLUMNS = pl.Schema(
     {
         "run_id": pl.String,
         "caller_name": pl.String,
@@ -43,9 +43,9 @@ FRONTIER_SCHEMA = pl.Schema(
         "trades_count": pl.Int64,
         "pareto": pl.Boolean,
         "rank": pl.Int64,
-        **INTERVAL_SCHEMA,  # the BEST_ROWS best rows of each group; null below
     }
 )
+FRONTIER_SCHEMA = pl.Schema({**_COLUMNS, **INTERVAL_SCHEMA})  # intervals: the BEST_ROWS best rows of each group
 BEST_ROWS = 10  # rows of each group with bootstrap intervals (docs/confidence.md)
 
 
