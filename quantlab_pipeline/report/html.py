@@ -11,7 +11,6 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from quantlab_pipeline.core.confidence import overfitting_sentence
 from quantlab_pipeline.core.display import FRONTIER_COLUMNS, bps_text, frontier_rows, hours, multiple, pct
 from quantlab_pipeline.core.summary import trade_stats, truth_stats
 from quantlab_pipeline.core.sweep_spec import Constraints
@@ -72,16 +71,9 @@ def _headline(
 
 
 def build_section(
-    run_type: str,
-    anchor: str,
-    heading: str,
-    months: tuple[MonthArtifacts, ...],
-    constraints: Constraints | None,
-    benchmark: str | None = None,
+    run_type: str, anchor: str, heading: str, months: tuple[MonthArtifacts, ...], constraints: Constraints | None
 ) -> Section:
-    """The charts of `months` together: trades charts (policy), truth charts, frontier (one month)
-    with how much of its winner is luck, in words (docs/confidence.md; `benchmark` names the
-    benchmark as the sentence does)."""
+    """The charts of `months` together: trades charts (policy), truth charts, frontier (one month)."""
     alerts, paths, trades = (_concat(months, a) for a in ("alerts", "paths", "trades"))
     built: list[Chart] = []
     asides: list[str] = []
@@ -107,9 +99,6 @@ def build_section(
     else:
         built += [charts.callers(paths), charts.time_to_2x(paths)]
     headline = _headline(run_type, alerts, paths, trades)
-    found = months[0].get("overfitting") if len(months) == 1 else None
-    if found is not None and found.height:
-        headline["overfitting"] = overfitting_sentence(found.row(0, named=True), benchmark=benchmark or "the benchmark")
     return Section(anchor, heading, months, tuple(built), headline, tuple(asides), top)
 
 
@@ -119,10 +108,12 @@ def build_sections(run: RunArtifacts) -> list[Section]:
     constraints = run.constraints
     first, last = present[0].month, present[-1].month
     span = first if first == last else f"{first} to {last}"
-    benchmark = run.benchmark
-    sections = [build_section(run.run_type, "window", f"Whole window ({span})", present, constraints, benchmark)]
+    sections = [build_section(run.run_type, "window", f"Whole window ({span})", present, constraints)]
     if len(present) > 1:
-        sections += [build_section(run.run_type, m.month, m.month, (m,), constraints, benchmark) for m in present]
+        sections += [build_section(run.run_type, m.month, m.month, (m,), constraints) for m in present]
+    for section in sections:  # an optimization month's PBO and SPA in words (docs/confidence.md)
+        if len(section.months) == 1 and (words := run.overfitting_words(section.months[0])):
+            section.headline["overfitting"] = words
     return sections
 
 
