@@ -14,6 +14,7 @@ import pytest
 from quantlab_pipeline.core.confidence import (
     DAILY_SCHEMA,
     OVERFITTING_SCHEMA,
+    DailySums,
     benchmark_phrase,
     block_bounds,
     cscv,
@@ -80,6 +81,22 @@ def test_daily_matrix_of_trades_cuts_days_at_utc_midnight_and_equals_the_sums_pa
     sums = np.array([[60.0, 7.0, 0.0, 1.5], [-3.0, 0.0, 0.0, 0.0]])
     counts = np.array([[2, 1, 0, 1], [1, 0, 0, 0]])
     assert daily_matrix(["p", "q"], EPOCH_D0 + np.arange(4), sums, counts, run_id="r").equals(out)
+
+
+def test_a_sweeps_daily_sums_per_chunk_stack_into_one_policies_by_days_array():
+    t0 = EPOCH_D0 * DAY
+    policy, entry = np.array([0, 1, 0, 1]), np.array([t0, t0, t0 + 2 * DAY, t0 + 3 * DAY - 1])
+    part = DailySums.of_trades(policy, entry, np.array([10.0, 20.0, 30.0, 40.0]), 2)
+    assert part.day_numbers.tolist() == [EPOCH_D0, EPOCH_D0 + 2]  # no column for a day without entries
+    assert (part.sums.tolist(), part.counts.tolist()) == ([[10.0, 30.0], [20.0, 40.0]], [[1, 1], [1, 1]])
+    # another segment of the month, policy row 1 only: its days join, a shared day adds up
+    other = DailySums.of_trades(np.array([0, 0]), np.array([t0 + DAY, t0 + 2 * DAY]), np.array([1.0, 2.0]), 1)
+    stacked = DailySums.stack([(0, part), (1, other)], 2)
+    assert stacked.day_numbers.tolist() == [EPOCH_D0, EPOCH_D0 + 1, EPOCH_D0 + 2]
+    assert stacked.sums.tolist() == [[10.0, 0.0, 30.0], [20.0, 1.0, 42.0]]
+    assert stacked.counts.tolist() == [[1, 0, 1], [1, 1, 2]]
+    out = daily_matrix(["p", "q"], stacked.day_numbers, stacked.sums, stacked.counts, run_id="r")
+    assert out.filter(pl.col("policy_id") == "q").get_column("mean_return_bps").to_list() == [20.0, 1.0, 21.0]
 
 
 def test_daily_values_fill_a_day_without_trades_with_zero_over_the_matrix_days():

@@ -100,12 +100,18 @@ class DailySums:
     ) -> DailySums:
         """The sums of one set of trades: trade i of policy row `policy_index[i]` (0 ≤ it <
         `n_policies`), entered at `entry_ts_ms[i]`, returned `returns[i]`."""
-        days, column = np.unique(np.asarray(entry_ts_ms, dtype=np.int64) // DAY_MS, return_inverse=True)
-        cell = np.asarray(policy_index, dtype=np.int64) * len(days) + column.reshape(-1)
-        shape = (n_policies, len(days))
-        sums = np.bincount(cell, weights=np.asarray(returns, dtype=np.float64), minlength=shape[0] * shape[1])
-        counts = np.bincount(cell, minlength=shape[0] * shape[1])
-        return cls(days.astype(np.int64), sums.reshape(shape), counts.astype(np.int64).reshape(shape))
+        day = np.asarray(entry_ts_ms, dtype=np.int64) // DAY_MS
+        first = int(day.min()) if len(day) else 0
+        span = int(day.max()) - first + 1 if len(day) else 0  # a month's days: no sort needed
+        cell = np.asarray(policy_index, dtype=np.int64) * span + (day - first)
+        sums = np.bincount(cell, weights=np.asarray(returns, dtype=np.float64), minlength=n_policies * span)
+        counts = np.bincount(cell, minlength=n_policies * span).reshape(n_policies, span)
+        traded = counts.any(axis=0)  # days with entries only
+        return cls(
+            (first + np.flatnonzero(traded)).astype(np.int64),
+            sums.reshape(n_policies, span)[:, traded],
+            counts[:, traded].astype(np.int64),
+        )
 
     @classmethod
     def stack(cls, parts: Sequence[tuple[int, DailySums]], n_policies: int) -> DailySums:
