@@ -20,8 +20,9 @@ from quantlab_pipeline.core.frontier import (
     sweep_peak_bytes,
 )
 from quantlab_pipeline.core.inputs import DEFAULT_CALLER
-from quantlab_pipeline.core.nb.sweep import linear_quantile
-from quantlab_pipeline.core.policy import simulate_policies, simulate_trades
+from quantlab_pipeline.core.nb.policy import NO_TRADE
+from quantlab_pipeline.core.nb.sweep import aggregate_policies, linear_quantile
+from quantlab_pipeline.core.policy import IS_STOP_OUT, simulate_policies, simulate_trades
 from quantlab_pipeline.core.policy_spec import policy_id_of
 from quantlab_pipeline.core.spec import Execution
 from quantlab_pipeline.core.summary import metric_exprs
@@ -222,3 +223,30 @@ def test_the_best_rows_get_the_intervals_of_their_trades():
         assert [row[n] for n in names] == [expected[n] for n in names]
         checked += 1
     assert checked == BEST_ROWS * 5  # every group has more than BEST_ROWS policies
+
+
+def test_daily_sums_by_hand():
+    """Two policies over four paths on three days (p0 100, no costs): policy 0 trades paths 0 and 2,
+    policy 1 paths 1 and 3; a day index per path. Returns: exit 101 → 100 bps, 98 → -200, 103 → 300, 100.5 → 50."""
+    no = NO_TRADE
+    out_px = np.array([[101.0, 0.0, 98.0, 0.0], [0.0, 103.0, 0.0, 100.5]])
+    out_reason = np.array([[0, no, 0, no], [no, 2, no, 2]], dtype=np.int8)
+    out_ts, out_low = np.full((2, 4), 10, dtype=np.int64), np.full((2, 4), 100.0)
+    every = np.arange(4, dtype=np.int64)
+    _, sums, counts = aggregate_policies(
+        out_ts,
+        out_px,
+        out_reason,
+        out_low,
+        np.zeros(4, dtype=np.int64),
+        np.full(4, 100.0),
+        np.full(4, np.nan),
+        0.0,
+        IS_STOP_OUT,
+        every,
+        np.array([0, 4], dtype=np.int64),
+        np.array([0, 0, 1, 2], dtype=np.int64),
+        3,
+    )
+    assert counts.tolist() == [[1, 1, 0], [1, 0, 1]]
+    assert np.allclose(sums, [[100.0, -200.0, 0.0], [300.0, 0.0, 50.0]], rtol=1e-12, atol=1e-9)

@@ -80,7 +80,7 @@ def _with_interval(row: dict, column: str) -> str:
     """`-4 (-30 … 16)`: a figure and its 95 % bootstrap interval, when the row has one (the 10
     best rows of a frontier written with confidence, docs/confidence.md)."""
     low, high = row.get(f"{column}_ci_low"), row.get(f"{column}_ci_high")
-    shown = bps(row[column])
+    shown = bps(row.get(column))
     return shown if low is None or high is None else f"{shown} ({bps_interval(low, high)})"
 
 

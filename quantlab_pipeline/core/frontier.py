@@ -43,7 +43,7 @@ EXIT_BYTES = 2 * (8 + 8 + 8 + 1)
 POLICY_BYTES = 4096
 DAY_BYTES = 16
 
-FRONTIER_SCHEMA = pl.Schema(
+_COLUMNS = pl.Schema(
     {
         "run_id": pl.String,
         "caller_name": pl.String,
@@ -62,6 +62,7 @@ FRONTIER_SCHEMA = pl.Schema(
     }
     | dict(INTERVAL_SCHEMA)  # the BEST_ROWS best rows of each group; null below
 )
+FRONTIER_SCHEMA = pl.Schema({**_COLUMNS, **INTERVAL_SCHEMA})  # intervals: the BEST_ROWS best rows of each group
 BEST_ROWS = 10  # rows of each group with bootstrap intervals (docs/confidence.md)
 
 

@@ -52,8 +52,8 @@ def spa_pvalues(benchmark_losses: np.ndarray, model_losses: np.ndarray, *, reps:
     p = 1.0 / block_size
     maxima = np.empty((reps, 3))
     for r in range(reps):
-        starts = np.asarray(generator.integers(t, size=t, dtype=np.int64))
-        indices = _stationary(starts, np.asarray(generator.random(t)), p)
+        drawn = np.asarray(generator.integers(t, size=t, dtype=np.int64))
+        indices = _stationary(drawn, np.asarray(generator.random(t)), p)
         means = loss_diff[indices].mean(0)
         for j, centre in enumerate(recentred):
             maxima[r, j] = np.max(means - centre)

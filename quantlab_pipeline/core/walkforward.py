@@ -109,10 +109,11 @@ def training_pbo(matrices: list[pl.DataFrame | None], policy_ids: list[str], blo
     in two months' matrices (an alert of a month's last minutes entering on the next month's
     first day) is one day: its mean over both months' trades. None when a training month has no
     matrix (written before confidence existed) or CSCV does not apply."""
-    if not matrices or any(m is None for m in matrices):
+    stored = [m for m in matrices if m is not None]
+    if not matrices or len(stored) < len(matrices):
         return None
     merged = (
-        pl.concat(matrices)
+        pl.concat(stored)
         .group_by("policy_id", "day")
         .agg(
             pl.col("trades").sum(),

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from quantlab_pipeline.core.confidence import overfitting_sentence
 from quantlab_pipeline.core.display import FRONTIER_COLUMNS, FRONTIER_TOP, bps_text, frontier_rows, hours, multiple, pct
 from quantlab_pipeline.core.summary import trade_stats, truth_stats
 from quantlab_pipeline.core.sweep_spec import Constraints
@@ -20,7 +19,6 @@ from quantlab_pipeline.report.charts import Chart
 from quantlab_pipeline.storage.run_contents import MonthArtifacts, RunArtifacts
 
 _POLICY = ' class="policy"'  # the policy column of that list
-Months = tuple[MonthArtifacts, ...]
 
 _CSS = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 0 auto; max-width: 1000px; padding: 1.5em; color: #222; }
@@ -31,9 +29,11 @@ dd, .policy { margin: 0; font-family: ui-monospace, monospace; overflow-wrap: an
 .badge { font-size: .7em; background: #f0a020; color: #fff; border-radius: 3px; padding: .1em .4em; }
 table { border-collapse: collapse; margin: .5em 0 1em; } th { font-weight: normal; }
 th, td { padding: .25em .8em; border-bottom: 1px solid #eee; text-align: right; } .headline th, .policy { text-align: left; }
-figure.chart { margin: 1em 0 1.8em; } figure.chart svg { display: block; max-width: 100%; height: auto; } nav a { margin-right: .8em; }
+figure.chart { margin: 1em 0 1.8em; } figure.chart svg { display: block; max-width: 100%; height: auto; }
+nav a { margin-right: .8em; }
 """
-_CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"  # no script, no remote anything
+# No script, no remote anything: styles and images inline only.
+_CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
 
 
 @dataclass(frozen=True)
@@ -70,9 +70,9 @@ def _headline(
 
 
 def build_section(
-    run_type: str, anchor: str, heading: str, months: Months, constraints: Constraints | None, benchmark: str | None
+    run_type: str, anchor: str, heading: str, months: tuple[MonthArtifacts, ...], constraints: Constraints | None
 ) -> Section:
-    """The charts of `months` together: trades, truth, one month's frontier and its luck in words (docs/confidence.md)."""
+    """The charts of `months` together: trades charts (policy), truth charts, frontier (one month)."""
     alerts, paths, trades = (_concat(months, a) for a in ("alerts", "paths", "trades"))
     built: list[Chart] = []
     asides: list[str] = []
@@ -98,9 +98,6 @@ def build_section(
     else:
         built += [charts.callers(paths), charts.time_to_2x(paths)]
     headline = _headline(run_type, alerts, paths, trades)
-    found = months[0].get("overfitting") if len(months) == 1 else None
-    if found is not None and found.height:
-        headline["overfitting"] = overfitting_sentence(found.row(0, named=True), benchmark=benchmark or "the benchmark")
     return Section(anchor, heading, months, tuple(built), headline, tuple(asides), top)
 
 
@@ -110,9 +107,12 @@ def build_sections(run: RunArtifacts) -> list[Section]:
     constraints = run.constraints
     first, last = present[0].month, present[-1].month
     span = first if first == last else f"{first} to {last}"
-    sections = [build_section(run.run_type, "window", f"Whole window ({span})", present, constraints, run.benchmark)]
+    sections = [build_section(run.run_type, "window", f"Whole window ({span})", present, constraints)]
     if len(present) > 1:
-        sections += [build_section(run.run_type, m.month, m.month, (m,), constraints, run.benchmark) for m in present]
+        sections += [build_section(run.run_type, m.month, m.month, (m,), constraints) for m in present]
+    for section in sections:  # an optimization month's PBO and SPA in words (docs/confidence.md)
+        if len(section.months) == 1 and (words := run.overfitting_words(section.months[0])):
+            section.headline["overfitting"] = words
     return sections
 
 

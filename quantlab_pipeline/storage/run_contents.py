@@ -13,7 +13,7 @@ from pathlib import Path
 import polars as pl
 import pyarrow.parquet as pq
 
-from quantlab_pipeline.core.confidence import benchmark_phrase
+from quantlab_pipeline.core.confidence import benchmark_phrase, overfitting_sentence
 from quantlab_pipeline.core.errors import QuantlabError
 from quantlab_pipeline.core.spec import RunSpec, validate_run_id
 from quantlab_pipeline.core.sweep_spec import Constraints, benchmark_policy, parse_sweep
@@ -58,13 +58,14 @@ class RunArtifacts:
         """The sweep's constraints (optimization runs), to draw the frontier's feasible region."""
         return parse_sweep(self.spec.sweep).constraints if self.run_type == "optimization" else None
 
-    @property
-    def benchmark(self) -> str | None:
-        """How the overfitting sentence names the sweep's benchmark (optimization runs)."""
-        if self.run_type != "optimization":
+    def overfitting_words(self, month: MonthArtifacts) -> str | None:
+        """A month's `results/overfitting.parquet` in words (docs/confidence.md); None without one."""
+        found = month.get("overfitting")
+        if self.run_type != "optimization" or found is None or not found.height:
             return None
         horizon = self.spec.horizon_ms
-        return benchmark_phrase(benchmark_policy(parse_sweep(self.spec.sweep), horizon), horizon)
+        benchmark = benchmark_phrase(benchmark_policy(parse_sweep(self.spec.sweep), horizon), horizon)
+        return overfitting_sentence(found.row(0, named=True), benchmark=benchmark)
 
     @property
     def incomplete(self) -> tuple[MonthArtifacts, ...]:
