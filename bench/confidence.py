@@ -1,10 +1,11 @@
 """The confidence step on the reference month (docs/performance.md "Confidence"), beside the sweep
-it follows: the daily matrix, PBO and SPA, the bootstrap intervals, and importing arch.
+it follows: the sweep with and without the intervals of its 10 best rows, the daily matrix, PBO
+and SPA, the bootstrap intervals alone, and what importing arch would cost.
 
     .venv/bin/python bench/confidence.py [--repeat 3]
 
-In one process, warm (each part run once before it is timed); arch's import in fresh processes
-that have imported Dagster and the definitions first, as a backtest step has.
+In one process, warm (each part run once before it is timed); arch's import (a dev dependency,
+no longer imported by a backtest) in fresh processes that have imported the definitions first.
 """
 
 from __future__ import annotations
@@ -15,14 +16,12 @@ import sys
 from pathlib import Path
 
 import dataset
-import numpy as np
 import polars as pl
 from measure import summarize, timed
 
-from quantlab_pipeline.core.confidence import DAY_MS, cscv, daily_matrix, daily_values, overfitting, return_intervals
-from quantlab_pipeline.core.frontier import run_sweep, simulated_policies
+from quantlab_pipeline.core.confidence import cscv, daily_matrix, daily_values, overfitting, return_intervals, spa
+from quantlab_pipeline.core.frontier import sweep_month
 from quantlab_pipeline.core.policy import simulate_policies
-from quantlab_pipeline.core.policy_spec import policy_id_of
 from quantlab_pipeline.core.spec import Execution, TruthParams
 from quantlab_pipeline.core.sweep_spec import benchmark_policy, parse_sweep
 from quantlab_pipeline.core.truth import compute_paths
@@ -52,53 +51,55 @@ def main() -> None:
     benchmark = benchmark_policy(sweep, month.horizon_ms)
     common = dict(interval_ms=month.interval_ms, horizon_ms=month.horizon_ms, execution=Execution())
 
-    def sweep_call():
-        return run_sweep([(paths, month.candles)], sweep, run_id="b", benchmark=benchmark, **common)
+    def sweep_call(intervals: bool):
+        return sweep_month(
+            [(paths, month.candles)], sweep, run_id="b", benchmark=benchmark, intervals=intervals, **common
+        )
 
-    frontier = sweep_call()
-    figures = {"run_sweep (grid + benchmark)": timed(sweep_call, args.repeat)}
-
-    # the per-(policy, day) sums and counts the sweep kernel is to emit
-    policies = simulated_policies(sweep, benchmark)
-    ids = [policy_id_of(p) for p in policies]
-    trades = simulate_policies(paths, month.candles, policies, **common)
-    day = trades.get_column("entry_ts_ms").to_numpy() // DAY_MS
-    days, column = np.unique(day, return_inverse=True)
-    row = trades.get_column("policy_index").to_numpy()
-    returns = trades.get_column("realized_return_bps").to_numpy()
-    sums, counts = np.zeros((len(ids), len(days))), np.zeros((len(ids), len(days)), dtype=np.int64)
-    np.add.at(sums, (row, column), returns)
-    np.add.at(counts, (row, column), 1)
-    matrix = daily_matrix(ids, days, sums, counts, run_id="b")
+    result = sweep_call(True)
+    daily = result.daily
+    ids = list(result.policy_ids)
     swept = ids[: len(sweep.policies)]
+    matrix = daily_matrix(ids, daily.day_numbers, daily.sums, daily.counts, run_id="b")
 
     def overfitting_call():
         return overfitting(matrix, run_id="b", policy_ids=swept, benchmark_policy_id=ids[-1], cscv_blocks=8)
 
-    top = frontier.filter(pl.col("caller_name").is_null()).sort("rank").head(10).get_column("policy_id")
-    samples = [returns[row == ids.index(p)] for p in top]
-    values16 = daily_values(matrix, sorted(swept))
+    top = result.frontier.filter(pl.col("caller_name").is_null()).sort("rank").head(10).get_column("policy_id")
+    outcomes = simulate_policies(paths, month.candles, [sweep.policies[swept.index(p)] for p in top], **common)
+    samples = [
+        outcomes.filter(pl.col("policy_index") == i).get_column("realized_return_bps").to_numpy()
+        for i in range(len(top))
+    ]
+    values = daily_values(matrix, sorted(swept))
+    bench_values = daily_values(matrix, [ids[-1]])[0]
+    figures = {}
     parts = {
-        "daily_matrix": lambda: daily_matrix(ids, days, sums, counts, run_id="b"),
-        "overfitting (PBO S=8 + SPA)": overfitting_call,
-        "PBO alone, S=16": lambda: cscv(values16, 16),
-        "intervals, the 10 best rows": lambda: return_intervals(samples),
-        "intervals, one policy": lambda: return_intervals(samples[:1]),
+        "sweep_month without intervals (grid + benchmark)": lambda: sweep_call(False),
+        "sweep_month with the 10 best rows' intervals": lambda: sweep_call(True),
+        "daily_matrix from the sweep's sums and counts": lambda: daily_matrix(
+            ids, daily.day_numbers, daily.sums, daily.counts, run_id="b"
+        ),
+        "overfitting: PBO (S = 8, 70 splits) and SPA": overfitting_call,
+        "SPA alone (core.spa, 1,000 repetitions)": lambda: spa(bench_values, values),
+        "PBO alone, S = 16 (12,870 splits)": lambda: cscv(values, 16),
+        "intervals of the 10 best rows alone": lambda: return_intervals(samples),
+        "intervals of one policy (a policy run's summary)": lambda: return_intervals(samples[:1]),
     }
     for name, call in parts.items():
         call()
         figures[name] = timed(call, args.repeat)
-    figures["import arch.bootstrap (fresh process)"] = [
+    figures["import arch.bootstrap (fresh process; not done by a backtest)"] = [
         float(subprocess.run([sys.executable, "-c", IMPORT_ARCH], capture_output=True, text=True, check=True).stdout)
         for _ in range(args.repeat)
     ]
-    base = summarize(figures["run_sweep (grid + benchmark)"], "s")["median"]
-    print(f"reference month: {paths.height} paths, {len(days)} days, {len(ids)} policies simulated")
+    base = summarize(figures["sweep_month without intervals (grid + benchmark)"], "s")["median"]
+    print(f"reference month: {paths.height} paths, {len(daily.day_numbers)} days, {len(ids)} policies simulated")
     print(overfitting_call().to_dicts()[0])
     for name, samples_s in figures.items():
         fig = summarize(samples_s, "s")
         print(
-            f"{name:42s} {fig['median']:8.3f} s ({fig['min']:.3f}–{fig['max']:.3f})  {fig['median'] / base:6.1%} of the sweep"
+            f"{name:58s} {fig['median']:8.3f} s ({fig['min']:.3f}–{fig['max']:.3f})  {fig['median'] / base:6.1%} of the sweep"
         )
 
 

@@ -6,8 +6,9 @@ floor, the truth kernel, one policy of each kind, a 100-policy sweep, the same e
 vectorbt (the `bench` extra; `peer.py`), the portfolio and vectorbt's `Portfolio` on the same
 trades (`portfolio_peer.py`), the bare DuckDB scan, and
 `quantlab backtest path-only|policy` end to end (wall, Dagster overhead, peak memory); at the
-largest scale, four months with `--parallel 1` and `--parallel 2`; once, the cold start and the
-per-run fixed cost. Every figure is the median of `--repeat` runs with min and max.
+largest scale, four months with `--parallel 1` and `--parallel 2`, a 10,000-policy sweep end to end
+(`sweep10k.py`) and the first backtest of a fresh install (`firstrun.py`); once, the cold start and
+the per-run fixed cost. Every figure is the median of `--repeat` runs with min and max.
 
     .venv/bin/python bench/run.py                      # scales 0.25 and 1, 3 runs each
     .venv/bin/python bench/run.py --scales 0.25,1,4    # 4× is ~110 M candles: ~8 min, ~8 GB RAM
@@ -35,12 +36,14 @@ from pathlib import Path
 import dataset
 import docs_block
 import endtoend
+import firstrun
 import kernels
 import numba
 import peer
 import portfolio_peer
 import report
 import research
+import sweep10k
 import year
 from measure import ratio
 from rich.console import Console
@@ -241,9 +244,18 @@ def _measure_scale(scale: float, args: argparse.Namespace, work_dir: Path, conso
         "bare_scan": scan,
         "e2e": e2e,
     }
+    if scale == max(args.scales):
+        say(f"{sweep10k.GRID_SIZE:,}-policy sweep: quantlab backtest optimize, aggregation, vectorbt on a sample")
+        result["sweep_10k"] = sweep10k.figure(
+            db, month, paths, repeat=args.repeat, numba_cache=numba_cache, work_dir=work_dir
+        )
     del month, paths
     gc.collect()
-    if scale == max(args.scales):
+    if scale == max(args.scales) and args.quick:
+        result["first_backtest"] = {"skipped": "not in --quick: the prebuild alone takes minutes on a loaded machine"}
+    elif scale == max(args.scales):
+        say(f"first backtest of a fresh install (cold and prebuilt numba cache) × {args.repeat}")
+        result["first_backtest"] = firstrun.first_backtest(db, repeat=args.repeat, work_dir=work_dir)
         months_db, months_generation_s = dataset.ensure_database(
             args.cache_dir, alerts_per_month, args.seed, PARALLEL_MONTHS
         )
@@ -329,6 +341,7 @@ def _finish(results: dict, args: argparse.Namespace, console: Console, started: 
         report.render(results, console)
         for scale in results["scales"].values():
             portfolio_peer.render(scale, console)
+            sweep10k.render(scale, console)
         research.render(results["research"], console)
     if "year" in results:
         year.render(results["year"], console)

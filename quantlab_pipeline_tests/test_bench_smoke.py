@@ -183,6 +183,20 @@ def test_quick_run_reports_every_figure(quick_run):
                 _figure(peer, "kinds", kind, "engines", engine, "seconds")
                 assert figure["engines"][engine]["differing_exits"] == 0, (kind, engine)
 
+    sweep = scale["sweep_10k"]  # the 10,000-policy row (docs/performance.md)
+    assert sweep["end_to_end"]["policies"] == sweep["end_to_end"]["frontier_rows"] == 10_000
+    _figure(sweep, "end_to_end", "wall_s")
+    _figure(sweep, "end_to_end", "frontier_compute_s")
+    ratio = _figure(sweep, "aggregation", "ratio")
+    seconds, kernel = sweep["aggregation"]["seconds"]["samples"], sweep["aggregation"]["kernel_seconds"]["samples"]
+    assert ratio["samples"] == pytest.approx([s / k for s, k in zip(seconds, kernel)])
+    assert sweep["aggregation"]["polars_check"]["differing_values"] == 0
+    if "skipped" in sweep["vectorbt"]:
+        assert "vectorbt" in sweep["vectorbt"]["skipped"]
+    else:
+        assert sweep["vectorbt"]["differing_exits"] == 0 and sweep["vectorbt_over_ours"] > 0
+    assert "quick" in scale["first_backtest"]["skipped"]  # the prebuild alone is minutes under load
+
 
 @pytest.mark.slow
 def test_quick_run_checks_targets_and_prints_the_table(quick_run):

@@ -181,3 +181,21 @@ def test_runs_create_then_dagster_asset_materialize(workdir):
 def test_dagster_definitions_validate(tmp_path):
     proc = run_cli(["definitions", "validate", "-m", "quantlab_pipeline.definitions"], cwd=tmp_path, exe="dagster")
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_optimize_lists_the_best_ranked_policies_of_a_large_grid(workdir):
+    """A grid larger than the closing table: its 20 best ranked, every policy in the Parquet file."""
+    grid = [
+        {
+            "kind": "fixed_stop",
+            "stop_loss_bps": [500, 1000, 2000, 3000, 5000],
+            "take_profit_bps": [2000, 5000, 10000, 20000, 50000, None],
+        }
+    ]
+    proc = backtest(workdir, "optimize", "--sweep", json.dumps(grid))
+    assert proc.returncode == 0, proc.stderr
+    assert "the 20 best ranked of 30 policies (all callers); every policy: results/frontier.parquet" in proc.stdout
+    ranks = re.findall(r"^│\s+(\d+) │ \{", proc.stdout, flags=re.MULTILINE)
+    assert ranks == [str(r) for r in range(1, 21)], proc.stdout
+    run_dir = RunDirectory(workdir / "runs", "2024-01", run_id_of(proc.stdout))
+    assert run_dir.read_artifact("frontier").frame.height == 30

@@ -57,19 +57,21 @@ def test_units_are_largest_first_and_every_unit_parses():
         assert parse_duration_ms(f"3{unit}") == 3 * size
 
 
-def test_load_backtest_kernels_loads_what_the_cache_holds_without_compiling(tmp_path):
-    """A run worker's server loads the cached kernel builds up front: nothing on a cold cache,
-    then exactly the builds an earlier process compiled, ready before any call."""
+def test_load_backtest_kernels_loads_the_recorded_builds_without_compiling(tmp_path):
+    """A run worker's server loads the cached kernel builds up front: nothing without a record,
+    then exactly the builds an earlier process compiled and recorded, from the cache (a hit)."""
     env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba")}
     load = (
-        "from quantlab_pipeline.core.nb import candles, load_backtest_kernels; "
-        "print(load_backtest_kernels(), len(candles.scatter_batch.signatures))"
+        "from quantlab_pipeline.core.nb import candles; from quantlab_pipeline.warm.kernels import load_backtest_kernels; "
+        "print(load_backtest_kernels(), len(candles.scatter_batch.signatures), "
+        "sum(candles.scatter_batch.stats.cache_hits.values()))"
     )
     compile_one = (
         "import numpy as np; from quantlab_pipeline.core.nb.candles import scatter_batch; "
+        "from quantlab_pipeline.warm.kernels import record_kernel_signatures; "
         "i, f = np.zeros(1, np.int64), np.ones(1); k = np.zeros(1, np.int32); "
         "scatter_batch(k, i, f, f, f, f, f, np.zeros(1, np.int64), np.ones(1, np.int64), "
-        "i.copy(), f.copy(), f.copy(), f.copy(), f.copy(), f.copy())"
+        "i.copy(), f.copy(), f.copy(), f.copy(), f.copy(), f.copy()); print(record_kernel_signatures())"
     )
 
     def run(code: str) -> str:
@@ -77,6 +79,25 @@ def test_load_backtest_kernels_loads_what_the_cache_holds_without_compiling(tmp_
         assert proc.returncode == 0, proc.stderr
         return proc.stdout.strip()
 
-    assert run(load) == "0 0"  # cold cache: nothing to load, nothing compiled
-    run(compile_one)
-    assert run(load) == "1 1"  # the one cached build, loaded before any call
+    assert run(load) == "0 0 0"  # no record: nothing to load, nothing compiled
+    assert run(compile_one) == "1"
+    assert run(load) == "1 1 1"  # the one recorded build, loaded from the cache before any call
+
+
+def test_kernels_compiled_reads_the_cache_index_files(tmp_path, monkeypatch):
+    """An index file of each kernel, newer than its source, under `NUMBA_CACHE_DIR` (any
+    subdirectory, as numba lays them out): compiled; an index older than its source: not."""
+    from quantlab_pipeline.core.nb import truth, windows
+    from quantlab_pipeline.warm.kernels import _index_name, kernels_compiled
+
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path))
+    assert not kernels_compiled()
+    folder = tmp_path / "nb_0123"
+    folder.mkdir()
+    for kernel in (windows.fill_window_bounds, truth.truth_kernel):
+        (folder / _index_name(kernel)).write_bytes(b"")
+    assert kernels_compiled()
+    assert not kernels_compiled(sweep=True)  # the sweep's kernels have no index
+    stale = folder / _index_name(truth.truth_kernel)
+    os.utime(stale, (0, 0))  # older than the source: numba would recompile
+    assert not kernels_compiled()

@@ -13,6 +13,7 @@ The hand-made run below has numbers chosen so every title can be checked by hand
 
 from __future__ import annotations
 
+import html
 import json
 import re
 import shutil
@@ -26,6 +27,7 @@ import numpy as np
 import polars as pl
 import pytest
 
+from quantlab_pipeline.core.confidence import OVERFITTING_SCHEMA
 from quantlab_pipeline.core.errors import QuantlabError, SpecError
 from quantlab_pipeline.core.spec import RunSpec
 from quantlab_pipeline.core.sweep_spec import Constraints
@@ -107,6 +109,7 @@ def frontier_frame() -> pl.DataFrame:
             "meets_constraints": [True, False, True, False, True],
             "objective_score": [100.0, 300.0, -100.0, -500.0, 900.0],
             "median_return_bps": [100.0, 300.0, -100.0, -500.0, 900.0],
+            "avg_return_bps": [150.0, 250.0, -50.0, -400.0, 800.0],
             "stop_out_rate": [0.25, 0.5, 0.25, 0.75, 0.0],
             "p95_mae_bps": [-2000.0, -4000.0, -1000.0, -5000.0, -100.0],
             "trades_count": [4, 4, 4, 4, 2],
@@ -269,6 +272,7 @@ def big_frontier(n: int, seed: int = 11) -> pl.DataFrame:
             "meets_constraints": (mae >= -3_000.0) & (rng.random(n) < 0.5),
             "objective_score": median,
             "median_return_bps": median,
+            "avg_return_bps": median + 50.0,
             "stop_out_rate": rng.random(n),
             "p95_mae_bps": mae,
             "trades_count": np.full(n, 100),
@@ -427,6 +431,42 @@ def test_optimization_report_has_the_frontier_and_no_trade_charts(optimization_r
     assert chart_keys(page) == ["window-frontier", "window-callers", "window-time_to_2x"]
     # The sweep's default constraints shade the region and name every constraint.
     assert "feasible region: p95 MAE ≥ -3,000 bps" in page and "stop-out ≤ 30.0%" in page
+
+
+def test_optimization_report_says_how_much_of_the_winner_is_luck_and_shows_the_intervals(tmp_path):
+    runs = tmp_path / "runs"
+    spec = write_spec(runs, make_spec("optimization", window_to="2024-01-31"))
+    frontier = frontier_frame().with_columns(
+        avg_return_bps=pl.col("median_return_bps") + 5,
+        median_return_bps_ci_low=pl.when(pl.col("rank") == 1).then(pl.col("median_return_bps") - 30.2),
+        median_return_bps_ci_high=pl.when(pl.col("rank") == 1).then(pl.col("median_return_bps") + 15.6),
+        avg_return_bps_ci_low=pl.when(pl.col("rank") == 1).then(pl.lit(-1.0)),
+        avg_return_bps_ci_high=pl.when(pl.col("rank") == 1).then(pl.lit(1234.0)),
+    )
+    row = {
+        "run_id": RUN_ID,
+        "n_policies": 4,
+        "n_days": 31,
+        "cscv_blocks": 8,
+        "cscv_splits": 70,
+        "pbo": 0.62,
+        "logit_median": -0.4,
+        "benchmark_policy_id": "b",
+        "spa_pvalue": 0.31,
+        "spa_pvalue_lower": 0.2,
+        "spa_pvalue_upper": 0.4,
+    }
+    overfit = pl.DataFrame([row], schema=OVERFITTING_SCHEMA)
+    month = {"alerts": alerts_frame(), "paths": paths_frame(), "frontier": frontier, "overfitting": overfit}
+    write_month(runs, spec, "2024-01", month)
+    page = html.unescape(render_html(load_run(runs, RUN_ID), build_sections(load_run(runs, RUN_ID))))
+    assert (
+        "<th>overfitting</th><td>PBO 0.62: the in-sample winner lands in the bottom half out of sample in 62 % "
+        "of splits; SPA p = 0.31 against holding to the horizon: no policy reliably beats it</td>"
+    ) in page
+    assert "<th>median bps (95 % CI)</th><th>avg bps (95 % CI)</th>" in page
+    assert "<td>100 (70 … 116)</td><td>105 (-1 … 1,234)</td>" in page  # rank 1; the others without
+    assert "<td>-100</td><td>-95</td>" in page
 
 
 def test_path_only_report_has_the_truth_charts_only(tmp_path):

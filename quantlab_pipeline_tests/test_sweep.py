@@ -338,8 +338,8 @@ def test_dict_spec_options():
         ({"benchmark": {"kind": "fixed_stop"}}, "sweep.benchmark.stop_loss_bps: missing"),
         ("grid", "sweep: expected a list of policy templates or an object"),
         (
-            [{"kind": "time_stop", "max_hold": list(range(1, 60)), "stop_loss_bps": list(range(1, 60))}],
-            f"sweep[0]: expands to 3481 policies, more than {MAX_POLICIES}",
+            [{"kind": "time_stop", "max_hold": list(range(1, 1002)), "stop_loss_bps": list(range(1, 1002))}],
+            f"sweep[0]: expands to 1,002,001 policies, more than {MAX_POLICIES:,}",
         ),
     ],
 )

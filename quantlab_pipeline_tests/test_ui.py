@@ -58,6 +58,8 @@ BACKTEST_ASSETS = {
     "trades",
     "summary",
     "frontier",
+    "policy_daily",
+    "overfitting",
     "walkforward",
     "equity",
     "positions",

@@ -3,13 +3,17 @@ runs: selection on the months before, evaluation on the month, and what complete
 
 from __future__ import annotations
 
+import datetime as dt
+
+import numpy as np
 import polars as pl
 import pytest
 
+from quantlab_pipeline.core.confidence import cscv
 from quantlab_pipeline.core.errors import SpecError
 from quantlab_pipeline.core.frontier import FRONTIER_SCHEMA
 from quantlab_pipeline.core.spec_builder import SpecRequest
-from quantlab_pipeline.core.walkforward import WALKFORWARD_SCHEMA, walk_forward, window_gap
+from quantlab_pipeline.core.walkforward import WALKFORWARD_SCHEMA, training_pbo, walk_forward, window_gap
 from quantlab_pipeline.orchestration.launch import create_run
 from quantlab_pipeline.orchestration.month_runs import materialize_month
 from quantlab_pipeline.sources.sample_db import generate_sample_data
@@ -80,6 +84,27 @@ def test_selection_is_the_feasible_rank_one_and_is_scored_out_of_sample():
         False,
     )
     assert bob["caller_name"] == "bob" and bob["policy_id"] is None and bob["score_gap"] is None
+
+
+def test_the_training_months_pbo_is_cscv_over_their_days_a_shared_day_merged():
+    # month 1: days 1-3; month 2: day 3 (an alert of month 1's last minutes entering on it) to 5
+    day = [dt.date(2024, 1, d) for d in range(1, 6)]
+
+    def matrix(rows: list[tuple[str, int, int, float]]) -> pl.DataFrame:
+        return pl.DataFrame(
+            [("r", p, day[d], n, v) for p, d, n, v in rows],
+            schema=["run_id", "policy_id", "day", "trades", "mean_return_bps"],
+            orient="row",
+        )
+
+    first = matrix([("a", 0, 1, 5.0), ("a", 1, 1, 1.0), ("a", 2, 1, 10.0), ("b", 0, 1, 1.0), ("b", 1, 1, 4.0)])
+    second = matrix([("a", 2, 3, 2.0), ("a", 3, 1, 0.0), ("b", 2, 4, -1.0), ("b", 3, 1, 6.0), ("b", 4, 2, 2.0)])
+    # merged day 3: a (10·1 + 2·3) / 4 = 4, b (0 + -1·4) / 4 = -1 (b did not trade it in month 1)
+    values = np.array([[5.0, 1.0, 4.0, 0.0, 0.0], [1.0, 4.0, -1.0, 6.0, 2.0]])
+    assert training_pbo([first, second], ["b", "a"], 2) == cscv(values, 2).pbo
+    assert training_pbo([first, second], ["a", "b"], 4) == cscv(values, 4).pbo
+    assert training_pbo([first, second], ["a", "b"], 6) is None  # 5 days: too few for 6 blocks
+    assert training_pbo([first, None], ["a", "b"], 2) is None  # a month written before confidence
 
 
 def test_window_gap_compares_average_monthly_scores():
@@ -196,6 +221,12 @@ def test_walk_forward_selects_on_the_months_before(three_months, runs_dir, dagst
             weighted = sum(p["avg_return_bps"] * p["trades_count"] for p in parts) / trades
             assert row["is_avg_return_bps"] == pytest.approx(weighted)
         assert row["score_gap"] == pytest.approx(row["is_objective_score"] - row["oos_objective_score"])
+        # the training months' PBO, from their stored daily matrices (docs/confidence.md)
+        matrices = [dirs[m].read_artifact("policy_daily").frame for m in train]
+        grid = frontier[month].get_column("policy_id").to_list()
+        assert walkforward[month].get_column("train_pbo").unique().to_list() == [training_pbo(matrices, grid, 8)]
+        days = pl.concat(matrices).get_column("day").n_unique()
+        assert (row["train_pbo"] is None) == (days < 8)
     assert dirs["2024-03"].manifest()["artifacts"]["walkforward"]["inputs"] == {
         "frontier": dirs["2024-03"].manifest()["artifacts"]["frontier"]["sha256"]
     }

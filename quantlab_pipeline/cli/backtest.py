@@ -16,7 +16,7 @@ from rich.markup import escape
 from quantlab_pipeline.cli.console import console, err_console, note, user_errors
 from quantlab_pipeline.cli.months import MonthPlan, default_parallel, finish, run_months
 from quantlab_pipeline.cli.options import runs_dir_option
-from quantlab_pipeline.cli.walkforward import print_walk_forward
+from quantlab_pipeline.cli.walkforward import print_frontier_top, print_walk_forward
 from quantlab_pipeline.core.errors import SpecError
 from quantlab_pipeline.core.spec_builder import (
     DEFAULT_ALERTS_PATH,
@@ -249,6 +249,8 @@ def _create(run_type: str, opts: dict[str, Any]):
     check_alerts_source(spec.source.alerts, spec.source.alerts_table)
     check_candles_source(spec.source.candles_source, interval=spec.interval)
     check_dagster_home()
+    if run_type == "optimization":
+        _check_sweep_memory(spec, months)
     ensure_runs_dir(opts["runs_dir"])  # last check, first thing created
     instance = get_instance(note)
     if opts.get("submit"):
@@ -260,6 +262,23 @@ def _create(run_type: str, opts: dict[str, Any]):
             )
     create_run(spec, runs_dir=opts["runs_dir"], instance=instance)
     return spec, months, instance
+
+
+def _check_sweep_memory(spec: Any, months: list[str]) -> None:
+    """Refuse a grid the memory cannot hold over its largest month (docs/performance.md), before the run exists."""
+    from quantlab_pipeline.core.durations import UNIT_MS
+    from quantlab_pipeline.core.frontier import check_sweep_memory
+    from quantlab_pipeline.core.spec import date_to_ms, month_bounds
+    from quantlab_pipeline.core.sweep_spec import parse_sweep
+    from quantlab_pipeline.sources.alerts import count_alerts
+    from quantlab_pipeline.sources.machine import available_memory_bytes
+
+    entries = 0
+    for month in months:
+        first, last = month_bounds(month)
+        bounds = {"start_ms": date_to_ms(first), "end_ms": date_to_ms(last) + UNIT_MS["d"]}
+        entries = max(entries, count_alerts(spec.source.alerts, spec.source.alerts_table, **bounds))
+    check_sweep_memory(len(parse_sweep(spec.sweep).policies), entries, available_memory_bytes(), where="--sweep")
 
 
 def _launch_parallel(run_type: str, opts: dict[str, Any], spec: Any, months: list[str]) -> int:
@@ -275,7 +294,7 @@ def _launch_parallel(run_type: str, opts: dict[str, Any], spec: Any, months: lis
 
 
 def _backtest(run_type: str, opts: dict[str, Any]) -> None:
-    from quantlab_pipeline.core.nb import kernels_compiled
+    from quantlab_pipeline.warm.kernels import kernels_compiled
 
     if opts.get("walk_forward") and (opts["submit"] or (opts["parallel"] or 1) > 1):
         # each month selects its policy on the months before it (README "Walk-forward optimization")
@@ -305,6 +324,7 @@ def _backtest(run_type: str, opts: dict[str, Any]) -> None:
     try:
         finish(spec, results)
     finally:  # after the headline table, also when a month did not complete
+        print_frontier_top(spec, results, runs_dir=opts["runs_dir"])
         print_walk_forward(spec, results, runs_dir=opts["runs_dir"])
         if any(r.status == "completed" for r in results):  # charts are drawn on demand (docs/reports.md)
             console.print(f"Charts: [bold]{escape(report_command(opts['runs_dir'], spec.run_id))}[/bold]")

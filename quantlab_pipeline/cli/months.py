@@ -332,6 +332,8 @@ def headline_table(run_type: str, results: Sequence[Any]) -> Table:
             ("Feasible", "frontier", "feasible_policies", "num"),
             ("Best policy", "frontier", "best_policy", "str"),
             ("Best score", "frontier", "best_objective_score", "bps"),
+            # how much of the winner is luck, in words (docs/confidence.md)
+            ("Overfitting", "overfitting", "sentence", "str"),
         ]
     table.add_column("")
     for r in results:

@@ -5,8 +5,8 @@
 - **PBO** by combinatorially symmetric cross-validation (Bailey, Borwein, López de Prado, Zhu
   2015): how often the policy that is best on half of the days lands in the bottom half on the
   other half.
-- **SPA**: Hansen's test of superior predictive ability against a benchmark policy, by
-  `arch.bootstrap.SPA`.
+- **SPA**: Hansen's test of superior predictive ability against a benchmark policy, as
+  `arch.bootstrap.SPA` computes it (`core.spa`: the same p-values without importing arch).
 - **Bootstrap intervals** of a policy's median and mean return: the percentile intervals of
   `arch.bootstrap.IIDBootstrap`, computed from the very resampling indices arch draws.
 
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +31,7 @@ import polars as pl
 
 from quantlab_pipeline.core.nb.bootstrap import resample_statistics
 from quantlab_pipeline.core.policy_spec import Policy, policy_id_of, policy_json
+from quantlab_pipeline.core.spa import SpaPvalues, spa_pvalues
 from quantlab_pipeline.core.sweep_spec import hold_to_horizon
 
 DAY_MS = 86_400_000
@@ -79,6 +81,17 @@ INTERVAL_SCHEMA = pl.Schema(
 
 
 # -- the daily matrix -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DailySums:
+    """Per (policy, UTC day of entry): the sum and the count of `realized_return_bps`, as
+    policies × days arrays over the ascending `day_numbers` (days since 1970-01-01) — what
+    `daily_matrix` stores. A sweep sums them in its compiled pass (`nb.sweep.aggregate_policies`)."""
+
+    day_numbers: np.ndarray  # int64, ascending
+    sums: np.ndarray  # float64, policies × days
+    counts: np.ndarray  # int64, policies × days
 
 
 def daily_matrix(
@@ -221,35 +234,16 @@ def _twice_rank_of_best(in_sample: np.ndarray, out_of_sample: np.ndarray) -> np.
 # -- SPA --------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Spa:
-    lower: float
-    consistent: float
-    upper: float
-
-
-def spa(benchmark: np.ndarray, models: np.ndarray) -> Spa | None:
-    """Hansen's SPA p-values of the models' daily returns (k × D) against the benchmark's (D), by
-    `arch.bootstrap.SPA`: losses = − daily return, stationary bootstrap, `SPA_REPS` repetitions,
-    seed `SPA_SEED`, arch's default block size (√D), studentized, not nested. None below
-    `SPA_MIN_DAYS` days."""
+def spa(benchmark: np.ndarray, models: np.ndarray) -> SpaPvalues | None:
+    """Hansen's SPA p-values of the models' daily returns (k × D) against the benchmark's (D), as
+    `arch.bootstrap.SPA` computes them (`core.spa`): losses = − daily return, stationary
+    bootstrap, `SPA_REPS` repetitions, seed `SPA_SEED`, arch's default block size (√D),
+    studentized, not nested. None below `SPA_MIN_DAYS` days."""
     if benchmark.shape[0] < SPA_MIN_DAYS:
         return None
-    # Imported here: arch brings pandas, scipy and statsmodels (~1 s); only this step needs them.
-    from arch.bootstrap import SPA
-
-    test = SPA(
-        -np.asarray(benchmark, dtype=np.float64),
-        -np.asarray(models, dtype=np.float64).T,
-        reps=SPA_REPS,
-        bootstrap="stationary",
-        studentize=True,
-        nested=False,
-        seed=SPA_SEED,
+    return spa_pvalues(
+        -np.asarray(benchmark, dtype=np.float64), -np.asarray(models, dtype=np.float64).T, reps=SPA_REPS, seed=SPA_SEED
     )
-    test.compute()
-    p = test.pvalues
-    return Spa(lower=float(p["lower"]), consistent=float(p["consistent"]), upper=float(p["upper"]))
 
 
 def overfitting(
@@ -288,16 +282,18 @@ def overfitting(
 
 def return_intervals(samples: Sequence[np.ndarray]) -> pl.DataFrame:
     """One row per sample of returns (columns `INTERVAL_SCHEMA`): the 95 % percentile intervals of
-    its median and mean, equal to arch's
+    its median and mean, those of arch's
 
         IIDBootstrap(x, seed=BOOTSTRAP_SEED).conf_int(lambda v: np.array([np.median(v), v.mean()]),
                                                       reps=BOOTSTRAP_REPS, method="percentile")
 
-    (and to a fresh seeded bootstrap per statistic: the draws depend on the length and the seed only).
-    The resampling indices are drawn exactly as arch draws them — `Generator.integers(n, size=n)`
-    once per repetition, from `default_rng(seed)` — and both statistics of a resample computed in
-    one compiled pass (`nb.bootstrap`), not by a Python call per repetition. Samples of the same
-    length share the draws. No trades: nulls.
+    (and of a fresh seeded bootstrap per statistic: the draws depend on the length and the seed
+    only). The resampling indices are drawn exactly as arch draws them — `Generator.integers(n,
+    size=n)` once per repetition, from `default_rng(seed)` — and both statistics of every resample
+    computed in compiled passes (`nb.bootstrap`), not by a Python call per repetition: the median
+    exactly as arch's, the mean up to the rounding of its sum (a relative 1e-15). Samples of the
+    same length share the draws. The next block of draws is drawn while the compiled pass works
+    on the last (it releases the GIL). No trades: nulls.
     """
     medians: dict[int, np.ndarray] = {}
     means: dict[int, np.ndarray] = {}
@@ -305,25 +301,36 @@ def return_intervals(samples: Sequence[np.ndarray]) -> pl.DataFrame:
     for i, sample in enumerate(samples):
         if len(sample):
             by_length.setdefault(len(sample), []).append(i)
-    for n, members in by_length.items():
-        prepared = []  # per sample: values, values ascending, rank of each value
-        for i in members:
-            x = np.ascontiguousarray(samples[i], dtype=np.float64)
-            order = np.argsort(x, kind="stable")
-            rank = np.empty(n, dtype=np.int64)
-            rank[order] = np.arange(n)
-            prepared.append((x, x[order], rank))
-            medians[i], means[i] = np.empty(BOOTSTRAP_REPS), np.empty(BOOTSTRAP_REPS)
-        generator = np.random.default_rng(BOOTSTRAP_SEED)
-        step = max(1, _CHUNK_CELLS // n)
-        indices = np.empty((min(step, BOOTSTRAP_REPS), n), dtype=np.int64)
-        for lo in range(0, BOOTSTRAP_REPS, step):
-            hi = min(BOOTSTRAP_REPS, lo + step)
-            drawn = indices[: hi - lo]
-            for r in range(hi - lo):  # arch's IIDBootstrap.update_indices, once per repetition
-                drawn[r] = generator.integers(n, size=n, dtype=np.int64)
-            for i, (x, ascending, rank) in zip(members, prepared):
-                resample_statistics(x, ascending, rank, drawn, medians[i][lo:hi], means[i][lo:hi])
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="quantlab-bootstrap") as pool:
+        for n, members in by_length.items():
+            values = np.array([samples[i] for i in members], dtype=np.float64)  # one row per sample
+            orders = np.argsort(values, axis=1, kind="stable")
+            ascending = np.take_along_axis(values, orders, axis=1)
+            statistics = np.empty((2, len(members), BOOTSTRAP_REPS))  # medians, means
+            generator = np.random.default_rng(BOOTSTRAP_SEED)
+            step = min(BOOTSTRAP_REPS, max(1, _CHUNK_CELLS // n))
+            buffers = np.empty((2, step, n), dtype=np.int64)  # one drawn while the other is used
+            working: Future[None] | None = None
+            for block, lo in enumerate(range(0, BOOTSTRAP_REPS, step)):
+                hi = min(BOOTSTRAP_REPS, lo + step)
+                drawn = buffers[block % 2, : hi - lo]
+                for r in range(hi - lo):  # arch's IIDBootstrap.update_indices, once per repetition
+                    drawn[r] = generator.integers(n, size=n, dtype=np.int64)
+                if working is not None:
+                    working.result()
+                working = pool.submit(
+                    resample_statistics,
+                    values,
+                    ascending,
+                    orders,
+                    drawn,
+                    statistics[0, :, lo:hi],
+                    statistics[1, :, lo:hi],
+                )
+            if working is not None:
+                working.result()
+            for row, i in enumerate(members):
+                medians[i], means[i] = statistics[0, row], statistics[1, row]
     alpha = (1.0 - INTERVAL_SIZE) / 2  # arch's percentiles, computed as arch computes them
     q = [100 * alpha, 100 * (1.0 - alpha)]
     rows = []

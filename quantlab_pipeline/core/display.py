@@ -64,12 +64,24 @@ FRONTIER_COLUMNS = (
     "policy",
     "feasible",
     "objective",
-    "median bps",
+    "median bps (95 % CI)",
+    "avg bps (95 % CI)",
     "p95 MAE bps",
     "stop-out",
     "trades",
     "pareto",
 )
+
+
+FRONTIER_TOP = 20  # policies the CLI's closing table and the report list; every one is in results/frontier.parquet
+
+
+def _with_interval(row: dict, column: str) -> str:
+    """`-4 (-30 … 16)`: a figure and its 95 % bootstrap interval, when the row has one (the 10
+    best rows of a frontier written with confidence, docs/confidence.md)."""
+    low, high = row.get(f"{column}_ci_low"), row.get(f"{column}_ci_high")
+    shown = bps(row.get(column))
+    return shown if low is None or high is None else f"{shown} ({bps_interval(low, high)})"
 
 
 def frontier_rows(frame: pl.DataFrame, top: int) -> list[tuple[str, ...]]:
@@ -82,7 +94,8 @@ def frontier_rows(frame: pl.DataFrame, top: int) -> list[tuple[str, ...]]:
             r["policy_params"],
             "yes" if r["meets_constraints"] else "no",
             bps(r["objective_score"]),
-            bps(r["median_return_bps"]),
+            _with_interval(r, "median_return_bps"),
+            _with_interval(r, "avg_return_bps"),
             bps(r["p95_mae_bps"]),
             pct(r["stop_out_rate"]),
             num(r["trades_count"]),

@@ -60,7 +60,7 @@ from quantlab_pipeline.core.policy_spec import (
 from quantlab_pipeline.core.spec import Execution
 
 STOP_OUT_REASONS: tuple[str, ...] = ("stop_loss", "hard_stop", "trailing_stop")
-_IS_STOP_OUT = np.isin(np.array(EXIT_REASONS), STOP_OUT_REASONS)  # by reason code
+IS_STOP_OUT = np.isin(np.array(EXIT_REASONS), STOP_OUT_REASONS)  # by reason code
 # `simulate_policies`' columns, in the order `nb.policy.trade_columns` returns them.
 _OUTCOME_COLUMNS = (
     "policy_index",
@@ -154,6 +154,11 @@ def compile_policies(policies: Sequence[Policy]) -> CompiledPolicies:
     )
 
 
+def round_trip_costs_bps(execution: Execution) -> float:
+    """What a trade pays in bps of its entry: fees and slippage, on the way in and out."""
+    return 2.0 * (execution.fee_bps + execution.slippage_bps)
+
+
 # -- frames ------------------------------------------------------------------------------------
 
 
@@ -200,6 +205,40 @@ def run_policies(
     return out_ts, out_px, out_reason, out_low
 
 
+@dataclass(frozen=True)
+class PolicyExits:
+    """The kernel's exits of policies over a frame of paths: `out_*[policy, path]` (`run_policies`)
+    and the paths' `entry_ts` and `p0` they were taken from."""
+
+    entry_ts: np.ndarray
+    p0: np.ndarray
+    out_ts: np.ndarray
+    out_px: np.ndarray
+    out_reason: np.ndarray
+    out_low: np.ndarray
+
+
+def policy_exits(
+    paths: pl.DataFrame,
+    candles: Candles,
+    compiled: CompiledPolicies,
+    *,
+    interval_ms: int,
+    horizon_ms: int,
+    parallel: bool = True,
+) -> PolicyExits:
+    """Every compiled policy over every path of `paths` in one kernel call."""
+    n_paths = paths.height
+    entry_ts = np.ascontiguousarray(paths.get_column("entry_ts_ms").to_numpy(), dtype=np.int64)
+    p0 = np.ascontiguousarray(paths.get_column("p0").to_numpy(), dtype=np.float64)
+    start = stop = np.zeros(n_paths, dtype=np.int64)  # no candles: every output stays "no trade"
+    if n_paths and compiled.n_policies:
+        hi_ts = paths.get_column("alert_ts_ms").to_numpy().astype(np.int64) + np.int64(horizon_ms)
+        start, stop = candles.window_bounds(paths.get_column("mint"), entry_ts, hi_ts)
+    outputs = run_policies(candles, start, stop, p0, entry_ts, interval_ms, compiled, parallel=parallel)
+    return PolicyExits(entry_ts, p0, *outputs)
+
+
 def simulate_policies(
     paths: pl.DataFrame,
     candles: Candles,
@@ -215,28 +254,20 @@ def simulate_policies(
     Columns: `policy_index` (position in `policies`), `path_index` (row of `paths`), then the
     trade columns of `TRADES_SCHEMA` from `entry_ts_ms` on. Paths without candles in their window are absent.
     """
-    compiled = compile_policies(policies)
-    n_pol, n_paths = compiled.n_policies, paths.height
-    entry_ts = np.ascontiguousarray(paths.get_column("entry_ts_ms").to_numpy(), dtype=np.int64)
-    p0 = np.ascontiguousarray(paths.get_column("p0").to_numpy(), dtype=np.float64)
-    start = stop = np.zeros(n_paths, dtype=np.int64)  # no candles: every output stays "no trade"
-    if n_paths and n_pol:
-        hi_ts = paths.get_column("alert_ts_ms").to_numpy().astype(np.int64) + np.int64(horizon_ms)
-        start, stop = candles.window_bounds(paths.get_column("mint"), entry_ts, hi_ts)
-    out_ts, out_px, out_reason, out_low = run_policies(
-        candles, start, stop, p0, entry_ts, interval_ms, compiled, parallel=parallel
+    exits = policy_exits(
+        paths, candles, compile_policies(policies), interval_ms=interval_ms, horizon_ms=horizon_ms, parallel=parallel
     )
     peak = np.asarray(paths.get_column("peak_multiple").to_numpy(), dtype=np.float64)  # null → NaN
     columns = trade_columns(
-        out_ts,
-        out_px,
-        out_reason,
-        out_low,
-        entry_ts,
-        p0,
+        exits.out_ts,
+        exits.out_px,
+        exits.out_reason,
+        exits.out_low,
+        exits.entry_ts,
+        exits.p0,
         peak,
-        2.0 * (execution.fee_bps + execution.slippage_bps),
-        _IS_STOP_OUT,
+        round_trip_costs_bps(execution),
+        IS_STOP_OUT,
     )
     # One compiled pass writes every column; the frame wraps the arrays without copying them.
     frame = dict(zip(_OUTCOME_COLUMNS, columns, strict=True))

@@ -251,6 +251,9 @@ class RunSpec(_Strict):
     # Policy runs: the account that follows the trades (docs/portfolio.md); None: no portfolio, as
     # in every spec written before it existed.
     portfolio: PortfolioParams | None = None
+    # Optimization runs: the daily matrix and PBO/SPA written with the frontier (docs/confidence.md);
+    # false in every spec written before they existed.
+    confidence: bool = False
     provenance: Provenance = Provenance()
 
     @field_validator("run_id")
@@ -289,6 +292,8 @@ class RunSpec(_Strict):
             parse_sweep(self.sweep)
         if self.portfolio is not None and self.run_type != "policy":
             raise ValueError(f"portfolio: only policy runs have a portfolio, this is a {self.run_type} run")
+        if self.confidence and self.run_type != "optimization":
+            raise ValueError(f"confidence: only optimization runs have it, this is a {self.run_type} run")
         return self
 
     # -- construction -------------------------------------------------------------------------

@@ -166,6 +166,7 @@ def build_spec(request: SpecRequest, *, run_id: str, created_at: str, provenance
     if request.run_type == "optimization":
         sweep = json_text.loads(request.sweep, field="sweep") if isinstance(request.sweep, str) else request.sweep
         fields["sweep"] = _sweep_with_flags(sweep, request)
+        fields["confidence"] = True
     else:
         fields["features"] = request.features
     if request.run_type == "policy" and request.portfolio:

@@ -92,7 +92,9 @@ DEFAULT_GRID: tuple[dict[str, Any], ...] = (
     },
 )
 OBJECTIVES: tuple[str, ...] = ("median_return_bps", "avg_return_bps", "p95_mae_bps", "avg_tail_capture")
-MAX_POLICIES = 2_000
+# A guard against a mistyped list, checked before a grid is built: what limits a sweep is the
+# memory it needs over its entries (`core.frontier.check_sweep_memory`, docs/performance.md).
+MAX_POLICIES = 1_000_000
 MAX_TRAIN_MONTHS = 24
 DEFAULT_CSCV_BLOCKS = 8
 MAX_CSCV_BLOCKS = 16  # C(16, 8) = 12,870 splits; C(18, 9) would be 48,620
@@ -239,7 +241,7 @@ def _grid(templates: list[Any], path: str) -> tuple[Policy, ...]:
             policy = parse_policy(point, root=where)
             policies.setdefault(policy_id_of(policy), policy)
             if len(policies) > MAX_POLICIES:
-                raise SpecError(f"{path}: the grid has more than {MAX_POLICIES} policies; narrow the parameter lists")
+                raise SpecError(f"{path}: the grid has more than {MAX_POLICIES:,} policies; narrow the parameter lists")
     return tuple(policies.values())
 
 
@@ -279,5 +281,5 @@ def _expand_scalars(node: Any, path: str) -> list[Any]:
 def _product(choices: list[list[Any]], path: str) -> list[tuple[Any, ...]]:
     size = int(np.prod([len(c) for c in choices], dtype=np.float64))
     if size > MAX_POLICIES:
-        raise SpecError(f"{path}: expands to {size} policies, more than {MAX_POLICIES}; narrow the parameter lists")
+        raise SpecError(f"{path}: expands to {size:,} policies, more than {MAX_POLICIES:,}; narrow the parameter lists")
     return list(itertools.product(*choices))

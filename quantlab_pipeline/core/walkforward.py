@@ -10,6 +10,9 @@ figures: medians and the 5th percentile do not combine. With K = 1 that union is
 its frontier is the stored frontier of month m-1; with K > 1 the asset sweeps the K months'
 trades together (`core.frontier.run_sweep` over their segments).
 
+`training_pbo` says how likely the selection on the training months is an artefact of the
+search: PBO by CSCV over their days (docs/confidence.md).
+
 Over the whole window, `window_gap` compares the walk-forward strategy with the best single
 policy in hindsight, both by the objective's average monthly score: a report of what each
 would have scored month by month, not a selection over pooled trades.
@@ -20,6 +23,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import polars as pl
+
+from quantlab_pipeline.core.confidence import cscv, daily_values
 
 # The frontier's per-policy metrics, reported in-sample (is_) and out-of-sample (oos_).
 METRICS: tuple[str, ...] = (
@@ -45,6 +50,8 @@ WALKFORWARD_SCHEMA = pl.Schema(
         **{f"oos_{m}": pl.Int64 if m == "trades_count" else pl.Float64 for m in METRICS},
         "oos_meets_constraints": pl.Boolean,
         "score_gap": pl.Float64,
+        # PBO of the selection (docs/confidence.md): CSCV over the training months' days
+        "train_pbo": pl.Float64,
     }
 )
 
@@ -57,6 +64,7 @@ def walk_forward(
     month: str,
     train_months: tuple[str, ...],
     objective: str,
+    train_pbo: float | None = None,
 ) -> pl.DataFrame:
     """`results/walkforward.parquet` of tested month `month`: one row per caller group of the
     in-sample frontier (the all-callers group, caller_name null, first).
@@ -65,6 +73,7 @@ def walk_forward(
     feasible policy has a row with a null policy and null metrics. `score_gap` = in-sample minus
     out-of-sample objective score: positive when the selection did worse on the month it had not
     seen. A selected policy without trades in month m has null out-of-sample metrics.
+    `train_pbo` (`training_pbo`) is the same on every row: the selection is over all callers' days.
     """
     groups = in_sample.select("caller_name").unique(maintain_order=True)
     selected = in_sample.filter((pl.col("rank") == 1) & pl.col("meets_constraints")).select(
@@ -84,6 +93,7 @@ def walk_forward(
             pl.lit(month).alias("month"),
             pl.lit(",".join(train_months)).alias("train_months"),
             pl.lit(objective).alias("objective"),
+            pl.lit(train_pbo, dtype=pl.Float64).alias("train_pbo"),
             # a selected policy with no trades in the month has no out-of-sample score
             pl.when(pl.col("oos_trades_count") > 0).then(pl.col("oos_objective_score")).alias("oos_objective_score"),
         )
@@ -91,6 +101,27 @@ def walk_forward(
         .select(WALKFORWARD_SCHEMA.names())
         .cast(WALKFORWARD_SCHEMA)
     )
+
+
+def training_pbo(matrices: list[pl.DataFrame | None], policy_ids: list[str], blocks: int) -> float | None:
+    """PBO of choosing among `policy_ids` on the training months (docs/confidence.md): CSCV over
+    their daily matrices (`results/policy_daily.parquet`) concatenated, their days in order. A day
+    in two months' matrices (an alert of a month's last minutes entering on the next month's
+    first day) is one day: its mean over both months' trades. None when a training month has no
+    matrix (written before confidence existed) or CSCV does not apply."""
+    stored = [m for m in matrices if m is not None]
+    if not matrices or len(stored) < len(matrices):
+        return None
+    merged = (
+        pl.concat(stored)
+        .group_by("policy_id", "day")
+        .agg(
+            pl.col("trades").sum(),
+            (pl.col("mean_return_bps") * pl.col("trades")).sum().alias("_sum"),
+        )
+        .with_columns((pl.col("_sum") / pl.col("trades")).alias("mean_return_bps"))
+    )
+    return cscv(daily_values(merged, sorted(set(policy_ids))), blocks).pbo
 
 
 @dataclass(frozen=True)

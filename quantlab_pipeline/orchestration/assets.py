@@ -1,5 +1,5 @@
 """Backtest assets, all on the run-month partitions (`orchestration.partitions`): `run_spec` →
-alerts → paths → trades → summary, and paths → frontier. Each body calls `core` and returns an
+alerts → paths → trades → summary, and paths → frontier (`orchestration.optimization`). Each body calls `core` and returns an
 `ArtifactOutput`; the IO manager writes it. Their checks (`orchestration.checks`) are evaluated in
 the asset's own step (`steps.checked_step`).
 
@@ -30,7 +30,6 @@ from pydantic import Field
 
 from quantlab_pipeline.core import display
 from quantlab_pipeline.core.errors import QuantlabError, SpecError
-from quantlab_pipeline.core.frontier import run_sweep
 from quantlab_pipeline.core.policy import simulate_trades
 from quantlab_pipeline.core.spec import RunSpec
 from quantlab_pipeline.core.spec_builder import (
@@ -44,11 +43,10 @@ from quantlab_pipeline.core.spec_builder import (
     SpecRequest,
 )
 from quantlab_pipeline.core.summary import summarize_trades
-from quantlab_pipeline.core.sweep_spec import DEFAULT_CSCV_BLOCKS, MAX_CSCV_BLOCKS, benchmark_policy, parse_sweep
+from quantlab_pipeline.core.sweep_spec import DEFAULT_CSCV_BLOCKS, MAX_CSCV_BLOCKS
 from quantlab_pipeline.core.truth import compute_paths
 from quantlab_pipeline.orchestration.checks import ARTIFACT_CHECKS, ExclusionConfig
 from quantlab_pipeline.orchestration.headlines import (
-    frontier_headline,
     paths_headline,
     report_link,
     summary_headline,
@@ -454,44 +452,4 @@ def summary(
     )
 
 
-@checked_artifact_asset(kinds={"numba", "parquet"})
-def frontier(
-    context: AssetExecutionContext,
-    alerts: LoadedArtifact,
-    paths: LoadedArtifact,
-    run_store: RunStoreResource,
-    candle_store: CandleStoreResource,
-) -> Iterator[Output | AssetCheckResult]:
-    """The optimization frontier (`results/frontier.parquet`): a policy grid ranked under constraints."""
-    run_spec = run_store.spec(context.partition_key)
-
-    def compute(step: ArtifactStep) -> ArtifactOutput:
-        sweep = parse_sweep(run_spec.sweep)
-        frame = run_sweep(
-            candle_store.segments(run_spec, alerts.frame, paths.frame),
-            sweep,
-            run_id=run_spec.run_id,
-            interval_ms=run_spec.interval_ms,
-            horizon_ms=run_spec.horizon_ms,
-            execution=run_spec.execution,
-            benchmark=benchmark_policy(sweep, run_spec.horizon_ms),
-        )
-        headline = frontier_headline(frame, report_link(run_store.runs_dir, run_spec.run_id))
-        step.log(
-            f"{headline['policies']} policies, {headline['feasible_policies']} meet the constraints; "
-            f"best {headline.get('best_policy', 'n/a')} (score {display.bps(headline.get('best_objective_score'))})"
-        )
-        return step.output(frame, inputs=(alerts, paths), headline=headline)
-
-    yield from checked_step(
-        context,
-        run_store,
-        run_spec,
-        "frontier",
-        compute,
-        inputs={"alerts": alerts, "paths": paths},
-        candle_store=candle_store,
-    )
-
-
-BACKTEST_ASSETS = [run_spec, alerts, paths, trades, summary, frontier]
+BACKTEST_ASSETS = [run_spec, alerts, paths, trades, summary]  # and the frontier's step: orchestration.optimization

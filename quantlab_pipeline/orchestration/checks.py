@@ -306,6 +306,25 @@ def _calls_add_up(subject: CheckSubject) -> AssetCheckResult:
     )
 
 
+PBO_WARN_ABOVE = 0.5  # choosing the in-sample best is then worse than choosing at random
+
+
+def _pbo_at_most_half(subject: CheckSubject) -> AssetCheckResult:
+    row = subject.frame.row(0, named=True)
+    pbo = row["pbo"]
+    return AssetCheckResult(
+        passed=pbo is None or pbo <= PBO_WARN_ABOVE,
+        severity=AssetCheckSeverity.WARN,
+        metadata={
+            "pbo": pbo,
+            "cscv_splits": row["cscv_splits"],
+            "n_policies": row["n_policies"],
+            "n_days": row["n_days"],
+            "spa_pvalue": row["spa_pvalue"],
+        },
+    )
+
+
 # Each checked artifact's checks, in the order they are evaluated and reported.
 ARTIFACT_CHECKS: dict[str, tuple[ArtifactCheck, ...]] = {
     "alerts": (
@@ -350,6 +369,19 @@ ARTIFACT_CHECKS: dict[str, tuple[ArtifactCheck, ...]] = {
         _manifest_check("summary"),
     ),
     "frontier": (_manifest_check("frontier"),),
+    "policy_daily": (_manifest_check("policy_daily"),),
+    "overfitting": (
+        ArtifactCheck(
+            "pbo_at_most_half",
+            "The probability of backtest overfitting (docs/confidence.md) is at most 0.5: above it, the policy "
+            "that is best on half of the month's days lands in the bottom half on the other half more often "
+            "than not, so the frontier's winner is mostly luck. A warning: the numbers are right, the winner "
+            "is not to be trusted. No PBO (too few days, one policy) passes.",
+            _pbo_at_most_half,
+            blocking=False,
+        ),
+        _manifest_check("overfitting"),
+    ),
     "portfolio": (
         ArtifactCheck(
             "curve_ends_at_equity_end",

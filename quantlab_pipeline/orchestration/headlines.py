@@ -132,6 +132,18 @@ def frontier_headline(frame: pl.DataFrame, report: dict[str, Any]) -> dict[str, 
     return {**headline, "headline": MetadataValue.md(_table(display.FRONTIER_COLUMNS, rows)), **report}
 
 
+def overfitting_headline(row: dict[str, Any], sentence: str) -> dict[str, Any]:
+    """PBO and SPA of the month (docs/confidence.md), and the sentence a researcher reads."""
+    return {
+        "pbo": None if row["pbo"] is None else round(row["pbo"], 3),
+        "spa_pvalue": row["spa_pvalue"],
+        "cscv_splits": row["cscv_splits"],
+        "n_days": row["n_days"],
+        "benchmark_policy_id": row["benchmark_policy_id"],
+        "sentence": sentence,
+    }
+
+
 def features_headline(frame: pl.DataFrame) -> dict[str, Any]:
     """How much history the calls had: the share with a 24 h return and with a prior caller record."""
     return {
@@ -156,6 +168,7 @@ def walkforward_headline(frame: pl.DataFrame) -> dict[str, Any]:
         "in_sample_score": rounded_bps(row["is_objective_score"]),
         "out_of_sample_score": rounded_bps(row["oos_objective_score"]),
         "score_gap": rounded_bps(row["score_gap"]),
+        "train_pbo": None if row.get("train_pbo") is None else round(row["train_pbo"], 3),
     }
 
 

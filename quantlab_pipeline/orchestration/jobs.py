@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from dagster import AssetSelection, define_asset_job
 
-from quantlab_pipeline.orchestration.assets import alerts, frontier, paths, run_spec, summary, trades
+from quantlab_pipeline.orchestration.assets import alerts, paths, run_spec, summary, trades
+from quantlab_pipeline.orchestration.optimization import frontier
 from quantlab_pipeline.orchestration.partitions import run_month_partitions
 from quantlab_pipeline.orchestration.portfolio import portfolio
 from quantlab_pipeline.orchestration.research import features, walkforward
@@ -36,8 +37,8 @@ optimization_job = define_asset_job(
     "optimization_job",
     selection=AssetSelection.assets(alerts, paths, frontier, walkforward),
     partitions_def=run_month_partitions,
-    description="An optimization run for one month: alerts, truth layer, the policy frontier and, "
-    "with walk-forward, its validation on the month.",
+    description="An optimization run for one month: alerts, truth layer, the policy frontier with its daily "
+    "matrix and overfitting figures and, with walk-forward, its validation on the month.",
 )
 
 JOB_BY_RUN_TYPE = {

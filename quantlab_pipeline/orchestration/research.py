@@ -16,9 +16,10 @@ from dagster import AssetExecutionContext, Output
 from quantlab_pipeline.core.errors import QuantlabError
 from quantlab_pipeline.core.features import compute_features
 from quantlab_pipeline.core.frontier import run_sweep
+from quantlab_pipeline.core.policy_spec import policy_id_of
 from quantlab_pipeline.core.spec import RunSpec
 from quantlab_pipeline.core.sweep_spec import parse_sweep
-from quantlab_pipeline.core.walkforward import WALKFORWARD_SCHEMA, walk_forward
+from quantlab_pipeline.core.walkforward import WALKFORWARD_SCHEMA, training_pbo, walk_forward
 from quantlab_pipeline.orchestration.assets import artifact_asset
 from quantlab_pipeline.orchestration.headlines import features_headline, walkforward_headline
 from quantlab_pipeline.orchestration.resources import CandleStoreResource, RunStoreResource
@@ -97,6 +98,7 @@ def walkforward(
         else:
             train = months[position - k : position]
             in_sample, metadata = _in_sample(run_spec, train, run_store, candle_store)
+            matrices = _training_matrices(run_spec, train, run_store, metadata)
             frame = walk_forward(
                 in_sample,
                 tested.frame,
@@ -104,6 +106,7 @@ def walkforward(
                 month=step.month,
                 train_months=tuple(train),
                 objective=sweep.objective,
+                train_pbo=training_pbo(matrices, [policy_id_of(p) for p in sweep.policies], sweep.cscv_blocks),
             )
         headline = walkforward_headline(frame)
         if frame.height:
@@ -144,6 +147,23 @@ def _in_sample(
     )
     metadata = {f"paths_sha256_{month}": p.sha256 for month, (_, p) in zip(train, reads)}
     return frame, metadata
+
+
+def _training_matrices(
+    spec: RunSpec, train: list[str], run_store: RunStoreResource, metadata: dict[str, str]
+) -> list[pl.DataFrame | None]:
+    """The training months' daily matrices (None for a month written without one), their sha256
+    recorded in `metadata` beside what the in-sample frontier was read from."""
+    matrices: list[pl.DataFrame | None] = []
+    for month in train:
+        directory = run_store.directory(month, spec.run_id)
+        if "policy_daily" not in ((directory.manifest() or {}).get("artifacts") or {}):
+            matrices.append(None)
+            continue
+        stored = directory.read_artifact("policy_daily")
+        metadata[f"policy_daily_sha256_{month}"] = stored.sha256
+        matrices.append(stored.frame)
+    return matrices
 
 
 class _Chained:

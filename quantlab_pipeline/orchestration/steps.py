@@ -256,7 +256,7 @@ def checked_step(
             if results:  # logs/stdout.txt gets them before the write, which may finalize the month
                 step.lines.append(f"{utc_now_iso()} [{artifact}] {_outcomes(results, artifact)}")
         for name in [*artifacts[1:], artifact]:
-            if name in written:
+            if name in written and name in outputs:  # a companion a run does not have is not written
                 yield Output(outputs[name], output_name=name)
     else:
         frames = {name: run_dir.read_artifact(name).frame for name in artifacts}

@@ -10,14 +10,13 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from quantlab_pipeline.core.display import FRONTIER_COLUMNS, frontier_rows
+from quantlab_pipeline.core.display import FRONTIER_COLUMNS, FRONTIER_TOP, frontier_rows
 from quantlab_pipeline.core.report_rows import headline_rows, spec_rows
 from quantlab_pipeline.core.sweep_spec import Constraints
 from quantlab_pipeline.report import charts
 from quantlab_pipeline.report.charts import Chart
 from quantlab_pipeline.storage.run_contents import MonthArtifacts, RunArtifacts
 
-FRONTIER_TOP = 20  # policies listed; the whole grid stays in results/frontier.parquet
 _POLICY = ' class="policy"'  # the policy column of that list
 
 _CSS = """
@@ -96,6 +95,9 @@ def build_sections(run: RunArtifacts) -> list[Section]:
     sections = [build_section(run.run_type, "window", f"Whole window ({span})", present, constraints)]
     if len(present) > 1:
         sections += [build_section(run.run_type, m.month, m.month, (m,), constraints) for m in present]
+    for section in sections:  # an optimization month's PBO and SPA in words (docs/confidence.md)
+        if len(section.months) == 1 and (words := run.overfitting_words(section.months[0])):
+            section.headline["overfitting"] = words
     return sections
 
 

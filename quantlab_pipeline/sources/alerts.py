@@ -137,3 +137,18 @@ def read_alerts(
     finally:
         con.close()
     return alerts_input(rows)
+
+
+def count_alerts(path: str, table: str = "alerts", *, start_ms: int, end_ms: int) -> int:
+    """How many rows of the table have `start_ms <= alert_ts_ms < end_ms`: an upper bound on a
+    month's entries (duplicates and filters not yet applied), cheap enough to check a request with."""
+    con, _ = _open(path, table)
+    # `table` is a checked identifier (`validate_identifier`); the bounds are bound parameters.
+    query = f"SELECT count(*) FROM {table} WHERE alert_ts_ms >= $start_ms AND alert_ts_ms < $end_ms"
+    try:
+        rows = con.sql(query, params={"start_ms": int(start_ms), "end_ms": int(end_ms)}).fetchall()
+    except duckdb.Error as exc:
+        raise InputError(f"alerts database {path}, table {table}: {first_line(exc)}") from None
+    finally:
+        con.close()
+    return int(rows[0][0])

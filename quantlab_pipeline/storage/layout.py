@@ -33,6 +33,8 @@ ARTIFACT_PATHS: dict[str, str] = {
     "trades": "policy/trades.parquet",
     "summary": "results/summary.parquet",
     "frontier": "results/frontier.parquet",
+    "policy_daily": "results/policy_daily.parquet",
+    "overfitting": "results/overfitting.parquet",
     "walkforward": "results/walkforward.parquet",
     "equity": "portfolio/equity.parquet",
     "positions": "portfolio/positions.parquet",
@@ -44,7 +46,13 @@ ARTIFACT_PATHS: dict[str, str] = {
 PORTFOLIO_ARTIFACTS: tuple[str, ...] = ("equity", "positions", "portfolio")
 # The artifacts a step writes together, by the step's name (an asset each); any other step writes
 # the one artifact it is named after.
-STEP_ARTIFACTS: dict[str, tuple[str, ...]] = {"portfolio": PORTFOLIO_ARTIFACTS}
+# The frontier's step writes the daily matrix and PBO/SPA with it (docs/confidence.md): they are
+# computed from the same simulation, never from the stored frontier.
+CONFIDENCE_ARTIFACTS: tuple[str, ...] = ("policy_daily", "overfitting")
+STEP_ARTIFACTS: dict[str, tuple[str, ...]] = {
+    "portfolio": PORTFOLIO_ARTIFACTS,
+    "frontier": ("frontier", *CONFIDENCE_ARTIFACTS),
+}
 
 
 def step_artifacts(step: str) -> tuple[str, ...]:
@@ -60,6 +68,7 @@ ARTIFACT_INPUTS: dict[str, tuple[str, ...]] = {
     "trades": ("alerts", "paths"),
     "summary": ("alerts", "paths", "trades"),
     "frontier": ("alerts", "paths"),
+    **dict.fromkeys(CONFIDENCE_ARTIFACTS, ("alerts", "paths")),
     "features": ("alerts", "paths"),
     # and the previous months' frontiers, recorded in the artifact's Parquet metadata
     "walkforward": ("frontier",),
@@ -93,6 +102,7 @@ ARTIFACT_PHASES: dict[str, str] = {
     "trades": "policy",
     "summary": "summary",
     "frontier": "frontier",
+    **dict.fromkeys(CONFIDENCE_ARTIFACTS, "frontier"),
     "features": "features",
     "walkforward": "walkforward",
     **dict.fromkeys(PORTFOLIO_ARTIFACTS, "portfolio"),
@@ -112,7 +122,7 @@ REQUIRED_ARTIFACTS: dict[str, tuple[str, ...]] = {
 OPTIONAL_ARTIFACTS: dict[str, frozenset[str]] = {
     "path-only": frozenset({"features"}),
     "policy": frozenset({"features", *PORTFOLIO_ARTIFACTS}),
-    "optimization": frozenset({"walkforward"}),
+    "optimization": frozenset({"walkforward", *CONFIDENCE_ARTIFACTS}),
 }
 APPLICABLE_ARTIFACTS: dict[str, frozenset[str]] = {
     run_type: frozenset({*required, *OPTIONAL_ARTIFACTS[run_type], "errors"})
@@ -124,12 +134,13 @@ def required_artifacts(run_type: str, spec: Mapping[str, Any] | None) -> tuple[s
     """What a month of a run is to hold, given its stored spec (`RunSpec.to_dict()`, the
     manifest's `spec`): `REQUIRED_ARTIFACTS` plus `features` for path-only and policy runs unless
     the spec says `features: false`, plus `walkforward` for a walk-forward optimization, plus the
-    portfolio's artifacts for a policy run whose spec has a `portfolio`; each after the artifacts
+    portfolio's artifacts for a policy run whose spec has a `portfolio`, plus the daily matrix and
+    overfitting for an optimization whose spec says `confidence: true`; each after the artifacts
     it is computed from. Completion, the catalog's validation, the steps, the candle read,
     `runs create` and `runs resume` all follow it.
 
-    A spec written before features (the portfolio) existed has no `features` (`portfolio`) key
-    and is complete without them.
+    A spec written before features (the portfolio, confidence) existed has no `features`
+    (`portfolio`, `confidence`) key and is complete without them.
     """
     spec = spec or {}
     sweep = spec.get("sweep")
@@ -138,6 +149,7 @@ def required_artifacts(run_type: str, spec: Mapping[str, Any] | None) -> tuple[s
         "features": bool(spec.get("features", False)),
         "walkforward": isinstance(sweep, Mapping) and sweep.get("walk_forward") is not None,
         **dict.fromkeys(PORTFOLIO_ARTIFACTS, portfolio),
+        **dict.fromkeys(CONFIDENCE_ARTIFACTS, spec.get("confidence") is True),
     }
     return (*REQUIRED_ARTIFACTS[run_type], *(a for a in sorted(OPTIONAL_ARTIFACTS[run_type]) if wanted[a]))
 

@@ -13,16 +13,17 @@ from pathlib import Path
 import polars as pl
 import pyarrow.parquet as pq
 
+from quantlab_pipeline.core.confidence import benchmark_phrase, overfitting_sentence
 from quantlab_pipeline.core.errors import QuantlabError
 from quantlab_pipeline.core.spec import RunSpec, validate_run_id
-from quantlab_pipeline.core.sweep_spec import Constraints, parse_sweep
+from quantlab_pipeline.core.sweep_spec import Constraints, benchmark_policy, parse_sweep
 from quantlab_pipeline.storage.artifact_files import frame_from_arrow
 from quantlab_pipeline.storage.layout import ARTIFACT_PATHS, iter_run_dirs, spec_path
 from quantlab_pipeline.storage.lifecycle import month_status
 from quantlab_pipeline.storage.run_dir import RunDirectory
 from quantlab_pipeline.storage.specs import read_spec
 
-REPORTED_ARTIFACTS = ("alerts", "paths", "trades", "summary", "frontier", "equity", "portfolio")
+REPORTED_ARTIFACTS = ("alerts", "paths", "trades", "summary", "frontier", "overfitting", "equity", "portfolio")
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,15 @@ class RunArtifacts:
     def constraints(self) -> Constraints | None:
         """The sweep's constraints (optimization runs), to draw the frontier's feasible region."""
         return parse_sweep(self.spec.sweep).constraints if self.run_type == "optimization" else None
+
+    def overfitting_words(self, month: MonthArtifacts) -> str | None:
+        """A month's `results/overfitting.parquet` in words (docs/confidence.md); None without one."""
+        found = month.get("overfitting")
+        if self.run_type != "optimization" or found is None or not found.height:
+            return None
+        horizon = self.spec.horizon_ms
+        benchmark = benchmark_phrase(benchmark_policy(parse_sweep(self.spec.sweep), horizon), horizon)
+        return overfitting_sentence(found.row(0, named=True), benchmark=benchmark)
 
     @property
     def incomplete(self) -> tuple[MonthArtifacts, ...]:

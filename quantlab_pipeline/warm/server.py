@@ -74,7 +74,7 @@ def preload() -> None:
     for name in PRELOAD:
         if importlib.util.find_spec(name.partition(".")[0]) is not None:
             importlib.import_module(name)
-    from quantlab_pipeline.core.nb import load_backtest_kernels
+    from quantlab_pipeline.warm.kernels import load_backtest_kernels
 
     load_backtest_kernels()
     gc.collect()

@@ -11,8 +11,9 @@ import pyarrow as pa
 from quantlab_pipeline.core.errors import QuantlabError
 from quantlab_pipeline.storage.layout import ARTIFACT_PATHS, STEP_ARTIFACTS
 
-# 2: timing_walkforward_ms; 3: the portfolio's figures and timing_portfolio_ms (docs/catalog.md)
-CATALOG_SCHEMA_VERSION = "3"
+# 2: timing_walkforward_ms; 3: the portfolio's figures and timing_portfolio_ms; 4: pbo, spa_pvalue
+# (docs/catalog.md)
+CATALOG_SCHEMA_VERSION = "4"
 CATALOG_STATUSES: tuple[str, ...] = ("completed", "failed")  # the catalog holds terminal runs only
 MANIFEST_STATUSES = ("running", "completed", "failed")
 ARTIFACT_TYPES: tuple[str, ...] = tuple(ARTIFACT_PATHS)
@@ -22,6 +23,7 @@ _COMPANIONS = {a for step, written in STEP_ARTIFACTS.items() for a in written if
 TIMING_STEPS: tuple[str, ...] = (*(a for a in ARTIFACT_PATHS if a != "errors" and a not in _COMPANIONS), "total")
 
 Columns = tuple[tuple[str, str, pa.DataType], ...]
+OVERFITTING_COLUMNS: tuple[str, ...] = ("pbo", "spa_pvalue")
 
 # The window-to-date figures of `results/portfolio.parquet` (docs/portfolio.md), as `portfolio_<name>`
 # columns of a policy run-month with a portfolio: the window's last month holds the whole window's.
@@ -58,6 +60,8 @@ RUN_COLUMNS: Columns = (
     ("error_message", "VARCHAR", pa.string()),
     ("error_phase", "VARCHAR", pa.string()),
     *PORTFOLIO_COLUMNS,
+    # optimization runs: the month's PBO and SPA p-value (results/overfitting.parquet, docs/confidence.md)
+    *((name, "DOUBLE", pa.float64()) for name in OVERFITTING_COLUMNS),
     ("run_dir", "VARCHAR NOT NULL", pa.string()),
     ("manifest_path", "VARCHAR NOT NULL", pa.string()),
     ("manifest_sha256", "VARCHAR NOT NULL", pa.string()),

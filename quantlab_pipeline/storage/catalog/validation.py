@@ -19,7 +19,12 @@ import pyarrow.parquet as pq
 from quantlab_pipeline.core.errors import first_line
 from quantlab_pipeline.core.spec import RUN_TYPES
 from quantlab_pipeline.storage.atomic import sha256_bytes, sha256_file
-from quantlab_pipeline.storage.catalog.schema import MANIFEST_STATUSES, PORTFOLIO_FIGURES, TIMING_STEPS
+from quantlab_pipeline.storage.catalog.schema import (
+    MANIFEST_STATUSES,
+    OVERFITTING_COLUMNS,
+    PORTFOLIO_FIGURES,
+    TIMING_STEPS,
+)
 from quantlab_pipeline.storage.layout import (
     ARTIFACT_PATHS,
     ARTIFACT_SCHEMA_VERSION,
@@ -203,6 +208,21 @@ def portfolio_figures(artifacts: list[dict[str, Any]]) -> dict[str, Any]:
     return row
 
 
+def overfitting_figures(artifacts: list[dict[str, Any]]) -> dict[str, float | None]:
+    """`pbo` and `spa_pvalue` of a month's `results/overfitting.parquet` (docs/confidence.md), null
+    without one. Read only when a run is registered or updated, never for an unchanged one."""
+    found = [a for a in artifacts if a["artifact_type"] == "overfitting"]
+    if not found:
+        return dict.fromkeys(OVERFITTING_COLUMNS)
+    try:
+        table = pq.read_table(found[0]["path"], columns=list(OVERFITTING_COLUMNS))
+    except (OSError, ValueError, KeyError) as exc:  # pyarrow: ArrowInvalid is a ValueError
+        raise Invalid(f"artifact overfitting: unreadable: {exc}") from None
+    if table.num_rows != 1:
+        raise Invalid(f"artifact overfitting: {table.num_rows} rows, expected 1")
+    return {name: table.column(name)[0].as_py() for name in OVERFITTING_COLUMNS}
+
+
 def read_terminal(month: str, run_id: str, run_dir: Path, verify: bool) -> Rows | None:
     """`(runs row, artifact rows)` of a terminal directory, None when it is not terminal (skipped).
 
@@ -237,6 +257,7 @@ def read_terminal(month: str, run_id: str, run_dir: Path, verify: bool) -> Rows 
             raise Invalid(f"{MANIFEST}: status is {row['status']!r} but {SUCCESS_MARKER} is present")
         artifacts = checked_artifacts(manifest, run_dir, row["run_type"], verify)
         row |= portfolio_figures(artifacts)
+        row.update(overfitting_figures(artifacts))
     row.update(
         run_dir=str(run_dir),
         manifest_path=str(manifest_path),
