@@ -14,7 +14,7 @@ import click
 from rich.markup import escape
 
 from quantlab_pipeline.cli.console import console, err_console, user_errors
-from quantlab_pipeline.cli.months import MonthPlan, default_parallel, finish, run_months
+from quantlab_pipeline.cli.months import default_parallel, finish, print_progress, results_or_exit, spawn_worker
 from quantlab_pipeline.cli.options import runs_dir_option
 from quantlab_pipeline.cli.walkforward import print_walk_forward
 from quantlab_pipeline.core.errors import SpecError
@@ -30,6 +30,7 @@ from quantlab_pipeline.core.spec_builder import (
     SpecRequest,
 )
 from quantlab_pipeline.storage.layout import report_command
+from quantlab_pipeline.storage.paths import ProjectPaths
 
 
 def _run_options(fn: Callable) -> Callable:
@@ -251,6 +252,10 @@ def _create(run_type: str, opts: dict[str, Any]):
     return spec, months, instance
 
 
+def _paths(opts: dict[str, Any]) -> ProjectPaths:
+    return ProjectPaths.of(opts["runs_dir"])
+
+
 def _launch_parallel(run_type: str, opts: dict[str, Any], spec: Any, months: list[str]) -> int:
     """Months at once in the foreground: `--parallel`, else the default; 0 with `--submit`; 1 for
     a walk-forward (each month selects its policy on the months before it)."""
@@ -275,7 +280,7 @@ def _backtest(run_type: str, opts: dict[str, Any]) -> None:
         from quantlab_pipeline.orchestration.month_runs import submit_month
 
         for month in months:
-            submit_month(spec, month, runs_dir=opts["runs_dir"], instance=instance)
+            submit_month(spec, month, paths=_paths(opts), instance=instance)
         err_console.print(
             f"Queued {len(months)} month run(s) of {run_type} run {spec.run_id}; "
             f"follow them with `quantlab runs wait {spec.run_id}`"
@@ -289,8 +294,19 @@ def _backtest(run_type: str, opts: dict[str, Any]) -> None:
     )
     if not kernels_compiled(policy=run_type == "policy", sweep=run_type == "optimization"):
         console.print("[dim]compiling the numba kernels (first run only, a few seconds)…[/dim]")
+    from quantlab_pipeline.orchestration.month_runner import MonthPlan, run_months
+
     plan = [MonthPlan(m) for m in months]
-    results = run_months(spec, plan, runs_dir=opts["runs_dir"], instance=instance, parallel=parallel)
+    outcome = run_months(
+        spec,
+        plan,
+        paths=_paths(opts),
+        instance=instance,
+        on_progress=print_progress,
+        parallel=parallel,
+        spawn=spawn_worker,
+    )
+    results = results_or_exit(spec, outcome)
     try:
         finish(spec, results)
     finally:  # after the headline table, also when a month did not complete
