@@ -87,5 +87,5 @@ def test_no_other_module_uses_a_private_dagster_name():
 
 
 def test_a_name_not_listed_is_refused():
-    with pytest.raises(KeyError, match="dagster._core.nowhere.thing is not a listed private name"):
+    with pytest.raises(KeyError, match=r"dagster\._core\.nowhere\.thing is not a listed private name"):
         dagster_adapter.private("dagster._core.nowhere", "thing")

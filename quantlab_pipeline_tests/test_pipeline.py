@@ -16,10 +16,10 @@ from quantlab_pipeline.core.spec_builder import SpecRequest
 from quantlab_pipeline.orchestration.defs import build_defs
 from quantlab_pipeline.orchestration.launch import create_run
 from quantlab_pipeline.orchestration.month_runs import materialize_month
-from quantlab_pipeline.storage.paths import ProjectPaths
 from quantlab_pipeline.orchestration.partitions import RUN_MONTH_PARTITIONS_NAME, month_run_key, run_month_keys
 from quantlab_pipeline.orchestration.settings import Settings
 from quantlab_pipeline.storage.layout import report_path
+from quantlab_pipeline.storage.paths import ProjectPaths
 from quantlab_pipeline.storage.run_creation import create_run_spec
 from quantlab_pipeline.storage.run_dir import RunDirectory
 from quantlab_pipeline.storage.specs import read_spec

@@ -21,11 +21,11 @@ from quantlab_pipeline.core.spec_builder import SpecRequest
 from quantlab_pipeline.orchestration import portfolio as portfolio_step
 from quantlab_pipeline.orchestration.launch import create_run
 from quantlab_pipeline.orchestration.month_runs import materialize_month
-from quantlab_pipeline.storage.paths import ProjectPaths
 from quantlab_pipeline.orchestration.steps import progress_logger
 from quantlab_pipeline.sources.candles import read_candles
 from quantlab_pipeline.storage.layout import required_artifacts
 from quantlab_pipeline.storage.lifecycle import month_status, steps_to_finish
+from quantlab_pipeline.storage.paths import ProjectPaths
 from quantlab_pipeline.storage.run_creation import create_run_spec
 from quantlab_pipeline.storage.run_dir import RunDirectory
 from quantlab_pipeline_tests.helpers import run_cli

@@ -12,10 +12,10 @@ from quantlab_pipeline.core.spec_builder import SpecRequest
 from quantlab_pipeline.core.walkforward import WALKFORWARD_SCHEMA, walk_forward, window_gap
 from quantlab_pipeline.orchestration.launch import create_run
 from quantlab_pipeline.orchestration.month_runs import materialize_month
-from quantlab_pipeline.storage.paths import ProjectPaths
 from quantlab_pipeline.sources.sample_db import generate_sample_data
 from quantlab_pipeline.storage.catalog import query_artifacts, sync_catalog
 from quantlab_pipeline.storage.layout import required_artifacts
+from quantlab_pipeline.storage.paths import ProjectPaths
 from quantlab_pipeline.storage.run_creation import create_run_spec
 from quantlab_pipeline.storage.run_dir import RunDirectory
 

@@ -15,7 +15,6 @@ import yaml
 from dagster import DefaultRunLauncher
 
 from quantlab_pipeline.orchestration.dagster_adapter import private
-
 from quantlab_pipeline_tests.deploy.cluster import DEPLOY_DIR, rehearsal_instance_config
 
 process_config = private("dagster._config", "process_config")
