@@ -243,8 +243,9 @@ def _in_process(
     on_progress: OnProgress,
     received: _Signals,
 ) -> None:
-    """One month after another. A month the interruption left `running` — Dagster caught it
-    outside any step, or it landed before the step's recording began — is recorded here."""
+    """One month after another, until a signal. The month it stopped is recorded as interrupted
+    here unless its step did (Dagster caught it outside any step, or it landed before the step's
+    recording began, and the month would stay `running`); one that completed stays completed."""
     current: str | None = None
     try:
         for item in plan:
@@ -253,19 +254,16 @@ def _in_process(
             current, started = item.month, time.perf_counter()
             on_progress(MonthStarted(item.month, item.steps))
             result = materialize_month(spec, item.month, paths=paths, instance=instance, steps=item.steps)
+            if received():  # its fate is reported with the interruption's
+                break
             current = None
-            if received() and result.status in ("running", "missing"):
-                current = item.month
-                raise KeyboardInterrupt
-            if result.status == "interrupted":
-                return
             on_progress(MonthEnded(result, time.perf_counter() - started))
     except KeyboardInterrupt:
+        if _stop_signal(received()) is None:  # raised, yet not seen on the wakeup fd
+            received.seen.append(signal.SIGINT)
+    if current is not None:
         with _signals_only_recorded():
-            if _stop_signal(received()) is None:  # raised, yet not seen on the wakeup fd
-                received.seen.append(signal.SIGINT)
-            if current is not None:
-                record_interruption(spec, current, paths=paths, instance=instance)
+            record_interruption(spec, current, paths=paths, instance=instance)
 
 
 def _in_workers(
