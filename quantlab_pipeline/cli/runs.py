@@ -25,6 +25,7 @@ _STYLE = {
     "stale": "yellow",
     "failed": "red",
     "interrupted": "yellow",
+    "incomplete": "yellow",
     "running": "cyan",
     "missing": "dim",
 }
