@@ -238,7 +238,7 @@ def test_ctrl_c_stops_the_parallel_workers_with_one_line(workdir):
     assert proc.returncode == 130, out + err
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and "interrupted (SIGINT)" in lines[0] and "quantlab runs resume" in lines[0], err
-    assert "in 2024-01, 2024-02:" in lines[0]  # the months the workers were in
+    assert ": 2024-01 interrupted, 2024-02 interrupted;" in lines[0]  # each month's fate, as recorded
     run_id = _run_id(workdir)
     assert "STARTED" not in _run_statuses(workdir, run_id) and "NOT_STARTED" not in _run_statuses(workdir, run_id)
 
