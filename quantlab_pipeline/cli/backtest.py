@@ -248,7 +248,7 @@ def _create(run_type: str, opts: dict[str, Any]):
     instance = get_instance()
     if opts.get("submit"):
         check_queue(instance)
-    create_run(spec, runs_dir=opts["runs_dir"], instance=instance)
+    create_run(spec, paths=_paths(opts), instance=instance)
     return spec, months, instance
 
 

@@ -37,6 +37,7 @@ from quantlab_pipeline.orchestration.jobs import JOB_BY_RUN_TYPE, optimization_j
 from quantlab_pipeline.orchestration.launch import create_run, run_tags
 from quantlab_pipeline.orchestration.partitions import check_months_exist, month_run_key
 from quantlab_pipeline.orchestration.resources import RunStoreResource
+from quantlab_pipeline.storage.paths import ProjectPaths
 from quantlab_pipeline.storage.run_creation import create_run_spec
 from quantlab_pipeline.storage.specs import read_spec
 
@@ -53,7 +54,7 @@ def create_backtest(context: OpExecutionContext, config: RunSpecConfig, run_stor
         check_months_exist(spec.months())
     except SpecError as exc:
         raise Failure(description=str(exc), allow_retries=False) from None
-    create_run(spec, runs_dir=str(run_store.root), instance=context.instance)
+    create_run(spec, paths=ProjectPaths(runs_dir=run_store.root), instance=context.instance)
     context.instance.add_run_tags(context.run_id, {RUN_ID_TAG: spec.run_id})
     context.log.info(
         f"run_id {spec.run_id}: {spec.run_type} over {', '.join(spec.months())}; "
