@@ -6,11 +6,14 @@ recorded and named exactly in the closing line; nothing is left `running`; no tr
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
+import subprocess
 
 import pytest
 
-from quantlab_pipeline_tests.helpers import run_cli
+from quantlab_pipeline_tests.helpers import BIN, child_env, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -56,3 +59,30 @@ def test_a_signal_between_steps_leaves_each_month_recorded_and_named(workdir, fa
     resumed = run_cli(["runs", "resume", run_id], workdir)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert set(_states(workdir, run_id).values()) == {"completed"}
+
+
+def test_ctrl_c_to_the_process_group_prints_no_traceback(workdir):
+    """Ctrl-C at a terminal signals the whole foreground group: the command and, while a step's
+    output is mirrored, Dagster's `tail` and `watch_orphans.py` processes (which used to print a
+    `KeyboardInterrupt` traceback each). Sent here once a month's first step has printed."""
+    args = ["backtest", "policy", "--calls-from-duckdb", "data/alerts.duckdb", *TWO_MONTHS, *POLICY]
+    env = child_env(DAGSTER_HOME=str(workdir / ".dagster_home"), NO_COLOR="1", COLUMNS="200", PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(
+        [str(BIN / "quantlab"), *args],
+        cwd=workdir,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own group, as a terminal's foreground job
+    )
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if " alerts " in line:  # inside the month's steps, their output mirrored
+            break
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out + err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    [closing] = [line for line in err.splitlines() if line.startswith("interrupted (SIGINT): 2024-01 ")]
+    assert "2024-02 missing" in closing and "running" not in closing, closing
