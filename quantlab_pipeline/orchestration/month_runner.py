@@ -133,12 +133,15 @@ def run_months(
     progress_logger.propagate = False
     try:
         with _signals_seen() as received:
+            ended: dict[str, MonthResult] = {}  # with their Dagster run's error, when it failed
             if parallel <= 1 or len(plan) <= 1 or spawn is None:
-                _in_process(spec, plan, paths, instance, on_progress, received)
+                _in_process(spec, plan, paths, instance, on_progress, received, ended)
             else:
-                _in_workers(spec, plan, paths, instance, on_progress, received, parallel, spawn)
+                _in_workers(spec, plan, paths, instance, on_progress, received, ended, parallel, spawn)
             with _signals_only_recorded():  # reading the fates is not interrupted
-                results = [month_result(spec, i.month, paths=paths, instance=instance) for i in plan]
+                results = [
+                    ended.get(i.month) or month_result(spec, i.month, paths=paths, instance=instance) for i in plan
+                ]
                 return MonthsOutcome(results, _stop_signal(received()))
     finally:
         progress_logger.removeHandler(handler)
@@ -242,6 +245,7 @@ def _in_process(
     instance: DagsterInstance,
     on_progress: OnProgress,
     received: _Signals,
+    ended: dict[str, MonthResult],
 ) -> None:
     """One month after another, until a signal. The month it stopped is recorded as interrupted
     here unless its step did (Dagster caught it outside any step, or it landed before the step's
@@ -256,14 +260,14 @@ def _in_process(
             result = materialize_month(spec, item.month, paths=paths, instance=instance, steps=item.steps)
             if received():  # its fate is reported with the interruption's
                 break
-            current = None
+            current, ended[item.month] = None, result
             on_progress(MonthEnded(result, time.perf_counter() - started))
     except KeyboardInterrupt:
         if _stop_signal(received()) is None:  # raised, yet not seen on the wakeup fd
             received.seen.append(signal.SIGINT)
     if current is not None:
         with _signals_only_recorded():
-            record_interruption(spec, current, paths=paths, instance=instance)
+            ended[current] = record_interruption(spec, current, paths=paths, instance=instance)
 
 
 def _in_workers(
@@ -273,6 +277,7 @@ def _in_workers(
     instance: DagsterInstance,
     on_progress: OnProgress,
     received: _Signals,
+    ended: dict[str, MonthResult],
     parallel: int,
     spawn: Spawn,
 ) -> None:
@@ -280,7 +285,6 @@ def _in_workers(
     dies is replaced while months are left); the steps' lines read from the runs' events."""
     months = [item.month for item in plan]
     steps = {item.month: item.steps for item in plan}
-    ended: set[str] = set()
     announced: dict[str, float] = {}  # month: when its run was first seen
     events = _EventReader(instance, on_progress)
     with tempfile.TemporaryDirectory(prefix="quantlab-months-") as directory, _signals_only_recorded():
@@ -293,11 +297,13 @@ def _in_workers(
             "instance_ref": serialize_value(instance.get_ref()),
         }
 
+        stopped: set[str] = set()  # months the interruption ended: their fate is read from disk
+
         def follow(exited: Worker | None = None, *, report: bool = True) -> None:
             """Report what the runs recorded since the last look; end the months that ended —
             those of `exited` (a worker that has exited) whether or not their run finished."""
             for month, claim in sorted(read_claims(claims).items()):
-                if month in ended or claim.pid == os.getpid():
+                if month in ended or month in stopped or claim.pid == os.getpid():
                     continue
                 run = instance.get_run_by_id(claim.dagster_run_id) if claim.dagster_run_id else None
                 if run is not None and month not in announced:
@@ -309,11 +315,12 @@ def _in_workers(
                 if gone and run is not None and exited is not None and exited.exitcode != 0:
                     settle_worker_exit(run.run_id, exited.exitcode or 0, instance)
                     run = instance.get_run_by_id(run.run_id)
-                if gone or (run is not None and run.is_finished):
-                    ended.add(month)
-                    if report:
-                        result = month_result(spec, month, paths=paths, instance=instance, run=run)
-                        on_progress(MonthEnded(result, time.perf_counter() - announced.get(month, time.perf_counter())))
+                if (gone or (run is not None and run.is_finished)) and not report:
+                    stopped.add(month)
+                elif gone or (run is not None and run.is_finished):
+                    ended[month] = month_result(spec, month, paths=paths, instance=instance, run=run)
+                    elapsed = time.perf_counter() - announced.get(month, time.perf_counter())
+                    on_progress(MonthEnded(ended[month], elapsed))
 
         workers = [spawn(request) for _ in range(min(parallel, len(months)))]
         while workers and not received():
