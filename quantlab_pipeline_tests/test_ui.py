@@ -202,12 +202,12 @@ def test_the_launcher_run_lists_its_months_with_links_to_their_runs(sample_db, t
     [output] = [e for e in result.all_events if e.event_type == DagsterEventType.STEP_OUTPUT]
     metadata = {k: v.value for k, v in output.step_output_data.metadata.items()}
     assert metadata["quantlab_run_id"] == run_id
-    assert metadata["all_month_runs"] == f"/runs?q%5B0%5D=tag%3Aquantlab%2Frun_id%3D{run_id}"
+    assert metadata["all_month_runs"] == f"/runs?q%5B%5D=tag%3Aquantlab%2Frun_id%3D{run_id}"
     table = metadata["month_runs"].splitlines()
     assert table[:2] == ["| month | partition | runs |", "| --- | --- | --- |"]
     assert table[2:] == [
         f"| {month} | `{month}.path-only.{run_id}` | [path_only_job runs]"
-        f"(/runs?q%5B0%5D=tag%3Adagster%2Fpartition%3D{month}.path-only.{run_id}) |"
+        f"(/runs?q%5B%5D=tag%3Adagster%2Fpartition%3D{month}.path-only.{run_id}) |"
         for month in ("2024-01", "2024-02")
     ]
 

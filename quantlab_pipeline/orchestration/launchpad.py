@@ -66,7 +66,7 @@ def create_backtest(context: OpExecutionContext, config: RunSpecConfig, run_stor
 
 def _runs_url(tag: str, value: str) -> str:
     """The UI's Runs page filtered by one tag (a path of the UI the launcher's run links to)."""
-    return "/runs?" + urlencode({"q[0]": f"tag:{tag}={value}"})
+    return "/runs?" + urlencode({"q[]": f"tag:{tag}={value}"})
 
 
 def month_runs_metadata(spec: RunSpec) -> dict[str, MetadataValue]:
