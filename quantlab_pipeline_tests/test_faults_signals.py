@@ -1,5 +1,5 @@
-"""Interruptions at chosen points of a `--parallel 1` backtest (docs/lifecycle.md "When a run is
-interrupted"): SIGINT or SIGTERM sent by the process to itself (`QUANTLAB_FAULT`) between steps,
+"""Interruptions at chosen points of a `--parallel 1` backtest (docs/architecture.md
+"Interruptions"): SIGINT or SIGTERM sent by the process to itself (`QUANTLAB_FAULT`) between steps,
 where no step's recording catches it, or at the start of the next month. Each month's fate is
 recorded and named exactly in the closing line; nothing is left `running`; no traceback."""
 

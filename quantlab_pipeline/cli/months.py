@@ -1,7 +1,7 @@
 """Printing the months a command runs, shared by `backtest …`, `runs resume` and `runs wait`:
 one line per month and step as the month runner reports them (`orchestration.month_runner`), the
-closing table, and the closing line of an interruption (docs/lifecycle.md "When a run is
-interrupted"): each month's fate, the command that finishes the run, exit 130 or 143.
+closing table, and the closing line of an interruption (docs/architecture.md
+"Interruptions"): each month's fate, the command that finishes the run, exit 130 or 143.
 """
 
 from __future__ import annotations

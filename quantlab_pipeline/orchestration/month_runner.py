@@ -8,7 +8,7 @@ directory and its Dagster run left it, and the signal that stopped the run, if o
 only prints them.
 
 Ctrl-C (SIGINT) and SIGTERM stop at the step being run: Dagster raises inside it, the step records
-the month as `interrupted` (docs/lifecycle.md), no later month starts. An interruption outside any
+the month as `interrupted` (docs/architecture.md "Interruptions"), no later month starts. An interruption outside any
 step (Dagster's bookkeeping) is recorded here, where the step would have.
 
 Run workers (`--parallel`) are processes started by the `spawn` function the caller injects (the
