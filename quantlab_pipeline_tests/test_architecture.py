@@ -1,8 +1,9 @@
-"""The shape of the house (README "Project layout"), checked on the source itself.
+"""The shape of the house (docs/architecture.md), checked on the source itself.
 
-The layers' rules are what keep a rule of the README in one obvious file: the pure core imports
+The layers' rules are what keep a rule of the docs in one obvious file: the pure core imports
 neither Dagster nor anything that touches files, databases or processes; the storage layer does
-not import Dagster; nothing imports in a circle; no module grows past a size one can read.
+not import Dagster; no module imports from a layer above its own (`LAYERS`); nothing imports in
+a circle; no module grows past a size one can read.
 """
 
 from __future__ import annotations
@@ -47,6 +48,38 @@ def _imports(path: Path, module: str) -> set[str]:
     return found
 
 
+# Lowest first; a module may import its own layer and those below, never one above
+# (docs/architecture.md "Layers"). The warm server's transport (`warm.protocol`, `warm.client`)
+# sits below the CLI, which asks it for run workers; the server itself, which runs CLI commands
+# and run workers, sits above the CLI, with the console script and the package's Python API.
+LAYERS: tuple[tuple[str, ...], ...] = (
+    ("quantlab_pipeline.core",),
+    ("quantlab_pipeline.storage", "quantlab_pipeline.sources", "quantlab_pipeline.report"),
+    ("quantlab_pipeline.orchestration", "quantlab_pipeline.definitions"),
+    ("quantlab_pipeline.warm", "quantlab_pipeline.warm.protocol", "quantlab_pipeline.warm.client"),
+    ("quantlab_pipeline.cli",),
+    (
+        "quantlab_pipeline.warm.server",
+        "quantlab_pipeline.warm.prebuild",
+        "quantlab_pipeline.__main__",
+        "quantlab_pipeline",
+    ),
+)
+
+
+def _layer(module: str) -> int:
+    """The layer of the longest prefix in `LAYERS` that names `module` or a package above it."""
+    matches = [
+        (len(prefix), rank)
+        for rank, prefixes in enumerate(LAYERS)
+        for prefix in prefixes
+        if module == prefix or module.startswith(prefix + ".")
+    ]
+    if not matches:
+        raise AssertionError(f"{module} is in no layer: add it to LAYERS")
+    return max(matches)[1]
+
+
 MODULES = _modules()
 IMPORTS = {name: _imports(path, name) for name, path in MODULES.items()}
 
@@ -80,6 +113,27 @@ def test_the_import_graph_has_no_cycle():
     for name in sorted(graph):
         if name not in state:
             visit(name)
+
+
+def test_no_module_imports_from_a_layer_above_its_own():
+    """Imports of a module's own parent packages excepted: Python runs them first anyway."""
+    upward = {
+        f"{name} -> {imported}"
+        for name in MODULES
+        for imported in _internal(name)
+        if not name.startswith(imported + ".") and _layer(imported) > _layer(name)
+    }
+    assert upward == set(), sorted(upward)
+
+
+def test_the_layers_are_what_the_docs_describe():
+    """A layer check that passed on a shuffled table would prove nothing: a few arrows by hand."""
+    assert _layer("quantlab_pipeline.core.spec") < _layer("quantlab_pipeline.storage.run_dir")
+    assert _layer("quantlab_pipeline.storage.run_dir") < _layer("quantlab_pipeline.orchestration.month_runner")
+    assert _layer("quantlab_pipeline.orchestration.month_runner") < _layer("quantlab_pipeline.warm.client")
+    assert _layer("quantlab_pipeline.warm.client") < _layer("quantlab_pipeline.cli.months")
+    assert _layer("quantlab_pipeline.cli.months") < _layer("quantlab_pipeline.warm.server")
+    assert _layer("quantlab_pipeline.warm.server") == _layer("quantlab_pipeline.__main__")
 
 
 @pytest.mark.parametrize("layer", ["quantlab_pipeline.core", "quantlab_pipeline.storage", "quantlab_pipeline.sources"])

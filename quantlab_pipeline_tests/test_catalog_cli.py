@@ -203,3 +203,18 @@ def test_archive_a_month(tmp_path):
     one_line_error(again, "already exists; refusing to overwrite")
     assert feb.is_dir()
     one_line_error(ql(tmp_path, "catalog-archive", "--month", "2024-13", "--to", "x.tar.gz"), "month: expected YYYY-MM")
+
+
+def test_the_runs_table_fits_80_columns_with_short_run_ids_unless_wide(tmp_path):
+    run_id = str(uuid.uuid4())
+    make_run(tmp_path / "runs", "2024-01", run_type="policy", run_id=run_id, policy_id="fixed-stop-5pct-long-name")
+    assert ql(tmp_path, "catalog-sync").returncode == 0
+    narrow = ql(tmp_path, "catalog-query", env={"COLUMNS": "80"})
+    lines = narrow.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80 and "…" not in narrow.stdout, narrow.stdout
+    [row] = [line for line in lines if line.startswith(run_id[:8])]
+    assert row.startswith(f"{run_id[:8]}  2024-01  policy  ") and run_id not in narrow.stdout, narrow.stdout
+    assert "fixed-" in row and "ng-nam" in narrow.stdout  # the policy id wrapped, whole
+    assert lines[-1] == "run ids: first 8 characters (--wide or --format json for the full ones)"
+    wide = ql(tmp_path, "catalog-query", "--wide", env={"COLUMNS": "80"})
+    assert run_id in wide.stdout and "run ids: first" not in wide.stdout

@@ -85,7 +85,7 @@ def test_the_project_instance_keeps_every_runs_events_in_one_database(instance, 
 
 
 def test_its_instance_ref_rebuilds_it_in_another_process(instance):
-    """Run workers rebuild the instance from its ref (`month_worker`, `dagster api execute_run`)."""
+    """Run workers rebuild the instance from its ref (`month_runner.execute_worker`, `dagster api execute_run`)."""
     rebuilt = DagsterInstance.from_ref(instance.get_ref())
     try:
         assert type(rebuilt.event_log_storage) is KeptConnectionSqliteEventLogStorage

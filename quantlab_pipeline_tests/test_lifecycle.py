@@ -128,6 +128,29 @@ def test_a_completed_manifest_without_marker_is_interrupted_once_its_writer_is_g
     assert status.state == "interrupted" and "finalize was cut short" in status.detail
 
 
+def test_a_writer_that_ended_between_steps_leaves_the_month_incomplete_naming_what_is_left(rd):
+    """A partial selection (`--select alerts` of a path-only month) ends cleanly after its step:
+    not `interrupted` (nothing was cut short) but `incomplete`, with the steps and the command."""
+    spec = make_spec()
+    write(rd, spec, "alerts", frame(3))
+    assert month_status(rd).state == "running"  # its writer (this process) may run the next step
+    set_writer(rd, pid=dead_pid())
+    status = month_status(rd)
+    assert (status.state, status.detail) == (
+        "incomplete",
+        f"paths not materialized; run `quantlab runs resume {RUN_ID}`",
+    )
+
+
+def test_a_writer_gone_inside_a_step_leaves_the_month_interrupted(rd):
+    spec = make_spec()
+    write(rd, spec, "alerts", frame(3))
+    rd.begin(spec, artifact="paths", phase="truth")  # the next step began, then its process died
+    set_writer(rd, pid=dead_pid())
+    status = month_status(rd)
+    assert status.state == "interrupted" and "is gone" in status.detail
+
+
 def test_a_held_lock_means_a_live_writer(rd):
     """A manifest from before writers were recorded: only the lock tells a live writer."""
     rd.begin(make_spec())

@@ -19,6 +19,7 @@ from quantlab_pipeline.orchestration.month_runs import materialize_month
 from quantlab_pipeline.orchestration.partitions import RUN_MONTH_PARTITIONS_NAME, month_run_key, run_month_keys
 from quantlab_pipeline.orchestration.settings import Settings
 from quantlab_pipeline.storage.layout import report_path
+from quantlab_pipeline.storage.paths import ProjectPaths
 from quantlab_pipeline.storage.run_creation import create_run_spec
 from quantlab_pipeline.storage.run_dir import RunDirectory
 from quantlab_pipeline.storage.specs import read_spec
@@ -49,10 +50,10 @@ def ms(day: str) -> int:
 
 def test_path_only_month_completes(sample_db, runs_dir, dagster_instance):
     spec = new_spec(sample_db)
-    create_run(spec, runs_dir=str(runs_dir), instance=dagster_instance)
+    create_run(spec, paths=ProjectPaths.of(runs_dir), instance=dagster_instance)
     assert dagster_instance.get_dynamic_partitions(RUN_MONTH_PARTITIONS_NAME) == run_month_keys(spec)
 
-    result = materialize_month(spec, "2024-01", runs_dir=str(runs_dir), instance=dagster_instance)
+    result = materialize_month(spec, "2024-01", paths=ProjectPaths.of(runs_dir), instance=dagster_instance)
     assert result.status == "completed", result.error
     rd = RunDirectory(runs_dir, "2024-01", spec.run_id)
     manifest = rd.manifest()
@@ -99,8 +100,8 @@ def test_policy_month_completes_with_four_artifacts(sample_db, runs_dir, dagster
         policy={"kind": "fixed_stop", "stop_loss_bps": 500},
         portfolio=False,
     )
-    create_run(spec, runs_dir=str(runs_dir), instance=dagster_instance)
-    result = materialize_month(spec, "2024-02", runs_dir=str(runs_dir), instance=dagster_instance)
+    create_run(spec, paths=ProjectPaths.of(runs_dir), instance=dagster_instance)
+    result = materialize_month(spec, "2024-02", paths=ProjectPaths.of(runs_dir), instance=dagster_instance)
     assert result.status == "completed", result.error
     rd = RunDirectory(runs_dir, "2024-02", spec.run_id)
     assert set(rd.manifest()["artifacts"]) >= {"alerts", "paths", "trades", "summary"}
@@ -128,9 +129,9 @@ def assert_report_linked(instance, asset: str, runs_dir, run_id: str) -> None:
 
 def test_month_outside_the_window_fails_and_writes_nothing(defs, sample_db, runs_dir, dagster_instance):
     spec = new_spec(sample_db)
-    create_run(spec, runs_dir=str(runs_dir), instance=dagster_instance)
+    create_run(spec, paths=ProjectPaths.of(runs_dir), instance=dagster_instance)
     with pytest.raises(SpecError, match="outside run"):  # no partition: refused before any Dagster run
-        materialize_month(spec, "2024-03", runs_dir=str(runs_dir), instance=dagster_instance)
+        materialize_month(spec, "2024-03", paths=ProjectPaths.of(runs_dir), instance=dagster_instance)
     # A key added by hand for a month outside the window: the step refuses before any write.
     key = month_run_key(spec, "2024-03")
     dagster_instance.add_dynamic_partitions(RUN_MONTH_PARTITIONS_NAME, [key])
@@ -145,7 +146,7 @@ def test_month_outside_the_window_fails_and_writes_nothing(defs, sample_db, runs
 
 def test_assets_materialized_in_separate_runs_complete_the_run(defs, sample_db, runs_dir, dagster_instance):
     spec = new_spec(sample_db)
-    create_run(spec, runs_dir=str(runs_dir), instance=dagster_instance)
+    create_run(spec, paths=ProjectPaths.of(runs_dir), instance=dagster_instance)
     job = defs.resolve_job_def("path_only_job")
     key = month_run_key(spec, "2024-01")
     rd = RunDirectory(runs_dir, "2024-01", spec.run_id)
@@ -168,7 +169,7 @@ def test_a_failed_step_is_recorded_and_recovered(defs, sample_db, runs_dir, dags
     candles = tmp_path / "candles.duckdb"
     shutil.copy(sample_db, candles)
     spec = new_spec(sample_db, candles=str(candles))
-    create_run(spec, runs_dir=str(runs_dir), instance=dagster_instance)
+    create_run(spec, paths=ProjectPaths.of(runs_dir), instance=dagster_instance)
     job = defs.resolve_job_def("path_only_job")
     key = month_run_key(spec, "2024-01")
     rd = RunDirectory(runs_dir, "2024-01", spec.run_id)
@@ -197,8 +198,8 @@ def test_a_failed_step_is_recorded_and_recovered(defs, sample_db, runs_dir, dags
 
 def test_a_bad_source_fails_before_any_run_directory(sample_db, runs_dir, dagster_instance, tmp_path):
     spec = new_spec(sample_db, candles=str(tmp_path / "missing.duckdb"))
-    create_run(spec, runs_dir=str(runs_dir), instance=dagster_instance)
-    result = materialize_month(spec, "2024-01", runs_dir=str(runs_dir), instance=dagster_instance)
+    create_run(spec, paths=ProjectPaths.of(runs_dir), instance=dagster_instance)
+    result = materialize_month(spec, "2024-01", paths=ProjectPaths.of(runs_dir), instance=dagster_instance)
     assert result.status != "completed"
     assert "missing.duckdb" in result.error
     assert not (runs_dir / "2024-01").exists()
@@ -206,7 +207,7 @@ def test_a_bad_source_fails_before_any_run_directory(sample_db, runs_dir, dagste
 
 def test_run_spec_is_immutable_through_dagster(defs, sample_db, runs_dir, dagster_instance):
     spec = new_spec(sample_db)
-    create_run(spec, runs_dir=str(runs_dir), instance=dagster_instance)
+    create_run(spec, paths=ProjectPaths.of(runs_dir), instance=dagster_instance)
     job = defs.resolve_job_def("run_spec_job")
     same = job.execute_in_process(instance=dagster_instance, partition_key=month_run_key(spec, "2024-01"))
     assert same.success
@@ -249,8 +250,11 @@ def test_a_policy_partition_reads_its_candles_once(sample_db, runs_dir, dagster_
 
     monkeypatch.setattr(resources, "read_candles", counting)
     spec = new_spec(sample_db, "policy", policy_id="p", policy={"kind": "fixed_stop", "stop_loss_bps": 500})
-    create_run(spec, runs_dir=str(runs_dir), instance=dagster_instance)
-    assert materialize_month(spec, "2024-01", runs_dir=str(runs_dir), instance=dagster_instance).status == "completed"
+    create_run(spec, paths=ProjectPaths.of(runs_dir), instance=dagster_instance)
+    assert (
+        materialize_month(spec, "2024-01", paths=ProjectPaths.of(runs_dir), instance=dagster_instance).status
+        == "completed"
+    )
     assert calls == ["5m"]  # paths and trades shared one read
 
 
@@ -260,8 +264,8 @@ def test_optimization_month_completes_with_a_ranked_frontier(sample_db, runs_dir
         "per_caller": True,
     }
     spec = new_spec(sample_db, "optimization", sweep=grid)
-    create_run(spec, runs_dir=str(runs_dir), instance=dagster_instance)
-    result = materialize_month(spec, "2024-01", runs_dir=str(runs_dir), instance=dagster_instance)
+    create_run(spec, paths=ProjectPaths.of(runs_dir), instance=dagster_instance)
+    result = materialize_month(spec, "2024-01", paths=ProjectPaths.of(runs_dir), instance=dagster_instance)
     assert result.status == "completed", result.error
     rd = RunDirectory(runs_dir, "2024-01", spec.run_id)
     assert set(rd.manifest()["artifacts"]) >= {"alerts", "paths", "frontier"}
@@ -279,8 +283,11 @@ def test_a_month_streamed_in_parts_writes_the_same_artifacts(defs, sample_db, ru
     spec = new_spec(
         sample_db, "policy", policy_id="p", policy={"kind": "trailing_stop", "activation_bps": 2000, "trail_bps": 1500}
     )
-    create_run(spec, runs_dir=str(runs_dir), instance=dagster_instance)
-    assert materialize_month(spec, "2024-01", runs_dir=str(runs_dir), instance=dagster_instance).status == "completed"
+    create_run(spec, paths=ProjectPaths.of(runs_dir), instance=dagster_instance)
+    assert (
+        materialize_month(spec, "2024-01", paths=ProjectPaths.of(runs_dir), instance=dagster_instance).status
+        == "completed"
+    )
     rd = RunDirectory(runs_dir, "2024-01", spec.run_id)
     before = {k: v["sha256"] for k, v in rd.manifest()["artifacts"].items() if k != "errors"}
     errors_before = pl.read_parquet(rd.path / "errors/errors.parquet").drop("ts").sort(pl.all())
@@ -304,7 +311,7 @@ def test_a_month_streamed_in_parts_writes_the_same_artifacts(defs, sample_db, ru
 
 def test_creating_a_run_records_the_spec_materialization(sample_db, runs_dir, dagster_instance):
     spec = new_spec(sample_db)
-    create_run(spec, runs_dir=str(runs_dir), instance=dagster_instance)
+    create_run(spec, paths=ProjectPaths.of(runs_dir), instance=dagster_instance)
     records = dagster_instance.fetch_materializations(AssetKey("run_spec"), limit=10).records
     assert sorted(r.partition_key for r in records) == run_month_keys(spec)  # one per month of the window
     mat = records[0].asset_materialization
@@ -347,7 +354,7 @@ POLICY_CHECKS = {
 
 def test_every_check_of_a_policy_month_runs_and_passes(defs, sample_db, runs_dir, dagster_instance):
     spec = new_spec(sample_db, "policy", policy_id="p", policy={"kind": "fixed_stop", "stop_loss_bps": 500})
-    create_run(spec, runs_dir=str(runs_dir), instance=dagster_instance)
+    create_run(spec, paths=ProjectPaths.of(runs_dir), instance=dagster_instance)
     result = defs.resolve_job_def("policy_job").execute_in_process(
         instance=dagster_instance, partition_key=month_run_key(spec, "2024-01")
     )
@@ -368,7 +375,7 @@ def test_a_policy_month_runs_one_step_per_artifact_and_evaluates_every_check_in_
     15 evaluations. A warning (here
     `excluded_share` with no exclusion allowed) is recorded, shown and does not stop the month."""
     spec = new_spec(sample_db, "policy", policy_id="p", policy={"kind": "fixed_stop", "stop_loss_bps": 500})
-    create_run(spec, runs_dir=str(runs_dir), instance=dagster_instance)
+    create_run(spec, paths=ProjectPaths.of(runs_dir), instance=dagster_instance)
     key = month_run_key(spec, "2024-01")
     result = defs.resolve_job_def("policy_job").execute_in_process(
         instance=dagster_instance,
@@ -401,7 +408,7 @@ def test_a_policy_month_runs_one_step_per_artifact_and_evaluates_every_check_in_
 def test_checks_run_alone_read_the_stored_artifact_and_write_nothing(defs, sample_db, runs_dir, dagster_instance):
     """The UI's "Execute checks": the asset's step runs for its checks only."""
     spec = new_spec(sample_db, "policy", policy_id="p", policy={"kind": "fixed_stop", "stop_loss_bps": 500})
-    create_run(spec, runs_dir=str(runs_dir), instance=dagster_instance)
+    create_run(spec, paths=ProjectPaths.of(runs_dir), instance=dagster_instance)
     key = month_run_key(spec, "2024-01")
     assert defs.resolve_job_def("policy_job").execute_in_process(instance=dagster_instance, partition_key=key).success
     rd = RunDirectory(runs_dir, "2024-01", spec.run_id)
@@ -437,7 +444,7 @@ def test_a_look_ahead_blocks_the_trades(defs, sample_db, runs_dir, dagster_insta
 
     monkeypatch.setattr(assets, "compute_paths", peeking)
     spec = new_spec(sample_db, "policy", policy_id="p", policy={"kind": "fixed_stop", "stop_loss_bps": 500})
-    create_run(spec, runs_dir=str(runs_dir), instance=dagster_instance)
+    create_run(spec, paths=ProjectPaths.of(runs_dir), instance=dagster_instance)
     result = defs.resolve_job_def("policy_job").execute_in_process(
         instance=dagster_instance, partition_key=month_run_key(spec, "2024-01"), raise_on_error=False
     )
@@ -461,8 +468,8 @@ def test_a_look_ahead_blocks_the_trades(defs, sample_db, runs_dir, dagster_insta
 
 def test_a_month_run_is_tagged_with_what_it_is(sample_db, runs_dir, dagster_instance):
     spec = new_spec(sample_db, "policy", policy_id="p", policy={"kind": "fixed_stop", "stop_loss_bps": 500})
-    create_run(spec, runs_dir=str(runs_dir), instance=dagster_instance)
-    result = materialize_month(spec, "2024-01", runs_dir=str(runs_dir), instance=dagster_instance)
+    create_run(spec, paths=ProjectPaths.of(runs_dir), instance=dagster_instance)
+    result = materialize_month(spec, "2024-01", paths=ProjectPaths.of(runs_dir), instance=dagster_instance)
     tags = dagster_instance.get_run_by_id(result.dagster_run_id).tags
     assert {k: tags[k] for k in tags if k.startswith("quantlab/")} == {
         "quantlab/run_id": spec.run_id,
@@ -475,7 +482,7 @@ def test_a_month_run_is_tagged_with_what_it_is(sample_db, runs_dir, dagster_inst
 
 def test_a_missing_upstream_is_recorded_against_the_step_that_needed_it(defs, sample_db, runs_dir, dagster_instance):
     spec = new_spec(sample_db, "policy", policy_id="p", policy={"kind": "fixed_stop", "stop_loss_bps": 500})
-    create_run(spec, runs_dir=str(runs_dir), instance=dagster_instance)
+    create_run(spec, paths=ProjectPaths.of(runs_dir), instance=dagster_instance)
     selection = [AssetKey("alerts"), AssetKey("trades"), AssetKey("summary")]  # no paths yet
     result = defs.resolve_job_def("policy_job").execute_in_process(
         instance=dagster_instance,
@@ -495,8 +502,11 @@ def test_materializing_an_artifact_of_another_run_type_leaves_a_completed_run_al
     defs, sample_db, runs_dir, dagster_instance
 ):
     spec = new_spec(sample_db)
-    create_run(spec, runs_dir=str(runs_dir), instance=dagster_instance)
-    assert materialize_month(spec, "2024-01", runs_dir=str(runs_dir), instance=dagster_instance).status == "completed"
+    create_run(spec, paths=ProjectPaths.of(runs_dir), instance=dagster_instance)
+    assert (
+        materialize_month(spec, "2024-01", paths=ProjectPaths.of(runs_dir), instance=dagster_instance).status
+        == "completed"
+    )
     rd = RunDirectory(runs_dir, "2024-01", spec.run_id)
     before = (rd.path / "run.json").read_bytes()
     result = defs.resolve_job_def("policy_job").execute_in_process(

@@ -25,6 +25,7 @@ from quantlab_pipeline.orchestration.steps import progress_logger
 from quantlab_pipeline.sources.candles import read_candles
 from quantlab_pipeline.storage.layout import required_artifacts
 from quantlab_pipeline.storage.lifecycle import month_status, steps_to_finish
+from quantlab_pipeline.storage.paths import ProjectPaths
 from quantlab_pipeline.storage.run_creation import create_run_spec
 from quantlab_pipeline.storage.run_dir import RunDirectory
 from quantlab_pipeline_tests.helpers import run_cli
@@ -126,8 +127,8 @@ def test_only_policy_runs_take_a_portfolio(sample_db):
 def january(sample_db, runs_dir, dagster_instance):
     """A policy run over January and February with a small account, January materialized."""
     spec = policy_spec(sample_db, capital=1000.0, position_size=100.0, max_positions=5)
-    create_run(spec, runs_dir=str(runs_dir), instance=dagster_instance)
-    result = materialize_month(spec, "2024-01", runs_dir=str(runs_dir), instance=dagster_instance)
+    create_run(spec, paths=ProjectPaths.of(runs_dir), instance=dagster_instance)
+    result = materialize_month(spec, "2024-01", paths=ProjectPaths.of(runs_dir), instance=dagster_instance)
     assert result.status == "completed", result.error
     return spec
 
@@ -135,7 +136,7 @@ def january(sample_db, runs_dir, dagster_instance):
 @pytest.fixture
 def two_months(january, runs_dir, dagster_instance):
     """The same run, both months materialized."""
-    result = materialize_month(january, "2024-02", runs_dir=str(runs_dir), instance=dagster_instance)
+    result = materialize_month(january, "2024-02", paths=ProjectPaths.of(runs_dir), instance=dagster_instance)
     assert result.status == "completed", result.error
     return january
 
@@ -159,7 +160,9 @@ def test_the_last_months_row_is_one_simulation_of_the_windows_trades(two_months,
         assert set(inputs) == {"alerts", "paths", "trades", "positions@2024-01"}
     assert "positions@2023-12" not in january.manifest()["artifacts"]["portfolio"]["inputs"]
     # the headline the CLI's table and the UI show
-    result = materialize_month(spec, "2024-02", runs_dir=str(runs_dir), instance=dagster_instance, steps=["portfolio"])
+    result = materialize_month(
+        spec, "2024-02", paths=ProjectPaths.of(runs_dir), instance=dagster_instance, steps=["portfolio"]
+    )
     headline = result.headline["portfolio"]
     row = february.read_artifact("portfolio").frame.row(0, named=True)
     assert headline["equity_end"] == round(row["equity_end"], 2)
@@ -190,7 +193,7 @@ def test_rewriting_the_month_before_makes_a_month_stale_until_it_is_recomputed(t
     assert status.state == "stale" and "2024-01" in status.detail
     assert steps_to_finish(february) == ("equity", "portfolio", "positions")
     result = materialize_month(
-        spec, "2024-02", runs_dir=str(runs_dir), instance=dagster_instance, steps=steps_to_finish(february)
+        spec, "2024-02", paths=ProjectPaths.of(runs_dir), instance=dagster_instance, steps=steps_to_finish(february)
     )
     assert result.status == "completed", result.error
     after = february.read_artifact("portfolio").frame.row(0, named=True)
@@ -199,9 +202,9 @@ def test_rewriting_the_month_before_makes_a_month_stale_until_it_is_recomputed(t
 
 def test_a_month_whose_month_before_is_missing_fails_at_once_naming_it(sample_db, runs_dir, dagster_instance):
     spec = policy_spec(sample_db)
-    create_run(spec, runs_dir=str(runs_dir), instance=dagster_instance)
+    create_run(spec, paths=ProjectPaths.of(runs_dir), instance=dagster_instance)
     started = time.monotonic()
-    result = materialize_month(spec, "2024-02", runs_dir=str(runs_dir), instance=dagster_instance)
+    result = materialize_month(spec, "2024-02", paths=ProjectPaths.of(runs_dir), instance=dagster_instance)
     assert result.status == "failed" and time.monotonic() - started < 60
     assert result.error.startswith("portfolio: month 2024-01 of run")
     assert "is missing" in result.error and f"quantlab runs resume {spec.run_id}" in result.error
@@ -243,7 +246,7 @@ def test_a_month_waits_while_a_live_writer_finishes_the_month_before(january, ru
     finisher = threading.Thread(target=finish_january)
     finisher.start()
     try:
-        result = materialize_month(spec, "2024-02", runs_dir=str(runs_dir), instance=dagster_instance)
+        result = materialize_month(spec, "2024-02", paths=ProjectPaths.of(runs_dir), instance=dagster_instance)
     finally:
         progress_logger.removeHandler(waiting)
         progress_logger.setLevel(level)
@@ -260,15 +263,15 @@ def test_the_wait_is_bounded(january, runs_dir, dagster_instance, monkeypatch):
     spec = january
     RunDirectory(runs_dir, "2024-01", spec.run_id).begin(spec)  # live, and never finished
     monkeypatch.setattr(portfolio_step, "PREVIOUS_MONTH_WAIT_S", 1.0)
-    result = materialize_month(spec, "2024-02", runs_dir=str(runs_dir), instance=dagster_instance)
+    result = materialize_month(spec, "2024-02", paths=ProjectPaths.of(runs_dir), instance=dagster_instance)
     assert result.status == "failed"
     assert "month 2024-01" in result.error and "still being written after 1 s" in result.error
 
 
 def test_a_policy_month_without_portfolio_writes_none(sample_db, runs_dir, dagster_instance):
     spec = policy_spec(sample_db, portfolio=False)
-    create_run(spec, runs_dir=str(runs_dir), instance=dagster_instance)
-    result = materialize_month(spec, "2024-02", runs_dir=str(runs_dir), instance=dagster_instance)
+    create_run(spec, paths=ProjectPaths.of(runs_dir), instance=dagster_instance)
+    result = materialize_month(spec, "2024-02", paths=ProjectPaths.of(runs_dir), instance=dagster_instance)
     assert result.status == "completed", result.error
     rd = RunDirectory(runs_dir, "2024-02", spec.run_id)
     assert not ({"equity", "positions", "portfolio"} & set(rd.manifest()["artifacts"]))

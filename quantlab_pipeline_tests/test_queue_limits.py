@@ -9,11 +9,13 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import yaml
-from dagster._utils.tags import TagConcurrencyLimitsCounter
 
 from quantlab_pipeline.core.spec import RunSpec
+from quantlab_pipeline.orchestration.dagster_adapter import private
 from quantlab_pipeline.orchestration.launch import IN_ORDER_TAG, run_tags
 from quantlab_pipeline.orchestration.partitions import month_run_key
+
+TagConcurrencyLimitsCounter = private("dagster._utils.tags", "TagConcurrencyLimitsCounter")
 
 PROJECT = Path(__file__).resolve().parent.parent
 LIMITS = yaml.safe_load((PROJECT / "dagster.yaml").read_text())["concurrency"]["runs"]["tag_concurrency_limits"]

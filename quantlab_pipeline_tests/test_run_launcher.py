@@ -15,14 +15,14 @@ from typing import Any
 
 import pytest
 from dagster import DagsterInstance, DagsterRunStatus, asset, instance_for_test, materialize
-from dagster._core.launcher import WorkerStatus
-from dagster._core.test_utils import create_run_for_test
-from dagster._daemon.monitoring.run_monitoring import monitor_started_run
 
+from quantlab_pipeline.orchestration.dagster_adapter import WorkerStatus, private
 from quantlab_pipeline.orchestration.resources import RunStoreResource
 from quantlab_pipeline.orchestration.run_launcher import RUN_WORKER_TAG, LocalRunLauncher, run_worker
 from quantlab_pipeline.storage.writer import process_start, writer_record
 
+create_run_for_test = private("dagster._core.test_utils", "create_run_for_test")
+monitor_started_run = private("dagster._daemon.monitoring.run_monitoring", "monitor_started_run")
 PROJECT = Path(__file__).resolve().parents[1]
 LAUNCHER = {"module": "quantlab_pipeline.orchestration.run_launcher", "class": "LocalRunLauncher"}
 

@@ -197,6 +197,23 @@ def test_new_backtest_job_creates_the_run_and_its_months_follow(sample_db, tmp_p
     assert not (runs.parent / "elsewhere").exists()
 
 
+def test_the_launcher_run_lists_its_months_with_links_to_their_runs(sample_db, tmp_path, dagster_instance):
+    config = {"run_type": "path_only", "alerts": str(sample_db), "window_from": "2024-01-20", "window_to": "2024-02-10"}
+    _, result = launch_new_backtest(dagster_instance, tmp_path / "runs", config)
+    run_id = result.output_for_node("create_backtest")
+    [output] = [e for e in result.all_events if e.event_type == DagsterEventType.STEP_OUTPUT]
+    metadata = {k: v.value for k, v in output.step_output_data.metadata.items()}
+    assert metadata["quantlab_run_id"] == run_id
+    assert metadata["all_month_runs"] == f"/runs?q%5B%5D=tag%3Aquantlab%2Frun_id%3D{run_id}"
+    table = metadata["month_runs"].splitlines()
+    assert table[:2] == ["| month | partition | runs |", "| --- | --- | --- |"]
+    assert table[2:] == [
+        f"| {month} | `{month}.path-only.{run_id}` | [path_only_job runs]"
+        f"(/runs?q%5B%5D=tag%3Adagster%2Fpartition%3D{month}.path-only.{run_id}) |"
+        for month in ("2024-01", "2024-02")
+    ]
+
+
 def test_new_backtest_job_refuses_an_incomplete_form_and_creates_nothing(sample_db, tmp_path, dagster_instance):
     runs = tmp_path / "runs"
     _, result = launch_new_backtest(dagster_instance, runs, {"run_type": "policy", "alerts": str(sample_db)})

@@ -19,6 +19,7 @@ from quantlab_pipeline.orchestration.month_runs import materialize_month
 from quantlab_pipeline.sources.sample_db import generate_sample_data
 from quantlab_pipeline.storage.catalog import query_artifacts, sync_catalog
 from quantlab_pipeline.storage.layout import required_artifacts
+from quantlab_pipeline.storage.paths import ProjectPaths
 from quantlab_pipeline.storage.run_creation import create_run_spec
 from quantlab_pipeline.storage.run_dir import RunDirectory
 
@@ -155,8 +156,8 @@ def test_features_complete_path_only_runs_unless_turned_off(sample_db, runs_dir,
     for features in (True, False):
         spec = create_run_spec(SpecRequest("path-only", str(sample_db), "2024-01-05", "2024-01-31", features=features))
         assert ("features" in required_artifacts("path-only", spec.to_dict())) is features
-        create_run(spec, runs_dir=str(runs_dir), instance=dagster_instance)
-        result = materialize_month(spec, "2024-01", runs_dir=str(runs_dir), instance=dagster_instance)
+        create_run(spec, paths=ProjectPaths.of(runs_dir), instance=dagster_instance)
+        result = materialize_month(spec, "2024-01", paths=ProjectPaths.of(runs_dir), instance=dagster_instance)
         assert result.status == "completed", result.error
         rd = RunDirectory(runs_dir, "2024-01", spec.run_id)
         recorded = rd.manifest()["artifacts"]
@@ -191,10 +192,10 @@ def test_walk_forward_selects_on_the_months_before(three_months, runs_dir, dagst
             "optimization", str(three_months), "2024-01-01", "2024-03-31", sweep=GRID, train_months=train_months
         )
     )
-    create_run(spec, runs_dir=str(runs_dir), instance=dagster_instance)
+    create_run(spec, paths=ProjectPaths.of(runs_dir), instance=dagster_instance)
     months = ["2024-01", "2024-02", "2024-03"]
     for month in months:
-        result = materialize_month(spec, month, runs_dir=str(runs_dir), instance=dagster_instance)
+        result = materialize_month(spec, month, paths=ProjectPaths.of(runs_dir), instance=dagster_instance)
         assert result.status == "completed", result.error
     dirs = {m: RunDirectory(runs_dir, m, spec.run_id) for m in months}
     frontier = {m: d.read_artifact("frontier").frame.filter(pl.col("caller_name").is_null()) for m, d in dirs.items()}
@@ -236,7 +237,7 @@ def test_walk_forward_month_before_its_training_months_fails_with_one_line(three
     spec = create_run_spec(
         SpecRequest("optimization", str(three_months), "2024-01-01", "2024-02-29", sweep=GRID, train_months=1)
     )
-    create_run(spec, runs_dir=str(runs_dir), instance=dagster_instance)
-    result = materialize_month(spec, "2024-02", runs_dir=str(runs_dir), instance=dagster_instance)
+    create_run(spec, paths=ProjectPaths.of(runs_dir), instance=dagster_instance)
+    result = materialize_month(spec, "2024-02", paths=ProjectPaths.of(runs_dir), instance=dagster_instance)
     assert result.status == "failed"
     assert "month 2024-01" in result.error and "not completed" in result.error

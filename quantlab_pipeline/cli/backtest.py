@@ -14,7 +14,7 @@ import click
 from rich.markup import escape
 
 from quantlab_pipeline.cli.console import console, err_console, note, user_errors
-from quantlab_pipeline.cli.months import MonthPlan, default_parallel, finish, run_months
+from quantlab_pipeline.cli.months import default_parallel, finish, print_progress, results_or_exit, spawn_worker
 from quantlab_pipeline.cli.options import runs_dir_option
 from quantlab_pipeline.cli.walkforward import print_frontier_top, print_walk_forward
 from quantlab_pipeline.core.errors import SpecError
@@ -30,6 +30,7 @@ from quantlab_pipeline.core.spec_builder import (
     SpecRequest,
 )
 from quantlab_pipeline.storage.layout import report_command
+from quantlab_pipeline.storage.paths import ProjectPaths
 
 
 def _run_options(fn: Callable) -> Callable:
@@ -260,7 +261,7 @@ def _create(run_type: str, opts: dict[str, Any]):
                 "--submit: no Dagster daemon is running for this instance, so nothing launches until one starts "
                 "(`dagster-daemon run` with the same DAGSTER_HOME, or `make dev`)"
             )
-    create_run(spec, runs_dir=opts["runs_dir"], instance=instance)
+    create_run(spec, paths=_paths(opts), instance=instance)
     return spec, months, instance
 
 
@@ -279,6 +280,10 @@ def _check_sweep_memory(spec: Any, months: list[str]) -> None:
         bounds = {"start_ms": date_to_ms(first), "end_ms": date_to_ms(last) + UNIT_MS["d"]}
         entries = max(entries, count_alerts(spec.source.alerts, spec.source.alerts_table, **bounds))
     check_sweep_memory(len(parse_sweep(spec.sweep).policies), entries, available_memory_bytes(), where="--sweep")
+
+
+def _paths(opts: dict[str, Any]) -> ProjectPaths:
+    return ProjectPaths.of(opts["runs_dir"])
 
 
 def _launch_parallel(run_type: str, opts: dict[str, Any], spec: Any, months: list[str]) -> int:
@@ -305,7 +310,7 @@ def _backtest(run_type: str, opts: dict[str, Any]) -> None:
         from quantlab_pipeline.orchestration.month_runs import submit_month
 
         for month in months:
-            submit_month(spec, month, runs_dir=opts["runs_dir"], instance=instance)
+            submit_month(spec, month, paths=_paths(opts), instance=instance)
         err_console.print(
             f"Queued {len(months)} month run(s) of {run_type} run {spec.run_id}; "
             f"follow them with `quantlab runs wait {spec.run_id}`"
@@ -319,8 +324,19 @@ def _backtest(run_type: str, opts: dict[str, Any]) -> None:
     )
     if not kernels_compiled(policy=run_type == "policy", sweep=run_type == "optimization"):
         console.print("[dim]compiling the numba kernels (first run only, a few seconds)…[/dim]")
+    from quantlab_pipeline.orchestration.month_runner import MonthPlan, run_months
+
     plan = [MonthPlan(m) for m in months]
-    results = run_months(spec, plan, runs_dir=opts["runs_dir"], instance=instance, parallel=parallel)
+    outcome = run_months(
+        spec,
+        plan,
+        paths=_paths(opts),
+        instance=instance,
+        on_progress=print_progress,
+        parallel=parallel,
+        spawn=spawn_worker,
+    )
+    results = results_or_exit(spec, outcome)
     try:
         finish(spec, results)
     finally:  # after the headline table, also when a month did not complete

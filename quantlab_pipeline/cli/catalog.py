@@ -18,6 +18,7 @@ from typing import Any
 import click
 from rich import box
 from rich.markup import escape
+from rich.measure import Measurement
 from rich.table import Table
 
 from quantlab_pipeline.cli.console import console, fail, ok, user_errors
@@ -128,8 +129,30 @@ def _emit(rows: list[dict[str, Any]], columns: tuple[str, ...], fmt: str) -> Non
         writer.writerows({c: _plain(r[c]) for c in columns} for r in rows)
 
 
-def _runs_table(rows: list[dict[str, Any]]) -> Table:
-    """Compact: optional columns appear only when some row has a value."""
+SHORT_RUN_ID = 8  # characters of a run id shown when the full ones do not fit the terminal
+
+
+def _print_runs_table(rows: list[dict[str, Any]], *, wide: bool) -> None:
+    """Compact: optional columns appear only when some row has a value. Run ids are shortened when
+    the full table would not fit the terminal, rather than cut to "20…"; `wide`: printed whole."""
+    table = _build_runs_table(rows, short_ids=False)
+    natural = Measurement.get(console, console.options.update_width(10_000), table).maximum
+    if wide:  # wider than the terminal: its lines wrap there, each row whole
+        previous = console.size
+        console.size = (max(natural, previous.width), previous.height)
+        try:
+            console.print(table)
+        finally:
+            console.size = previous
+        return
+    if natural > console.width:
+        table = _build_runs_table(rows, short_ids=True)
+        table.caption = f"run ids: first {SHORT_RUN_ID} characters (--wide or --format json for the full ones)"
+        table.caption_justify = "left"
+    console.print(table)
+
+
+def _build_runs_table(rows: list[dict[str, Any]], *, short_ids: bool) -> Table:
     table = Table(
         title=_plural(len(rows)),
         title_justify="left",
@@ -139,7 +162,7 @@ def _runs_table(rows: list[dict[str, Any]]) -> Table:
         padding=(0, 1, 0, 0),
     )
     columns: list[tuple[str, Any]] = [
-        ("run_id", lambda r: r["run_id"]),
+        ("run_id", lambda r: r["run_id"][:SHORT_RUN_ID] if short_ids else r["run_id"]),
         ("month", lambda r: r["month"]),
         ("run_type", lambda r: r["run_type"]),
         ("status", lambda r: r["status"]),
@@ -150,7 +173,13 @@ def _runs_table(rows: list[dict[str, Any]]) -> Table:
         (name, lambda r, n=name: r[n] or "") for name in ("policy_id", "git_branch") if any(r[name] for r in rows)
     ]
     for name, _ in columns:
-        table.add_column(name, no_wrap=name != "policy_id", justify="right" if name == "calls" else "left")
+        wraps = name in ("policy_id", "git_branch")
+        table.add_column(
+            name,
+            no_wrap=not wraps,
+            overflow="fold" if wraps else "ellipsis",
+            justify="right" if name == "calls" else "left",
+        )
     for r in rows:
         table.add_row(*(escape(get(r)) for _, get in columns))
     return table
@@ -173,6 +202,7 @@ def _runs_table(rows: list[dict[str, Any]]) -> Table:
     help=f"At most this many rows [default: {DEFAULT_LIMIT}; with --run-id and --artifact-type: every month].",
 )
 @click.option("--format", "fmt", default="table", show_default=True, help="table | json | csv.")
+@click.option("--wide", is_flag=True, help="Full run ids in the table, however wide it gets.")
 @user_errors
 def catalog_query(
     catalog_path: str,
@@ -187,6 +217,7 @@ def catalog_query(
     artifact_type,
     limit,
     fmt,
+    wide,
 ) -> None:
     """List runs of the catalog (newest first), or the paths of one artifact type."""
     if fmt not in OUTPUT_FORMATS:
@@ -218,7 +249,7 @@ def catalog_query(
     if fmt != "table":
         _emit(rows, PUBLIC_RUN_COLUMNS, fmt)
     elif rows:
-        console.print(_runs_table(rows))
+        _print_runs_table(rows, wide=wide)
     else:
         console.print("No runs match.")
 

@@ -15,15 +15,17 @@ from rich.markup import escape
 from rich.table import Table
 
 from quantlab_pipeline.cli.console import console, err_console, fail, note, ok, user_errors
-from quantlab_pipeline.cli.months import MonthPlan, finish, follow_queued, run_months
+from quantlab_pipeline.cli.months import finish, print_progress, results_or_exit
 from quantlab_pipeline.cli.options import runs_dir_option
 from quantlab_pipeline.core.spec import validate_run_id
+from quantlab_pipeline.storage.paths import ProjectPaths
 
 _STYLE = {
     "completed": "green",
     "stale": "yellow",
     "failed": "red",
     "interrupted": "yellow",
+    "incomplete": "yellow",
     "running": "cyan",
     "missing": "dim",
 }
@@ -66,6 +68,7 @@ def runs_resume(run_id: str, runs_dir: str) -> None:
     """Finish every month of a run that is not completed, running only the steps whose artifacts
     are missing or stale; exits 0 only when every month is complete."""
     from quantlab_pipeline.orchestration.launch import get_instance
+    from quantlab_pipeline.orchestration.month_runner import MonthPlan, run_months
     from quantlab_pipeline.orchestration.month_runs import month_result, settle_dead_dagster_run
     from quantlab_pipeline.storage.lifecycle import run_status, steps_to_finish
     from quantlab_pipeline.storage.run_dir import RunDirectory
@@ -73,11 +76,12 @@ def runs_resume(run_id: str, runs_dir: str) -> None:
 
     spec = read_spec(runs_dir, validate_run_id(run_id))
     instance = get_instance(note)
+    paths = ProjectPaths.of(runs_dir)
     plan, done, busy = [], [], []
     for status in run_status(runs_dir, spec):
         if status.state == "completed":
             ok(f"{status.month} already completed")
-            done.append(month_result(spec, status.month, runs_dir=runs_dir, instance=instance))
+            done.append(month_result(spec, status.month, paths=paths, instance=instance))
             continue
         if status.state == "running":
             err_console.print(f"[cyan]…[/cyan] {status.month} is being written by a live process; left alone")
@@ -93,10 +97,11 @@ def runs_resume(run_id: str, runs_dir: str) -> None:
         steps = steps_to_finish(run_dir)
         if not steps:
             ok(f"{status.month} completed by repair")
-            done.append(month_result(spec, status.month, runs_dir=runs_dir, instance=instance))
+            done.append(month_result(spec, status.month, paths=paths, instance=instance))
             continue
-        plan.append(MonthPlan(status.month, steps))
-    results = run_months(spec, plan, runs_dir=runs_dir, instance=instance) if plan else []
+        plan.append(MonthPlan(status.month, tuple(steps)))
+    outcome = run_months(spec, plan, paths=paths, instance=instance, on_progress=print_progress) if plan else None
+    results = results_or_exit(spec, outcome) if outcome else []
     by_month = {r.month: r for r in [*done, *results]}
     finish(spec, [by_month[m] for m in sorted(by_month)])
     if busy:
@@ -111,12 +116,16 @@ def runs_wait(run_id: str, runs_dir: str) -> None:
     """Follow the queued months of a run (`backtest … --submit`) to the end: the same progress,
     closing table and exit status as a foreground backtest."""
     from quantlab_pipeline.orchestration.launch import get_instance
+    from quantlab_pipeline.orchestration.month_runner import follow_queued
     from quantlab_pipeline.storage.specs import read_spec
 
     spec = read_spec(runs_dir, validate_run_id(run_id))
     instance = get_instance(note)
     console.print(f"[bold]Run[/bold] {spec.run_id} ({spec.run_type}): waiting for {len(spec.months())} month run(s)")
-    finish(spec, follow_queued(spec, spec.months(), runs_dir=runs_dir, instance=instance))
+    outcome = follow_queued(
+        spec, spec.months(), paths=ProjectPaths.of(runs_dir), instance=instance, on_progress=print_progress
+    )
+    finish(spec, outcome.results)
 
 
 COMMANDS = [runs_status, runs_resume, runs_wait]

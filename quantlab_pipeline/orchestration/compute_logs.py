@@ -5,7 +5,9 @@ Dagster captures a run's stdout and stderr into files (the UI's stdout/stderr vi
 each back to the process's own stream with a `tail -F` and a Python watcher process per stream:
 four processes per run, ~50 ms of CPU. A `--parallel` run worker's streams are /dev/null, so the
 mirror shows nothing to anyone; there the streams are only redirected into the same files. A run
-whose streams go somewhere (a terminal, a pod's log) is captured and mirrored as Dagster does.
+whose streams go somewhere (a terminal, a pod's log) is captured and mirrored as Dagster does,
+except that the mirror's processes start with SIGINT blocked: a Ctrl-C sent to the process group
+stops the step, not the mirror's watchers with a `KeyboardInterrupt` traceback each.
 """
 
 from __future__ import annotations
@@ -13,14 +15,18 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
 from typing import Any, TextIO
 
-from dagster._core.execution.compute_logs import redirect_to_file
-from dagster._core.storage.compute_log_manager import CapturedLogContext, ComputeIOType
-from dagster._core.storage.local_compute_log_manager import IO_TYPE_EXTENSION, LocalComputeLogManager
-from dagster._serdes import ConfigurableClassData
-from dagster._utils import ensure_file, touch_file
+from quantlab_pipeline.orchestration.dagster_adapter import (
+    IO_TYPE_EXTENSION,
+    CapturedLogContext,
+    ComputeIOType,
+    LocalComputeLogManager,
+    redirect_to_file,
+    sigint_blocked,
+)
 
 
 def _is_devnull(stream: TextIO) -> bool:
@@ -36,21 +42,24 @@ class DevNullAwareComputeLogManager(LocalComputeLogManager):
     """`LocalComputeLogManager` whose capture skips the mirror when stdout and stderr are /dev/null."""
 
     @classmethod
-    def from_config_value(
-        cls, inst_data: ConfigurableClassData | None, config_value: Any
-    ) -> DevNullAwareComputeLogManager:
+    def from_config_value(cls, inst_data: Any, config_value: Any) -> DevNullAwareComputeLogManager:
         return cls(inst_data=inst_data, **config_value)
 
     @contextmanager
     def capture_logs(self, log_key: Sequence[str]) -> Iterator[CapturedLogContext]:
         if not (_is_devnull(sys.stdout) and _is_devnull(sys.stderr)):
-            with super().capture_logs(log_key) as context:
+            with ExitStack() as stack:
+                with sigint_blocked():  # a Ctrl-C meanwhile is raised on leaving, in the step
+                    context = stack.enter_context(super().capture_logs(log_key))
                 yield context
             return
         outpath = self.get_captured_local_path(log_key, IO_TYPE_EXTENSION[ComputeIOType.STDOUT])
         errpath = self.get_captured_local_path(log_key, IO_TYPE_EXTENSION[ComputeIOType.STDERR])
-        ensure_file(outpath)
-        ensure_file(errpath)
+        for path in (outpath, errpath):
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            Path(path).touch()
         with redirect_to_file(sys.stdout, outpath), redirect_to_file(sys.stderr, errpath):
             yield CapturedLogContext(log_key)
-        touch_file(self.complete_artifact_path(log_key))  # as Dagster's: the capture is complete
+        complete = Path(self.complete_artifact_path(log_key))  # as Dagster's: the capture is complete
+        complete.parent.mkdir(parents=True, exist_ok=True)
+        complete.touch()

@@ -1,28 +1,272 @@
 """Every use of a Dagster-private name (`dagster._…`) in the project, each with why no public API
-serves (docs/dagster.md "Dagster internals"). `quantlab_pipeline_tests/test_dagster_adapter.py`
-checks each name still exists with the shape used here, so a Dagster upgrade that moves one
-fails that test, naming the symbol, instead of failing a backtest.
+serves (docs/architecture.md "The Dagster adapter"). `PRIVATE` lists them, each with its reason;
+`quantlab_pipeline_tests/test_dagster_adapter.py` imports each and checks the parameters used
+here, so a Dagster upgrade that moves or changes one fails that test, naming the symbol, instead
+of failing a backtest. Public names (`DagsterRun`, `RunsFilter`, `EventLogEntry`,
+`serialize_value`, `QueuedRunCoordinator`, …) are imported from `dagster` where they are used.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sqlite3
+import sys
 import threading
 from collections.abc import Iterator, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
-# The SQLite event log storage with every run's events in one database. Public as a dagster.yaml
-# `module:`/`class:` pair, not as an import; subclassed below to keep its connection open.
-from dagster import AssetKey
+from dagster import AssetKey, DagsterInstance, DagsterRun
+from dagster._cli.api import _execute_run_command_body
+from dagster._core.definitions.reconstruct import ReconstructableJob, ReconstructableRepository
+from dagster._core.execution.api import execute_run
+from dagster._core.execution.compute_logs import redirect_to_file
+from dagster._core.launcher import CheckRunHealthResult, WorkerStatus
+from dagster._core.remote_origin import (
+    ManagedGrpcPythonEnvCodeLocationOrigin,
+    RemoteJobOrigin,
+    RemoteRepositoryOrigin,
+)
+from dagster._core.storage.compute_log_manager import CapturedLogContext, ComputeIOType
 from dagster._core.storage.event_log import ConsolidatedSqliteEventLogStorage
-
-# Its tables, for what Dagster's SQL storages leave unimplemented (`wipe_asset_partitions`).
 from dagster._core.storage.event_log.schema import AssetEventTagsTable, SqlEventLogStorageTable
+from dagster._core.storage.local_compute_log_manager import IO_TYPE_EXTENSION, LocalComputeLogManager
+from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
+from dagster._utils.interrupts import capture_interrupts, setup_interrupt_handlers
 from sqlalchemy import create_engine, select
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import QueuePool
+
+__all__ = [
+    "IO_TYPE_EXTENSION",
+    "CapturedLogContext",
+    "CheckRunHealthResult",
+    "ComputeIOType",
+    "LocalComputeLogManager",
+    "WorkerStatus",
+    "redirect_to_file",
+]
+
+
+@dataclass(frozen=True)
+class Private:
+    module: str
+    name: str | None  # None: the module itself (imported ahead by the warm server)
+    why: str  # why no public API serves
+    parameters: tuple[str, ...] = ()  # the parameters (or record fields) this project passes, in order
+    method: str | None = None  # the parameters are the method's (a class method called here)
+
+
+_PRELOAD_WHY = (
+    "imported on first use by opening a SQLite instance or running a job in process; the warm "
+    "server imports it ahead (docs/architecture.md), and no public module imports it sooner"
+)
+PRELOAD_MODULES = (
+    "dagster._core.instance.factory",
+    "dagster._core.instance.runs.run_domain",
+    "dagster._core.storage.legacy_storage",
+    "dagster._core.storage.root",
+    "dagster._core.storage.migration.utils",
+    "dagster._core.storage.sqlite_storage",
+    "dagster._core.storage.event_log.sqlite.consolidated_sqlite_event_log",
+    "dagster._core.storage.local_compute_log_manager",
+    "dagster._core.executor.in_process",
+    "dagster._core.execution.plan.active",
+    "dagster._core.definitions.repository_definition.repository_data_builder",
+    "dagster._core.workspace.context",
+    "dagster._core.workspace.autodiscovery",
+    "dagster._core.execution.asset_backfill",
+    "dagster._daemon.monitoring",
+    "dagster._daemon.auto_run_reexecution.auto_run_reexecution",
+)
+
+PRIVATE: tuple[Private, ...] = (
+    Private(
+        "dagster._core.storage.event_log",
+        "ConsolidatedSqliteEventLogStorage",
+        "the one-database SQLite event log is public only as a dagster.yaml module/class pair; "
+        "subclassed to keep its connection (KeptConnectionSqliteEventLogStorage)",
+        ("base_dir", "inst_data"),
+    ),
+    Private(
+        "dagster._core.storage.event_log.schema",
+        "SqlEventLogStorageTable",
+        "the events table: Dagster's SQL storages cannot wipe an asset's partitions",
+    ),
+    Private("dagster._core.storage.event_log.schema", "AssetEventTagsTable", "the events' tags, wiped with them"),
+    Private(
+        "dagster._core.definitions.reconstruct",
+        "ReconstructableRepository",
+        "`dagster.reconstructable` takes a job function; the jobs are built by a Definitions, "
+        "rebuilt from the module's `defs` (`for_module`)",
+        ("module", "fn_name", "working_directory"),
+        method="for_module",
+    ),
+    Private("dagster._core.definitions.reconstruct", "ReconstructableJob", "what `get_reconstructable_job` returns"),
+    Private(
+        "dagster._core.types.loadable_target_origin",
+        "LoadableTargetOrigin",
+        "a run's code-location origin (so the UI can re-execute a CLI month) has no public constructor",
+        ("executable_path", "python_file", "module_name", "working_directory"),
+    ),
+    Private(
+        "dagster._core.remote_origin",
+        "ManagedGrpcPythonEnvCodeLocationOrigin",
+        "the workspace's code location as the UI names it",
+        ("loadable_target_origin", "location_name"),
+    ),
+    Private(
+        "dagster._core.remote_origin",
+        "RemoteRepositoryOrigin",
+        "the run's repository origin",
+        ("code_location_origin", "repository_name"),
+    ),
+    Private(
+        "dagster._core.remote_origin", "RemoteJobOrigin", "the run's job origin", ("repository_origin", "job_name")
+    ),
+    Private(
+        "dagster._core.execution.api",
+        "execute_run",
+        "executes an existing run (created with its origins) in this process; the public "
+        "`execute_job` creates a run of its own, without the code-location origin",
+        ("job", "dagster_run", "instance"),
+    ),
+    Private(
+        "dagster._cli.api",
+        "_execute_run_command_body",
+        "the body of `dagster api execute_run` (Dagster's run worker: cancellation thread, engine "
+        "events, interrupt handling) without a new interpreter per month",
+        ("run_id", "instance", "write_stream_fn", "set_exit_code_on_failure"),
+    ),
+    Private(
+        "dagster._utils.interrupts", "setup_interrupt_handlers", "SIGTERM acting as SIGINT, as in Dagster's run worker"
+    ),
+    Private(
+        "dagster._utils.interrupts",
+        "capture_interrupts",
+        "a signal held until a step can raise it, as in Dagster's run worker",
+    ),
+    Private(
+        "dagster._core.storage.local_compute_log_manager",
+        "LocalComputeLogManager",
+        "the local compute log manager is public only as a dagster.yaml module/class pair; subclassed "
+        "by compute_logs.DevNullAwareComputeLogManager",
+    ),
+    Private("dagster._core.storage.local_compute_log_manager", "IO_TYPE_EXTENSION", "the captured files' extensions"),
+    Private(
+        "dagster._core.storage.compute_log_manager", "CapturedLogContext", "what `capture_logs` yields", ("log_key",)
+    ),
+    Private("dagster._core.storage.compute_log_manager", "ComputeIOType", "stdout or stderr"),
+    Private(
+        "dagster._core.execution.compute_logs",
+        "redirect_to_file",
+        "Dagster's redirection of a stream into the captured file, without its mirror",
+        ("stream", "filepath"),
+    ),
+    Private(
+        "dagster._core.launcher",
+        "CheckRunHealthResult",
+        "a run launcher's health check result has no public export (run monitoring reads it)",
+        ("status", "msg"),
+    ),
+    Private("dagster._core.launcher", "WorkerStatus", "the health check's statuses"),
+    *(Private(module, None, _PRELOAD_WHY) for module in PRELOAD_MODULES),
+    # Used by the tests only (imported on use: `dagster._core.test_utils` costs ~0.4 s).
+    Private(
+        "dagster._core.test_utils",
+        "create_run_for_test",
+        "a run of a job name without the job's definition, for the run launcher's tests",
+        ("instance", "job_name"),
+    ),
+    Private(
+        "dagster._daemon.monitoring.run_monitoring",
+        "monitor_started_run",
+        "one pass of the daemon's run monitoring over a started run, for the run launcher's tests",
+        ("instance", "workspace", "run_record", "logger"),
+    ),
+    Private(
+        "dagster._utils.tags",
+        "TagConcurrencyLimitsCounter",
+        "what the queued run coordinator counts tag limits with, for the queue limits' tests",
+        ("tag_concurrency_limits", "in_progress_tagged_items"),
+    ),
+    Private(
+        "dagster._config",
+        "process_config",
+        "validates a config dict against a schema, for the deployments' tests",
+        ("config_type", "config_dict"),
+    ),
+    Private(
+        "dagster._core.instance.config",
+        "dagster_instance_config",
+        "reads and validates a folder's dagster.yaml as an instance would, for the deployments' tests",
+        ("base_dir",),
+    ),
+)
+
+
+def private(module: str, name: str) -> Any:
+    """A private name used by the tests only (`PRIVATE`), imported when asked for."""
+    import importlib
+
+    if not any(p.module == module and p.name == name for p in PRIVATE):
+        raise KeyError(f"{module}.{name} is not a listed private name")
+    return getattr(importlib.import_module(module), name)
+
+
+class JobOrigins(NamedTuple):
+    reconstructable: ReconstructableJob
+    remote_origin: RemoteJobOrigin
+
+
+DEFINITIONS_MODULE = "quantlab_pipeline.definitions"
+LOCATION_NAME = "quantlab_pipeline"  # the code location's name in workspace.yaml and pyproject
+REPOSITORY_NAME = "__repository__"  # Dagster's name for the one repository of a Definitions
+
+
+def job_origins(job_name: str, *, working_directory: str) -> JobOrigins:
+    """The job as this process reconstructs it, and its origin in the workspace (what a run
+    records so the UI can re-execute it)."""
+    repository = ReconstructableRepository.for_module(DEFINITIONS_MODULE, "defs", working_directory=working_directory)
+    loadable = LoadableTargetOrigin(
+        executable_path=sys.executable, module_name=DEFINITIONS_MODULE, working_directory=working_directory
+    )
+    location = ManagedGrpcPythonEnvCodeLocationOrigin(loadable_target_origin=loadable, location_name=LOCATION_NAME)
+    origin = RemoteJobOrigin(RemoteRepositoryOrigin(location, REPOSITORY_NAME), job_name)
+    return JobOrigins(repository.get_reconstructable_job(job_name), origin)
+
+
+def execute_run_here(job: ReconstructableJob, run: DagsterRun, instance: DagsterInstance) -> None:
+    """Execute an existing run in this process (the foreground months)."""
+    execute_run(job, run, instance)
+
+
+def execute_run_as_worker(run_id: str, instance: DagsterInstance) -> None:
+    """Execute an existing run as Dagster's run worker does (`dagster api execute_run`)."""
+    _execute_run_command_body(run_id, instance, lambda _event: None, set_exit_code_on_failure=False)
+
+
+@contextlib.contextmanager
+def run_worker_interrupts() -> Iterator[None]:
+    """A run worker's signal handling: SIGTERM as SIGINT, held until a step can raise it."""
+    setup_interrupt_handlers()
+    with capture_interrupts():
+        yield
+
+
+@contextlib.contextmanager
+def sigint_blocked() -> Iterator[None]:
+    """SIGINT held pending (delivered on leaving) while Dagster starts the compute log mirror's
+    `tail` and `watch_orphans.py`: they inherit the mask, so a Ctrl-C sent to the process group
+    reaches the step alone instead of printing a `KeyboardInterrupt` traceback per watcher."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
 
 # Dagster's busy timeout for its SQLite storages (seconds): the same wait for a locked database.
 SQLITE_BUSY_TIMEOUT_S = 120

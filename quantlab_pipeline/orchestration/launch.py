@@ -19,6 +19,7 @@ from quantlab_pipeline.core.sweep_spec import parse_sweep
 from quantlab_pipeline.orchestration.io_managers import spec_metadata
 from quantlab_pipeline.orchestration.partitions import RUN_MONTH_PARTITIONS_NAME, month_run_key, run_month_keys
 from quantlab_pipeline.storage.atomic import atomic_write_bytes
+from quantlab_pipeline.storage.paths import ProjectPaths
 from quantlab_pipeline.storage.specs import write_spec
 
 
@@ -95,7 +96,7 @@ def queue_daemon_running(instance: DagsterInstance) -> bool:
     return beat is not None and time.time() - beat.timestamp < DAEMON_HEARTBEAT_FRESH_S
 
 
-def create_run(spec: RunSpec, *, runs_dir: str, instance: DagsterInstance) -> None:
+def create_run(spec: RunSpec, *, paths: ProjectPaths, instance: DagsterInstance) -> None:
     """Store the spec, register its run-month partitions, and record the `run_spec`
     materialization of each.
 
@@ -103,9 +104,9 @@ def create_run(spec: RunSpec, *, runs_dir: str, instance: DagsterInstance) -> No
     as runless materializations with the same metadata: the UI shows it as materialized without
     the cost of a Dagster run per backtest.
     """
-    stored = write_spec(runs_dir, spec)
+    stored = write_spec(paths.runs_dir, spec)
     instance.add_dynamic_partitions(RUN_MONTH_PARTITIONS_NAME, run_month_keys(spec))
-    metadata = spec_metadata(Path(runs_dir), stored)
+    metadata = spec_metadata(paths.runs_dir, stored)
     for month in spec.months():
         instance.report_runless_asset_event(
             AssetMaterialization(

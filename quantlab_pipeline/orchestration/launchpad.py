@@ -14,12 +14,14 @@ Dagster reads the op's config class from its annotation at definition time.)
 
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlencode
 
 from dagster import (
     DagsterRunStatus,
     DefaultSensorStatus,
     Definitions,
     Failure,
+    MetadataValue,
     OpExecutionContext,
     RunRequest,
     RunStatusSensorContext,
@@ -29,11 +31,13 @@ from dagster import (
 )
 
 from quantlab_pipeline.core.errors import SpecError
+from quantlab_pipeline.core.spec import RunSpec
 from quantlab_pipeline.orchestration.assets import RunSpecConfig
 from quantlab_pipeline.orchestration.jobs import JOB_BY_RUN_TYPE, optimization_job, path_only_job, policy_job
 from quantlab_pipeline.orchestration.launch import create_run, run_tags
 from quantlab_pipeline.orchestration.partitions import check_months_exist, month_run_key
 from quantlab_pipeline.orchestration.resources import RunStoreResource
+from quantlab_pipeline.storage.paths import ProjectPaths
 from quantlab_pipeline.storage.run_creation import create_run_spec
 from quantlab_pipeline.storage.specs import read_spec
 
@@ -50,13 +54,36 @@ def create_backtest(context: OpExecutionContext, config: RunSpecConfig, run_stor
         check_months_exist(spec.months())
     except SpecError as exc:
         raise Failure(description=str(exc), allow_retries=False) from None
-    create_run(spec, runs_dir=str(run_store.root), instance=context.instance)
+    create_run(spec, paths=ProjectPaths(runs_dir=run_store.root), instance=context.instance)
     context.instance.add_run_tags(context.run_id, {RUN_ID_TAG: spec.run_id})
     context.log.info(
         f"run_id {spec.run_id}: {spec.run_type} over {', '.join(spec.months())}; "
         f"{JOB_BY_RUN_TYPE[spec.run_type]} runs follow, one per month"
     )
+    context.add_output_metadata(month_runs_metadata(spec))
     return spec.run_id
+
+
+def _runs_url(tag: str, value: str) -> str:
+    """The UI's Runs page filtered by one tag (a path of the UI the launcher's run links to)."""
+    return "/runs?" + urlencode({"q[]": f"tag:{tag}={value}"})
+
+
+def month_runs_metadata(spec: RunSpec) -> dict[str, MetadataValue]:
+    """What the launcher's run shows of the months it starts: their partitions, each linked to its
+    runs, and every run of the backtest. The month runs are created by the sensor after this run
+    succeeds, so they are linked through the tags they will carry, not by run id."""
+    job = JOB_BY_RUN_TYPE[spec.run_type]
+    rows = [
+        f"| {month} | `{month_run_key(spec, month)}` | [{job} runs]({_runs_url('dagster/partition', month_run_key(spec, month))}) |"
+        for month in spec.months()
+    ]
+    table = "\n".join(["| month | partition | runs |", "| --- | --- | --- |", *rows])
+    return {
+        "quantlab_run_id": MetadataValue.text(spec.run_id),
+        "month_runs": MetadataValue.md(table),
+        "all_month_runs": MetadataValue.url(_runs_url(RUN_ID_TAG, spec.run_id)),
+    }
 
 
 @job(description="Start a backtest from the launchpad: fill in the run, the run id is made for you.")

@@ -1,9 +1,9 @@
 """Month runs: every month a command runs is a real Dagster run of the run type's job, created
 in the instance with a code-location origin — so the UI can re-execute it — and then executed
-in this process (the foreground, one month after another), in run workers (`--parallel`:
-`month_worker` processes, each creating and executing the runs of the months it takes), or
-queued for the daemon (`--submit`), which launches it wherever the instance's run launcher says
-(a subprocess here, a Docker container or a Kubernetes pod in `deploy/`).
+in this process, in a run worker, or queued for the daemon (`--submit`), which launches it
+wherever the instance's run launcher says (a subprocess here, a Docker container or a Kubernetes
+pod in `deploy/`). Which of these, and in what order, is the month runner's business
+(`month_runner`, docs/architecture.md); this module creates a month's run and reads its result.
 
 The run's config carries the runs directory (the `run_store` resource), so a re-execution from
 the UI or a worker on another machine writes where the CLI did.
@@ -14,36 +14,33 @@ from __future__ import annotations
 import functools
 import os
 import signal
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dagster import AssetKey, AssetRecordsFilter, DagsterInstance, DagsterRunStatus
-from dagster._core.definitions.reconstruct import ReconstructableJob, ReconstructableRepository
-from dagster._core.execution.api import execute_run
-from dagster._core.remote_origin import (
-    ManagedGrpcPythonEnvCodeLocationOrigin,
-    RemoteJobOrigin,
-    RemoteRepositoryOrigin,
+from dagster import (
+    AssetKey,
+    AssetRecordsFilter,
+    DagsterInstance,
+    DagsterRun,
+    DagsterRunStatus,
+    QueuedRunCoordinator,
+    RunsFilter,
 )
-from dagster._core.storage.dagster_run import DagsterRun, RunsFilter
-from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
 
 from quantlab_pipeline.core.errors import QuantlabError, first_line
 from quantlab_pipeline.core.spec import RunSpec
+from quantlab_pipeline.orchestration import dagster_adapter
 from quantlab_pipeline.orchestration.jobs import JOB_BY_RUN_TYPE
 from quantlab_pipeline.orchestration.launch import project_root, run_tags
 from quantlab_pipeline.orchestration.partitions import RUN_MONTH_PARTITIONS_NAME, month_run_key
 from quantlab_pipeline.storage.layout import ARTIFACT_PHASES, required_artifacts
 from quantlab_pipeline.storage.lifecycle import month_status, steps_to_finish
+from quantlab_pipeline.storage.paths import ProjectPaths
 from quantlab_pipeline.storage.run_dir import RunDirectory
 from quantlab_pipeline.storage.writer import writer_gone
 
-DEFINITIONS_MODULE = "quantlab_pipeline.definitions"
-LOCATION_NAME = "quantlab_pipeline"  # the code location's name in workspace.yaml and pyproject
-REPOSITORY_NAME = "__repository__"  # Dagster's name for the one repository of a Definitions
 # The CLI prints its own progress and one line per failure; Dagster's console log would add
 # stack traces (each failure's trace is in the month's logs/stderr.txt and the Dagster UI).
 QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
@@ -56,41 +53,31 @@ def _working_directory() -> str:
 
 
 @functools.cache
-def _job(run_type: str) -> tuple[ReconstructableJob, RemoteJobOrigin]:
+def _job(run_type: str) -> dagster_adapter.JobOrigins:
     """The run type's job as this process reconstructs it, and its origin in the workspace
     (built once per process: reconstructing the job resolves its whole definition)."""
-    repository = ReconstructableRepository.for_module(
-        DEFINITIONS_MODULE, "defs", working_directory=_working_directory()
-    )
-    name = JOB_BY_RUN_TYPE[run_type]
-    loadable = LoadableTargetOrigin(
-        executable_path=sys.executable, module_name=DEFINITIONS_MODULE, working_directory=_working_directory()
-    )
-    location = ManagedGrpcPythonEnvCodeLocationOrigin(loadable_target_origin=loadable, location_name=LOCATION_NAME)
-    return repository.get_reconstructable_job(name), RemoteJobOrigin(
-        RemoteRepositoryOrigin(location, REPOSITORY_NAME), name
-    )
+    return dagster_adapter.job_origins(JOB_BY_RUN_TYPE[run_type], working_directory=_working_directory())
 
 
 def create_month_run(
-    spec: RunSpec, month: str, *, runs_dir: str, instance: DagsterInstance, steps: Sequence[str] | None = None
+    spec: RunSpec, month: str, *, paths: ProjectPaths, instance: DagsterInstance, steps: Sequence[str] | None = None
 ) -> DagsterRun:
     """A `NOT_STARTED` run of the month's partition (only `steps`, when given), tagged and with
     its origins, ready to execute here or to queue. A month outside the run's window has no
     partition: refused (`SpecError`) before anything is created."""
     spec.month_window(month)
-    recon, origin = _job(spec.run_type)
+    job = _job(spec.run_type)
     key = month_run_key(spec, month)
     instance.add_dynamic_partitions(RUN_MONTH_PARTITIONS_NAME, [key])  # a run created before this layout
     tags = {**run_tags(spec, month), "dagster/partition": key}
-    run_config = {**QUIET_LOGS, "resources": {"run_store": {"config": {"runs_dir": str(Path(runs_dir).resolve())}}}}
+    run_config = {**QUIET_LOGS, "resources": {"run_store": {"config": {"runs_dir": str(paths.resolved().runs_dir)}}}}
     return instance.create_run_for_job(
-        job_def=recon.get_definition(),
+        job_def=job.reconstructable.get_definition(),
         run_config=run_config,
         tags=tags,
         asset_selection={AssetKey(step) for step in steps} if steps else None,
-        remote_job_origin=origin,
-        job_code_origin=recon.get_python_origin(),
+        remote_job_origin=job.remote_origin,
+        job_code_origin=job.reconstructable.get_python_origin(),
     )
 
 
@@ -119,12 +106,12 @@ def _headline(instance: DagsterInstance, spec: RunSpec, month: str) -> dict[str,
 
 
 def month_result(
-    spec: RunSpec, month: str, *, runs_dir: str, instance: DagsterInstance, run: DagsterRun | None = None
+    spec: RunSpec, month: str, *, paths: ProjectPaths, instance: DagsterInstance, run: DagsterRun | None = None
 ) -> MonthResult:
     """A month as its directory and the instance record it. When its Dagster run failed without the
     directory saying so (before the directory was touched, or a full disk kept it from recording),
     the run's own error says why."""
-    status = month_status(RunDirectory(runs_dir, month, spec.run_id))
+    status = month_status(RunDirectory(paths.runs_dir, month, spec.run_id))
     outcome = MonthResult(
         month=month,
         status=status.state,
@@ -151,13 +138,12 @@ def _run_error(instance: DagsterInstance, run_id: str) -> str:
 
 
 def materialize_month(
-    spec: RunSpec, month: str, *, runs_dir: str, instance: DagsterInstance, steps: Sequence[str] | None = None
+    spec: RunSpec, month: str, *, paths: ProjectPaths, instance: DagsterInstance, steps: Sequence[str] | None = None
 ) -> MonthResult:
     """Create the month's run and execute it in this process; report the month's state."""
-    run = create_month_run(spec, month, runs_dir=runs_dir, instance=instance, steps=steps)
-    recon, _ = _job(spec.run_type)
-    execute_run(recon, run, instance)
-    return month_result(spec, month, runs_dir=runs_dir, instance=instance, run=instance.get_run_by_id(run.run_id))
+    run = create_month_run(spec, month, paths=paths, instance=instance, steps=steps)
+    dagster_adapter.execute_run_here(_job(spec.run_type).reconstructable, run, instance)
+    return month_result(spec, month, paths=paths, instance=instance, run=instance.get_run_by_id(run.run_id))
 
 
 def settle_worker_exit(run_id: str, exitcode: int, instance: DagsterInstance) -> None:
@@ -172,18 +158,16 @@ def settle_worker_exit(run_id: str, exitcode: int, instance: DagsterInstance) ->
 
 
 def submit_month(
-    spec: RunSpec, month: str, *, runs_dir: str, instance: DagsterInstance, steps: Sequence[str] | None = None
+    spec: RunSpec, month: str, *, paths: ProjectPaths, instance: DagsterInstance, steps: Sequence[str] | None = None
 ) -> DagsterRun:
     """Queue the month's run: the daemon launches it when the instance's limits allow."""
     check_queue(instance)
-    run = create_month_run(spec, month, runs_dir=runs_dir, instance=instance, steps=steps)
+    run = create_month_run(spec, month, paths=paths, instance=instance, steps=steps)
     return instance.submit_run(run.run_id, workspace=None)  # type: ignore[arg-type]  # the queue needs none
 
 
 def check_queue(instance: DagsterInstance) -> None:
     """A one-line error unless the instance queues runs (what `--submit` hands them to)."""
-    from dagster._core.run_coordinator import QueuedRunCoordinator
-
     if not isinstance(instance.run_coordinator, QueuedRunCoordinator):
         raise QuantlabError(
             "--submit: this Dagster instance has no run queue; use the project's dagster.yaml "
@@ -201,10 +185,10 @@ def latest_month_runs(instance: DagsterInstance, run_id: str) -> dict[str, Dagst
     return latest
 
 
-def record_interruption(spec: RunSpec, month: str, *, runs_dir: str, instance: DagsterInstance) -> MonthResult:
+def record_interruption(spec: RunSpec, month: str, *, paths: ProjectPaths, instance: DagsterInstance) -> MonthResult:
     """A Ctrl-C outside any step (between steps, in Dagster's own bookkeeping): record it where
     the step would have, and fail the Dagster run left `STARTED`."""
-    run_dir = RunDirectory(runs_dir, month, spec.run_id)
+    run_dir = RunDirectory(paths.runs_dir, month, spec.run_id)
     manifest = run_dir.manifest()
     if manifest is not None and manifest.get("status") == "running":
         pending = steps_to_finish(run_dir) or list(required_artifacts(spec.run_type, spec.to_dict()))
@@ -212,7 +196,7 @@ def record_interruption(spec: RunSpec, month: str, *, runs_dir: str, instance: D
             spec, phase=ARTIFACT_PHASES[pending[0]], exc=KeyboardInterrupt("interrupted"), reason="interrupted"
         )
     settle_dead_dagster_run(run_dir, instance, force=True)  # this process was the writer
-    return month_result(spec, month, runs_dir=runs_dir, instance=instance)
+    return month_result(spec, month, paths=paths, instance=instance)
 
 
 def settle_dead_dagster_run(run_dir: RunDirectory, instance: DagsterInstance, *, force: bool = False) -> None:

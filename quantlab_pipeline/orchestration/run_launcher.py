@@ -16,8 +16,8 @@ import socket
 from typing import Any
 
 from dagster import DagsterInstance, DagsterRun, DefaultRunLauncher
-from dagster._core.launcher import CheckRunHealthResult, WorkerStatus
 
+from quantlab_pipeline.orchestration.dagster_adapter import CheckRunHealthResult, WorkerStatus
 from quantlab_pipeline.storage.writer import writer_gone, writer_record
 
 # The worker's identity: host, pid, the process's start time and boot id (a pid reused later

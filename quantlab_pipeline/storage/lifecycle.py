@@ -4,8 +4,10 @@ interrupted"), and the checks a command makes on the runs directory before writi
 A month is `completed` (manifest completed and `_SUCCESS` present), `stale` (completed, but its
 portfolio was computed from the month before as it was before that month was rewritten:
 docs/portfolio.md), `failed` (with its error's first line), `interrupted` (recorded as
-interrupted, or its writer is gone while the manifest still says running), `running` (its writer
-is alive) or `missing` (no manifest yet).
+interrupted, or its writer is gone while the manifest still says running), `incomplete` (its
+writer ended cleanly between two steps, as a partial selection such as `dagster asset
+materialize --select alerts,paths` does: the detail names the steps left and the command that
+runs them), `running` (its writer is alive) or `missing` (no manifest yet).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from quantlab_pipeline.storage.run_dir import RunDirectory
 from quantlab_pipeline.storage.specs import read_spec
 from quantlab_pipeline.storage.writer import writer_gone
 
-State = Literal["completed", "stale", "failed", "interrupted", "running", "missing"]
+State = Literal["completed", "stale", "failed", "interrupted", "incomplete", "running", "missing"]
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,10 @@ def month_status(run_dir: RunDirectory) -> MonthStatus:
         return status("running")
     if state == "completed":
         return status("interrupted", f"{gone}; finalize was cut short before _SUCCESS")
+    todo = steps_to_finish(run_dir)
+    if (manifest.get("writer") or {}).get("step_ended") and todo:
+        left = ", ".join(todo)
+        return status("incomplete", f"{left} not materialized; run `quantlab runs resume {run_dir.run_id}`")
     return status("interrupted", gone)
 
 

@@ -190,6 +190,7 @@ class RunDirectory:
             timing = manifest["timing"]
             timing[f"{artifact}_ms"] = int(elapsed_ms)
             timing["total_ms"] = sum(v for k, v in timing.items() if k != "total_ms")
+            manifest["writer"]["step_ended"] = True  # until its next step begins: `incomplete` if it stops here
             self._save(manifest)
             self._finalize_if_complete(manifest)
             return record

@@ -36,26 +36,9 @@ from quantlab_pipeline.warm import client, protocol
 PRELOAD = (
     "quantlab_pipeline.cli",
     "quantlab_pipeline.definitions",
-    "quantlab_pipeline.orchestration.month_runs",
-    "quantlab_pipeline.orchestration.month_worker",
-    "quantlab_pipeline.orchestration.dagster_adapter",
+    "quantlab_pipeline.orchestration.month_runner",
     "quantlab_pipeline.orchestration.compute_logs",
-    "dagster._core.instance.factory",
-    "dagster._core.instance.runs.run_domain",
-    "dagster._core.storage.legacy_storage",
-    "dagster._core.storage.root",
-    "dagster._core.storage.migration.utils",
-    "dagster._core.storage.sqlite_storage",
-    "dagster._core.storage.event_log.sqlite.consolidated_sqlite_event_log",
-    "dagster._core.storage.local_compute_log_manager",
-    "dagster._core.executor.in_process",
-    "dagster._core.execution.plan.active",
-    "dagster._core.definitions.repository_definition.repository_data_builder",
-    "dagster._core.workspace.context",
-    "dagster._core.workspace.autodiscovery",
-    "dagster._core.execution.asset_backfill",
-    "dagster._daemon.monitoring",
-    "dagster._daemon.auto_run_reexecution.auto_run_reexecution",
+    "quantlab_pipeline.orchestration.dagster_adapter",  # and its PRELOAD_MODULES: Dagster's private ones
     "alembic.command",
     "alembic.runtime.migration",
     "sqlalchemy.dialects.sqlite",
@@ -74,6 +57,10 @@ def preload() -> None:
     for name in PRELOAD:
         if importlib.util.find_spec(name.partition(".")[0]) is not None:
             importlib.import_module(name)
+    from quantlab_pipeline.orchestration.dagster_adapter import PRELOAD_MODULES
+
+    for name in PRELOAD_MODULES:
+        importlib.import_module(name)
     from quantlab_pipeline.warm.kernels import load_backtest_kernels
 
     load_backtest_kernels()
@@ -98,10 +85,9 @@ def _run_command(request: dict) -> None:
 
 def _run_months(request: dict) -> None:
     """A `--parallel` run worker: it runs months of the command's plan until none is left."""
-    from quantlab_pipeline.orchestration import month_worker
+    from quantlab_pipeline.orchestration.month_runner import execute_worker
 
-    plan = [(month, steps) for month, steps in request["plan"]]
-    month_worker.execute(request["run_id"], request["runs_dir"], plan, request["claims"], request["instance_ref"])
+    execute_worker(request)
     sys.exit(0)
 
 

@@ -13,10 +13,12 @@ from typing import Any
 import pytest
 import yaml
 from dagster import DefaultRunLauncher
-from dagster._config import process_config
-from dagster._core.instance.config import dagster_instance_config
 
+from quantlab_pipeline.orchestration.dagster_adapter import private
 from quantlab_pipeline_tests.deploy.cluster import DEPLOY_DIR, rehearsal_instance_config
+
+process_config = private("dagster._config", "process_config")
+dagster_instance_config = private("dagster._core.instance.config", "dagster_instance_config")
 
 pytestmark = pytest.mark.deploy
 

@@ -68,7 +68,7 @@ def archive_month(
                 f"{month} has {len(live)} run(s) still being written, e.g. {live[0].path}; "
                 "archive the month once they end"
             )
-        interrupted = [s for s in statuses if s.state == "interrupted"]
+        interrupted = [s for s in statuses if s.state in ("interrupted", "incomplete")]
         if interrupted and not include_interrupted:
             raise QuantlabError(
                 f"{month} has {len(interrupted)} interrupted run(s), e.g. {interrupted[0].path}: finish them with "
