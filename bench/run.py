@@ -112,7 +112,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
         type=float,
         default=0.0,
         metavar="GB",
-        help="candle cache cap of the 12-month row's backtests (default 0: off; a year fills ~23 GB)",
+        help="candle cache cap of the 12-month row's backtests (default 0: off; a year fills ~19.5 GB)",
     )
     parser.add_argument(
         "--docs",

@@ -4,11 +4,11 @@ its time against the bare DuckDB scan of the same rows and the peak memory of ea
 
 The year is generated once into the cache directory by a real `quantlab sample-data` child (its
 wall time and peak RSS are kept next to the database, so a later run still reports them). By
-default the backtests run with the candle cache off: a year of cleaned candles (~23 GB: 48 bytes a candle) is
-more than the cache's default cap (20 GB), and cycling through the year evicts every month before
-it is read again — the row is then what a year's backtest costs reading from DuckDB. With
-`--year-candle-cache-gb N` the first, untimed run fills a cache of that cap instead (it needs that
-much disk), and the row is a second backtest of the year, like the four-month row. The scan and the backtest alternate, back to back, so
+default the backtests run with the candle cache off: a year of cleaned candles takes ~19.5 GB of
+disk (406 M candles × 48 bytes), just under the cache's default cap (20 GB), which a shared disk
+may not have — the row is then what a year's backtest costs reading from DuckDB, as the first
+backtest of a year does. With `--year-candle-cache-gb N` the first, untimed run fills a cache of
+that cap instead, and the row is a second backtest of the year, like the four-month row. The scan and the backtest alternate, back to back, so
 the shared machine's load hits both alike.
 
 The workers are forked from the warm server: their peak RSS (`VmHWM`) is sampled from `/proc`
