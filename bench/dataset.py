@@ -22,7 +22,7 @@ from quantlab_pipeline.sources import sample_db
 from quantlab_pipeline.sources.alerts import read_alerts
 from quantlab_pipeline.sources.candles import read_candles
 
-REFERENCE_ALERTS = 20_000  # README "Performance": 20,000 alerts × 1,440 five-minute candles a month
+REFERENCE_ALERTS = 20_000  # docs/performance.md "Performance": 20,000 alerts × 1,440 five-minute candles a month
 MONTH = "2024-01"
 INTERVAL = "5m"
 HORIZON = "5d"

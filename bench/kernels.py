@@ -32,7 +32,7 @@ from quantlab_pipeline.core.spec import Execution
 from quantlab_pipeline.core.sweep_spec import DEFAULT_GRID, Sweep, parse_sweep
 from quantlab_pipeline.core.truth import compute_paths
 
-# One representative policy per kind (README "Policies"), mid-grid parameters.
+# One representative policy per kind (docs/inputs.md "Policies"), mid-grid parameters.
 POLICIES: dict[str, str] = {
     "fixed_stop": '{"kind":"fixed_stop","stop_loss_bps":2000,"take_profit_bps":10000}',
     "trailing_stop": '{"kind":"trailing_stop","activation_bps":2000,"trail_bps":1500,"hard_stop_bps":3000}',

@@ -17,7 +17,7 @@ side): on a shared machine another job's load then cannot land on one side of a 
 
 vectorbt reports the stop *level* of the exit candle; a fill is that level unless the candle opened
 through it (`min(open, level)` for a stop, `max(open, level)` for a target) — the rule vectorbt's
-own `Portfolio.from_signals` applies and README "Policies" states. Without an exit the trade ends
+own `Portfolio.from_signals` applies and docs/inputs.md "Policies" states. Without an exit the trade ends
 at the last close (`exit_ts` = last candle + Δ). Exits are compared exactly, candle and fill.
 """
 

@@ -238,7 +238,7 @@ def compare(trades: pl.DataFrame, marks: Marks, capital: float, position_size: f
 
 # -- the benchmark's section -----------------------------------------------------------------------
 
-STEP_SHARE_TARGET = 0.10  # the portfolio step ≤ 10 % of the policy run (README "Performance")
+STEP_SHARE_TARGET = 0.10  # the portfolio step ≤ 10 % of the policy run (docs/performance.md "Performance")
 CAPITAL, POSITION_SIZE = 10_000.0, 100.0  # the defaults of a policy run's portfolio
 
 

@@ -8,7 +8,7 @@ import math
 from rich.console import Console
 from rich.table import Table
 
-# The performance targets (README "Performance"), checked on the reference month (scale 1).
+# The performance targets (docs/performance.md "Performance"), checked on the reference month (scale 1).
 TARGETS = {
     "truth_candles_per_s": {"op": ">=", "target": 150e6, "stretch": 300e6},
     "single_policy_candles_per_s": {"op": ">=", "target": 100e6},
@@ -16,7 +16,7 @@ TARGETS = {
     "e2e_policy_to_bare_scan": {"op": "<=", "target": 3.5},
     "peak_rss_to_candles": {"op": "<=", "target": 2.0},
 }
-# Four months of the reference size with `--parallel 2` (README "Performance", Months in parallel):
+# Four months of the reference size with `--parallel 2` (docs/performance.md "Performance", Months in parallel):
 # within 1.5× the bare scan of their candles on this 2-core machine, and faster than `--parallel 1`.
 MONTHS_TARGETS = {
     "months_parallel_2_to_bare_scan": {"op": "<=", "target": 1.5},

@@ -1,4 +1,4 @@
-"""The research figures of README "Performance": what `features` adds to a path-only backtest of the
+"""The research figures of docs/performance.md "Performance": what `features` adds to a path-only backtest of the
 reference month, and what `--walk-forward` adds to a three-month optimization.
 
 Both are ratios of real `quantlab backtest` subprocesses (as in `endtoend`), the runs with and

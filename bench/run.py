@@ -269,7 +269,7 @@ def _measure_scale(scale: float, args: argparse.Namespace, work_dir: Path, conso
 
 def _research(args: argparse.Namespace, work_dir: Path, console: Console) -> dict:
     """Features on the reference month (the largest scale measured) and a three-month walk-forward
-    at a quarter of it per month (README "Performance")."""
+    at a quarter of it per month (docs/performance.md "Performance")."""
     scale = max(args.scales)
     numba_cache = args.cache_dir / "numba"
     console.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] features: path-only with and without × {args.repeat}")

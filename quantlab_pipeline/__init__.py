@@ -1,6 +1,6 @@
 """quantlab_pipeline: Dagster-orchestrated backtests of calls against OHLCV candles.
 
-The Python API (README "Python API") is importable from here; the heavy parts load on first use:
+The Python API (docs/catalog.md "Python API") is importable from here; the heavy parts load on first use:
 
     from quantlab_pipeline import query_runs, get_artifact_path, RunDirectory
 """

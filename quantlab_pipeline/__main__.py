@@ -1,5 +1,5 @@
 """The `quantlab` console script (also `python -m quantlab_pipeline`): the command runs in a
-process forked from the warm server when it can (README "The warm server"), else right here.
+process forked from the warm server when it can (docs/running.md "The warm server"), else right here.
 
 Kept apart from `quantlab_pipeline.cli`, whose import alone (click, rich, every command) would
 cost more than handing the command to the server."""

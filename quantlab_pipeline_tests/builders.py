@@ -46,7 +46,7 @@ def candles_at_steps(
     return candles_from_rows((mint, t0 + k * step_ms, *bar) for mint, rows in bars.items() for k, *bar in rows)
 
 
-# The seed's paths.parquet columns, in its order (README "Artifacts"); the truth layer adds more after them.
+# The seed's paths.parquet columns, in its order (docs/artifacts.md "Artifacts"); the truth layer adds more after them.
 SEED_PATHS_COLUMNS = [
     "run_id",
     "call_id",

@@ -29,7 +29,7 @@ def _stop_warm_servers():
 
 @pytest.fixture(scope="session", autouse=True)
 def candle_cache_dir(tmp_path_factory) -> Iterator[Path]:
-    """The candle cache (README "Inputs") of the tests and their subprocesses: never the user's.
+    """The candle cache (docs/inputs.md "Inputs") of the tests and their subprocesses: never the user's.
     XDG_CACHE_HOME too, for the subprocesses started without the QUANTLAB_ variables."""
     with pytest.MonkeyPatch.context() as mp:
         xdg = tmp_path_factory.mktemp("xdg-cache")

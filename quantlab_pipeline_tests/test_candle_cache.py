@@ -1,4 +1,4 @@
-"""The candle cache (README "Inputs"): a repeated read is a hit equal to a fresh read; a changed
+"""The candle cache (docs/inputs.md "Inputs"): a repeated read is a hit equal to a fresh read; a changed
 source misses; a bad entry falls back to the source and is removed; the size cap evicts least
 recently used entries; a cap of 0 disables it; racing writers of one key leave one entry."""
 

@@ -1,4 +1,4 @@
-"""The DuckDB catalog: reconciling sync, queries, concurrency, archive (README "The catalog")."""
+"""The DuckDB catalog: reconciling sync, queries, concurrency, archive (docs/catalog.md "The catalog")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""CLI backtests as first-class Dagster runs (README "Dagster runs from the CLI"): months in
+"""CLI backtests as first-class Dagster runs (docs/running.md "Dagster runs from the CLI"): months in
 parallel, queued with `--submit` and followed by `runs wait`, and re-executed from the UI
 through the webserver's GraphQL API — real processes against a real instance."""
 

@@ -1,4 +1,4 @@
-"""The fault-injection suite (README "When a run is interrupted"): real `quantlab` and `dagster`
+"""The fault-injection suite (docs/lifecycle.md "When a run is interrupted"): real `quantlab` and `dagster`
 processes killed or interrupted at chosen writes (`QUANTLAB_FAULT`), then seen with
 `quantlab runs status` and finished with `quantlab runs resume`.
 

@@ -1,4 +1,4 @@
-"""Features (README "Features"): each one computed by hand on a small case, and no look-ahead —
+"""Features (docs/research.md "Features"): each one computed by hand on a small case, and no look-ahead —
 changing any candle that had not closed by an alert, or any later call, leaves its features as
 they were."""
 

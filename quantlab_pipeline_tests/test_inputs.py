@@ -1,4 +1,4 @@
-"""Input readers and validation (README "Inputs"): alerts, candles, and their one-line errors."""
+"""Input readers and validation (docs/inputs.md "Inputs"): alerts, candles, and their one-line errors."""
 
 from __future__ import annotations
 

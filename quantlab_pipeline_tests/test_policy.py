@@ -1,4 +1,4 @@
-"""The simulation rules of the README's "Policies", one hand-computed case each.
+"""The simulation rules of the "Policies" of docs/inputs.md, one hand-computed case each.
 
 Every case uses p0 = 100 (the entry candle's open), 5-minute candles (Δ = 300,000 ms) starting at
 T0, no costs unless the case is about costs. Candles are (open, high, low, close).

@@ -1,4 +1,4 @@
-"""The compiled kernels equal a plain per-candle Python reading of the README's "Policies" on random paths.
+"""The compiled kernels equal a plain per-candle Python reading of the "Policies" of docs/inputs.md on random paths.
 
 The reference below is written from the design text, not from the kernel: it runs every leaf of a
 combo in lockstep, candle by candle, and at each step of the §6 order (time stop at the open,

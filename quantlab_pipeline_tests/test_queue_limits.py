@@ -1,7 +1,7 @@
 """The run queue's limits in the project's dagster.yaml, as Dagster's queue applies them
 (`TagConcurrencyLimitsCounter`, what the daemon's queued run coordinator counts with): month runs
 two at a time, and a walk-forward optimization's months one at a time — the queue is first in,
-first out, so they start in the order they were queued (README "Walk-forward optimization")."""
+first out, so they start in the order they were queued (docs/research.md "Walk-forward optimization")."""
 
 from __future__ import annotations
 

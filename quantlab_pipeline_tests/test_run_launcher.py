@@ -1,5 +1,5 @@
 """The local run launcher's worker health check, which run monitoring asks about every started run
-(README "Running on a cluster", run monitoring)."""
+(docs/deployment.md "Running on a cluster", run monitoring)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The one-row summary (README "Artifacts") over hand-made trades."""
+"""The one-row summary (docs/artifacts.md "Artifacts") over hand-made trades."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Sweep specs and the frontier (README "Run a backtest", Optimization) on a tiny hand-computed case."""
+"""Sweep specs and the frontier (README "A first backtest", Optimization) on a tiny hand-computed case."""
 
 from __future__ import annotations
 

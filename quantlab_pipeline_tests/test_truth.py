@@ -1,4 +1,4 @@
-"""Truth layer (README "Artifacts": paths), one test per rule, on tiny hand-built candles.
+"""Truth layer (docs/artifacts.md "Artifacts": paths), one test per rule, on tiny hand-built candles.
 
 Conventions: interval 1m (Δ = 60,000 ms), alerts at T0 = 2024-01-01T00:00Z unless stated, the
 default truth parameters (multiples 2/3/4, activity move 10 %, entry within 3 candles), horizon

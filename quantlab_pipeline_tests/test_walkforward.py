@@ -1,4 +1,4 @@
-"""Walk-forward optimization (README "Walk-forward optimization") and the features artifact in
+"""Walk-forward optimization (docs/research.md "Walk-forward optimization") and the features artifact in
 runs: selection on the months before, evaluation on the month, and what completes a run."""
 
 from __future__ import annotations

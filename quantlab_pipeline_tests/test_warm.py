@@ -1,4 +1,4 @@
-"""The warm server (README "The warm server"): commands forked from it behave as if run in their
+"""The warm server (docs/running.md "The warm server"): commands forked from it behave as if run in their
 own process — arguments, working directory, environment, umask, streams, exit status, signals —
 one server serves many commands, and nothing outlives a killed command."""
 

@@ -302,7 +302,7 @@ def _backtest(run_type: str, opts: dict[str, Any]) -> None:
     from quantlab_pipeline.warm.kernels import kernels_compiled
 
     if opts.get("walk_forward") and (opts["submit"] or (opts["parallel"] or 1) > 1):
-        # each month selects its policy on the months before it (README "Walk-forward optimization")
+        # each month selects its policy on the months before it (docs/research.md "Walk-forward optimization")
         flag = "--submit" if opts["submit"] else "--parallel"
         raise SpecError(f"{flag}: a walk-forward optimization runs its months in order, one at a time")
     spec, months, instance = _create(run_type, opts)

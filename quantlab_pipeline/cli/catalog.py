@@ -1,4 +1,4 @@
-"""`quantlab backtest catalog-sync | catalog-query | catalog-archive` (README "The catalog").
+"""`quantlab backtest catalog-sync | catalog-query | catalog-archive` (docs/catalog.md "The catalog").
 
 Thin: flags in, `storage.catalog` does the work, the seed's output style out (the output
 formats live here: they are presentation, not storage). Every bad value is a one-line error with

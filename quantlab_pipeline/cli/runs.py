@@ -1,4 +1,4 @@
-"""`quantlab runs status | resume RUN_ID` (README "When a run is interrupted").
+"""`quantlab runs status | resume RUN_ID` (docs/lifecycle.md "When a run is interrupted").
 
 `status` reads each month's directory and says where it stands; `resume` repairs what a dead
 writer left (temp files, a finalize cut short, a `running` manifest nobody writes any more) and

@@ -1,4 +1,4 @@
-"""`quantlab server status | stop`: the warm server commands are forked from (README "The warm
+"""`quantlab server status | stop`: the warm server commands are forked from (docs/running.md "The warm
 server")."""
 
 from __future__ import annotations

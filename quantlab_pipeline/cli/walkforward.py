@@ -1,6 +1,6 @@
 """The closing tables of `quantlab backtest optimize`: a month's best-ranked policies (the whole
 grid stays in `results/frontier.parquet`), and with `--walk-forward` the walk-forward table and
-the window's overfitting gap (README "Walk-forward optimization")."""
+the window's overfitting gap (docs/research.md "Walk-forward optimization")."""
 
 from __future__ import annotations
 

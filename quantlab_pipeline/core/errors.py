@@ -2,7 +2,7 @@
 
 `QuantlabError` is the one-line, user-facing failure (bad file, table, column, flag): the CLI
 prints its message and exits 2. Bad *rows* are never exceptions; they become `ErrorRecord`s that
-the run directory writes to `errors/errors.parquet` (README "What a run writes").
+the run directory writes to `errors/errors.parquet` (docs/artifacts.md "What a run writes").
 """
 
 from __future__ import annotations
@@ -76,5 +76,5 @@ class ErrorRecord:
         mint: str | None = None,
         **details: Any,
     ) -> ErrorRecord:
-        """A skipped or dropped row: reported, and the run goes on (README "Inputs")."""
+        """A skipped or dropped row: reported, and the run goes on (docs/inputs.md "Inputs")."""
         return cls("warning", phase, reason, message, call_id, mint, details)

@@ -1,4 +1,4 @@
-"""`features/features.parquet` (README "Features"): per call, what was known at its alert.
+"""`features/features.parquet` (docs/research.md "Features"): per call, what was known at its alert.
 
 Only candles whose interval had closed by `alert_ts_ms` (inside the `LOOKBACK_MS` before it) and
 earlier calls whose horizon had ended count, so a feature never peeks at the outcome it might be
@@ -84,7 +84,7 @@ def compute_features(
 
 
 def _candle_features(alerts: pl.DataFrame, candles: Candles, interval_ms: int) -> pl.DataFrame:
-    """`call_id` and the candle features of each alert (README "Features")."""
+    """`call_id` and the candle features of each alert (docs/research.md "Features")."""
     alert_ts = np.ascontiguousarray(alerts.get_column("alert_ts_ms").to_numpy(), dtype=np.int64)
     # closed by the alert: ts + interval <= alert_ts, i.e. ts < alert_ts - interval + 1
     start, stop = candles.window_bounds(alerts.get_column("mint"), alert_ts - LOOKBACK_MS, alert_ts - interval_ms + 1)
@@ -114,8 +114,8 @@ def _candle_features(alerts: pl.DataFrame, candles: Candles, interval_ms: int) -
 
 
 def _caller_record(alerts: pl.DataFrame, paths: pl.DataFrame, horizon_ms: int) -> pl.DataFrame:
-    """`call_id` and the caller's prior record (README "Features"); a null caller is the default
-    one, as in the frontier (README "Inputs")."""
+    """`call_id` and the caller's prior record (docs/research.md "Features"); a null caller is the default
+    one, as in the frontier (docs/inputs.md "Inputs")."""
     calls = (
         alerts.select(
             "call_id", pl.col("caller_name").cast(pl.String).fill_null(DEFAULT_CALLER).alias("_caller"), "alert_ts_ms"

@@ -1,10 +1,10 @@
-"""The frontier of an optimization run (README "Run a backtest", Optimization): every policy of a
+"""The frontier of an optimization run (README "A first backtest", Optimization): every policy of a
 `Sweep` simulated over the same entries, with its metrics, feasibility, Pareto flag and rank.
 
 A group with no trades never meets the constraints. `pareto` = not dominated on
 (median_return_bps higher, p95_mae_bps higher) within the caller group, rows without trades never
 on it. `rank` within the group: feasible first, then the objective descending (nulls last), ties
-by `policy_id` (README "Semantics chosen where the design leaves a choice": Summary and frontier).
+by `policy_id` (docs/semantics.md "Semantics chosen where the design leaves a choice": Summary and frontier).
 """
 
 from __future__ import annotations
@@ -222,7 +222,7 @@ class _SweepPaths:
     def of(cls, frames: list[pl.DataFrame], *, per_caller: bool) -> _SweepPaths:
         columns = ("caller_name", "entry_ts_ms", "p0", "peak_multiple", "alert_ts_ms", "call_id")
         paths = pl.concat([f.select(*columns).with_columns(pl.col("call_id").cast(pl.String)) for f in frames])
-        # a null caller is the default one (README "Inputs")
+        # a null caller is the default one (docs/inputs.md "Inputs")
         caller = paths.get_column("caller_name").cast(pl.String).fill_null(DEFAULT_CALLER)
         caller_names = sorted(caller.unique().to_list())
         entry_ts = np.ascontiguousarray(paths.get_column("entry_ts_ms").to_numpy(), dtype=np.int64)

@@ -1,7 +1,7 @@
 """The inputs as the pipeline sees them: the alert schema and defaults, and the rules that turn
 the rows read from a source into valid, de-duplicated input plus `ErrorRecord`s.
 
-Reading is `quantlab_pipeline.sources`; this module does no I/O, so the rules (README "Inputs",
+Reading is `quantlab_pipeline.sources`; this module does no I/O, so the rules (docs/inputs.md "Inputs",
 and "Semantics chosen where the design leaves a choice": Call ids, Candles) can be tested on
 arrays and frames alone. Bad *rows* never stop a run: they are skipped or dropped and reported.
 """

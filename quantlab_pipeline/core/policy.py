@@ -1,4 +1,4 @@
-"""The policy simulation (README "Policies"): one trade per path, exits by the pessimistic per-candle rules.
+"""The policy simulation (docs/inputs.md "Policies"): one trade per path, exits by the pessimistic per-candle rules.
 
 Each trade enters at p0 at `entry_ts_ms` and sees the truth layer's window (`entry_ts_ms <= ts <
 alert_ts_ms + horizon`). Within a candle, using levels known before it: time stop at the open,
@@ -6,7 +6,7 @@ then stop-type exits (`low <= level`, fill `min(open, level)`), then profit exit
 fill `max(open, level)`, ladder levels ascending, several per candle), then the trailing peak and
 activation update for the next candle. Nothing exits → `end_of_data` at the last close.
 
-Choices the design leaves open, made here (README "Semantics chosen where the design leaves a choice"):
+Choices the design leaves open, made here (docs/semantics.md "Semantics chosen where the design leaves a choice"):
 
 - **hard_stop vs trailing_stop at the same level**: reported as `hard_stop` (the trail must be
   strictly higher to be the one that fired).

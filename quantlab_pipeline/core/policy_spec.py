@@ -1,4 +1,4 @@
-"""Policy specs (README "Policies"): parse and validate the user's JSON, normalise it, give it a stable id.
+"""Policy specs (docs/inputs.md "Policies"): parse and validate the user's JSON, normalise it, give it a stable id.
 
 A policy is a tree of frozen dataclasses. The four leaf kinds are exit rules; a `Combo` holds
 sub-policies that each run from the same entry, the earliest exit winning. `leaves()` flattens a

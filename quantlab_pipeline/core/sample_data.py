@@ -1,14 +1,14 @@
 """A deterministic, messy sample dataset: alerts from callers of different skill and memecoin-like
 candles, as Arrow tables (`sources.sample_db` writes them to the DuckDB file the pipeline reads).
 
-Everything is vectorised NumPy, a block of tokens at a time, so the reference month of README
+Everything is vectorised NumPy, a block of tokens at a time, so the reference month of docs/performance.md
 "Performance" (20,000 alerts × 1,440 five-minute candles) is generated in seconds and in bounded
-memory. The mess is deliberate — every data-quality rule of README "Inputs" and of the truth layer
+memory. The mess is deliberate — every data-quality rule of docs/inputs.md "Inputs" and of the truth layer
 has rows to act on: gaps, tokens without candles, late first candles (delayed entries and
 `no_entry`), repeated call ids (same month and across months), null call ids (derived ids), null
 mints, a null timestamp, bad candles, and identical and conflicting duplicate candles.
 
-Most tokens also trade before their first call (README "Features"): `HISTORY_SHARE` of them have
+Most tokens also trade before their first call (docs/research.md "Features"): `HISTORY_SHARE` of them have
 26 to 48 hours of candles before it, the rest are brand new. The history comes from its own
 random stream, so the candles from the first call on are the same with or without it.
 """

@@ -1,4 +1,4 @@
-"""The run spec (README "Run a backtest"): one backtest configuration, immutable once written.
+"""The run spec (README "A first backtest"): one backtest configuration, immutable once written.
 
 Also the identifiers that may become paths (run ids, months) and the month arithmetic of a run's
 window. Validation errors are `SpecError`s whose message names the offending field.
@@ -247,7 +247,7 @@ class RunSpec(_Strict):
     policy: dict[str, Any] | None = None
     execution: Execution = Execution()
     sweep: dict[str, Any] | list[Any] | None = None
-    features: bool = True  # path-only and policy runs: write features/features.parquet (README "Features")
+    features: bool = True  # path-only and policy runs: write features/features.parquet (docs/research.md "Features")
     # Policy runs: the account that follows the trades (docs/portfolio.md); None: no portfolio, as
     # in every spec written before it existed.
     portfolio: PortfolioParams | None = None

@@ -1,4 +1,4 @@
-"""Aggregate metrics over trades, shared by `results/summary.parquet` and the frontier (README
+"""Aggregate metrics over trades, shared by `results/summary.parquet` and the frontier (docs/semantics.md
 "Semantics chosen where the design leaves a choice": Summary and frontier).
 
 Medians are true medians (the mean of the two middle values for an even count); quartiles and

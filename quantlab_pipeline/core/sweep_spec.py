@@ -1,10 +1,10 @@
-"""Optimization run specs (README "Run a backtest", Optimization): a grid of policy templates,
+"""Optimization run specs (README "A first backtest", Optimization): a grid of policy templates,
 the constraints a policy must meet, and the objective it is ranked by.
 
 A sweep spec is `None` (the default grid below), a list of policy templates, or
 `{"templates": [...], "per_caller": bool, "constraints": {...}, "objective": "...",
 "walk_forward": {"train_months": K}, "cscv_blocks": S, "benchmark": {...}}` with every key optional
-(README "Walk-forward optimization"; docs/confidence.md for the last two: the blocks PBO cuts a
+(docs/research.md "Walk-forward optimization"; docs/confidence.md for the last two: the blocks PBO cuts a
 month's days into, and the policy SPA tests the grid against, by default holding to the horizon).
 A template is a policy whose scalar fields (numbers, durations, and the `multiple` /
 `fraction` of ladder levels, in combos too) may be lists of alternatives; the grid is their

@@ -1,4 +1,4 @@
-"""Walk-forward validation of the frontier (README "Walk-forward optimization").
+"""Walk-forward validation of the frontier (docs/research.md "Walk-forward optimization").
 
 For a tested month m, the policy is chosen on the K months before it (in-sample: the frontier of
 those months' trades, with the sweep's objective, constraints and ranking) and then scored on

@@ -1,4 +1,4 @@
-"""What each artifact column means (the README's "Artifacts" table, in words), for the column
+"""What each artifact column means (docs/artifacts.md's "Artifacts" table, in words), for the column
 schema the UI shows on every materialization."""
 
 from __future__ import annotations

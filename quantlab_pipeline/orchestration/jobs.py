@@ -1,4 +1,4 @@
-"""One job per run type (the artifacts that complete it, README "What a run writes") and the spec job.
+"""One job per run type (the artifacts that complete it, docs/artifacts.md "What a run writes") and the spec job.
 
 `features`, `walkforward` and the portfolio are in the jobs of the run types they can apply to; a
 run whose spec turns them off materializes nothing for them (`orchestration.research`,

@@ -117,7 +117,7 @@ def create_run(spec: RunSpec, *, paths: ProjectPaths, instance: DagsterInstance)
 
 # A walk-forward month needs the months before it completed: its queued runs carry this tag (value:
 # the run id), which dagster.yaml limits to one run in flight per value, so the queue starts them
-# one at a time, in the order they were queued (README "Walk-forward optimization").
+# one at a time, in the order they were queued (docs/research.md "Walk-forward optimization").
 IN_ORDER_TAG = "quantlab/in_order"
 
 

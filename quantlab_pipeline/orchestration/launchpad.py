@@ -1,6 +1,6 @@
 """`new_backtest_job`: start a backtest from the UI's launchpad without inventing a run id.
 
-The job's one op does what `quantlab runs create` does (README "Dagster"): a fresh run id, the
+The job's one op does what `quantlab runs create` does (docs/dagster.md "Dagster"): a fresh run id, the
 spec, its run-month partitions and the `run_spec` materializations, and it tags its own Dagster run
 with the run id. The months then run as ordinary queued runs of the run type's job, requested by
 `new_backtest_months_sensor` when the job succeeds: a sensor is how Dagster turns one run's

@@ -1,4 +1,4 @@
-"""The frontier's step of optimization runs (README "Run a backtest", Optimization): the grid
+"""The frontier's step of optimization runs (README "A first backtest", Optimization): the grid
 simulated over the month's entries, ranked under constraints, and how much of its winner is luck
 (docs/confidence.md) — the daily matrix and PBO/SPA, written with the frontier from the same
 simulation.

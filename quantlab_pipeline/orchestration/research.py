@@ -1,5 +1,5 @@
-"""Research assets on the run-month partitions: `features` (README "Features") and
-`walkforward` (README "Walk-forward optimization").
+"""Research assets on the run-month partitions: `features` (docs/research.md "Features") and
+`walkforward` (docs/research.md "Walk-forward optimization").
 
 Both apply to some runs only (features: path-only and policy runs unless the spec says no
 features; walkforward: optimization runs with `walk_forward`), so their outputs are optional:
@@ -125,7 +125,7 @@ def _in_sample(
 
     One month: its stored frontier (the same grid, so the same rows a new sweep would give). More:
     one sweep over the months' paths and candles, so medians and percentiles are of the union of
-    trades (README "Walk-forward optimization")."""
+    trades (docs/research.md "Walk-forward optimization")."""
     directories = [run_store.directory(month, spec.run_id) for month in train]
     for month, directory in zip(train, directories):
         if (directory.manifest() or {}).get("status") != "completed":

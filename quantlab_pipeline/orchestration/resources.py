@@ -70,7 +70,7 @@ def _alert_span(alerts: pl.DataFrame) -> tuple[int, int]:
 
 def lookback_ms(spec: RunSpec) -> int:
     """How far before its first alert a partition's candles are read: the features' look-back
-    when the run writes features (README "Features"), else nothing."""
+    when the run writes features (docs/research.md "Features"), else nothing."""
     return LOOKBACK_MS if "features" in required_artifacts(spec.run_type, spec.to_dict()) else 0
 
 

@@ -5,7 +5,7 @@ health check, so run monitoring never looks at a started run: a worker that dies
 server is gone or hung (restarted, killed, frozen) leaves its run `STARTED` for good. Here the
 worker names itself on its run (`record_run_worker`, called when a run's resources are set up)
 and the daemon's run monitoring asks `LocalRunLauncher.check_run_worker_health`, which judges
-it by the process table as `runs resume` judges a run directory's writer (README "Running on a
+it by the process table as `runs resume` judges a run directory's writer (docs/deployment.md "Running on a
 cluster", run monitoring).
 """
 
@@ -23,7 +23,7 @@ from quantlab_pipeline.storage.writer import writer_gone, writer_record
 # The worker's identity: host, pid, the process's start time and boot id (a pid reused later
 # belongs to a process with another start time), and the Dagster run it was recorded for (a
 # re-execution copies its parent's tags; those describe the parent's worker, not this run's).
-# Not under `quantlab/`: those tags say what a run is (README "Months as Dagster runs"). Under
+# Not under `quantlab/`: those tags say what a run is (docs/running.md "Months as Dagster runs"). Under
 # Dagster's hidden prefix `.dagster/`, so the Runs page does not show it on every run.
 RUN_WORKER_TAG = ".dagster/quantlab_run_worker"
 _IDENTITY = ("host", "pid", "process_start", "boot_id", "dagster_run_id")

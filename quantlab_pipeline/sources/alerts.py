@@ -1,4 +1,4 @@
-"""The alerts source: a DuckDB table (default `alerts`) of the user's database (README "Inputs").
+"""The alerts source: a DuckDB table (default `alerts`) of the user's database (docs/inputs.md "Inputs").
 
 The query derives missing call ids and ranks repeats over the whole table; `core.inputs` then
 splits valid rows from skipped ones. A bad source is one `InputError` naming file, table, column.

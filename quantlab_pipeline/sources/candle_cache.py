@@ -1,5 +1,5 @@
 """The candle cache: a month's cleaned candles kept on disk, so reading them again is a memory map
-(README "Inputs", "The candle cache").
+(docs/inputs.md "Inputs", "The candle cache").
 
 Researchers re-run the same months with other policies; reading and cleaning a reference month's
 33.8 M candles costs ~1.5 s, mapping a cached copy a few ms. An entry is a directory named by a

@@ -1,7 +1,7 @@
-"""The candle source: DuckDB table `ohlcv_candles`, or a Parquet file, directory or glob (README
+"""The candle source: DuckDB table `ohlcv_candles`, or a Parquet file, directory or glob (docs/inputs.md
 "Inputs").
 
-Candles are the big input (README "Performance": 20,000 alerts × 1,440 candles, 28.8 M rows a
+Candles are the big input (docs/performance.md "Performance": 20,000 alerts × 1,440 candles, 28.8 M rows a
 month), so `read_candles` pushes mints, interval and time range into the DuckDB query, selects a
 small integer mint index instead of the mint string, and streams Arrow batches straight into
 their final grouped place (`core.nb.candles.scatter_batch`); `core.inputs.clean_candles` then
@@ -135,7 +135,7 @@ def read_candles(source: str, *, mints: Sequence[str], interval: str, start_ms: 
     """Validated candles of `mints` with `start_ms <= ts_ms < end_ms`, one contiguous read-only
     array per column.
 
-    A read seen before comes from the candle cache (`sources.candle_cache`, README "Inputs"); a
+    A read seen before comes from the candle cache (`sources.candle_cache`, docs/inputs.md "Inputs"); a
     new one is read from the source and cached. The arrays are read-only either way, so a writer
     downstream fails on every run, not only on cached ones.
     """

@@ -1,6 +1,6 @@
 """What every DuckDB source shares: opening a user's file read-only, and checking its columns.
 
-Each failure is one `InputError` line naming the file, table and column (README "Run a
+Each failure is one `InputError` line naming the file, table and column (README "A first
 backtest": bad input is one line naming the culprit, exit code 2).
 """
 

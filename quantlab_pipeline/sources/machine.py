@@ -1,4 +1,4 @@
-"""What this machine can hold: the memory available to a new allocation (README "Performance")."""
+"""What this machine can hold: the memory available to a new allocation (docs/performance.md "Performance")."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """`quantlab sample-data`'s file: the generated sample tables (`core.sample_data`) as one DuckDB
-database with the `alerts` and `ohlcv_candles` tables of README "Inputs", replaced atomically."""
+database with the `alerts` and `ohlcv_candles` tables of docs/inputs.md "Inputs", replaced atomically."""
 
 from __future__ import annotations
 

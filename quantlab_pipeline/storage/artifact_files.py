@@ -1,4 +1,4 @@
-"""One artifact's Parquet file (README "What a run writes"): the on-disk form of a frame, the exact
+"""One artifact's Parquet file (docs/artifacts.md "What a run writes"): the on-disk form of a frame, the exact
 bytes written and read (their sha256 is the artifact's provenance), and the artifacts this process
 has just written, read back without parsing them again.
 

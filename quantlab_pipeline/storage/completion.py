@@ -1,4 +1,4 @@
-"""When a run directory is complete (README "What a run writes"): every artifact its run type
+"""When a run directory is complete (docs/artifacts.md "What a run writes"): every artifact its run type
 requires is present at its recorded size and was computed from the current version of each
 upstream artifact, of its own month or, for the portfolio's chained months (docs/portfolio.md),
 of the month before."""

@@ -1,4 +1,4 @@
-"""The rows of `errors/errors.parquet` (README "What a run writes"): read, built, merged by phase.
+"""The rows of `errors/errors.parquet` (docs/artifacts.md "What a run writes"): read, built, merged by phase.
 
 The file is rewritten whole on every change. A corrupt one (a torn copy, a hand edit) is moved
 aside instead of being read: it must never block recording the next error.

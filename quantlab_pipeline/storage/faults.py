@@ -1,4 +1,4 @@
-"""Fault injection for the fault suite (README "When a run is interrupted"): a process sends
+"""Fault injection for the fault suite (docs/lifecycle.md "When a run is interrupted"): a process sends
 itself a signal at a named point, so a test can kill a real `quantlab` or `dagster` process at
 the exact write it wants to cut short.
 

@@ -1,4 +1,4 @@
-"""The refusals a run directory makes before it is touched (README "What a run writes").
+"""The refusals a run directory makes before it is touched (docs/artifacts.md "What a run writes").
 
 Each is a `WriteRefused`, raised before anything is written: a completed run stays completed, and
 a removed directory is not recreated to hold one artifact alone. A refusal that stops a month its

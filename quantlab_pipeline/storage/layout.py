@@ -1,4 +1,4 @@
-"""Where everything lives on disk and which artifacts complete which run type (README "What a run writes")."""
+"""Where everything lives on disk and which artifacts complete which run type (docs/artifacts.md "What a run writes")."""
 
 from __future__ import annotations
 
@@ -115,7 +115,7 @@ REQUIRED_ARTIFACTS: dict[str, tuple[str, ...]] = {
 }
 
 
-# What a materialization of each run type may write (README "What a run writes"): an asset outside its
+# What a materialization of each run type may write (docs/artifacts.md "What a run writes"): an asset outside its
 # run type's set is refused before the directory is touched, so a completed run stays completed.
 # `features` and `walkforward` apply to their run types whatever the spec says (a spec that turns
 # them off materializes nothing for them: orchestration.research).

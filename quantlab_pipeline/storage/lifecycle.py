@@ -1,4 +1,4 @@
-"""Where each month of a run stands, read from its directory alone (README "When a run is
+"""Where each month of a run stands, read from its directory alone (docs/lifecycle.md "When a run is
 interrupted"), and the checks a command makes on the runs directory before writing into it.
 
 A month is `completed` (manifest completed and `_SUCCESS` present), `stale` (completed, but its
@@ -98,7 +98,7 @@ def run_status(runs_dir: str | Path, spec: RunSpec) -> list[MonthStatus]:
 def steps_to_finish(run_dir: RunDirectory, spec: RunSpec | None = None) -> tuple[str, ...]:
     """The artifacts a month still needs, in the order they are computed: every required one
     that is missing or stale, and everything computed from those (rewriting an artifact may
-    change its bytes and leave its dependents stale; README "When a run is interrupted"). Empty
+    change its bytes and leave its dependents stale; docs/lifecycle.md "When a run is interrupted"). Empty
     when the month is complete. A month never written needs every step of its run type, taken
     from `spec` (read from the runs directory when not given)."""
     manifest = run_dir.manifest()

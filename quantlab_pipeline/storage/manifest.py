@@ -2,7 +2,7 @@
 
 One reader for the run directory and the catalog: it returns the exact bytes with the parsed
 object, because `_SUCCESS` records the sha256 of run.json and the check must be of the very bytes
-that were parsed (README "What a run writes").
+that were parsed (docs/artifacts.md "What a run writes").
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""One run directory `runs/YYYY-MM/run_id=<uuid>/` (README "What a run writes"): artifacts,
+"""One run directory `runs/YYYY-MM/run_id=<uuid>/` (docs/artifacts.md "What a run writes"): artifacts,
 manifest, completion.
 
 Every mutation happens under a per-run lock (several Dagster runs may write one directory) and
@@ -206,7 +206,7 @@ class RunDirectory:
     ) -> None:
         """`status: failed`, the error in errors.parquet (level error, `reason`) and logs/stderr.txt.
 
-        `reason="interrupted"` records a run stopped by a signal or Ctrl-C (README "When a run is
+        `reason="interrupted"` records a run stopped by a signal or Ctrl-C (docs/lifecycle.md "When a run is
         interrupted"); `quantlab runs status` shows such a month as `interrupted`. A
         `WriteRefused` touched nothing; it is recorded only when it stops a month this process
         is writing (left `running`, the month would look interrupted, its reason lost), never

@@ -3,7 +3,7 @@
 A killed writer leaves `status: running` behind. To tell it from a live one, run.json records
 the writer (host, pid, the process's start time, the boot it ran in, the Dagster run id) and a
 heartbeat. On the writer's own host the process table decides (a recycled pid has another start
-time); from another host only the heartbeat's age can (README "What a run writes").
+time); from another host only the heartbeat's age can (docs/artifacts.md "What a run writes").
 """
 
 from __future__ import annotations

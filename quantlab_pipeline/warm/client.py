@@ -4,7 +4,7 @@ its command, a `--parallel` backtest for its run workers.
 A backtest's fixed cost is mostly start-up: importing Dagster, the definitions and the CLI
 (~0.8 s), loading the compiled kernels (~0.4 s), importing the instance's storage (~0.4 s). The
 warm server pays it once and forks each command from itself, so a command starts in
-milliseconds (README "The warm server"). This module must stay cheap to import: standard library
+milliseconds (docs/running.md "The warm server"). This module must stay cheap to import: standard library
 only, nothing of the project's own but `warm.protocol`.
 
 The forked command behaves as if run here: it gets this process's arguments, environment, working

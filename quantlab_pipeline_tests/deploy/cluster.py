@@ -1,4 +1,4 @@
-"""The deploy rehearsal's cluster on one machine (README "Running on a cluster").
+"""The deploy rehearsal's cluster on one machine (docs/deployment.md "Running on a cluster").
 
 `deploy/dagster.yaml` pointed at a temporary PostgreSQL server, with `dagster-daemon run` and
 `dagster-webserver` started from the project root on `workspace.yaml`, as a platform engineer

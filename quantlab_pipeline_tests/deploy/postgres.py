@@ -1,4 +1,4 @@
-"""A throwaway PostgreSQL server for the deploy rehearsal (README "Running on a cluster").
+"""A throwaway PostgreSQL server for the deploy rehearsal (docs/deployment.md "Running on a cluster").
 
 The binaries come from the project's own files: the `pgserver` wheel of the `deploy-test` extra,
 or else the OS package (`apt-get install postgresql`). Only the binaries are used: the server is

@@ -1,4 +1,4 @@
-"""The deploy configurations are valid and say the same thing (README "Running on a cluster").
+"""The deploy configurations are valid and say the same thing (docs/deployment.md "Running on a cluster").
 
 `deploy/dagster.yaml` is the rehearsed one; the Docker instance config and the Helm values must
 carry the same queue limits, pools and run monitoring, or the cluster would not behave as the

@@ -1,4 +1,4 @@
-"""The deploy rehearsal (README "Running on a cluster"): what can be rehearsed on one machine.
+"""The deploy rehearsal (docs/deployment.md "Running on a cluster"): what can be rehearsed on one machine.
 
 A real PostgreSQL server, the daemon and the webserver on `deploy/dagster.yaml` (month limit 2),
 a 4-month backtest submitted to the queue, a UI-style backfill, and a killed run worker that run

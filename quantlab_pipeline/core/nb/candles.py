@@ -1,7 +1,6 @@
 """Candle ingest kernels: group fetched rows by mint, sort them, validate and de-duplicate.
 
-The rules are the README's ("Inputs"; "Semantics chosen where the design leaves a choice",
-Candles): a candle is valid when its prices are finite and positive and high/low bound open and
+The rules are docs/inputs.md "Inputs" and docs/semantics.md (Candles): a candle is valid when its prices are finite and positive and high/low bound open and
 close; validation runs before de-duplication, so a bad row never counts as a duplicate; among
 rows of one `ts_ms` the highest volume wins (NaN volume lowest; then higher open, high, low,
 close), so the winner never depends on the order rows arrived in.

@@ -1,4 +1,4 @@
-"""Feature kernels: what was known at each alert (README "Features").
+"""Feature kernels: what was known at each alert (docs/research.md "Features").
 
 Both kernels only ever look backwards. `candle_features` reads, per alert, the candle rows
 `[start, stop)` of its mint that had *closed* by the alert (`ts + interval <= alert_ts`) inside

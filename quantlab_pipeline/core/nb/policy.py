@@ -1,4 +1,4 @@
-"""Exit-policy simulation kernels (README "Policies"): one trade per path, a policy or a grid.
+"""Exit-policy simulation kernels (docs/inputs.md "Policies"): one trade per path, a policy or a grid.
 
 A policy is a list of leaves compiled to flat arrays (`core.policy.compile_policies`): per leaf
 `prices` = (stop multiple of p0 or 0, trail activation multiple or inf, trail keep multiple) and
@@ -34,7 +34,7 @@ EXIT_REASONS: tuple[str, ...] = (
 )
 NO_TRADE = -1  # the reason left in the outputs of a path whose window has no candle
 
-# Steps inside one candle, in the order of README "Policies"; they order the exits of a combo's leaves.
+# Steps inside one candle, in the order of docs/inputs.md "Policies"; they order the exits of a combo's leaves.
 STEP_OPEN, STEP_STOP, STEP_PROFIT, STEP_CLOSE = 0, 1, 2, 3
 NEVER = np.iinfo(np.int64).max  # "no exit yet" candle / timestamp
 PREFETCH_AHEAD = 2  # trades ahead whose window's first candles are prefetched
@@ -348,7 +348,7 @@ def trade_columns(out_ts, out_px, out_reason, out_low, entry_ts, p0, peak, costs
     max_adverse_excursion_bps, time_exposed_ms, tail_capture` (NaN where the path's `peak` is not
     above 1 or is NaN). `is_stop_out[code]` marks the stop-type reasons.
 
-    The arithmetic is the frame's formulas (README "Policies"), one operation at a time as NumPy
+    The arithmetic is the frame's formulas (docs/inputs.md "Policies"), one operation at a time as NumPy
     would do them, so the values are the same bit for bit.
     """
     n_policies, n_paths = out_reason.shape

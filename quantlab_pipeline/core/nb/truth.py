@@ -1,4 +1,4 @@
-"""The truth kernel: what the market did after each call (README "What a run writes", `truth/paths.parquet`).
+"""The truth kernel: what the market did after each call (docs/artifacts.md "What a run writes", `truth/paths.parquet`).
 
 Every "first candle with high >= X" is the first time the running maximum reaches X (and the same
 for lows), so all the upward events (activity up, each multiple, 2x) wait behind one compare with

@@ -1,4 +1,4 @@
-"""The DuckDB catalog: an index of the terminal run directories, kept equal to disk (README
+"""The DuckDB catalog: an index of the terminal run directories, kept equal to disk (docs/catalog.md
 "The catalog"). One module per concern; the public API is re-exported here.
 
 - `schema` — tables, columns, schema version

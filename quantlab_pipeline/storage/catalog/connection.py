@@ -1,6 +1,6 @@
 """Opening the catalog: DuckDB lets one process write a database file, or several read it, never
 both at once, so every open retries lock conflicts with bounded, jittered backoff and then fails
-with one line naming the file and the process that holds it (README "Catalog schema").
+with one line naming the file and the process that holds it (docs/catalog.md "Catalog schema").
 
 Writes happen in `transaction`, which never lets a failed ROLLBACK hide the error that caused it.
 """

@@ -1,7 +1,7 @@
 """Reading the catalog: runs and artifacts by filter, one run's artifact path, rejections, stats.
 
 Every reader opens the database read-only and retries while a sync writes, so it is safe to call
-at any time (README "Python API"). Every value reaches SQL as a bound parameter.
+at any time (docs/catalog.md "Python API"). Every value reaches SQL as a bound parameter.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The catalog's tables: one column list per table drives the DDL, the Arrow schema of bulk
-inserts and the public columns (README "Catalog schema")."""
+inserts and the public columns (docs/catalog.md "Catalog schema")."""
 
 from __future__ import annotations
 

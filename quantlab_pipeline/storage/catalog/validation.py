@@ -2,7 +2,7 @@
 
 A directory is valid when run.json parses with a supported schema version, its ids match the
 directory, `_SUCCESS` (if any) carries the sha256 of those exact bytes, and every recorded
-artifact is inside the directory at its recorded size (README "Sync to catalog").
+artifact is inside the directory at its recorded size (docs/catalog.md "Sync to catalog").
 """
 
 from __future__ import annotations
