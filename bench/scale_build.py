@@ -68,7 +68,8 @@ class Project:
 
 
 def project_env(root: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DAGSTER_", "QUANTLAB_"))}
+    keep = ("QUANTLAB_WARM_DIR", "QUANTLAB_WARM_SERVER")  # where (and whether) the warm server runs
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DAGSTER_", "QUANTLAB_")) or k in keep}
     env.update({"DAGSTER_HOME": str(root), "QUANTLAB_WARM_IDLE_S": "900", **(extra or {})})
     return env
 
