@@ -30,6 +30,7 @@ from pathlib import Path
 import scale_build
 import scale_ui
 
+# The sensor's job, run in process on the project's instance; each step's time from its events.
 SYNC_SCRIPT = """
 import json
 from dagster import DagsterInstance
@@ -69,7 +70,12 @@ def sync_step(project: scale_build.Project) -> dict:
     result = json.loads(done.stdout.strip().splitlines()[-1])
     if not result["ok"]:
         raise RuntimeError(f"catalog_sync_job failed: {result}")
-    return {"backtest_s": backtest, "sync_step_s": result["steps"]["backtest_catalog"]}
+    steps = result["steps"]
+    return {
+        "backtest_s": backtest,
+        "sync_step_s": steps.pop("backtest_catalog"),
+        "sync_other_steps_s": sum(steps.values()),  # the job's other steps (its asset checks)
+    }
 
 
 def instance_bytes(project: scale_build.Project) -> int:
@@ -115,19 +121,24 @@ def measure(project: scale_build.Project, args: argparse.Namespace, label: str) 
     if args.browser and not args.captured:
         chromium = shutil.which("chromium")
         if chromium is None:
-            row["pages_browser"] = {"skipped": "no headless Chromium (apt-get install chromium); replaying " + str(args.capture)}
+            row["pages_browser"] = {
+                "skipped": "no headless Chromium (apt-get install chromium); replaying " + str(args.capture)
+            }
         else:  # once: the pages' own requests, from the browser, saved for the replays
             row["pages_browser"] = scale_ui.measure_pages(
                 project.root, project.env, pages, chromium=chromium, capture=args.capture, work=work
             )
         args.captured = True
-    row["pages"] = scale_ui.measure_pages(project.root, project.env, pages, chromium=None, capture=args.capture, work=work)
+    row["pages"] = scale_ui.measure_pages(
+        project.root, project.env, pages, chromium=None, capture=args.capture, work=work
+    )
     return row
 
 
 def render(rows: list[dict]) -> str:
     lines = []
     head = f"{'project':<14} {'runs':>6} {'real':>5} {'backtest s':>10} {'KB/run-month':>12} {'sync step s':>11}"
+    head += f" {'checks s':>8}"
     head += f" {'query s':>8} {'status s':>8}"
     pages = [p for p in scale_ui.PAGES if any(p in r.get("pages", {}) for r in rows)]
     head += "".join(f" {p[:14]:>15}" for p in pages) + f" {'webserver MB':>12}"
@@ -135,6 +146,7 @@ def render(rows: list[dict]) -> str:
     for r in rows:
         line = f"{r['label']:<14} {r['runs']:>6} {r['real']:>5} {r['backtest_s']:>10.2f}"
         line += f" {r['instance_bytes_per_run_month'] / 1024:>12.0f} {r['sync_step_s']:>11.2f}"
+        line += f" {r['sync_other_steps_s']:>8.2f}"
         line += f" {r['catalog_query_s']:>8.2f} {r['runs_status_s']:>8.2f}"
         peak = 0.0
         for p in pages:
@@ -151,13 +163,42 @@ def render(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+PROJECTED = ("instance_bytes_per_run_month", "sync_step_s", "sync_other_steps_s", "catalog_query_s", "runs_status_s")
+
+
+def projection(rows: list[dict], label: str, to_runs: int) -> dict | None:
+    """Each figure at `to_runs`, extended along the straight line through the project's two
+    largest measured sizes (the growth measured, not a model of it)."""
+    mine = sorted((r for r in rows if r["label"] == label), key=lambda r: r["runs"])[-2:]
+    if len(mine) < 2 or mine[0]["runs"] == mine[1]["runs"]:
+        return None
+    (a, b), out = mine, {"label": f"{label} (projected)", "runs": to_runs}
+
+    def line(fa: float, fb: float) -> float:
+        return fb + (fb - fa) * (to_runs - b["runs"]) / (b["runs"] - a["runs"])
+
+    for name in PROJECTED:
+        out[name] = line(a[name], b[name])
+    out["pages"] = {
+        page: {
+            "wall_s": line(a["pages"][page]["wall_s"], b["pages"][page]["wall_s"]),
+            "peak_rss_mb": line(a["pages"][page]["peak_rss_mb"], b["pages"][page]["peak_rss_mb"]),
+        }
+        for page in scale_ui.PAGES
+        if "wall_s" in a["pages"].get(page, {}) and "wall_s" in b["pages"].get(page, {})
+    }
+    return out
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="100,1000,10000", help="run counts to measure at (default 100,1000,10000)")
     parser.add_argument("--real", type=int, default=1000, help="real CLI runs before synthesising (default 1000)")
     parser.add_argument("--data-dir", type=Path, default=Path("/tmp/quantlab-bench-scale"))
     parser.add_argument("--no-ui", action="store_true", help="skip the webserver pages")
-    parser.add_argument("--compare-synthesised", action="store_true", help="also measure a synthesised project at each size")
+    parser.add_argument(
+        "--compare-synthesised", action="store_true", help="also measure a synthesised project at each size"
+    )
     parser.add_argument(
         "--capture",
         type=Path,
@@ -167,6 +208,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--browser", action="store_true", help="capture them anew with headless Chromium first")
     parser.add_argument("--pages", default=",".join(scale_ui.PAGES), help="which pages (default: all three)")
     parser.add_argument("--postgres", action="store_true", help="on the Postgres instance of deploy/ (pgserver)")
+    parser.add_argument("--project-to", type=int, default=100_000, help="runs to project the last two sizes to")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = parser.parse_args(argv)
     args.captured = False
@@ -185,11 +227,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
             rows.append(measure(project, args, name))
             log(render(rows))
             if args.compare_synthesised:
-                twin = scale_build.open_project(args.data_dir / f"{name}-synth", dagster_yaml=dagster_yaml, extra_env=extra_env)
+                twin = scale_build.open_project(
+                    args.data_dir / f"{name}-synth", dagster_yaml=dagster_yaml, extra_env=extra_env
+                )
                 grow(twin, size, len(scale_build.MONTHS), log)
                 rows.append(measure(twin, args, f"{name}-synth"))
                 log(render(rows))
     print(render(rows))
+    for label in dict.fromkeys(r["label"] for r in rows):
+        projected = projection(rows, label, args.project_to)
+        if projected:
+            print(json.dumps(projected))
+            rows.append(projected)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
     return rows

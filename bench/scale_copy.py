@@ -56,7 +56,9 @@ def read_template(events_engine: Engine, runs_engine: Engine, run_id: str, key: 
     rn = _tables(runs_engine, "runs", "run_tags")
     with runs_engine.connect() as conn:
         tag = rn["run_tags"].c
-        dagster_ids = [r[0] for r in conn.execute(select(tag.run_id).where((tag.key == "quantlab/run_id") & (tag.value == run_id)))]
+        dagster_ids = [
+            r[0] for r in conn.execute(select(tag.run_id).where((tag.key == "quantlab/run_id") & (tag.value == run_id)))
+        ]
         runs = [dict(r._mapping) for r in conn.execute(select(rn["runs"]).where(rn["runs"].c.run_id.in_(dagster_ids)))]
         run_tags = [dict(r._mapping) for r in conn.execute(select(rn["run_tags"]).where(tag.run_id.in_(dagster_ids)))]
     with events_engine.connect() as conn:
@@ -68,7 +70,9 @@ def read_template(events_engine: Engine, runs_engine: Engine, run_id: str, key: 
         for r in conn.execute(select(ev["asset_event_tags"]).where(ev["asset_event_tags"].c.event_id.in_(ids))):
             tags_by_event.setdefault(r._mapping["event_id"], []).append(dict(r._mapping))
         checks_table = ev["asset_check_executions"]
-        checks = [dict(r._mapping) for r in conn.execute(select(checks_table).where(checks_table.c.run_id.in_(dagster_ids)))]
+        checks = [
+            dict(r._mapping) for r in conn.execute(select(checks_table).where(checks_table.c.run_id.in_(dagster_ids)))
+        ]
     return RunRows(run_id, key, dagster_ids, events, tags_by_event, checks, runs, run_tags)
 
 
@@ -78,7 +82,12 @@ class Copier:
     def __init__(self, events_engine: Engine, runs_engine: Engine):
         self.events_engine, self.runs_engine = events_engine, runs_engine
         self.ev = _tables(
-            events_engine, "event_logs", "asset_event_tags", "asset_check_executions", "dynamic_partitions", "asset_keys"
+            events_engine,
+            "event_logs",
+            "asset_event_tags",
+            "asset_check_executions",
+            "dynamic_partitions",
+            "asset_keys",
         )
         self.rn = _tables(runs_engine, "runs", "run_tags")
 
@@ -147,9 +156,9 @@ class Copier:
         if checks:
             conn.execute(ev["asset_check_executions"].insert(), checks)
         conn.execute(
-            ev["dynamic_partitions"].insert().values(
-                partitions_def_name="run_month", partition=self._swapped(template.key, swaps)
-            )
+            ev["dynamic_partitions"]
+            .insert()
+            .values(partitions_def_name="run_month", partition=self._swapped(template.key, swaps))
         )
         return latest
 
