@@ -133,7 +133,7 @@ def engines(project: Project):
     env = project.env
     if "DAGSTER_PG_HOST" in env:
         url = (
-            f"postgresql://{env['DAGSTER_PG_USERNAME']}:{env['DAGSTER_PG_PASSWORD']}@{env['DAGSTER_PG_HOST']}:"
+            f"postgresql+psycopg2://{env['DAGSTER_PG_USERNAME']}:{env['DAGSTER_PG_PASSWORD']}@{env['DAGSTER_PG_HOST']}:"
             f"{env['DAGSTER_PG_PORT']}/{env['DAGSTER_PG_DB']}"
         )
         engine = create_engine(url)

@@ -61,7 +61,15 @@ def test_scale_bench_builds_synthesised_runs_and_reports_every_figure(tmp_path, 
             assert manifest["run_id"] == run_id and manifest["status"] == "completed"
     # The catalog's full sync before the timed one accepted every synthesised directory.
     query = subprocess.run(
-        [str(Path(sys.executable).parent / "quantlab"), "backtest", "catalog-query", "--format", "json", "--limit", "100"],
+        [
+            str(Path(sys.executable).parent / "quantlab"),
+            "backtest",
+            "catalog-query",
+            "--format",
+            "json",
+            "--limit",
+            "100",
+        ],
         cwd=root,
         env={**env, "DAGSTER_HOME": str(root)},
         capture_output=True,
