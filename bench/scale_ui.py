@@ -135,7 +135,7 @@ def browse(url: str, path: str, chromium: str, profile: Path) -> tuple[dict, lis
             raise RuntimeError(f"{path}: the page sent no GraphQL request in {PAGE_TIMEOUT_S:.0f} s")
         figure = {
             "wall_s": max(r["end"] for r in done) - min(r["start"] for r in done),
-            "queries": {_name(r["body"]): r["end"] - r["start"] for r in done},
+            "queries": _timings([(r["body"], r["end"] - r["start"]) for r in done]),
             "bytes": sum(r["bytes"] for r in done),
             "unfinished": len(requests) - len(done),
         }
@@ -148,6 +148,17 @@ def _name(body: dict) -> str:
     return body.get("operationName") or body.get("query", "")[:40]
 
 
+def _timings(pairs: list[tuple[dict, float]]) -> dict[str, float]:
+    """Seconds per query, named by operation (`AssetGraphLiveQuery #2` for a page's second one)."""
+    out: dict[str, float] = {}
+    for body, seconds in pairs:
+        name, n = _name(body), 1
+        while (f"{_name(body)} #{n}" if n > 1 else name) in out:
+            n += 1
+        out[f"{name} #{n}" if n > 1 else name] = seconds
+    return out
+
+
 def replay(url: str, bodies: list[dict]) -> dict:
     """Send the page's saved requests, up to 6 at once; the page's figure."""
     started = time.perf_counter()
@@ -155,7 +166,7 @@ def replay(url: str, bodies: list[dict]) -> dict:
         answers = list(pool.map(lambda body: graphql(url, body), bodies))
     return {
         "wall_s": time.perf_counter() - started,
-        "queries": {_name(body): seconds for body, (_, seconds) in zip(bodies, answers, strict=True)},
+        "queries": _timings([(body, seconds) for body, (_, seconds) in zip(bodies, answers, strict=True)]),
         "bytes": sum(len(data) for data, _ in answers),
         "unfinished": 0,
     }
