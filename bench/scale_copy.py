@@ -128,12 +128,14 @@ class Copier:
         ev = self.ev
         new_ids: dict[int, int] = {}
         latest: dict[str, tuple] = {}
-        for event in template.events:
-            row = self._row(event, swaps)
-            result = conn.execute(ev["event_logs"].insert().values(**row))
-            new_ids[event["id"]] = result.inserted_primary_key[0]
+        rows = [self._row(event, swaps) for event in template.events]
+        table = ev["event_logs"]
+        # One statement for the run's events (batched by SQLAlchemy), their new ids in row order.
+        inserted = conn.execute(table.insert().returning(table.c.id, sort_by_parameter_order=True), rows)
+        for event, row, (new_id,) in zip(template.events, rows, inserted.all(), strict=True):
+            new_ids[event["id"]] = new_id
             if row["dagster_event_type"] == "ASSET_MATERIALIZATION" and row["asset_key"]:
-                latest[row["asset_key"]] = (new_ids[event["id"]], row)
+                latest[row["asset_key"]] = (new_id, row)
         tags = [
             self._row(tag, swaps, event_id=new_ids[event_id])
             for event_id, rows in template.tags_by_event.items()
