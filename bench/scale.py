@@ -110,8 +110,8 @@ def measure(project: scale_build.Project, args: argparse.Namespace, label: str) 
     row["instance_bytes_per_run_month"] = instance_bytes(project) / runs
     row.update(sync_step(project))
     some_run = project.real[0]["run_id"]
-    row["catalog_query_s"] = timed_cli(project, "backtest", "catalog-query")
-    row["runs_status_s"] = timed_cli(project, "runs", "status", some_run)
+    row["catalog_query_s"] = timed_cli(project, "backtest", "catalog-query", repeat=args.repeat)
+    row["runs_status_s"] = timed_cli(project, "runs", "status", some_run, repeat=args.repeat)
     if args.no_ui:
         row["pages"] = {"skipped": "--no-ui"}
         return row
@@ -196,6 +196,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--real", type=int, default=1000, help="real CLI runs before synthesising (default 1000)")
     parser.add_argument("--data-dir", type=Path, default=Path("/tmp/quantlab-bench-scale"))
     parser.add_argument("--no-ui", action="store_true", help="skip the webserver pages")
+    parser.add_argument("--repeat", type=int, default=3, help="samples of each CLI command (default 3; the median)")
     parser.add_argument(
         "--compare-synthesised", action="store_true", help="also measure a synthesised project at each size"
     )

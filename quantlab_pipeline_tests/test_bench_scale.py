@@ -25,7 +25,7 @@ def test_scale_bench_builds_synthesised_runs_and_reports_every_figure(tmp_path, 
     out = tmp_path / "rows.json"
     env = child_env(("DAGSTER_", "QUANTLAB_"))
     argv = [sys.executable, str(REPO / "bench" / "scale.py"), "--sizes", "13", "--real", "3"]
-    argv += ["--data-dir", str(tmp_path), "--pages", "Partitions tab", "--json", str(out)]
+    argv += ["--data-dir", str(tmp_path), "--pages", "Partitions tab", "--repeat", "1", "--json", str(out)]
     proc = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (row,) = json.loads(out.read_text())
