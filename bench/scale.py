@@ -168,14 +168,14 @@ PROJECTED = ("instance_bytes_per_run_month", "sync_step_s", "sync_other_steps_s"
 
 def projection(rows: list[dict], label: str, to_runs: int) -> dict | None:
     """Each figure at `to_runs`, extended along the straight line through the project's two
-    largest measured sizes (the growth measured, not a model of it)."""
+    largest measured sizes (the growth measured, not a model of it); one that shrank is held."""
     mine = sorted((r for r in rows if r["label"] == label), key=lambda r: r["runs"])[-2:]
     if len(mine) < 2 or mine[0]["runs"] == mine[1]["runs"]:
         return None
     (a, b), out = mine, {"label": f"{label} (projected)", "runs": to_runs}
 
-    def line(fa: float, fb: float) -> float:
-        return fb + (fb - fa) * (to_runs - b["runs"]) / (b["runs"] - a["runs"])
+    def line(fa: float, fb: float) -> float:  # a figure that did not grow (noise) is held, not extended down
+        return max(fa, fb, fb + (fb - fa) * (to_runs - b["runs"]) / (b["runs"] - a["runs"]))
 
     for name in PROJECTED:
         out[name] = line(a[name], b[name])
