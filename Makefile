@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 export DAGSTER_HOME ?= $(CURDIR)
 
-.PHONY: install demo test lint bench dev clean deploy-test
+.PHONY: install demo test lint bench bench-scale dev clean deploy-test
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if (3, 11) <= sys.version_info[:2] < (3, 14) else "quantlab_pipeline needs Python 3.11, 3.12 or 3.13; $(PYTHON) is " + sys.version.split()[0] + " (set PYTHON=...)")'
@@ -50,6 +50,14 @@ deploy-test: install
 
 bench: install $(BENCH_STAMP)
 	$(BIN)/python bench/run.py --docs docs/performance.md
+
+# A lab's scale (docs/performance.md "At a lab's scale"): 1,000 real CLI runs, then synthesised
+# ones up to 10,000, measured at 100, 1,000 and 10,000. Long (about two hours on a quiet 2-core
+# machine, most of it the real runs); resumes where it stopped. BENCH_SCALE_ARGS adds flags, e.g.
+# `--data-dir DIR`, `--browser`, `--postgres`.
+BENCH_SCALE_ARGS ?=
+bench-scale: install
+	$(BIN)/python bench/scale.py $(BENCH_SCALE_ARGS)
 
 dev: install
 	$(BIN)/dagster dev

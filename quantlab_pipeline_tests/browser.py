@@ -92,6 +92,17 @@ class Browser:
         raw, self._buffer = self._buffer.split(b"\0", 1)
         return json.loads(raw)
 
+    def poll(self, timeout_s: float) -> bool:
+        """Wait up to `timeout_s` for one more event (kept in `events`); whether one came."""
+        keep, self.deadline = self.deadline, time.monotonic() + timeout_s
+        try:
+            self.events.append(self._message())
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            self.deadline = keep
+
     def send(self, method: str, params: dict[str, Any] | None = None, session: str | None = None) -> dict[str, Any]:
         self._id += 1
         message: dict[str, Any] = {"id": self._id, "method": method, "params": params or {}}

@@ -62,14 +62,22 @@ class RunDirectoryIOManager(ConfigurableIOManager):
     def load_input(self, context: InputContext) -> LoadedArtifact:
         """The upstream artifact as the step will use it. A missing or unreadable one fails the
         step that needed it, recorded in the run directory like any other failure of that step."""
-        month, run_id = split_month_run_key(context.asset_partition_key)
+        key = _run_month(context)
+        month, run_id = split_month_run_key(key)
         run_dir = self.run_store.directory(month, run_id)
         step = context.op_def.name
-        spec = self.run_store.spec(context.asset_partition_key)
+        spec = self.run_store.spec(key)
         if step not in ARTIFACT_PHASES or not artifact_applies(spec.run_type, step):
             return run_dir.read_artifact(context.asset_key.path[-1])
         with recording_failures(run_dir, spec, ARTIFACT_PHASES[step], context.step_context.run_id):
             return run_dir.read_artifact(context.asset_key.path[-1])
+
+
+def _run_month(context: InputContext) -> str:
+    """The run-month an input is read for: the run's `dagster/partition` tag, which every run of a
+    run-month carries (docs/dagster.md). A check-only run (the UI's *Execute checks*) has no
+    partition of its own, the checks not being partitioned, so its inputs span every key."""
+    return context.step_context.run_tags.get("dagster/partition") or context.asset_partition_key
 
 
 def spec_metadata(runs_dir: Path, spec: RunSpec) -> dict[str, Any]:
@@ -90,4 +98,4 @@ class RunSpecIOManager(ConfigurableIOManager):
         context.add_output_metadata(spec_metadata(self.run_store.root, write_spec(self.run_store.root, obj)))
 
     def load_input(self, context: InputContext) -> RunSpec:
-        return self.run_store.spec(context.asset_partition_key)
+        return self.run_store.spec(_run_month(context))
