@@ -71,6 +71,29 @@ def test_asset_syncs_and_reports_counts_and_totals(runs, resources):
     assert len(query_runs(resources["catalog_duckdb"].database)) == 2
 
 
+def verification(resources, instance, tags=None) -> tuple[bool, int, int]:
+    result = dg.materialize([backtest_catalog], resources=resources, instance=instance, tags=tags)
+    [check] = result.get_asset_check_evaluations()
+    assert check.check_name == "catalog_artifacts_verified"
+    return check.passed, check.metadata["artifacts"].value, check.metadata["not_matching"].value
+
+
+def test_a_sync_verifies_the_hashes_of_what_it_wrote_and_a_full_sync_of_everything(runs, resources):
+    first = make_run(runs, "2024-01")  # path-only: alerts, paths
+    announce(first)
+    with dg.instance_for_test() as instance:
+        assert verification(resources, instance) == (True, 2, 0)  # a new catalog: a full sync
+        announce(make_run(runs, "2024-02", run_type="policy", policy_id="p1"))
+        assert verification(resources, instance) == (True, 4, 0)  # the new run's 4 alone
+        assert verification(resources, instance) == (True, 0, 0)  # nothing changed: nothing read
+        paths = first / "truth" / "paths.parquet"
+        data = bytearray(paths.read_bytes())
+        data[len(data) // 2] ^= 0xFF  # same size, other bytes: only a hash tells
+        paths.write_bytes(bytes(data))
+        assert verification(resources, instance) == (True, 0, 0)
+        assert verification(resources, instance, tags={orch.FULL_SYNC_TAG: "full"}) == (False, 6, 1)
+
+
 catalog_sync_sensor = build_catalog_sync_sensor(30)
 
 

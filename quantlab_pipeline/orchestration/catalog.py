@@ -13,6 +13,8 @@ from pathlib import Path
 
 from dagster import (
     AllPartitionMapping,
+    AssetCheckResult,
+    AssetCheckSpec,
     AssetDep,
     AssetExecutionContext,
     DagsterRunStatus,
@@ -34,7 +36,7 @@ from dagster_duckdb import DuckDBResource
 from quantlab_pipeline.core.errors import QuantlabError
 from quantlab_pipeline.orchestration.partitions import OWNER
 from quantlab_pipeline.orchestration.resources import RunStoreResource
-from quantlab_pipeline.storage.catalog import read_mark, sync_catalog, terminal_fingerprint
+from quantlab_pipeline.storage.catalog import read_mark, sync_catalog, terminal_fingerprint, unverified_artifacts
 from quantlab_pipeline.storage.journal import Journal
 
 CATALOG_POOL = "catalog"
@@ -53,6 +55,14 @@ FULL_SYNC_TAG = "quantlab/catalog_sync"  # "full" on a run of the job: every dir
     owners=[OWNER],
     kinds={"duckdb"},
     description="DuckDB index of the terminal run directories, reconciled with the disk.",
+    check_specs=[
+        AssetCheckSpec(
+            "catalog_artifacts_verified",
+            asset="backtest_catalog",
+            description="Every artifact this sync registered or updated (every catalogued one, on a full "
+            "sync) exists at its recorded size and sha256.",
+        )
+    ],
 )
 def backtest_catalog(
     context: AssetExecutionContext, catalog_duckdb: DuckDBResource, run_store: RunStoreResource
@@ -73,7 +83,18 @@ def backtest_catalog(
     )
     for run_dir, reason in report.rejected:
         context.log.warning(f"rejected {run_dir}: {reason}")
+    # What this sync wrote, not the whole catalog: a sync costs what changed (docs/catalog.md).
+    checked, bad = unverified_artifacts(
+        catalog_duckdb.database, None if report.full else [*report.registered, *report.updated]
+    )
     return MaterializeResult(
+        check_results=[
+            AssetCheckResult(
+                check_name="catalog_artifacts_verified",
+                passed=not bad,
+                metadata={"artifacts": checked, "not_matching": len(bad), "examples": MetadataValue.json(bad[:10])},
+            )
+        ],
         metadata={
             "registered": len(report.registered),
             "updated": len(report.updated),
@@ -92,7 +113,7 @@ def backtest_catalog(
             "dagster/row_count": stats.total_runs,
             "path": MetadataValue.path(str(report.catalog_path)),
             "runs_dir": MetadataValue.path(str(report.runs_dir)),
-        }
+        },
     )
 
 

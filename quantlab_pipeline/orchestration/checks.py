@@ -26,18 +26,14 @@ from dagster import (
     AssetCheckSpec,
     Config,
     MetadataValue,
-    asset_check,
 )
-from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
 from quantlab_pipeline.core.spec import RunSpec
 from quantlab_pipeline.core.summary import summarize_trades
-from quantlab_pipeline.orchestration.catalog import backtest_catalog
 from quantlab_pipeline.orchestration.resources import CandleStoreResource
 from quantlab_pipeline.storage.artifact_files import LoadedArtifact
 from quantlab_pipeline.storage.atomic import sha256_file
-from quantlab_pipeline.storage.catalog import ARTIFACT_TYPES, query_artifacts
 from quantlab_pipeline.storage.completion import changed_months
 from quantlab_pipeline.storage.layout import ARTIFACT_INPUTS
 from quantlab_pipeline.storage.run_dir import RunDirectory
@@ -406,28 +402,3 @@ ARTIFACT_CHECKS: dict[str, tuple[ArtifactCheck, ...]] = {
     "equity": (_manifest_check("equity"),),
     "positions": (_manifest_check("positions"),),
 }
-
-
-@asset_check(
-    asset=backtest_catalog,
-    description="Every artifact the catalog lists exists at its recorded size and sha256.",
-)
-def catalog_artifacts_verified(catalog_duckdb: DuckDBResource) -> AssetCheckResult:
-    rows = []
-    for artifact_type in ARTIFACT_TYPES:
-        rows += query_artifacts(catalog_duckdb.database, artifact_type, limit=None)
-    bad = []
-    for row in rows:
-        try:
-            ok = sha256_file(row["path"]) == row["sha256"]
-        except OSError:
-            ok = False
-        if not ok:
-            bad.append(row["path"])
-    return AssetCheckResult(
-        passed=not bad,
-        metadata={"artifacts": len(rows), "not_matching": len(bad), "examples": _examples(bad)},
-    )
-
-
-CATALOG_CHECKS = [catalog_artifacts_verified]

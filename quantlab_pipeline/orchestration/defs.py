@@ -13,7 +13,6 @@ from dagster_duckdb import DuckDBResource
 
 from quantlab_pipeline.orchestration.assets import BACKTEST_ASSETS
 from quantlab_pipeline.orchestration.catalog import backtest_catalog, build_catalog_sync_sensor, catalog_sync_job
-from quantlab_pipeline.orchestration.checks import CATALOG_CHECKS
 from quantlab_pipeline.orchestration.io_managers import RunDirectoryIOManager, RunSpecIOManager
 from quantlab_pipeline.orchestration.jobs import BACKTEST_JOBS
 from quantlab_pipeline.orchestration.optimization import OPTIMIZATION_ASSETS
@@ -27,7 +26,6 @@ def build_defs(settings: Settings) -> Definitions:
     run_store = RunStoreResource.configure_at_launch(runs_dir=settings.runs_dir)
     return Definitions(
         assets=[*BACKTEST_ASSETS, *OPTIMIZATION_ASSETS, *RESEARCH_ASSETS, *PORTFOLIO_ASSETS, backtest_catalog],
-        asset_checks=CATALOG_CHECKS,  # the backtest assets declare their own (`check_specs`)
         jobs=[*BACKTEST_JOBS, catalog_sync_job],
         sensors=[build_catalog_sync_sensor(settings.sensor_interval_s, settings.problems)],
         resources={

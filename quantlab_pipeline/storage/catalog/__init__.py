@@ -23,6 +23,7 @@ from quantlab_pipeline.storage.catalog.query import (
     query_artifacts,
     query_runs,
     rejected_runs,
+    unverified_artifacts,
 )
 from quantlab_pipeline.storage.catalog.schema import (
     ARTIFACT_TYPES,
@@ -60,4 +61,5 @@ __all__ = [
     "rejected_runs",
     "sync_catalog",
     "terminal_fingerprint",
+    "unverified_artifacts",
 ]

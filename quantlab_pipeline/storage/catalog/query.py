@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ import duckdb
 
 from quantlab_pipeline.core.errors import SpecError
 from quantlab_pipeline.core.spec import RUN_TYPES, validate_month, validate_run_id
+from quantlab_pipeline.storage.atomic import sha256_file
 from quantlab_pipeline.storage.catalog.connection import READ_TIMEOUT_S, reader
 from quantlab_pipeline.storage.catalog.schema import (
     ARTIFACT_TYPES,
@@ -23,6 +25,7 @@ from quantlab_pipeline.storage.catalog.schema import (
     PUBLIC_ARTIFACT_COLUMNS,
     PUBLIC_RUN_COLUMNS,
     Rejection,
+    RunKey,
 )
 
 _DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
@@ -237,3 +240,26 @@ def read_stats(conn: duckdb.DuckDBPyConnection) -> CatalogStats:
 def catalog_stats(catalog_path: str | Path, *, timeout: float = READ_TIMEOUT_S) -> CatalogStats:
     with reader(catalog_path, timeout) as conn:
         return read_stats(conn)
+
+
+def unverified_artifacts(
+    catalog_path: str | Path, keys: Iterable[RunKey] | None = None, *, timeout: float = READ_TIMEOUT_S
+) -> tuple[int, list[str]]:
+    """How many artifacts of the run-months `keys` (every catalogued one when None) were checked,
+    and the paths of those missing or not at their recorded sha256 (docs/catalog.md)."""
+    sql = "SELECT a.run_id, a.month, a.path, a.sha256 FROM artifacts a"
+    with reader(catalog_path, timeout) as conn:
+        rows = conn.execute(sql).fetchall()
+    wanted = None if keys is None else set(keys)
+    checked, bad = 0, []
+    for run_id, month, path, sha in rows:
+        if wanted is not None and RunKey(run_id, month) not in wanted:
+            continue
+        checked += 1
+        try:
+            intact = sha256_file(path) == sha
+        except OSError:
+            intact = False
+        if not intact:
+            bad.append(path)
+    return checked, bad

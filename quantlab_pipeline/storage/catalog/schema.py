@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 import duckdb
+import polars as pl
 import pyarrow as pa
 
 from quantlab_pipeline.core.errors import QuantlabError
@@ -24,6 +25,7 @@ TIMING_STEPS: tuple[str, ...] = (*(a for a in ARTIFACT_PATHS if a != "errors" an
 
 Columns = tuple[tuple[str, str, pa.DataType], ...]
 OVERFITTING_COLUMNS: tuple[str, ...] = ("pbo", "spa_pvalue")
+OVERFITTING_FIGURES: Columns = tuple((name, "DOUBLE", pa.float64()) for name in OVERFITTING_COLUMNS)
 
 # The window-to-date figures of `results/portfolio.parquet` (docs/portfolio.md), as `portfolio_<name>`
 # columns of a policy run-month with a portfolio: the window's last month holds the whole window's.
@@ -61,7 +63,7 @@ RUN_COLUMNS: Columns = (
     ("error_phase", "VARCHAR", pa.string()),
     *PORTFOLIO_COLUMNS,
     # optimization runs: the month's PBO and SPA p-value (results/overfitting.parquet, docs/confidence.md)
-    *((name, "DOUBLE", pa.float64()) for name in OVERFITTING_COLUMNS),
+    *OVERFITTING_FIGURES,
     ("run_dir", "VARCHAR NOT NULL", pa.string()),
     ("manifest_path", "VARCHAR NOT NULL", pa.string()),
     ("manifest_sha256", "VARCHAR NOT NULL", pa.string()),
@@ -115,10 +117,25 @@ class Rejection(NamedTuple):
     reason: str
 
 
+KEY_COLUMNS: Columns = (("run_id", "VARCHAR", pa.string()), ("month", "VARCHAR", pa.string()))
+
+# The columns' types as Polars builds them. Rows become Arrow through Polars, not through pyarrow's
+# conversion of Python objects, which imports pandas where it is installed: ~1 s that every
+# catalog_sync_job run (a fresh process) paid before a sync of one new run (docs/catalog.md).
+_POLARS_TYPES: dict[pa.DataType, pl.DataType] = {
+    pa.string(): pl.String(),
+    pa.int64(): pl.Int64(),
+    pa.float64(): pl.Float64(),
+    pa.bool_(): pl.Boolean(),
+    pa.date32(): pl.Date(),
+    pa.timestamp("us"): pl.Datetime("us"),
+}
+
+
 def arrow_table(columns: Columns, rows: list[dict[str, Any]]) -> pa.Table:
-    """Rows as an Arrow table of the table's own types, for one bulk `INSERT … BY NAME`."""
-    schema = pa.schema([(name, typ) for name, _, typ in columns])
-    return pa.Table.from_pylist(rows, schema=schema)
+    """Rows as an Arrow table of the table's column types (a missing key is null), for one bulk
+    `INSERT … BY NAME` or a join."""
+    return pl.DataFrame(rows, schema={name: _POLARS_TYPES[typ] for name, _, typ in columns}).to_arrow()
 
 
 def has_catalog_tables(conn: duckdb.DuckDBPyConnection) -> bool:

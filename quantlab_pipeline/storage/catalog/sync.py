@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
-import pyarrow as pa
 from filelock import FileLock, Timeout
 
 from quantlab_pipeline.core.errors import EnvironmentFault, QuantlabError
@@ -41,6 +40,7 @@ from quantlab_pipeline.storage.catalog.schema import (
     ARTIFACT_COLUMNS,
     CATALOG_SCHEMA_VERSION,
     DDL,
+    KEY_COLUMNS,
     RUN_COLUMNS,
     Rejection,
     RunKey,
@@ -112,8 +112,7 @@ def _load_state(
     """The stored rows: all of them, or only those of `keys` (directories under `root`)."""
     where, rejected_where, params = "", "", []
     if keys is not None:
-        schema = pa.schema([("run_id", pa.string()), ("month", pa.string())])
-        conn.register("_keys", pa.Table.from_pylist([k._asdict() for k in keys], schema=schema))
+        conn.register("_keys", arrow_table(KEY_COLUMNS, [k._asdict() for k in keys]))
         where = " JOIN _keys USING (run_id, month)"
         rejected_where = " WHERE run_dir IN (SELECT unnest(?))"
         params = [[str(run_dir_path(root or Path(), k.month, k.run_id)) for k in keys]]
@@ -431,8 +430,7 @@ def _apply(
     gone_keys: list[dict[str, Any]] = [{"run_id": r["run_id"], "month": r["month"]} for r, _ in upserts]
     gone_keys += [{"run_id": k.run_id, "month": k.month} for k in removed]
     if gone_keys:
-        keys = pa.schema([("run_id", pa.string()), ("month", pa.string())])
-        conn.register("_gone", pa.Table.from_pylist(gone_keys, schema=keys))
+        conn.register("_gone", arrow_table(KEY_COLUMNS, gone_keys))
         for name in ("artifacts", "runs"):
             conn.execute(f"DELETE FROM {name} USING _gone g WHERE {name}.run_id = g.run_id AND {name}.month = g.month")
         conn.unregister("_gone")

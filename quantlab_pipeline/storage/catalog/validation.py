@@ -13,8 +13,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+import polars as pl
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from quantlab_pipeline.core.errors import first_line
 from quantlab_pipeline.core.spec import RUN_TYPES
@@ -22,8 +22,10 @@ from quantlab_pipeline.storage.atomic import sha256_bytes, sha256_file
 from quantlab_pipeline.storage.catalog.schema import (
     MANIFEST_STATUSES,
     OVERFITTING_COLUMNS,
+    OVERFITTING_FIGURES,
     PORTFOLIO_FIGURES,
     TIMING_STEPS,
+    Columns,
 )
 from quantlab_pipeline.storage.layout import (
     ARTIFACT_PATHS,
@@ -186,41 +188,38 @@ def checked_artifacts(manifest: dict[str, Any], run_dir: Path, run_type: str, ve
     return rows
 
 
-def portfolio_figures(artifacts: list[dict[str, Any]]) -> dict[str, Any]:
-    """The `portfolio_*` columns: the one row of the month's `results/portfolio.parquet` (none when
-    the month has no portfolio). A file that is not one row of those figures rejects the directory."""
-    path = next((a["path"] for a in artifacts if a["artifact_type"] == "portfolio"), None)
+def _figures_row(artifacts: list[dict[str, Any]], artifact: str, columns: Columns) -> dict[str, Any] | None:
+    """The one row of a month's one-row figures artifact (None when the month has none), read only
+    when a run is registered or updated. Read with Polars: pyarrow's reader imports pandas, ~1 s of
+    every sync job's fresh process (docs/catalog.md). A file that is not one row of those columns at
+    their types rejects the directory."""
+    path = next((a["path"] for a in artifacts if a["artifact_type"] == artifact), None)
     if path is None:
-        return {}
-    where = f"artifact portfolio: {ARTIFACT_PATHS['portfolio']}"
+        return None
+    where = f"artifact {artifact}: {ARTIFACT_PATHS[artifact]}"
     try:
-        table = pq.read_table(path, columns=[name for name, _, _ in PORTFOLIO_FIGURES])
-    except (OSError, pa.ArrowException) as exc:
+        frame = pl.read_parquet(path, columns=[name for name, _, _ in columns])
+    except (OSError, pl.exceptions.PolarsError) as exc:
         raise Invalid(f"{where}: unreadable: {first_line(exc)}") from None
-    if table.num_rows != 1:
-        raise Invalid(f"{where}: {table.num_rows} rows, expected 1")
-    row = {}
-    for name, _, typ in PORTFOLIO_FIGURES:
-        found = table.schema.field(name).type
-        if not (pa.types.is_floating if pa.types.is_floating(typ) else pa.types.is_integer)(found):
+    if frame.height != 1:
+        raise Invalid(f"{where}: {frame.height} rows, expected 1")
+    for name, _, typ in columns:
+        found = frame.schema[name]
+        if not (found.is_float() if pa.types.is_floating(typ) else found.is_integer()):
             raise Invalid(f"{where}: column {name!r} has type {found}, expected {typ}")
-        row[f"portfolio_{name}"] = table.column(name)[0].as_py()
-    return row
+    return frame.row(0, named=True)
 
 
-def overfitting_figures(artifacts: list[dict[str, Any]]) -> dict[str, float | None]:
-    """`pbo` and `spa_pvalue` of a month's `results/overfitting.parquet` (docs/confidence.md), null
-    without one. Read only when a run is registered or updated, never for an unchanged one."""
-    found = [a for a in artifacts if a["artifact_type"] == "overfitting"]
-    if not found:
-        return dict.fromkeys(OVERFITTING_COLUMNS)
-    try:
-        table = pq.read_table(found[0]["path"], columns=list(OVERFITTING_COLUMNS))
-    except (OSError, ValueError, KeyError) as exc:  # pyarrow: ArrowInvalid is a ValueError
-        raise Invalid(f"artifact overfitting: unreadable: {exc}") from None
-    if table.num_rows != 1:
-        raise Invalid(f"artifact overfitting: {table.num_rows} rows, expected 1")
-    return {name: table.column(name)[0].as_py() for name in OVERFITTING_COLUMNS}
+def portfolio_figures(artifacts: list[dict[str, Any]]) -> dict[str, Any]:
+    """The `portfolio_*` columns: the month's `results/portfolio.parquet` (none without a portfolio)."""
+    row = _figures_row(artifacts, "portfolio", PORTFOLIO_FIGURES)
+    return {} if row is None else {f"portfolio_{name}": value for name, value in row.items()}
+
+
+def overfitting_figures(artifacts: list[dict[str, Any]]) -> dict[str, Any]:
+    """`pbo` and `spa_pvalue` of the month's `results/overfitting.parquet` (docs/confidence.md), null
+    without one."""
+    return _figures_row(artifacts, "overfitting", OVERFITTING_FIGURES) or dict.fromkeys(OVERFITTING_COLUMNS)
 
 
 def read_terminal(month: str, run_id: str, run_dir: Path, verify: bool) -> Rows | None:
