@@ -256,6 +256,7 @@ def _measure_scale(scale: float, args: argparse.Namespace, work_dir: Path, conso
     elif scale == max(args.scales):
         say(f"first backtest of a fresh install (cold and prebuilt numba cache) × {args.repeat}")
         result["first_backtest"] = firstrun.first_backtest(db, repeat=args.repeat, work_dir=work_dir)
+    if scale == max(args.scales):
         months_db, months_generation_s = dataset.ensure_database(
             args.cache_dir, alerts_per_month, args.seed, PARALLEL_MONTHS
         )

@@ -264,6 +264,8 @@ def render(scale: dict, console) -> None:
             table.add_row(
                 f"vectorbt scaled / ours end to end ({peer['note']})", f"{sweep['vectorbt_over_ours']:.1f}×", "≥ 10×"
             )
+            cpu = f"{sweep['vectorbt_over_ours_cpu']:.1f}×"
+            table.add_row("  the same, CPU over CPU (ours: 1,000 policies scaled)", cpu, "≥ 10×")
             table.add_row(
                 "  exits differing from vectorbt's", f"{peer['differing_exits']} of {peer['exits_compared']:,}", "0"
             )
