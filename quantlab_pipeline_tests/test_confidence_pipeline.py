@@ -26,6 +26,7 @@ from quantlab_pipeline.orchestration.partitions import month_run_key
 from quantlab_pipeline.orchestration.settings import Settings
 from quantlab_pipeline.storage.catalog import query_runs, sync_catalog
 from quantlab_pipeline.storage.layout import required_artifacts
+from quantlab_pipeline.storage.paths import ProjectPaths
 from quantlab_pipeline.storage.run_creation import create_run_spec
 from quantlab_pipeline.storage.run_dir import RunDirectory
 from quantlab_pipeline_tests.helpers import run_cli
@@ -57,8 +58,8 @@ def spec_of(sample_db, run_type, **extra) -> RunSpec:
 @pytest.fixture
 def optimized(sample_db, runs_dir, dagster_instance):
     spec = spec_of(sample_db, "optimization", sweep=GRID)
-    create_run(spec, runs_dir=str(runs_dir), instance=dagster_instance)
-    result = materialize_month(spec, "2024-01", runs_dir=str(runs_dir), instance=dagster_instance)
+    create_run(spec, paths=ProjectPaths.of(runs_dir), instance=dagster_instance)
+    result = materialize_month(spec, "2024-01", paths=ProjectPaths.of(runs_dir), instance=dagster_instance)
     assert result.status == "completed", result.error
     return spec, RunDirectory(runs_dir, "2024-01", spec.run_id), result
 
@@ -167,8 +168,8 @@ def test_the_best_policys_daily_matrix_and_intervals_equal_a_policy_run_of_it(
     policy = spec_of(
         sample_db, "policy", policy_id="best", policy=best["policy_params"], portfolio=False, features=False
     )
-    create_run(policy, runs_dir=str(runs_dir), instance=dagster_instance)
-    ran = materialize_month(policy, "2024-01", runs_dir=str(runs_dir), instance=dagster_instance)
+    create_run(policy, paths=ProjectPaths.of(runs_dir), instance=dagster_instance)
+    ran = materialize_month(policy, "2024-01", paths=ProjectPaths.of(runs_dir), instance=dagster_instance)
     assert ran.status == "completed", ran.error
     policy_dir = RunDirectory(runs_dir, "2024-01", policy.run_id)
     trades = policy_dir.read_artifact("trades").frame.with_columns(pl.lit(best["policy_id"]).alias("policy_id"))

@@ -198,6 +198,9 @@ def _figures_row(artifacts: list[dict[str, Any]], artifact: str, columns: Column
         return None
     where = f"artifact {artifact}: {ARTIFACT_PATHS[artifact]}"
     try:
+        stored = pl.read_parquet_schema(path)
+        if missing := [name for name, _, _ in columns if name not in stored]:
+            raise Invalid(f"{where}: no column {missing[0]!r}")
         frame = pl.read_parquet(path, columns=[name for name, _, _ in columns])
     except (OSError, pl.exceptions.PolarsError) as exc:
         raise Invalid(f"{where}: unreadable: {first_line(exc)}") from None
