@@ -362,6 +362,26 @@ def test_every_check_of_a_policy_month_runs_and_passes(defs, sample_db, runs_dir
     assert set(evaluations) == POLICY_CHECKS
     assert all(e.passed for e in evaluations.values()), {k: e.metadata for k, e in evaluations.items() if not e.passed}
     assert evaluations[("paths", "no_look_ahead")].metadata["p0_not_the_entry_open"].value == 0
+    # Plotted by the UI across every run and month: only what each check measures is numeric.
+    numeric = {
+        (artifact, check, key)
+        for (artifact, check), e in evaluations.items()
+        for key, value in e.metadata.items()
+        if isinstance(value.value, (int, float)) and not isinstance(value.value, bool)
+    }
+    assert {(check, key) for _, check, key in numeric} == {
+        ("call_id_unique", "repeated_call_ids"),
+        ("no_look_ahead", "entries_outside_the_entry_window"),
+        ("no_look_ahead", "p0_not_the_entry_open"),
+        ("excluded_share", "excluded_share_pct"),
+        ("excluded_share", "threshold_pct"),
+        ("trades_match_paths", "paths_without_trade"),
+        ("trades_match_paths", "trades_without_path"),
+        ("trades_match_paths", "repeated_trades"),
+        ("cash_never_negative", "points_with_negative_cash"),
+        ("calls_add_up", "calls_unaccounted"),
+    }
+    assert evaluations[("portfolio", "calls_add_up")].metadata["calls_unaccounted"].value == 0
 
 
 def _steps_started(result) -> list[str]:

@@ -144,12 +144,20 @@ def _manifest_check(artifact: str) -> ArtifactCheck:
     )
 
 
+def _size(value: float | None) -> MetadataValue:
+    """A figure shown with a check but not plotted: the UI plots each numeric metadata key as one
+    series across the check's evaluations, i.e. across every run and month, where sizes and
+    amounts are not comparable. Numeric, and so plotted, stay only what a check measures — its
+    violations and shares — which read the same in any month of any run (docs/architecture.md)."""
+    return MetadataValue.text("none" if value is None else f"{value:,}" if isinstance(value, int) else f"{value:,.2f}")
+
+
 def _call_id_unique(subject: CheckSubject) -> AssetCheckResult:
     frame = subject.frame
     repeated = frame.filter(pl.col("call_id").is_duplicated()).get_column("call_id").unique().sort().to_list()
     return AssetCheckResult(
         passed=not repeated,
-        metadata={"alerts": frame.height, "repeated_call_ids": len(repeated), "examples": _examples(repeated)},
+        metadata={"alerts": _size(frame.height), "repeated_call_ids": len(repeated), "examples": _examples(repeated)},
     )
 
 
@@ -172,7 +180,7 @@ def _no_look_ahead(subject: CheckSubject) -> AssetCheckResult:
     return AssetCheckResult(
         passed=not offenders,
         metadata={
-            "paths": frame.height,
+            "paths": _size(frame.height),
             "entries_outside_the_entry_window": early.height,
             "p0_not_the_entry_open": len(wrong_p0),
             "examples": _examples(offenders),
@@ -189,8 +197,8 @@ def _excluded_share(subject: CheckSubject) -> AssetCheckResult:
         passed=share <= subject.max_excluded_share,
         severity=AssetCheckSeverity.WARN,
         metadata={
-            "alert_rows": source_rows,
-            "calls_processed": processed,
+            "alert_rows": _size(source_rows),
+            "calls_processed": _size(processed),
             "excluded_share_pct": round(100 * share, 1),
             "threshold_pct": round(100 * subject.max_excluded_share, 1),
         },
@@ -205,8 +213,8 @@ def _trades_match_paths(subject: CheckSubject) -> AssetCheckResult:
     return AssetCheckResult(
         passed=not (missing or extra or repeated),
         metadata={
-            "paths": len(path_ids),
-            "trades": len(trade_ids),
+            "paths": _size(len(path_ids)),
+            "trades": _size(len(trade_ids)),
             "paths_without_trade": len(missing),
             "trades_without_path": len(extra),
             "repeated_trades": repeated,
@@ -255,7 +263,7 @@ def _curve_ends_at_equity_end(subject: CheckSubject) -> AssetCheckResult:
         where, last = "the capital (no point yet)", row["capital"]
     return AssetCheckResult(
         passed=last == row["equity_end"],
-        metadata={"equity_end": row["equity_end"], "last_point_equity": last, "last_point": where},
+        metadata={"equity_end": _size(row["equity_end"]), "last_point_equity": _size(last), "last_point": where},
     )
 
 
@@ -266,9 +274,9 @@ def _cash_never_negative(subject: CheckSubject) -> AssetCheckResult:
         passed=negative.height == 0,
         severity=AssetCheckSeverity.WARN,
         metadata={
-            "points": curve.height,
+            "points": _size(curve.height),
             "points_with_negative_cash": negative.height,
-            "lowest_cash": float(curve.get_column("cash").min()) if curve.height else None,  # type: ignore[arg-type]
+            "lowest_cash": _size(float(curve.get_column("cash").min()) if curve.height else None),  # type: ignore[arg-type]
             "examples": _examples(negative.get_column("ts_ms").to_list()),
         },
     )
@@ -291,11 +299,12 @@ def _calls_add_up(subject: CheckSubject) -> AssetCheckResult:
     return AssetCheckResult(
         passed=taken + skipped + pending == before + trades,
         metadata={
-            "calls_taken": taken,
-            "calls_skipped": skipped,
-            "calls_not_yet_entered": pending,
-            "trades_before_this_month": before,
-            "trades_this_month": trades,
+            "calls_taken": _size(taken),
+            "calls_skipped": _size(skipped),
+            "calls_not_yet_entered": _size(pending),
+            "trades_before_this_month": _size(before),
+            "trades_this_month": _size(trades),
+            "calls_unaccounted": before + trades - (taken + skipped + pending),
         },
     )
 
