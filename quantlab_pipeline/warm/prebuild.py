@@ -10,6 +10,8 @@ warm server (`core.nb.load_backtest_kernels`).
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import shutil
 import sys
@@ -30,6 +32,7 @@ def prebuild() -> int:
     saved = {name: os.environ.get(name) for name in ("DAGSTER_HOME", "QUANTLAB_CACHE_DIR", "QUANTLAB_WARM_SERVER")}
     try:
         (scratch / "dagster_home").mkdir()
+        (scratch / "dagster_home" / "dagster.yaml").write_text("")  # Dagster's defaults, said without a warning
         os.environ.update(
             DAGSTER_HOME=str(scratch / "dagster_home"),
             QUANTLAB_CACHE_DIR=str(scratch / "candle_cache"),
@@ -76,9 +79,16 @@ def prebuild() -> int:
 
 
 def main() -> None:
+    """One line before and one after; the backtests' own output only if the prebuild fails."""
     started = time.perf_counter()
     print("prebuilding the numba kernels (a backtest of each run type on a tiny sample)…", file=sys.stderr)
-    count = prebuild()
+    log = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+            count = prebuild()
+    except BaseException:
+        sys.stderr.write(log.getvalue()[-4000:])
+        raise
     print(f"{count} kernel builds cached in {time.perf_counter() - started:.0f} s", file=sys.stderr)
 
 
