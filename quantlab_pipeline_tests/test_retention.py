@@ -7,6 +7,7 @@ import datetime as dt
 import json
 import subprocess
 import tarfile
+import time
 from pathlib import Path
 
 import dagster as dg
@@ -186,7 +187,8 @@ def test_delete_and_prune_remove_runs_completely_end_to_end(workdir):
     bad = run_cli(["runs", "prune", "--older-than", "90x"], workdir)
     assert bad.returncode == 2 and "--older-than: expected a duration" in bad.stderr
     assert "No run matches" in run_cli(["runs", "prune", "--older-than", "90d", "--yes"], workdir).stdout
-    pruned = run_cli(["runs", "prune", "--older-than", "10s", "--run-type", "path-only", "--yes"], workdir)
+    time.sleep(1.5)  # every run above is now older than the bound, however fast the machine
+    pruned = run_cli(["runs", "prune", "--older-than", "1s", "--run-type", "path-only", "--yes"], workdir)
     assert pruned.returncode == 0 and "Deleted 2 run(s)" in pruned.stdout, pruned.stdout + pruned.stderr
     assert (runs / "2024-01" / f"run_id={live.run_id}").is_dir()  # live: never selected
     assert instance_runs(workdir, kept) == ["(no partition key)"]
