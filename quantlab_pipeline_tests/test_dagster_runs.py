@@ -242,7 +242,10 @@ def test_ctrl_c_stops_the_parallel_workers_with_one_line(workdir):
     # Each month's fate as recorded: interrupted in its step, or missing when its worker had not
     # written anything yet; never "running".
     fates = _month_states(workdir, run_id)
-    assert set(fates) <= {"interrupted", "missing"}, fates
+    assert set(fates) <= {"interrupted", "missing"}, "\n".join(
+        f"{p.parent.parent.name} {json.loads(p.read_text()).get('status')} {(json.loads(p.read_text()).get('error') or {}).get('reason')} {(json.loads(p.read_text()).get('error') or {}).get('message')}"
+        for p in (workdir / "runs").glob("*/run_id=*/run.json")
+    ) + str(fates)
     assert f": 2024-01 {fates[0]}, 2024-02 {fates[1]};" in lines[0], lines[0]
     assert "STARTED" not in _run_statuses(workdir, run_id) and "NOT_STARTED" not in _run_statuses(workdir, run_id)
 

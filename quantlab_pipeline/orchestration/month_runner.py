@@ -341,6 +341,8 @@ def _in_workers(
             for worker in workers:
                 worker.join()
                 follow(exited=worker, report=False)
+            for month in sorted(stopped):  # a worker stopped outside a step leaves its month `running`
+                record_interruption(spec, month, paths=paths, instance=instance)
 
 
 class _EventReader:

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import duckdb
 import polars as pl
 from dagster import (
     AssetCheckKey,
@@ -175,10 +176,12 @@ def recording_failures(
     run_dir: RunDirectory, spec: RunSpec, phase: str, dagster_run_id: str, log: Callable[[str], None] | None = None
 ) -> Iterator[None]:
     """Record whatever stops a step in its run directory, then let it propagate: an interruption
-    (Ctrl-C, SIGTERM, a run terminated from the UI) as `interrupted`, anything else as a failure."""
+    (Ctrl-C, SIGTERM, a run terminated from the UI, also when it lands in a DuckDB query) as
+    `interrupted`, anything else as a failure."""
     try:
         yield
-    except (KeyboardInterrupt, DagsterExecutionInterruptedError) as exc:
+    except (KeyboardInterrupt, DagsterExecutionInterruptedError, duckdb.InterruptException) as exc:
+        # DuckDB turns a signal that lands during a query into its own exception
         if log:
             log("interrupted")
         run_dir.record_failure(spec, phase=phase, exc=exc, dagster_run_id=dagster_run_id, reason="interrupted")
