@@ -86,3 +86,39 @@ def test_ctrl_c_to_the_process_group_prints_no_traceback(workdir):
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
     [closing] = [line for line in err.splitlines() if line.startswith("interrupted (SIGINT): 2024-01 ")]
     assert "2024-02 missing" in closing and "running" not in closing, closing
+
+
+def test_a_signal_inside_a_duckdb_query_counts_as_an_interruption(tmp_path):
+    """DuckDB reports a signal that lands in its query as its own error, reaching Python either as
+    DuckDB's InterruptException or, through Arrow's reader, as Arrow's error with DuckDB's text;
+    the sources may wrap either in a one-line input error. Each is recorded as `interrupted`."""
+    import duckdb
+    import pyarrow as pa
+
+    from quantlab_pipeline.core.errors import InputError
+    from quantlab_pipeline.orchestration.steps import recording_failures
+    from quantlab_pipeline.storage.lifecycle import month_status
+    from quantlab_pipeline.storage.run_dir import RunDirectory
+    from quantlab_pipeline_tests.test_run_dir import make_spec
+
+    def wrapped() -> Exception:
+        try:
+            raise duckdb.InterruptException("INTERRUPT Error: Interrupted!")
+        except duckdb.Error:
+            try:
+                raise InputError("candles database x.duckdb: the read failed") from None
+            except InputError as exc:
+                return exc
+
+    spec = make_spec()
+    cases = [
+        (duckdb.InterruptException("INTERRUPT Error: Interrupted!"), "interrupted"),
+        (pa.ArrowException("Query interrupted"), "interrupted"),
+        (wrapped(), "interrupted"),
+        (ValueError("a real failure"), "failed"),
+    ]
+    for i, (exc, state) in enumerate(cases):
+        run_dir = RunDirectory(tmp_path / f"runs{i}", "2024-01", spec.run_id)
+        with pytest.raises(type(exc)), recording_failures(run_dir, spec, "truth", "dagster-run"):
+            raise exc
+        assert month_status(run_dir).state == state, (exc, month_status(run_dir))

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import duckdb
 import polars as pl
@@ -180,17 +180,33 @@ def recording_failures(
     `interrupted`, anything else as a failure."""
     try:
         yield
-    except (KeyboardInterrupt, DagsterExecutionInterruptedError, duckdb.InterruptException) as exc:
-        # DuckDB turns a signal that lands during a query into its own exception
+    except (KeyboardInterrupt, DagsterExecutionInterruptedError) as exc:
         if log:
             log("interrupted")
         run_dir.record_failure(spec, phase=phase, exc=exc, dagster_run_id=dagster_run_id, reason="interrupted")
         raise
     except Exception as exc:
+        interrupted = _interrupted_query(exc)
         if log:
-            log(f"failed: {exc}")
-        run_dir.record_failure(spec, phase=phase, exc=exc, dagster_run_id=dagster_run_id)
+            log("interrupted" if interrupted else f"failed: {exc}")
+        reason: Literal["failure", "interrupted"] = "interrupted" if interrupted else "failure"
+        run_dir.record_failure(spec, phase=phase, exc=exc, dagster_run_id=dagster_run_id, reason=reason)
         raise
+
+
+# What DuckDB says when a signal lands in one of its queries; read through Arrow, the query's
+# error reaches Python as Arrow's exception with this text rather than as DuckDB's own.
+_DUCKDB_INTERRUPTED = "Query interrupted"
+
+
+def _interrupted_query(exc: BaseException) -> bool:
+    """Whether a signal (Ctrl-C, SIGTERM) stopped a DuckDB query under `exc` or what it wraps."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, duckdb.InterruptException) or _DUCKDB_INTERRUPTED in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def check_outcomes(results: Iterable[tuple[str, bool, AssetCheckSeverity]]) -> str:
