@@ -137,6 +137,17 @@ def _vbt_exits(exits, stop_price, stop_type, stop_types, arrays, ts_window, last
     return exit_ts, fill
 
 
+def windows(month, paths: pl.DataFrame) -> tuple[pl.DataFrame, np.ndarray, np.ndarray, np.ndarray]:
+    """The paths with a candle in their window `[entry, alert + horizon)`, the windows' candle rows
+    `[start, stop)` in the month's candle set, and each window's last row counted from its start."""
+    entry_ts = np.ascontiguousarray(paths.get_column("entry_ts_ms").to_numpy(), dtype=np.int64)
+    hi_ts = paths.get_column("alert_ts_ms").to_numpy().astype(np.int64) + np.int64(month.horizon_ms)
+    start, stop = month.candles.window_bounds(paths.get_column("mint"), entry_ts, hi_ts)
+    keep = stop > start
+    start, stop = start[keep], stop[keep]
+    return paths.filter(pl.Series(keep)), start, stop, stop - start - 1
+
+
 def peer(month, paths: pl.DataFrame, repeat: int) -> dict:
     """Per comparable kind: times of vectorbt's two engines and of this project, their ratio, and
     the exits that differ. `{"skipped": reason}` without the `bench` extra."""
@@ -145,12 +156,7 @@ def peer(month, paths: pl.DataFrame, repeat: int) -> dict:
         return {"skipped": "vectorbt is not installed (pip install -e '.[bench]'; make bench does)"}
     generate, stop_types = found
     candles = month.candles
-    entry_ts = np.ascontiguousarray(paths.get_column("entry_ts_ms").to_numpy(), dtype=np.int64)
-    hi_ts = paths.get_column("alert_ts_ms").to_numpy().astype(np.int64) + np.int64(month.horizon_ms)
-    start, stop = candles.window_bounds(paths.get_column("mint"), entry_ts, hi_ts)
-    keep = stop > start
-    paths, start, stop = paths.filter(pl.Series(keep)), start[keep], stop[keep]
-    last_row = stop - start - 1
+    paths, start, stop, last_row = windows(month, paths)
     layout_started = time.process_time()
     arrays = _layout(candles, start, stop)
     layout_s = time.process_time() - layout_started

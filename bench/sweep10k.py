@@ -166,12 +166,7 @@ def vectorbt_sample(month, paths: pl.DataFrame, repeat: int) -> dict:
         return {"skipped": "vectorbt is not installed (pip install -e '.[bench]'; make bench does)"}
     generate, stop_types = found
     candles = month.candles
-    entry_ts = np.ascontiguousarray(paths.get_column("entry_ts_ms").to_numpy(), dtype=np.int64)
-    hi_ts = paths.get_column("alert_ts_ms").to_numpy().astype(np.int64) + np.int64(month.horizon_ms)
-    start, stop = candles.window_bounds(paths.get_column("mint"), entry_ts, hi_ts)
-    keep = stop > start
-    paths, start, stop = paths.filter(pl.Series(keep)), start[keep], stop[keep]
-    last_row = stop - start - 1
+    paths, start, stop, last_row = peer.windows(month, paths)
     arrays = peer._layout(candles, start, stop)
     rows = np.arange(arrays["open"].shape[0], dtype=np.int64)[:, None]
     ts_window = candles.ts[np.minimum(start[None, :] + rows, len(candles) - 1)]
