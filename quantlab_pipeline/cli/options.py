@@ -7,6 +7,7 @@ only `--runs-dir` gets the default catalog path, which it does not use.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from quantlab_pipeline.storage.layout import DEFAULT_CATALOG, DEFAULT_RUNS_DIR
 from quantlab_pipeline.storage.paths import ProjectPaths
 
 
-def _into_paths(field: str):
+def _into_paths(field: str) -> Callable[[click.Context, click.Parameter, str], None]:
     """A callback storing the flag's value as `field` of the command's `paths` argument."""
 
     def callback(ctx: click.Context, param: click.Parameter, value: str) -> None:
