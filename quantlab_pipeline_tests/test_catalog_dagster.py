@@ -17,6 +17,7 @@ from quantlab_pipeline.orchestration.resources import RunStoreResource
 from quantlab_pipeline.orchestration.settings import SENSOR_INTERVAL_ENV, Settings
 from quantlab_pipeline.storage.catalog import query_runs, sync_catalog
 from quantlab_pipeline.storage.journal import Journal
+from quantlab_pipeline.storage.paths import ProjectPaths
 from quantlab_pipeline_tests.test_catalog import key, make_run
 
 
@@ -108,14 +109,13 @@ def test_asset_uses_the_catalog_pool_and_the_job_selects_it():
 
 def test_settings_follow_the_environment_and_reach_the_resources():
     settings = Settings.from_env({})
-    assert (settings.catalog_path, settings.runs_dir, settings.sensor_interval_s) == (
-        "data/backtest_catalog.duckdb",
-        "runs",
+    assert (settings.paths, settings.sensor_interval_s) == (
+        ProjectPaths(runs_dir=Path("runs"), catalog_path=Path("data/backtest_catalog.duckdb")),
         30,
     )
     env = {"QUANTLAB_CATALOG": "/x/c.duckdb", "QUANTLAB_RUNS_DIR": "/x/runs", SENSOR_INTERVAL_ENV: "5"}
     settings = Settings.from_env(env)
-    assert (settings.catalog_path, settings.runs_dir, settings.sensor_interval_s) == ("/x/c.duckdb", "/x/runs", 5)
+    assert (settings.paths, settings.sensor_interval_s) == (ProjectPaths(Path("/x/runs"), Path("/x/c.duckdb")), 5)
     defs = build_defs(settings)
     assert defs.resources["catalog_duckdb"].database == "/x/c.duckdb"
     [sensor] = defs.sensors

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import re
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -382,7 +383,7 @@ def test_the_summary_headline_and_the_closing_table_show_the_median_interval():
         "avg_return_bps_ci_low": -1.0,
         "avg_return_bps_ci_high": 1234.0,
     }
-    headline = summary_headline(row, report_link("runs", "00000000-0000-4000-8000-000000000001"))
+    headline = summary_headline(row, report_link(Path("runs"), "00000000-0000-4000-8000-000000000001"))
     assert headline["median_return_bps_ci"] == "-30 … 16"
     assert "| 12 (-1 … 1,234) | -4 (-30 … 16) |" in headline["headline"].value
     console = Console(width=200, record=True)

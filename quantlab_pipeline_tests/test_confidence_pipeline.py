@@ -189,7 +189,7 @@ def test_the_best_policys_daily_matrix_and_intervals_equal_a_policy_run_of_it(
 def test_a_month_read_in_parts_writes_the_same_confidence_artifacts(optimized, runs_dir, dagster_instance):
     spec, rd, _ = optimized
     before = {a: rd.read_artifact(a).frame for a in ("frontier", "policy_daily", "overfitting")}
-    job = build_defs(Settings(runs_dir=str(runs_dir))).resolve_job_def("optimization_job")
+    job = build_defs(Settings(ProjectPaths(runs_dir=runs_dir))).resolve_job_def("optimization_job")
     result = job.execute_in_process(
         instance=dagster_instance,
         partition_key=month_run_key(spec, "2024-01"),

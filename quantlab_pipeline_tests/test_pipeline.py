@@ -41,7 +41,7 @@ def new_spec(sample_db, run_type="path-only", **extra):
 @pytest.fixture
 def defs(runs_dir):
     """The project's definitions with the test's runs directory (what the CLI builds from its flags)."""
-    return build_defs(Settings(runs_dir=str(runs_dir)))
+    return build_defs(Settings(ProjectPaths(runs_dir=runs_dir)))
 
 
 def ms(day: str) -> int:

@@ -315,7 +315,7 @@ def test_summary_and_frontier_metadata_link_the_report_and_hold_no_image(tmp_pat
     assert link["report"].value == str(report_path(tmp_path / "runs", RUN_ID).resolve())
     assert link["report"].value.endswith(f"/runs/reports/{RUN_ID}.html")
     assert link["report_command"].value == f"quantlab report {RUN_ID} --runs-dir {tmp_path / 'runs'}"
-    assert report_link("runs", RUN_ID)["report_command"].value == f"quantlab report {RUN_ID}"
+    assert report_link(Path("runs"), RUN_ID)["report_command"].value == f"quantlab report {RUN_ID}"
     row = {
         "trades_count": 4,
         "avg_return_bps": 825.0,

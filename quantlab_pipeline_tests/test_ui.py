@@ -41,6 +41,7 @@ from quantlab_pipeline.orchestration import launchpad
 from quantlab_pipeline.orchestration.defs import build_defs
 from quantlab_pipeline.orchestration.resources import RunStoreResource
 from quantlab_pipeline.orchestration.settings import Settings
+from quantlab_pipeline.storage.paths import ProjectPaths
 from quantlab_pipeline.storage.run_dir import RunDirectory
 from quantlab_pipeline.storage.specs import read_spec
 from quantlab_pipeline_tests.browser import Browser, chromium_or_skip
@@ -148,7 +149,9 @@ def test_runs_create_then_dg_launch(workdir):
 def launch_new_backtest(instance: DagsterInstance, runs: Path, config: dict[str, Any]):
     """`new_backtest_job` as the launchpad runs it; its run store named in the run config (the
     code location's default points elsewhere, so the months must inherit it)."""
-    defs = Definitions.merge(build_defs(Settings(runs_dir=str(runs.parent / "elsewhere"))), launchpad.LAUNCHPAD)
+    defs = Definitions.merge(
+        build_defs(Settings(ProjectPaths(runs_dir=runs.parent / "elsewhere"))), launchpad.LAUNCHPAD
+    )
     run_config = {
         "ops": {"create_backtest": {"config": config}},
         "resources": {"run_store": {"config": {"runs_dir": str(runs)}}},

@@ -30,7 +30,6 @@ from quantlab_pipeline.core.spec_builder import (
     SpecRequest,
 )
 from quantlab_pipeline.storage.layout import report_command
-from quantlab_pipeline.storage.paths import ProjectPaths
 
 
 def _run_options(fn: Callable) -> Callable:
@@ -252,7 +251,7 @@ def _create(run_type: str, opts: dict[str, Any]):
     check_dagster_home()
     if run_type == "optimization":
         _check_sweep_memory(spec, months)
-    ensure_runs_dir(opts["runs_dir"])  # last check, first thing created
+    ensure_runs_dir(opts["paths"].runs_dir)  # last check, first thing created
     instance = get_instance(note)
     if opts.get("submit"):
         check_queue(instance)
@@ -261,7 +260,7 @@ def _create(run_type: str, opts: dict[str, Any]):
                 "--submit: no Dagster daemon is running for this instance, so nothing launches until one starts "
                 "(`dagster-daemon run` with the same DAGSTER_HOME, or `make dev`)"
             )
-    create_run(spec, paths=_paths(opts), instance=instance)
+    create_run(spec, paths=opts["paths"], instance=instance)
     return spec, months, instance
 
 
@@ -280,10 +279,6 @@ def _check_sweep_memory(spec: Any, months: list[str]) -> None:
         bounds = {"start_ms": date_to_ms(first), "end_ms": date_to_ms(last) + UNIT_MS["d"]}
         entries = max(entries, count_alerts(spec.source.alerts, spec.source.alerts_table, **bounds))
     check_sweep_memory(len(parse_sweep(spec.sweep).policies), entries, available_memory_bytes(), where="--sweep")
-
-
-def _paths(opts: dict[str, Any]) -> ProjectPaths:
-    return ProjectPaths.of(opts["runs_dir"])
 
 
 def _launch_parallel(run_type: str, opts: dict[str, Any], spec: Any, months: list[str]) -> int:
@@ -310,7 +305,7 @@ def _backtest(run_type: str, opts: dict[str, Any]) -> None:
         from quantlab_pipeline.orchestration.month_runs import submit_month
 
         for month in months:
-            submit_month(spec, month, paths=_paths(opts), instance=instance)
+            submit_month(spec, month, paths=opts["paths"], instance=instance)
         err_console.print(
             f"Queued {len(months)} month run(s) of {run_type} run {spec.run_id}; "
             f"follow them with `quantlab runs wait {spec.run_id}`"
@@ -330,7 +325,7 @@ def _backtest(run_type: str, opts: dict[str, Any]) -> None:
     outcome = run_months(
         spec,
         plan,
-        paths=_paths(opts),
+        paths=opts["paths"],
         instance=instance,
         on_progress=print_progress,
         parallel=parallel,
@@ -340,10 +335,10 @@ def _backtest(run_type: str, opts: dict[str, Any]) -> None:
     try:
         finish(spec, results)
     finally:  # after the headline table, also when a month did not complete
-        print_frontier_top(spec, results, runs_dir=opts["runs_dir"])
-        print_walk_forward(spec, results, runs_dir=opts["runs_dir"])
+        print_frontier_top(spec, results, paths=opts["paths"])
+        print_walk_forward(spec, results, paths=opts["paths"])
         if any(r.status == "completed" for r in results):  # charts are drawn on demand (docs/reports.md)
-            console.print(f"Charts: [bold]{escape(report_command(opts['runs_dir'], spec.run_id))}[/bold]")
+            console.print(f"Charts: [bold]{escape(report_command(opts['paths'].runs_dir, spec.run_id))}[/bold]")
 
 
 def _launch_options(fn: Callable) -> Callable:

@@ -34,6 +34,7 @@ from quantlab_pipeline.storage.catalog import (
     query_runs,
     sync_catalog,
 )
+from quantlab_pipeline.storage.paths import ProjectPaths
 
 DEFAULT_LIMIT = 10
 OUTPUT_FORMATS = ("table", "json", "csv")
@@ -93,11 +94,11 @@ def print_stats(stats: CatalogStats) -> None:
     "--verify", is_flag=True, help="Re-examine every run directory, sha256 of every artifact included (implies --full)."
 )
 @user_errors
-def catalog_sync(runs_dir: str, catalog_path: str, stats: bool, full: bool, verify: bool) -> None:
+def catalog_sync(paths: ProjectPaths, stats: bool, full: bool, verify: bool) -> None:
     """Reconcile the catalog with the run directories: register completed and failed runs,
     update re-materialized ones, remove incomplete or deleted ones, reject invalid ones. Only
     the directories that changed since the last sync are inspected, unless --full."""
-    print_sync_report(sync_catalog(catalog_path, runs_dir, verify=verify, full=full), stats=stats)
+    print_sync_report(sync_catalog(paths.catalog_path, paths.runs_dir, verify=verify, full=full), stats=stats)
 
 
 def _parse_limit(value: str | None) -> int | None:
@@ -205,7 +206,7 @@ def _build_runs_table(rows: list[dict[str, Any]], *, short_ids: bool) -> Table:
 @click.option("--wide", is_flag=True, help="Full run ids in the table, however wide it gets.")
 @user_errors
 def catalog_query(
-    catalog_path: str,
+    paths: ProjectPaths,
     run_id,
     run_type,
     status,
@@ -236,16 +237,16 @@ def catalog_query(
     if artifact_type is not None:
         # one run's artifact: every month it covers, unless --limit says otherwise
         n = n if n is not None or run_id is not None else DEFAULT_LIMIT
-        rows = query_artifacts(catalog_path, artifact_type, selected, limit=n)
+        rows = query_artifacts(paths.catalog_path, artifact_type, selected, limit=n)
         if not rows and run_id is not None:
-            fail(f"run {run_id} has no {artifact_type!r} artifact in catalog {catalog_path}")
+            fail(f"run {run_id} has no {artifact_type!r} artifact in catalog {paths.catalog_path}")
         if fmt == "table":
             for row in rows:
                 click.echo(row["path"])
         else:
             _emit(rows, PUBLIC_ARTIFACT_COLUMNS, fmt)
         return
-    rows = query_runs(catalog_path, selected, limit=n or DEFAULT_LIMIT)
+    rows = query_runs(paths.catalog_path, selected, limit=n or DEFAULT_LIMIT)
     if fmt != "table":
         _emit(rows, PUBLIC_RUN_COLUMNS, fmt)
     elif rows:
@@ -265,16 +266,16 @@ def catalog_query(
 @runs_dir_option
 @catalog_option
 @user_errors
-def catalog_archive(month: str, dest: str, include_interrupted: bool, runs_dir: str, catalog_path: str) -> None:
+def catalog_archive(month: str, dest: str, include_interrupted: bool, paths: ProjectPaths) -> None:
     """Archive a month of run directories to a verified .tar.gz, remove them, then reconcile
     the catalog. Restore with `tar -xzf FILE -C <runs dir>` and `catalog-sync --full`."""
-    report = archive_month(runs_dir, month, dest, catalog_path, include_interrupted=include_interrupted)
+    report = archive_month(paths.runs_dir, month, dest, paths.catalog_path, include_interrupted=include_interrupted)
     ok(
         f"Archived {_plural(len(report.run_dirs), 'run directory', 'run directories')} "
         f"of {report.month} to {report.archive} ({_plural(report.files, 'file')}, {report.bytes:,} bytes)"
     )
     ok("Verified archive: member list and sizes match")
-    ok(f"Removed {Path(runs_dir) / report.month}")
+    ok(f"Removed {paths.runs_dir / report.month}")
     print_sync_report(report.sync, stats=False)
 
 

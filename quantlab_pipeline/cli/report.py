@@ -11,6 +11,7 @@ from quantlab_pipeline.cli.options import runs_dir_option
 from quantlab_pipeline.core.spec import validate_run_id
 from quantlab_pipeline.storage.atomic import atomic_write_bytes
 from quantlab_pipeline.storage.layout import report_path
+from quantlab_pipeline.storage.paths import ProjectPaths
 
 
 @click.command("report")
@@ -23,16 +24,16 @@ from quantlab_pipeline.storage.layout import report_path
 )
 @runs_dir_option
 @user_errors
-def report(run_id: str, out: Path | None, runs_dir: str) -> None:
+def report(run_id: str, out: Path | None, paths: ProjectPaths) -> None:
     """Write an offline HTML report of RUN_ID: its whole window and each month."""
     validate_run_id(run_id)
     # matplotlib loads only for this command, not for every `quantlab` invocation.
     from quantlab_pipeline.report.html import build_sections, render_html
     from quantlab_pipeline.storage.run_contents import load_run
 
-    run = load_run(runs_dir, run_id)
+    run = load_run(paths.runs_dir, run_id)
     sections = build_sections(run)
-    path = out if out is not None else report_path(runs_dir, run_id)
+    path = out if out is not None else report_path(paths.runs_dir, run_id)
     atomic_write_bytes(path, render_html(run, sections).encode("utf-8"))
     for month in run.incomplete:
         console.print(f"[yellow]![/yellow] {month.month} is incomplete ({month.note}): included as far as it exists")

@@ -14,6 +14,7 @@ from rich.markup import escape
 
 from quantlab_pipeline.cli.console import console, fail, note, ok, user_errors
 from quantlab_pipeline.cli.options import runs_dir_option
+from quantlab_pipeline.storage.paths import ProjectPaths
 
 _DELETE_HELP = "Archive the runs' directories and specs to this .tar.gz first (restore: tar -xzf FILE -C <runs dir>)."
 
@@ -22,7 +23,7 @@ def _mb(n: int) -> str:
     return f"{n / 1e6:,.1f} MB"
 
 
-def _delete(run_files: list, runs_dir: str, archive: str | None, dry_run: bool, yes: bool) -> None:
+def _delete(run_files: list, paths: ProjectPaths, archive: str | None, dry_run: bool, yes: bool) -> None:
     from quantlab_pipeline.orchestration.launch import get_instance
     from quantlab_pipeline.orchestration.retention import plan_removal, remove_runs
 
@@ -48,11 +49,11 @@ def _delete(run_files: list, runs_dir: str, archive: str | None, dry_run: bool, 
         return
     if not yes and not click.confirm(f"Delete these {len(plans)} run(s) for good?", default=False):
         fail("not confirmed; nothing was deleted", 1)
-    removed = remove_runs(instance, runs_dir, plans, archive)
+    removed = remove_runs(instance, paths.runs_dir, plans, archive)
     if removed.archive is not None:
         ok(f"Archived {removed.archive[0]} files ({removed.archive[1]:,} bytes) to {archive}, verified")
     ok(
-        f"Deleted {removed.runs} run(s): {runs_dir} shrank by {_mb(removed.runs_dir_bytes)}, "
+        f"Deleted {removed.runs} run(s): {paths.runs_dir} shrank by {_mb(removed.runs_dir_bytes)}, "
         f"the Dagster instance ({removed.instance_dir}) by {_mb(removed.instance_bytes)}"
     )
     for remark in removed.notes:
@@ -67,12 +68,13 @@ def _delete(run_files: list, runs_dir: str, archive: str | None, dry_run: bool, 
 @click.option("--dry-run", is_flag=True, help="List what would be deleted; delete nothing.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @user_errors
-def runs_delete(run_ids: tuple[str, ...], runs_dir: str, archive: str | None, dry_run: bool, yes: bool) -> None:
+def runs_delete(run_ids: tuple[str, ...], paths: ProjectPaths, archive: str | None, dry_run: bool, yes: bool) -> None:
     """Delete runs completely: their Dagster runs with event and compute logs, their partition
     keys, their run directories and spec. A live run is refused."""
     from quantlab_pipeline.storage.retention import run_files
 
-    _delete([run_files(runs_dir, run_id) for run_id in dict.fromkeys(run_ids)], runs_dir, archive, dry_run, yes)
+    runs = [run_files(paths.runs_dir, run_id) for run_id in dict.fromkeys(run_ids)]
+    _delete(runs, paths, archive, dry_run, yes)
 
 
 @click.command("prune")
@@ -88,7 +90,7 @@ def runs_prune(
     older_than: str,
     run_type: str | None,
     status: str | None,
-    runs_dir: str,
+    paths: ProjectPaths,
     archive: str | None,
     dry_run: bool,
     yes: bool,
@@ -99,7 +101,8 @@ def runs_prune(
     from quantlab_pipeline.storage.retention import select_runs
 
     age = dt.timedelta(milliseconds=parse_duration_ms(older_than, field="--older-than"))
-    _delete(select_runs(runs_dir, older_than=age, run_type=run_type, status=status), runs_dir, archive, dry_run, yes)
+    runs = select_runs(paths.runs_dir, older_than=age, run_type=run_type, status=status)
+    _delete(runs, paths, archive, dry_run, yes)
 
 
 COMMANDS = [runs_delete, runs_prune]

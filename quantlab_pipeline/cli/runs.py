@@ -36,7 +36,7 @@ _STYLE = {
 @runs_dir_option
 @click.option("--format", "fmt", default="table", show_default=True, help="table | json.")
 @user_errors
-def runs_status(run_id: str, runs_dir: str, fmt: str) -> None:
+def runs_status(run_id: str, paths: ProjectPaths, fmt: str) -> None:
     """Where each month of a run stands: completed, stale (computed from a month before it that
     was rewritten since), failed, interrupted (writer gone), running (writer alive) or missing."""
     from quantlab_pipeline.storage.lifecycle import run_status
@@ -44,8 +44,8 @@ def runs_status(run_id: str, runs_dir: str, fmt: str) -> None:
 
     if fmt not in ("table", "json"):
         fail(f"--format: expected one of table, json, got {fmt!r}")
-    spec = read_spec(runs_dir, validate_run_id(run_id))
-    statuses = run_status(runs_dir, spec)
+    spec = read_spec(paths.runs_dir, validate_run_id(run_id))
+    statuses = run_status(paths.runs_dir, spec)
     if fmt == "json":
         click.echo(json.dumps([s.to_dict() for s in statuses], indent=2))
         return
@@ -64,7 +64,7 @@ def runs_status(run_id: str, runs_dir: str, fmt: str) -> None:
 @click.argument("run_id")
 @runs_dir_option
 @user_errors
-def runs_resume(run_id: str, runs_dir: str) -> None:
+def runs_resume(run_id: str, paths: ProjectPaths) -> None:
     """Finish every month of a run that is not completed, running only the steps whose artifacts
     are missing or stale; exits 0 only when every month is complete."""
     from quantlab_pipeline.orchestration.launch import get_instance
@@ -74,11 +74,10 @@ def runs_resume(run_id: str, runs_dir: str) -> None:
     from quantlab_pipeline.storage.run_dir import RunDirectory
     from quantlab_pipeline.storage.specs import read_spec
 
-    spec = read_spec(runs_dir, validate_run_id(run_id))
+    spec = read_spec(paths.runs_dir, validate_run_id(run_id))
     instance = get_instance(note)
-    paths = ProjectPaths.of(runs_dir)
     plan, done, busy = [], [], []
-    for status in run_status(runs_dir, spec):
+    for status in run_status(paths.runs_dir, spec):
         if status.state == "completed":
             ok(f"{status.month} already completed")
             done.append(month_result(spec, status.month, paths=paths, instance=instance))
@@ -90,7 +89,7 @@ def runs_resume(run_id: str, runs_dir: str) -> None:
         if status.state == "missing":  # never started: every step
             plan.append(MonthPlan(status.month))
             continue
-        run_dir = RunDirectory(runs_dir, status.month, spec.run_id)
+        run_dir = RunDirectory(paths.runs_dir, status.month, spec.run_id)
         for action in run_dir.repair():
             console.print(f"  [dim]{status.month}[/dim] {escape(action)}")
         settle_dead_dagster_run(run_dir, instance)
@@ -112,19 +111,17 @@ def runs_resume(run_id: str, runs_dir: str) -> None:
 @click.argument("run_id")
 @runs_dir_option
 @user_errors
-def runs_wait(run_id: str, runs_dir: str) -> None:
+def runs_wait(run_id: str, paths: ProjectPaths) -> None:
     """Follow the queued months of a run (`backtest … --submit`) to the end: the same progress,
     closing table and exit status as a foreground backtest."""
     from quantlab_pipeline.orchestration.launch import get_instance
     from quantlab_pipeline.orchestration.month_runner import follow_queued
     from quantlab_pipeline.storage.specs import read_spec
 
-    spec = read_spec(runs_dir, validate_run_id(run_id))
+    spec = read_spec(paths.runs_dir, validate_run_id(run_id))
     instance = get_instance(note)
     console.print(f"[bold]Run[/bold] {spec.run_id} ({spec.run_type}): waiting for {len(spec.months())} month run(s)")
-    outcome = follow_queued(
-        spec, spec.months(), paths=ProjectPaths.of(runs_dir), instance=instance, on_progress=print_progress
-    )
+    outcome = follow_queued(spec, spec.months(), paths=paths, instance=instance, on_progress=print_progress)
     finish(spec, outcome.results)
 
 

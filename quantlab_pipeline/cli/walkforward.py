@@ -4,7 +4,6 @@ the window's overfitting gap (docs/research.md "Walk-forward optimization")."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -16,10 +15,11 @@ from quantlab_pipeline.core.errors import QuantlabError
 from quantlab_pipeline.core.spec import RunSpec
 from quantlab_pipeline.core.sweep_spec import parse_sweep
 from quantlab_pipeline.core.walkforward import window_gap
+from quantlab_pipeline.storage.paths import ProjectPaths
 from quantlab_pipeline.storage.run_dir import RunDirectory
 
 
-def print_frontier_top(spec: RunSpec, results: list[Any], *, runs_dir: str | Path) -> None:
+def print_frontier_top(spec: RunSpec, results: list[Any], *, paths: ProjectPaths) -> None:
     """The `display.FRONTIER_TOP` best-ranked policies (all callers) of a one-month optimization,
     however large its grid; a run of several months points to the report instead."""
     completed = [r for r in results if r.status == "completed"]
@@ -29,7 +29,7 @@ def print_frontier_top(spec: RunSpec, results: list[Any], *, runs_dir: str | Pat
         console.print(f"Each month's {display.FRONTIER_TOP} best-ranked policies are in its report section.")
         return
     try:
-        frame = RunDirectory(runs_dir, completed[0].month, spec.run_id).read_artifact("frontier").frame
+        frame = RunDirectory(paths.runs_dir, completed[0].month, spec.run_id).read_artifact("frontier").frame
     except QuantlabError as exc:
         console.print(f"[red]frontier {completed[0].month}: {exc}[/red]")
         return
@@ -47,7 +47,7 @@ def print_frontier_top(spec: RunSpec, results: list[Any], *, runs_dir: str | Pat
     console.print(table)
 
 
-def print_walk_forward(spec: RunSpec, results: list[Any], *, runs_dir: str | Path) -> None:
+def print_walk_forward(spec: RunSpec, results: list[Any], *, paths: ProjectPaths) -> None:
     """Per tested month the selection in and out of sample, then the window's gap; nothing for
     runs without walk-forward. Months that did not complete are left out (their status is above)."""
     if spec.run_type != "optimization" or parse_sweep(spec.sweep).train_months is None:
@@ -56,7 +56,7 @@ def print_walk_forward(spec: RunSpec, results: list[Any], *, runs_dir: str | Pat
     for result in results:
         if result.status != "completed":
             continue
-        directory = RunDirectory(runs_dir, result.month, spec.run_id)
+        directory = RunDirectory(paths.runs_dir, result.month, spec.run_id)
         try:
             rows.append(directory.read_artifact("walkforward").frame)
             frontiers.append(directory.read_artifact("frontier").frame.with_columns(month=pl.lit(result.month)))

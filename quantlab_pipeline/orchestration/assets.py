@@ -438,7 +438,7 @@ def summary(
             f"{row['trades_count']} trades, median return {display.bps(row['median_return_bps'])} bps, "
             f"stop-out {display.pct(row['stop_out_rate'])}, win rate {display.pct(row['win_rate'])}"
         )
-        headline = summary_headline(row, report_link(run_store.runs_dir, run_spec.run_id))
+        headline = summary_headline(row, report_link(run_store.root, run_spec.run_id))
         return step.output(frame, inputs=(alerts, paths, trades), headline=headline)
 
     yield from checked_step(

@@ -38,9 +38,15 @@ from quantlab_pipeline.orchestration.partitions import OWNER
 from quantlab_pipeline.orchestration.resources import RunStoreResource
 from quantlab_pipeline.storage.catalog import read_mark, sync_catalog, terminal_fingerprint, unverified_artifacts
 from quantlab_pipeline.storage.journal import Journal
+from quantlab_pipeline.storage.paths import ProjectPaths
 
 CATALOG_POOL = "catalog"
 FULL_SYNC_TAG = "quantlab/catalog_sync"  # "full" on a run of the job: every directory is inspected
+
+
+def _project_paths(run_store: RunStoreResource, catalog_duckdb: DuckDBResource) -> ProjectPaths:
+    """The two resources' text config as the project's paths (docs/architecture.md "Settings")."""
+    return ProjectPaths(run_store.root, Path(catalog_duckdb.database))
 
 
 @asset(
@@ -71,8 +77,9 @@ def backtest_catalog(
     database; the storage layer opens it, giving up within `WRITE_TIMEOUT_S` with one line naming
     whoever holds it (the sensor requests the sync again on a later tick)."""
     full = context.run.tags.get(FULL_SYNC_TAG) == "full"
+    paths = _project_paths(run_store, catalog_duckdb)
     try:
-        report = sync_catalog(catalog_duckdb.database, run_store.root, full=full)
+        report = sync_catalog(paths.catalog_path, paths.runs_dir, full=full)
     except QuantlabError as exc:
         raise Failure(description=str(exc), allow_retries=False) from None
     stats = report.stats
@@ -85,7 +92,7 @@ def backtest_catalog(
         context.log.warning(f"rejected {run_dir}: {reason}")
     # What this sync wrote, not the whole catalog: a sync costs what changed (docs/catalog.md).
     checked, bad = unverified_artifacts(
-        catalog_duckdb.database, None if report.full else [*report.registered, *report.updated]
+        paths.catalog_path, None if report.full else [*report.registered, *report.updated]
     )
     return MaterializeResult(
         check_results=[
@@ -141,19 +148,20 @@ _IN_FLIGHT = [
 ]
 
 
-def _why_sync(runs_dir: Path, catalog: Path, cursor: dict, now: float) -> tuple[str | None, bool]:
+def _why_sync(paths: ProjectPaths, cursor: dict, now: float) -> tuple[str | None, bool]:
     """`(reason, full)`: why a sync is due (None: it is not), and whether it must be a full one.
     Updates `cursor["checked_at"]` when it stats every directory."""
+    catalog = paths.catalog_path
     mark = read_mark(catalog)
     if mark is None or not catalog.exists():
         return f"catalog {catalog} has not been synced yet", False
-    end = Journal(runs_dir).end()
+    end = Journal(paths.runs_dir).end()
     if mark.position != end:
         return f"the journal is at {end}, the catalog at {mark.position or '-'}", False
     if now - cursor.get("checked_at", 0) < FULL_CHECK_EVERY_S:
         return None, False
     cursor["checked_at"] = now
-    digest, count = terminal_fingerprint(runs_dir)
+    digest, count = terminal_fingerprint(paths.runs_dir)
     if digest != mark.digest:
         return f"{count} terminal run directories differ from the catalog outside the journal", True
     return None, False
@@ -178,11 +186,12 @@ def build_catalog_sync_sensor(interval_s: int, warnings: tuple[str, ...] = ()) -
         requested again), and when every terminal directory was last statted."""
         for warning in warnings:
             context.log.warning(warning)
-        root = run_store.root
+        paths = _project_paths(run_store, catalog_duckdb)
+        root = paths.runs_dir
         if not root.is_dir():
             return SkipReason(f"runs directory {root.resolve()} does not exist yet")
         cursor = json.loads(context.cursor) if context.cursor else {}
-        reason, full = _why_sync(root, Path(catalog_duckdb.database), cursor, time.time())
+        reason, full = _why_sync(paths, cursor, time.time())
         if reason is None:
             context.update_cursor(json.dumps(cursor))
             return SkipReason(f"the catalog is up to date with the journal of {root.resolve()}")

@@ -1,9 +1,10 @@
 """`build_defs`: the project's one `Definitions`, built explicitly from `Settings`.
 
 `definitions.py` (what `dagster dev`, `dagster asset materialize` and run workers load) calls it
-with the environment's settings; the CLI calls it with its flags'. Resources are bound here once:
-the run store is shared by the assets, both IO managers and the sensor, and is configurable at
-launch so a run's config can point it elsewhere.
+with the environment's settings (tests with their own). Resources are bound here once: the run
+store is shared by the assets, both IO managers and the sensor, and is configurable at launch so
+a run's config (the CLI's `--runs-dir`) can point it elsewhere. Resource config is text: the
+settings' paths become strings here, and back to paths in the resources (`RunStoreResource.root`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from quantlab_pipeline.orchestration.settings import Settings
 
 
 def build_defs(settings: Settings) -> Definitions:
-    run_store = RunStoreResource.configure_at_launch(runs_dir=settings.runs_dir)
+    run_store = RunStoreResource.configure_at_launch(runs_dir=str(settings.paths.runs_dir))
     return Definitions(
         assets=[*BACKTEST_ASSETS, *OPTIMIZATION_ASSETS, *RESEARCH_ASSETS, *PORTFOLIO_ASSETS, backtest_catalog],
         jobs=[*BACKTEST_JOBS, catalog_sync_job],
@@ -31,7 +32,7 @@ def build_defs(settings: Settings) -> Definitions:
         resources={
             "run_store": run_store,
             "candle_store": CandleStoreResource(),
-            "catalog_duckdb": DuckDBResource(database=settings.catalog_path),
+            "catalog_duckdb": DuckDBResource(database=str(settings.paths.catalog_path)),
             "run_io_manager": RunDirectoryIOManager(run_store=run_store),
             "spec_io_manager": RunSpecIOManager(run_store=run_store),
         },

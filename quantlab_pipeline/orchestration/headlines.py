@@ -64,7 +64,7 @@ def trades_headline(frame: pl.DataFrame) -> dict[str, Any]:
     }
 
 
-def report_link(runs_dir: str | Path, run_id: str) -> dict[str, Any]:
+def report_link(runs_dir: Path, run_id: str) -> dict[str, Any]:
     """Where the run's HTML report is (or goes: `quantlab report` writes it) and how to write it."""
     return {
         "report": MetadataValue.path(str(report_path(runs_dir, run_id).resolve())),

@@ -13,6 +13,7 @@ Dagster reads the op's config class from its annotation at definition time.)
 """
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
@@ -105,8 +106,8 @@ def new_backtest_months_sensor(context: RunStatusSensorContext, run_store: RunSt
     # The months use the run store the launcher was given (launchpad resource config), if any.
     run_config: dict[str, Any] = dict(context.dagster_run.run_config)
     store: dict[str, Any] | None = (run_config.get("resources") or {}).get("run_store")
-    runs_dir = (store or {}).get("config", {}).get("runs_dir") or run_store.runs_dir
-    spec = read_spec(runs_dir, run_id)
+    configured = (store or {}).get("config", {}).get("runs_dir")  # run config is text: a path from here on
+    spec = read_spec(Path(configured) if configured else run_store.root, run_id)
     for month in spec.months():
         yield RunRequest(
             run_key=month_run_key(spec, month),

@@ -57,7 +57,7 @@ def frontier(
             intervals=run_spec.confidence,
         )
         frame = result.frontier
-        headline = frontier_headline(frame, report_link(run_store.runs_dir, run_spec.run_id))
+        headline = frontier_headline(frame, report_link(run_store.root, run_spec.run_id))
         step.log(
             f"{headline['policies']} policies, {headline['feasible_policies']} meet the constraints; "
             f"best {headline.get('best_policy', 'n/a')} (score {display.bps(headline.get('best_objective_score'))})"

@@ -86,12 +86,11 @@ def plan_removal(instance: DagsterInstance, files: list[RunFiles]) -> list[Remov
 
 
 def remove_runs(
-    instance: DagsterInstance, runs_dir: str | Path, plans: list[Removal], archive: str | Path | None = None
+    instance: DagsterInstance, runs_dir: Path, plans: list[Removal], archive: str | Path | None = None
 ) -> Removed:
     """Delete the planned runs (after archiving their files to `archive`, when given)."""
-    runs_root = Path(runs_dir)
     instance_dir = Path(instance.root_directory)
-    archived = archive_runs(runs_root, [p.files for p in plans], archive) if archive is not None else None
+    archived = archive_runs(runs_dir, [p.files for p in plans], archive) if archive is not None else None
     instance_before = disk_usage(instance_dir)
     notes: list[str] = []
     for plan in plans:
@@ -108,7 +107,7 @@ def remove_runs(
                         f"materialization of partition {key}; it stays in the asset's history"
                     )
             instance.delete_dynamic_partition(name, key)
-        remove_run_files(runs_root, plan.files)
+        remove_run_files(runs_dir, plan.files)
     if isinstance(instance.event_log_storage, KeptConnectionSqliteEventLogStorage):
         instance.event_log_storage.reclaim_space()  # the deleted events' pages, back to the file system
     return Removed(

@@ -36,7 +36,7 @@ class Completion:
         return "; ".join(parts) or "complete"
 
 
-def completion(runs_dir: str | Path, month: str, run_id: str, manifest: dict[str, Any] | None) -> Completion:
+def completion(runs_dir: Path, month: str, run_id: str, manifest: dict[str, Any] | None) -> Completion:
     """Which required artifacts of a run directory (its run.json `manifest`) are missing (or not at
     their recorded size) or stale: computed from an older version of an upstream artifact."""
     if manifest is None:
@@ -59,7 +59,7 @@ def completion(runs_dir: str | Path, month: str, run_id: str, manifest: dict[str
     return Completion(not missing and not stale, tuple(missing), tuple(stale))
 
 
-def changed_months(runs_dir: str | Path, run_id: str, record: dict[str, Any]) -> list[str]:
+def changed_months(runs_dir: Path, run_id: str, record: dict[str, Any]) -> list[str]:
     """The months whose artifact an artifact (its run.json `record`) was computed from holds other
     bytes now. A month whose directory or record is gone (archived) or unreadable cannot say, and
     is not counted."""

@@ -81,8 +81,8 @@ class Batch:
 class Journal:
     """The journal of one runs directory."""
 
-    def __init__(self, runs_dir: str | Path):
-        self.dir = Path(runs_dir) / JOURNAL_DIR
+    def __init__(self, runs_dir: Path):
+        self.dir = runs_dir / JOURNAL_DIR
 
     # -- writing ---------------------------------------------------------------------------------
 

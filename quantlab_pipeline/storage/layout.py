@@ -162,35 +162,35 @@ RUN_DIR_RE = re.compile(r"^run_id=(?P<run_id>.+)$")
 MONTH_DIR_RE = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
 
 
-def run_dir_path(runs_dir: str | Path, month: str, run_id: str) -> Path:
+def run_dir_path(runs_dir: Path, month: str, run_id: str) -> Path:
     """`runs/YYYY-MM/run_id=<uuid>`; both parts are validated before they touch a path."""
-    return Path(runs_dir) / validate_month(month) / f"run_id={validate_run_id(run_id)}"
+    return runs_dir / validate_month(month) / f"run_id={validate_run_id(run_id)}"
 
 
-def spec_path(runs_dir: str | Path, run_id: str) -> Path:
-    return Path(runs_dir) / SPECS_DIR / f"{validate_run_id(run_id)}.json"
+def spec_path(runs_dir: Path, run_id: str) -> Path:
+    return runs_dir / SPECS_DIR / f"{validate_run_id(run_id)}.json"
 
 
-def report_path(runs_dir: str | Path, run_id: str) -> Path:
+def report_path(runs_dir: Path, run_id: str) -> Path:
     """Where `quantlab report RUN_ID` writes the run's HTML page by default."""
-    return Path(runs_dir) / REPORTS_DIR / f"{validate_run_id(run_id)}.html"
+    return runs_dir / REPORTS_DIR / f"{validate_run_id(run_id)}.html"
 
 
-def report_command(runs_dir: str | Path, run_id: str) -> str:
+def report_command(runs_dir: Path, run_id: str) -> str:
     """The command that writes the run's HTML report to `report_path`, as typed from the project root."""
     custom = "" if str(runs_dir) == DEFAULT_RUNS_DIR else f" --runs-dir {shlex.quote(str(runs_dir))}"
     return f"quantlab report {validate_run_id(run_id)}{custom}"
 
 
-def lock_path(runs_dir: str | Path, month: str, run_id: str) -> Path:
+def lock_path(runs_dir: Path, month: str, run_id: str) -> Path:
     """`runs/_locks/<month>_<run_id>.lock`: exists only while a writer holds it."""
-    return Path(runs_dir) / LOCKS_DIR / f"{validate_month(month)}_{validate_run_id(run_id)}.lock"
+    return runs_dir / LOCKS_DIR / f"{validate_month(month)}_{validate_run_id(run_id)}.lock"
 
 
-def month_lock_path(runs_dir: str | Path, month: str) -> Path:
+def month_lock_path(runs_dir: Path, month: str) -> Path:
     """`runs/_locks/<month>.lock`: writers of the month hold it shared while they write, an
     archive or a delete of the month exclusively (kept: one file per month)."""
-    return Path(runs_dir) / LOCKS_DIR / f"{validate_month(month)}.lock"
+    return runs_dir / LOCKS_DIR / f"{validate_month(month)}.lock"
 
 
 def artifact_applies(run_type: str, artifact: str) -> bool:
@@ -206,15 +206,14 @@ def temp_leftovers(directory: Path) -> list[Path]:
     return [Path(d) / name for d, _, names in os.walk(directory) for name in sorted(names) if is_temp_file(name)]
 
 
-def iter_run_dirs(runs_dir: str | Path):
+def iter_run_dirs(runs_dir: Path):
     """Yield `(month, run_id, path)` for every directory named `YYYY-MM/run_id=<uuid>`.
 
     Anything else under `runs_dir` (specs, locks, stray folders) is ignored.
     """
-    root = Path(runs_dir)
-    if not root.is_dir():
+    if not runs_dir.is_dir():
         return
-    for month_dir in sorted(root.iterdir()):
+    for month_dir in sorted(runs_dir.iterdir()):
         if not (month_dir.is_dir() and MONTH_DIR_RE.match(month_dir.name)):
             continue
         for run_dir in sorted(month_dir.iterdir()):

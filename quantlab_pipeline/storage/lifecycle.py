@@ -86,7 +86,7 @@ def month_status(run_dir: RunDirectory) -> MonthStatus:
     return status("interrupted", gone)
 
 
-def run_status(runs_dir: str | Path, spec: RunSpec) -> list[MonthStatus]:
+def run_status(runs_dir: Path, spec: RunSpec) -> list[MonthStatus]:
     """Every month of the run's window; for an open-ended window, the months on disk."""
     if spec.window.from_ is not None and spec.window.to is not None:
         months = spec.months()
@@ -114,17 +114,16 @@ def steps_to_finish(run_dir: RunDirectory, spec: RunSpec | None = None) -> tuple
     return tuple(a for a in required if a in todo)
 
 
-def month_statuses(runs_dir: str | Path, month: str) -> list[MonthStatus]:
+def month_statuses(runs_dir: Path, month: str) -> list[MonthStatus]:
     """Where every run directory of `month` stands: archiving the month must not remove a live
     one, nor, unless asked, an interrupted one `runs resume` would finish (docs/catalog.md)."""
     return [month_status(RunDirectory(runs_dir, m, run_id)) for m, run_id, _ in iter_run_dirs(runs_dir) if m == month]
 
 
-def ensure_runs_dir(path: str | Path) -> Path:
+def ensure_runs_dir(path: Path) -> Path:
     """The runs directory, created if absent, checked before any state is created: a one-line
     `QuantlabError` naming it when it is (or lies under) a file, an `EnvironmentFault` (exit 1)
     when it cannot be created, is not writable or is on a read-only file system."""
-    path = Path(path)
     if path.exists() and not path.is_dir():
         raise QuantlabError(f"runs directory {path}: not a directory")
     try:

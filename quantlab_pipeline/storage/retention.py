@@ -67,25 +67,24 @@ def disk_usage(path: Path) -> int:
     return total
 
 
-def run_files(runs_dir: str | Path, run_id: str) -> RunFiles:
+def run_files(runs_dir: Path, run_id: str) -> RunFiles:
     """The month directories and spec of `run_id`; a run with neither is a one-line error."""
-    root = Path(runs_dir)
     run_id = validate_run_id(run_id)
     months = []
-    if root.is_dir():
-        for month_dir in sorted(root.iterdir()):
-            if MONTH_DIR_RE.match(month_dir.name) and run_dir_path(root, month_dir.name, run_id).is_dir():
-                months.append(month_status(RunDirectory(root, month_dir.name, run_id)))
-    spec_file = spec_path(root, run_id)
-    spec = read_spec(root, run_id) if spec_file.exists() else None
+    if runs_dir.is_dir():
+        for month_dir in sorted(runs_dir.iterdir()):
+            if MONTH_DIR_RE.match(month_dir.name) and run_dir_path(runs_dir, month_dir.name, run_id).is_dir():
+                months.append(month_status(RunDirectory(runs_dir, month_dir.name, run_id)))
+    spec_file = spec_path(runs_dir, run_id)
+    spec = read_spec(runs_dir, run_id) if spec_file.exists() else None
     if spec is None and not months:
-        raise QuantlabError(f"run {run_id}: no spec and no run directory under {root}")
+        raise QuantlabError(f"run {run_id}: no spec and no run directory under {runs_dir}")
     used = sum(disk_usage(m.path) for m in months) + disk_usage(spec_file)
     return RunFiles(run_id, spec, spec_file if spec else None, months, used)
 
 
 def select_runs(
-    runs_dir: str | Path,
+    runs_dir: Path,
     *,
     older_than: dt.timedelta,
     run_type: str | None = None,
@@ -99,35 +98,34 @@ def select_runs(
     if status is not None and status not in PRUNE_STATUSES:
         raise QuantlabError(f"--status: expected one of {', '.join(PRUNE_STATUSES)}, got {status!r}")
     cutoff = (now or dt.datetime.now(dt.UTC)) - older_than
-    root = Path(runs_dir)
     chosen = []
-    for spec_file in sorted((root / SPECS_DIR).glob("*.json")):
-        spec = read_spec(root, validate_run_id(spec_file.stem))
+    for spec_file in sorted((runs_dir / SPECS_DIR).glob("*.json")):
+        spec = read_spec(runs_dir, validate_run_id(spec_file.stem))
         if dt.datetime.fromisoformat(spec.created_at) >= cutoff or run_type not in (None, spec.run_type):
             continue
-        files = run_files(root, spec.run_id)
+        files = run_files(runs_dir, spec.run_id)
         if files.state != "running" and status in (None, files.state):
             chosen.append(files)
     return sorted(chosen, key=lambda f: (f.spec.created_at if f.spec else "", f.run_id))
 
 
-def archive_runs(runs_dir: str | Path, runs: list[RunFiles], dest: str | Path) -> tuple[int, int]:
+def archive_runs(runs_dir: Path, runs: list[RunFiles], dest: str | Path) -> tuple[int, int]:
     """Write the runs' month directories and specs to a verified .tar.gz (members relative to the
     runs directory: restore with `tar -xzf dest -C <runs dir>`); `(files, bytes)` archived."""
-    root, dest = Path(runs_dir), Path(dest)
+    dest = Path(dest)
     check_destination(dest, [m.path for r in runs for m in r.months])
     entries: list[Entry] = []
     for run in runs:
         for month in run.months:
-            entries += tree(month.path, month.path.relative_to(root).as_posix())
+            entries += tree(month.path, month.path.relative_to(runs_dir).as_posix())
         if run.spec_file is not None:
-            entries += tree(run.spec_file, run.spec_file.relative_to(root).as_posix())
+            entries += tree(run.spec_file, run.spec_file.relative_to(runs_dir).as_posix())
     write_verified(dest, entries)
     sizes = [e.size for e in entries if e.size is not None]
     return len(sizes), sum(sizes)
 
 
-def remove_run_files(runs_dir: str | Path, run: RunFiles) -> None:
+def remove_run_files(runs_dir: Path, run: RunFiles) -> None:
     """Remove the run's month directories (each announced to the catalog first), then its spec."""
     for month in run.months:
         RunDirectory(runs_dir, month.month, run.run_id).remove("deleted")

@@ -94,7 +94,7 @@ def _read_month(run_dir: RunDirectory) -> MonthArtifacts:
     return MonthArtifacts(run_dir.month, status.state, "; ".join(p for p in parts if p), frames)
 
 
-def load_run(runs_dir: str | Path, run_id: str) -> RunArtifacts:
+def load_run(runs_dir: Path, run_id: str) -> RunArtifacts:
     """Every month of `run_id` under `runs_dir`; `QuantlabError` if there is none completed."""
     validate_run_id(run_id)
     dirs = {month: path for month, rid, path in iter_run_dirs(runs_dir) if rid == run_id}

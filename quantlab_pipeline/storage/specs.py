@@ -36,7 +36,7 @@ def spec_sha256(spec: RunSpec | dict) -> str:
     return sha256_bytes(spec_bytes(spec))
 
 
-def read_spec(runs_dir: str | Path, run_id: str) -> RunSpec:
+def read_spec(runs_dir: Path, run_id: str) -> RunSpec:
     path = spec_path(runs_dir, run_id)
     try:
         data = json.loads(path.read_bytes())
@@ -49,7 +49,7 @@ def read_spec(runs_dir: str | Path, run_id: str) -> RunSpec:
     return RunSpec.from_dict(data)
 
 
-def write_spec(runs_dir: str | Path, spec: RunSpec) -> RunSpec:
+def write_spec(runs_dir: Path, spec: RunSpec) -> RunSpec:
     """Store `spec` unless it exists; an existing spec wins if identical, else the write is refused."""
     path = spec_path(runs_dir, spec.run_id)
     if path.exists():

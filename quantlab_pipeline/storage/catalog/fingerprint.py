@@ -38,7 +38,7 @@ def hex_digest(value: int) -> str:
     return f"{value:032x}"
 
 
-def terminal_fingerprint(runs_dir: str | Path) -> tuple[str, int]:
+def terminal_fingerprint(runs_dir: Path) -> tuple[str, int]:
     """`(digest, count)` of the terminal run directories. A directory counts when it has
     `_SUCCESS`, or a run.json that says `failed` (or that is unreadable: the sync rejects it);
     its entry is the stat of both files, so a new, rewritten, unmarked or removed run changes the

@@ -31,11 +31,11 @@ class SyncMark:
     digest: str
 
 
-def mark_path(catalog_path: str | Path) -> Path:
+def mark_path(catalog_path: Path) -> Path:
     return Path(f"{catalog_path}.sync.json")
 
 
-def read_mark(catalog_path: str | Path) -> SyncMark | None:
+def read_mark(catalog_path: Path) -> SyncMark | None:
     """The last sync's mark, or None when there is none (or it is unreadable: sync again)."""
     try:
         data = json.loads(mark_path(catalog_path).read_bytes())
@@ -44,7 +44,7 @@ def read_mark(catalog_path: str | Path) -> SyncMark | None:
         return None
 
 
-def write_mark(catalog_path: str | Path, mark: SyncMark) -> None:
+def write_mark(catalog_path: Path, mark: SyncMark) -> None:
     position = json.loads(mark.position.to_json()) if mark.position else None
     atomic_write_json(mark_path(catalog_path), {"position": position, "digest": mark.digest})
 

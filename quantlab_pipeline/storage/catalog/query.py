@@ -243,7 +243,7 @@ def catalog_stats(catalog_path: str | Path, *, timeout: float = READ_TIMEOUT_S) 
 
 
 def unverified_artifacts(
-    catalog_path: str | Path, keys: Iterable[RunKey] | None = None, *, timeout: float = READ_TIMEOUT_S
+    catalog_path: Path, keys: Iterable[RunKey] | None = None, *, timeout: float = READ_TIMEOUT_S
 ) -> tuple[int, list[str]]:
     """How many artifacts of the run-months `keys` (every catalogued one when None) were checked,
     and the paths of those missing or not at their recorded sha256 (docs/catalog.md)."""

@@ -279,12 +279,12 @@ def sync_catalog(
     directory's run.json or _SUCCESS changes (or a `verify` sync).
     `connect` opens a read-write connection (default: `connection.writer`, bounded retries).
     """
-    path = Path(catalog_path)
-    if not Path(runs_dir).exists():
-        raise QuantlabError(f"runs directory {runs_dir} does not exist")
-    if not Path(runs_dir).is_dir():
-        raise QuantlabError(f"runs directory {runs_dir} is not a directory")
-    root = Path(runs_dir).resolve()
+    path, runs = Path(catalog_path), Path(runs_dir)  # the Python API (docs/catalog.md) passes strings too
+    if not runs.exists():
+        raise QuantlabError(f"runs directory {runs} does not exist")
+    if not runs.is_dir():
+        raise QuantlabError(f"runs directory {runs} is not a directory")
+    root = runs.resolve()
     connect = connect or partial(writer, path)
     journal = Journal(root)
     lock = _open_lock(path, lock_timeout)
