@@ -432,5 +432,9 @@ def test_the_year_row_has_a_block_of_its_own(tmp_path, monkeypatch):
     text = page.read_text()
     assert "main v1" not in text and "year v1" not in text
     assert text.index("main v2") < text.index("Prose.") < text.index("## The last `make bench --year`")
-    assert text.index("## The last `make bench --year`") < text.index("year v2") < text.index("<!-- make bench --year: end -->")
+    assert (
+        text.index("## The last `make bench --year`")
+        < text.index("year v2")
+        < text.index("<!-- make bench --year: end -->")
+    )
     assert text.count("<!-- make bench: begin") == 1 and text.count("<!-- make bench --year: begin") == 1
