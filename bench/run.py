@@ -344,10 +344,12 @@ def _finish(results: dict, args: argparse.Namespace, console: Console, started: 
             portfolio_peer.render(scale, console)
             sweep10k.render(scale, console)
         research.render(results["research"], console)
+        if args.docs is not None:
+            docs_block.update(args.docs, console.export_text(clear=True), results["meta"])
     if "year" in results:
         year.render(results["year"], console)
-    if args.docs is not None and "scales" in results:  # a --year-only run leaves the page's figures alone
-        docs_block.update(args.docs, console.export_text(clear=False), results["meta"])
+        if args.docs is not None:  # its own block: `--year-only` leaves the other figures alone
+            docs_block.update(args.docs, console.export_text(clear=True), results["meta"], docs_block.YEAR)
     console.print(f"results: {args.json} ({results['meta']['elapsed_s']:.0f} s)")
     return 0
 

@@ -417,3 +417,24 @@ def test_quick_run_reports_the_research_figures(quick_run):
         walk["walk_forward"]["wall_s"]["median"] / walk["optimize"]["wall_s"]["median"]
     )
     assert "Research figures" in stdout and "--walk-forward" in stdout
+
+
+def test_the_year_row_has_a_block_of_its_own(tmp_path, monkeypatch):
+    """`--year-only` rewrites the 12-month block and leaves `make bench`'s figures alone, and the reverse."""
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    docs_block = importlib.import_module("docs_block")
+    meta = {"date": "2026-12-07", "cpus": 2, "processor": "x", "python": "3.11.2", "versions": {}, "repeat": 1}
+    page = tmp_path / "performance.md"
+    page.write_text("# Performance\n\n<!-- make bench: begin -->\nmain v1\n<!-- make bench: end -->\n\nProse.\n")
+    docs_block.update(page, "year v1", meta, docs_block.YEAR)
+    docs_block.update(page, "main v2", meta)
+    docs_block.update(page, "year v2", meta, docs_block.YEAR)
+    text = page.read_text()
+    assert "main v1" not in text and "year v1" not in text
+    assert text.index("main v2") < text.index("Prose.") < text.index("## The last `make bench --year`")
+    assert (
+        text.index("## The last `make bench --year`")
+        < text.index("year v2")
+        < text.index("<!-- make bench --year: end -->")
+    )
+    assert text.count("<!-- make bench: begin") == 1 and text.count("<!-- make bench --year: begin") == 1

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from dagster import AssetCheckKey, AssetCheckSeverity, AssetKey
+from dagster import AssetCheckKey, AssetCheckSeverity, AssetKey, DagsterEventType, EventRecordsFilter
 
 from quantlab_pipeline.core.errors import SpecError
 from quantlab_pipeline.core.spec_builder import SpecRequest
@@ -500,6 +500,22 @@ def test_a_month_run_is_tagged_with_what_it_is(sample_db, runs_dir, dagster_inst
         "quantlab/month": "2024-01",
     }
     assert tags["dagster/partition"] == month_run_key(spec, "2024-01") == f"2024-01.policy.p.{spec.run_id}"
+
+
+def test_a_month_run_plans_only_the_artifacts_its_spec_asks_for(sample_db, runs_dir, dagster_instance):
+    """An asset planned and never materialized is a "failed or in progress" partition Dagster
+    looks up on every status rebuild: a run without features must not plan `features`."""
+    spec = new_spec(sample_db, features=False)
+    create_run(spec, paths=ProjectPaths.of(runs_dir), instance=dagster_instance)
+    result = materialize_month(spec, "2024-01", paths=ProjectPaths.of(runs_dir), instance=dagster_instance)
+    assert result.status == "completed", result.error
+    run = dagster_instance.get_run_by_id(result.dagster_run_id)
+    assert run.asset_selection == {AssetKey("alerts"), AssetKey("paths")}
+    planned = dagster_instance.get_event_records(
+        EventRecordsFilter(DagsterEventType.ASSET_MATERIALIZATION_PLANNED, asset_key=AssetKey("features"))
+    )
+    assert planned == []
+    assert dagster_instance.get_latest_materialization_event(AssetKey("paths")) is not None
 
 
 def test_a_missing_upstream_is_recorded_against_the_step_that_needed_it(defs, sample_db, runs_dir, dagster_instance):

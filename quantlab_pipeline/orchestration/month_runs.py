@@ -62,9 +62,13 @@ def _job(run_type: str) -> dagster_adapter.JobOrigins:
 def create_month_run(
     spec: RunSpec, month: str, *, paths: ProjectPaths, instance: DagsterInstance, steps: Sequence[str] | None = None
 ) -> DagsterRun:
-    """A `NOT_STARTED` run of the month's partition (only `steps`, when given), tagged and with
-    its origins, ready to execute here or to queue. A month outside the run's window has no
-    partition: refused (`SpecError`) before anything is created."""
+    """A `NOT_STARTED` run of the month's partition, tagged and with its origins, ready to execute
+    here or to queue. It selects `steps` when given, else the artifacts the spec asks for: an asset
+    of the job the spec turns off (`--no-features`, no portfolio) left in the selection would be
+    planned and never materialized, and Dagster rebuilds each asset's partition status by looking
+    up every run that ever left one — seconds per page view at a lab's scale (docs/dagster.md).
+    A month outside the run's window has no partition: refused (`SpecError`) before anything is
+    created."""
     spec.month_window(month)
     job = _job(spec.run_type)
     key = month_run_key(spec, month)
@@ -75,7 +79,7 @@ def create_month_run(
         job_def=job.reconstructable.get_definition(),
         run_config=run_config,
         tags=tags,
-        asset_selection={AssetKey(step) for step in steps} if steps else None,
+        asset_selection={AssetKey(step) for step in steps or required_artifacts(spec.run_type, spec.to_dict())},
         remote_job_origin=job.remote_origin,
         job_code_origin=job.reconstructable.get_python_origin(),
     )
