@@ -24,8 +24,9 @@ Choices the design leaves open, made here (docs/semantics.md "Semantics chosen w
 - A path with no candle in its window (only possible when `candles` lacks the truth layer's
   rows) has no trade.
 
-The kernels (`nb.policy`) loop over contiguous candle arrays with per-trade `[start, stop)` bounds;
-policies are compiled to flat arrays (`compile_policies`), so no Python runs per candle or trade.
+The kernels (`nb.policy`; `nb.passage` for a sweep's single fixed levels) loop over contiguous
+candle arrays with per-trade `[start, stop)` bounds; policies are compiled to flat arrays
+(`compile_policies`), so no Python runs per candle or trade.
 """
 
 from __future__ import annotations
