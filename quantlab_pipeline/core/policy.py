@@ -24,8 +24,9 @@ Choices the design leaves open, made here (docs/semantics.md "Semantics chosen w
 - A path with no candle in its window (only possible when `candles` lacks the truth layer's
   rows) has no trade.
 
-The kernels (`nb.policy`) loop over contiguous candle arrays with per-trade `[start, stop)` bounds;
-policies are compiled to flat arrays (`compile_policies`), so no Python runs per candle or trade.
+The kernels (`nb.policy`; `nb.passage` for a sweep's single fixed levels) loop over contiguous
+candle arrays with per-trade `[start, stop)` bounds; policies are compiled to flat arrays
+(`compile_policies`), so no Python runs per candle or trade.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import numpy as np
 import polars as pl
 
 from quantlab_pipeline.core.candles import Candles
+from quantlab_pipeline.core.nb.passage import passage_parallel
 from quantlab_pipeline.core.nb.policy import (
     EXIT_REASONS,
     HARD_STOP,
@@ -50,6 +52,7 @@ from quantlab_pipeline.core.nb.policy import (
 )
 from quantlab_pipeline.core.policy_spec import (
     BPS,
+    FRACTION_TOLERANCE,
     FixedStop,
     Ladder,
     Policy,
@@ -174,35 +177,147 @@ def run_policies(
     parallel: bool,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The policy kernel over prepared windows: `(exit_ts, exit_px, exit_reason, lowest_held)`,
-    each shaped (policies, trades); reason `NO_TRADE` where a window has no candle."""
+    each shaped (policies, trades); reason `NO_TRADE` where a window has no candle.
+
+    In parallel (a sweep's chunk), the first-passage policies (`first_passage_policies`) run in
+    `nb.passage` (one pass per window for all of them, the same exits bit for bit) and the others
+    in `nb.policy`, each into its rows (docs/performance.md, "First-passage sweeps")."""
     shape = (compiled.n_policies, start.shape[0])
-    out_ts = np.zeros(shape, dtype=np.int64)
-    out_px = np.zeros(shape, dtype=np.float64)
-    out_reason = np.full(shape, NO_TRADE, dtype=np.int8)
-    out_low = np.zeros(shape, dtype=np.float64)
-    if shape[0] and shape[1]:
-        kernel = simulate_parallel if parallel else simulate_serial
-        kernel(
-            candles.ts,
-            candles.open,
-            candles.high,
-            candles.low,
-            candles.close,
-            start,
-            stop,
-            p0,
-            entry_ts,
-            np.int64(interval_ms),
-            compiled.leaf_offsets,
-            compiled.leaf_prices,
-            compiled.leaf_rules,
-            compiled.levels,
-            out_ts,
-            out_px,
-            out_reason,
-            out_low,
-        )
-    return out_ts, out_px, out_reason, out_low
+    outputs = _no_exits(shape)
+    if not (shape[0] and shape[1]):
+        return outputs
+    if not parallel or not np.all(p0[start < stop] > 0.0):  # the passage's level order needs p0 > 0
+        _run_general(candles, start, stop, p0, entry_ts, interval_ms, compiled, *outputs, parallel=parallel)
+        return outputs
+    eligible = first_passage_policies(compiled)
+    for rows, run in ((np.flatnonzero(eligible), _run_passage), (np.flatnonzero(~eligible), _run_general)):
+        if rows.size == shape[0]:
+            run(candles, start, stop, p0, entry_ts, interval_ms, compiled, *outputs)
+        elif rows.size:
+            part = _no_exits((rows.size, shape[1]))
+            run(candles, start, stop, p0, entry_ts, interval_ms, _subset(compiled, rows), *part)
+            for out, values in zip(outputs, part, strict=True):
+                out[rows] = values
+    return outputs
+
+
+def _no_exits(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The kernels' outputs before they run: every (policy, path) "no trade"."""
+    return (
+        np.zeros(shape, dtype=np.int64),
+        np.zeros(shape, dtype=np.float64),
+        np.full(shape, NO_TRADE, dtype=np.int8),
+        np.zeros(shape, dtype=np.float64),
+    )
+
+
+def _run_general(
+    candles: Candles,
+    start: np.ndarray,
+    stop: np.ndarray,
+    p0: np.ndarray,
+    entry_ts: np.ndarray,
+    interval_ms: int,
+    compiled: CompiledPolicies,
+    *outputs: np.ndarray,
+    parallel: bool = True,
+) -> None:
+    kernel = simulate_parallel if parallel else simulate_serial
+    kernel(
+        candles.ts,
+        candles.open,
+        candles.high,
+        candles.low,
+        candles.close,
+        start,
+        stop,
+        p0,
+        entry_ts,
+        np.int64(interval_ms),
+        compiled.leaf_offsets,
+        compiled.leaf_prices,
+        compiled.leaf_rules,
+        compiled.levels,
+        *outputs,
+    )
+
+
+def first_passage_policies(compiled: CompiledPolicies) -> np.ndarray:
+    """Per policy, whether its exit is a first passage (`nb.passage`): one leaf, no trail
+    (activation inf), no time stop, and no level or one level whose fill closes the position
+    (`1 - min(fraction, 1)` within `FRACTION_TOLERANCE`, as `nb.policy.simulate_range` tests it):
+    a `fixed_stop`, a one-level `ladder` selling it all, or a combo of one of them."""
+    offsets = compiled.leaf_offsets
+    if compiled.leaf_rules.shape[0] == 0:
+        return np.zeros(compiled.n_policies, dtype=bool)
+    leaf = np.minimum(offsets[:-1], compiled.leaf_rules.shape[0] - 1)
+    rules = compiled.leaf_rules[leaf]
+    n_levels = rules[:, 4] - rules[:, 3]
+    closes = n_levels == 0
+    if compiled.levels.shape[0]:
+        fraction = compiled.levels[np.minimum(rules[:, 3], compiled.levels.shape[0] - 1), 1]
+        closes |= (n_levels == 1) & (1.0 - np.minimum(fraction, 1.0) <= FRACTION_TOLERANCE)
+    trail = compiled.leaf_prices[leaf, 1] != np.inf
+    return (np.diff(offsets) == 1) & ~trail & (rules[:, 2] < 0) & closes
+
+
+def _run_passage(
+    candles: Candles,
+    start: np.ndarray,
+    stop: np.ndarray,
+    p0: np.ndarray,
+    entry_ts: np.ndarray,
+    interval_ms: int,
+    compiled: CompiledPolicies,
+    *outputs: np.ndarray,
+) -> None:
+    """First-passage policies only: their distinct stop and target multiples, sorted for the pass."""
+    leaf = compiled.leaf_offsets[:-1]
+    rules = compiled.leaf_rules[leaf]
+    has_target = rules[:, 4] > rules[:, 3]
+    levels = compiled.levels if compiled.levels.shape[0] else np.array([[np.inf, 1.0]])
+    level = levels[np.where(has_target, rules[:, 3], 0)]
+    target_multiple = np.where(has_target, level[:, 0], np.inf)
+    part = np.where(has_target, np.minimum(level[:, 1], 1.0), 1.0)
+    stops, stop_of = np.unique(-compiled.leaf_prices[leaf, 0], return_inverse=True)  # highest first
+    targets, target_of = np.unique(target_multiple, return_inverse=True)
+    passage_parallel(
+        candles.ts,
+        candles.open,
+        candles.high,
+        candles.low,
+        candles.close,
+        start,
+        stop,
+        p0,
+        np.int64(interval_ms),
+        np.ascontiguousarray(-stops),
+        np.ascontiguousarray(stop_of.reshape(-1), dtype=np.int64),
+        np.ascontiguousarray(targets),
+        np.ascontiguousarray(target_of.reshape(-1), dtype=np.int64),
+        np.ascontiguousarray(part),
+        np.ascontiguousarray(rules[:, 0]),
+        np.ascontiguousarray(rules[:, 1]),
+        *outputs,
+    )
+
+
+def _subset(compiled: CompiledPolicies, rows: np.ndarray) -> CompiledPolicies:
+    """Policies `rows` of `compiled`, compiled alone (their leaves' level rows renumbered)."""
+    offsets = compiled.leaf_offsets
+    leaf_counts = offsets[rows + 1] - offsets[rows]
+    leaves_of = np.concatenate([np.arange(offsets[r], offsets[r + 1]) for r in rows]).astype(np.int64)
+    rules = compiled.leaf_rules[leaves_of].copy()
+    level_counts = rules[:, 4] - rules[:, 3]
+    level_rows = np.concatenate([np.arange(lo, hi) for lo, hi in rules[:, 3:5]] + [np.empty(0, np.int64)])
+    first = np.concatenate([[0], np.cumsum(level_counts)[:-1]]).astype(np.int64)
+    rules[:, 3], rules[:, 4] = first, first + level_counts
+    return CompiledPolicies(
+        leaf_offsets=np.concatenate([[0], np.cumsum(leaf_counts)]).astype(np.int64),
+        leaf_prices=np.ascontiguousarray(compiled.leaf_prices[leaves_of]),
+        leaf_rules=rules,
+        levels=np.ascontiguousarray(compiled.levels[level_rows.astype(np.int64)]).reshape(-1, 2),
+    )
 
 
 @dataclass(frozen=True)

@@ -17,9 +17,19 @@ SIGNATURES_FILE = "quantlab-kernel-signatures.pkl"
 
 
 def _modules() -> tuple[Any, ...]:
-    from quantlab_pipeline.core.nb import bootstrap, candles, features, policy, portfolio, sweep, truth, windows
+    from quantlab_pipeline.core.nb import (
+        bootstrap,
+        candles,
+        features,
+        passage,
+        policy,
+        portfolio,
+        sweep,
+        truth,
+        windows,
+    )
 
-    return candles, windows, truth, policy, features, bootstrap, portfolio, sweep
+    return candles, windows, truth, policy, passage, features, bootstrap, portfolio, sweep
 
 
 def _kernels() -> list[Any]:
@@ -63,20 +73,20 @@ def _cached(kernel: Any, indexes: set[str], root: Path) -> bool:
 def kernels_compiled(*, policy: bool = False, sweep: bool = False) -> bool:
     """Whether numba's on-disk cache holds a build of the kernels a backtest runs, newer than
     their source: the window bounds and the truth kernel, plus the serial policy kernel, the
-    summary's bootstrap and the account's (`policy`) or the parallel policy kernel and the
-    sweep's aggregation (`sweep`).
+    summary's bootstrap and the account's (`policy`) or the parallel policy kernel, the
+    first-passage kernel and the sweep's aggregation (`sweep`).
 
     The first backtest of a fresh install without `make install`'s prebuilt cache compiles them
     (seconds); the CLI uses this to say so beforehand. Cheap: a listing of the cache directory.
     """
-    from quantlab_pipeline.core.nb import bootstrap, portfolio, truth, windows
+    from quantlab_pipeline.core.nb import bootstrap, passage, portfolio, truth, windows
     from quantlab_pipeline.core.nb import policy as policy_nb
     from quantlab_pipeline.core.nb import sweep as sweep_nb
 
     kernels: list[Any] = [windows.fill_window_bounds, truth.truth_kernel]  # numba dispatchers
     policy_kernels = [policy_nb.simulate_serial, bootstrap.resample_statistics]
     kernels += [*policy_kernels, portfolio.simulate_account] if policy else []
-    kernels += [policy_nb.simulate_parallel, sweep_nb.aggregate_policies] if sweep else []
+    kernels += [policy_nb.simulate_parallel, passage.passage_parallel, sweep_nb.aggregate_policies] if sweep else []
     root = cache_root()
     if not root.is_dir():
         return False

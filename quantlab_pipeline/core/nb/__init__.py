@@ -8,6 +8,7 @@ and return only NumPy arrays and scalars, so they can be benchmarked and tested 
 - `windows`  — per-alert `[start, stop)` candle row bounds
 - `truth`    — the truth layer (entry, multiples hit, peak, drawdowns)
 - `policy`   — exit-policy simulation, one policy or a grid
+- `passage`  — a grid's single fixed stops and targets: their first-passage exits, one pass per window
 - `features` — what was known at each alert: pre-alert candle features, the caller's prior record
 - `bootstrap` — the median and mean of bootstrap resamples of a policy's returns
 - `portfolio` — an account following the trades: marks gathered per trade, then event by event
