@@ -110,3 +110,23 @@ def test_columns_in_seed_order_then_extras():
         "avg_return_bps_ci_low",
         "avg_return_bps_ci_high",
     ]
+
+
+def test_the_check_recomputing_a_month_reuses_its_intervals_and_gets_the_same_row():
+    """The summary's check recomputes the summary from the trades right after the step: the
+    bootstrap is not paid twice, and the row is the one a fresh computation gives."""
+    from quantlab_pipeline.core import summary
+    from quantlab_pipeline.core.confidence import return_intervals
+
+    returns = [float(v) for v in range(-300, 900, 7)]
+    frame = trades(
+        returns, [False] * len(returns), [0.0] * len(returns), [60_000] * len(returns), [None] * len(returns)
+    )
+    summary._intervals_of.cache_clear()
+    first, again = summarize(frame), summarize(frame)
+    assert first == again
+    assert summary._intervals_of.cache_info().hits == 1
+    fresh = return_intervals([frame.get_column("realized_return_bps").to_numpy()]).row(0, named=True)
+    assert {k: first[k] for k in fresh} == fresh
+    other = summarize(trades([1.0, 2.0], [False, False], [0.0, 0.0], [1, 1], [None, None]))
+    assert other["median_return_bps"] == 1.5 and summary._intervals_of.cache_info().misses == 2
