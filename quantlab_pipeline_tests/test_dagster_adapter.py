@@ -89,3 +89,52 @@ def test_no_other_module_uses_a_private_dagster_name():
 def test_a_name_not_listed_is_refused():
     with pytest.raises(KeyError, match=r"dagster\._core\.nowhere\.thing is not a listed private name"):
         dagster_adapter.private("dagster._core.nowhere", "thing")
+
+
+def test_a_new_run_keeps_the_assets_partition_status_caches(sample_db, runs_dir, dagster_instance):
+    """Dagster keys an asset's partition-status cache by a hash of every run-month key: without
+    `add_partition_keys` each new run made the UI rebuild it from every materialization. The
+    relabelled cache must say what a rebuild from nothing says."""
+    from dagster import AssetKey
+
+    from quantlab_pipeline.core.spec_builder import SpecRequest
+    from quantlab_pipeline.orchestration.launch import create_run
+    from quantlab_pipeline.orchestration.month_runs import materialize_month
+    from quantlab_pipeline.orchestration.partitions import (
+        RUN_MONTH_PARTITIONS_NAME,
+        month_run_key,
+        run_month_partitions,
+    )
+    from quantlab_pipeline.storage.paths import ProjectPaths
+    from quantlab_pipeline.storage.run_creation import create_run_spec
+
+    refresh = dagster_adapter.private(
+        "dagster._core.storage.partition_status_cache", "get_and_update_asset_status_cache_value"
+    )
+    paths = ProjectPaths.of(runs_dir)
+
+    def new_spec():
+        return create_run_spec(SpecRequest("path-only", str(sample_db), "2024-01-01", "2024-01-31", features=False))
+
+    first = new_spec()
+    create_run(first, paths=paths, instance=dagster_instance)
+    assert materialize_month(first, "2024-01", paths=paths, instance=dagster_instance).status == "completed"
+    built = refresh(dagster_instance, AssetKey("paths"), run_month_partitions)
+
+    second = new_spec()
+    create_run(second, paths=paths, instance=dagster_instance)
+    (record,) = dagster_instance.get_asset_records([AssetKey("paths")])
+    kept = record.asset_entry.cached_status
+    assert kept.partitions_def_id == dagster_instance.get_dynamic_partitions_definition_id(RUN_MONTH_PARTITIONS_NAME)
+    assert kept.partitions_def_id != built.partitions_def_id
+    assert kept._replace(partitions_def_id=None) == built._replace(partitions_def_id=None)
+
+    current = refresh(dagster_instance, AssetKey("paths"), run_month_partitions)
+    dagster_instance.wipe_asset_cached_status([AssetKey("paths")])
+    rebuilt = refresh(dagster_instance, AssetKey("paths"), run_month_partitions)
+    materialized = run_month_partitions.deserialize_subset(current.serialized_materialized_partition_subset)
+    assert set(materialized.get_partition_keys()) == {month_run_key(first, "2024-01")}
+    assert materialized == run_month_partitions.deserialize_subset(rebuilt.serialized_materialized_partition_subset)
+
+    create_run(second, paths=paths, instance=dagster_instance)  # keys already there: nothing changes
+    assert dagster_instance.get_asset_records([AssetKey("paths")])[0].asset_entry.cached_status == rebuilt

@@ -45,6 +45,7 @@ from quantlab_pipeline.core.spec_builder import (
 from quantlab_pipeline.core.summary import summarize_trades
 from quantlab_pipeline.core.sweep_spec import DEFAULT_CSCV_BLOCKS, MAX_CSCV_BLOCKS
 from quantlab_pipeline.core.truth import compute_paths
+from quantlab_pipeline.orchestration import dagster_adapter
 from quantlab_pipeline.orchestration.checks import ARTIFACT_CHECKS, ExclusionConfig
 from quantlab_pipeline.orchestration.headlines import (
     paths_headline,
@@ -276,7 +277,7 @@ def run_spec(context: AssetExecutionContext, config: RunSpecConfig, run_store: R
             )
     except SpecError as exc:
         raise Failure(description=str(exc), allow_retries=False) from None
-    context.instance.add_dynamic_partitions(RUN_MONTH_PARTITIONS_NAME, run_month_keys(spec))
+    dagster_adapter.add_partition_keys(context.instance, RUN_MONTH_PARTITIONS_NAME, run_month_keys(spec))
     return spec
 
 

@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 
 from dagster import AssetKey, DagsterInstance, DagsterRun
 from dagster._cli.api import _execute_run_command_body
+from dagster._core.definitions.partitions.utils import generate_partition_key_based_definition_id
 from dagster._core.definitions.reconstruct import ReconstructableJob, ReconstructableRepository
 from dagster._core.execution.api import execute_run
 from dagster._core.execution.compute_logs import redirect_to_file
@@ -33,6 +34,7 @@ from dagster._core.storage.compute_log_manager import CapturedLogContext, Comput
 from dagster._core.storage.event_log import ConsolidatedSqliteEventLogStorage
 from dagster._core.storage.event_log.schema import AssetEventTagsTable, SqlEventLogStorageTable
 from dagster._core.storage.local_compute_log_manager import IO_TYPE_EXTENSION, LocalComputeLogManager
+from dagster._core.storage.partition_status_cache import AssetStatusCacheValue
 from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
 from dagster._utils.interrupts import capture_interrupts, setup_interrupt_handlers
 from sqlalchemy import create_engine, select
@@ -172,6 +174,20 @@ PRIVATE: tuple[Private, ...] = (
         ("status", "msg"),
     ),
     Private("dagster._core.launcher", "WorkerStatus", "the health check's statuses"),
+    Private(
+        "dagster._core.definitions.partitions.utils",
+        "generate_partition_key_based_definition_id",
+        "the identity Dagster gives a dynamic partition set (a hash of its keys), which keys each "
+        "asset's partition-status cache; the instance only computes it for the current keys",
+        ("partition_keys",),
+    ),
+    Private(
+        "dagster._core.storage.partition_status_cache",
+        "AssetStatusCacheValue",
+        "an asset's partition-status cache (what `AssetRecord.asset_entry.cached_status` holds and "
+        "`DagsterInstance.update_asset_cached_status_data` stores), carried over to a new key set",
+        ("latest_storage_id", "partitions_def_id"),
+    ),
     *(Private(module, None, _PRELOAD_WHY) for module in PRELOAD_MODULES),
     # Used by the tests only (imported on use: `dagster._core.test_utils` costs ~0.4 s).
     Private(
@@ -193,6 +209,12 @@ PRIVATE: tuple[Private, ...] = (
         ("tag_concurrency_limits", "in_progress_tagged_items"),
     ),
     Private(
+        "dagster._core.storage.partition_status_cache",
+        "get_and_update_asset_status_cache_value",
+        "brings an asset's partition-status cache up to date as the UI does, for the key-adding tests",
+        ("instance", "asset_key", "partitions_def"),
+    ),
+    Private(
         "dagster._config",
         "process_config",
         "validates a config dict against a schema, for the deployments' tests",
@@ -205,6 +227,35 @@ PRIVATE: tuple[Private, ...] = (
         ("base_dir",),
     ),
 )
+
+
+def add_partition_keys(instance: DagsterInstance, partitions_name: str, keys: Sequence[str]) -> None:
+    """Add a run's partition keys, carrying each asset's partition-status cache over to the new key
+    set (docs/dagster.md "Partition keys").
+
+    Dagster keys that cache by a hash of all of a dynamic definition's keys, so every new run-month
+    would make the UI rebuild each asset's status from all its materializations — a cost that grows
+    with the runs (1.4 s for the `paths` page at 10,000). Adding keys changes nothing a cache holds
+    (a new key has no materialization yet, and the cache's cursor still holds), so a cache that
+    matched the keys before is relabelled for the keys after. Anything else (a key added or deleted
+    by another process meanwhile, a cache of an older key set) is left for Dagster to rebuild."""
+    before = instance.get_dynamic_partitions(partitions_name)
+    known = set(before)
+    new = [key for key in dict.fromkeys(keys) if key not in known]
+    if not new:
+        return
+    instance.add_dynamic_partitions(partitions_name, new)
+    after = instance.get_dynamic_partitions(partitions_name)
+    if list(after) != [*before, *new]:
+        return
+    old_id = generate_partition_key_based_definition_id(before)
+    new_id = generate_partition_key_based_definition_id(after)
+    for record in instance.get_asset_records():
+        cache: AssetStatusCacheValue | None = record.asset_entry.cached_status
+        if cache is not None and cache.partitions_def_id == old_id:
+            instance.update_asset_cached_status_data(
+                record.asset_entry.asset_key, cache._replace(partitions_def_id=new_id)
+            )
 
 
 def private(module: str, name: str) -> Any:

@@ -16,6 +16,7 @@ from dagster import AssetKey, AssetMaterialization, DagsterInstance
 from quantlab_pipeline.core.errors import EnvironmentFault, QuantlabError, first_line
 from quantlab_pipeline.core.spec import RunSpec
 from quantlab_pipeline.core.sweep_spec import parse_sweep
+from quantlab_pipeline.orchestration import dagster_adapter
 from quantlab_pipeline.orchestration.io_managers import spec_metadata
 from quantlab_pipeline.orchestration.partitions import RUN_MONTH_PARTITIONS_NAME, month_run_key, run_month_keys
 from quantlab_pipeline.storage.atomic import atomic_write_bytes
@@ -105,7 +106,7 @@ def create_run(spec: RunSpec, *, paths: ProjectPaths, instance: DagsterInstance)
     the cost of a Dagster run per backtest.
     """
     stored = write_spec(paths.runs_dir, spec)
-    instance.add_dynamic_partitions(RUN_MONTH_PARTITIONS_NAME, run_month_keys(spec))
+    dagster_adapter.add_partition_keys(instance, RUN_MONTH_PARTITIONS_NAME, run_month_keys(spec))
     metadata = spec_metadata(paths.runs_dir, stored)
     for month in spec.months():
         instance.report_runless_asset_event(

@@ -72,7 +72,7 @@ def create_month_run(
     spec.month_window(month)
     job = _job(spec.run_type)
     key = month_run_key(spec, month)
-    instance.add_dynamic_partitions(RUN_MONTH_PARTITIONS_NAME, [key])  # a run created before this layout
+    dagster_adapter.add_partition_keys(instance, RUN_MONTH_PARTITIONS_NAME, [key])  # a run created before this layout
     tags = {**run_tags(spec, month), "dagster/partition": key}
     run_config = {**QUIET_LOGS, "resources": {"run_store": {"config": {"runs_dir": str(paths.resolved().runs_dir)}}}}
     return instance.create_run_for_job(
