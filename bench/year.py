@@ -115,14 +115,13 @@ def _hwm_bytes(pid: int) -> int | None:
 def worker_peaks(warm_dir: str) -> Iterator[dict]:
     """Sample the peak RSS of every process forked from the warm servers of `warm_dir` while the
     block runs; the dict yielded is filled at the end: per process, its peak and the sampled times."""
-    roots = list(servers(warm_dir).values())
     seen: dict[int, list[tuple[float, int]]] = {}
     stop = threading.Event()
     started = time.perf_counter()
 
     def sample() -> None:
         while not stop.is_set():
-            for root in roots:
+            for root in servers(warm_dir).values():  # read anew: a server restarted for new code is another root
                 for pid in _descendants(root):
                     hwm = _hwm_bytes(pid)
                     if hwm is not None:
