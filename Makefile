@@ -52,8 +52,8 @@ bench: install $(BENCH_STAMP)
 	$(BIN)/python bench/run.py --docs docs/performance.md
 
 # A lab's scale (docs/performance.md "At a lab's scale"): 1,000 real CLI runs, then synthesised
-# ones up to 10,000, measured at 100, 1,000 and 10,000. Long (about two hours on a quiet 2-core
-# machine, most of it the real runs); resumes where it stopped. BENCH_SCALE_ARGS adds flags, e.g.
+# ones up to 10,000, measured at 100, 1,000 and 10,000. Long (about 20 minutes on a quiet 2-core
+# machine, half of it the real runs); resumes where it stopped. BENCH_SCALE_ARGS adds flags, e.g.
 # `--data-dir DIR`, `--browser`, `--postgres`.
 BENCH_SCALE_ARGS ?=
 bench-scale: install
