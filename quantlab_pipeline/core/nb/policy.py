@@ -341,6 +341,16 @@ def simulate_parallel(
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
+def trade_values(exit_px, low_held, p0, costs_bps):
+    """A trade's `(gain, realized_return_bps, max_adverse_excursion_bps)` from its exit price and the
+    lowest price held (docs/inputs.md "Policies"): the one place both the trades and the sweep's
+    aggregation compute them, so the frontier's numbers are the trades' bit for bit."""
+    gain = exit_px / p0 - 1.0
+    excursion = low_held / p0 - 1.0
+    return gain, gain * BPS - costs_bps, (excursion if excursion < 0.0 else 0.0) * BPS
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def trade_columns(out_ts, out_px, out_reason, out_low, entry_ts, p0, peak, costs_bps, is_stop_out):
     """The per-trade columns of the kernels' outputs (`out_*[policy, path]`), one row per traded
     (policy, path) in policy-major order, in one pass: `policy_index, path_index, entry_ts_ms,
@@ -375,8 +385,7 @@ def trade_columns(out_ts, out_px, out_reason, out_low, entry_ts, p0, peak, costs
             if code == NO_TRADE:
                 continue
             px = p0[t]
-            gain = out_px[p, t] / px - 1.0
-            excursion = out_low[p, t] / px - 1.0
+            gain, realized[row], adverse[row] = trade_values(out_px[p, t], out_low[p, t], px, costs_bps)
             policy_index[row] = p
             path_index[row] = t
             trade_entry_ts[row] = entry_ts[t]
@@ -384,9 +393,7 @@ def trade_columns(out_ts, out_px, out_reason, out_low, entry_ts, p0, peak, costs
             exit_ts[row] = out_ts[p, t]
             exit_px[row] = out_px[p, t]
             reason[row] = code
-            realized[row] = gain * BPS - costs_bps
             stop_out[row] = is_stop_out[code]
-            adverse[row] = (excursion if excursion < 0.0 else 0.0) * BPS
             exposed[row] = out_ts[p, t] - entry_ts[t]
             tail[row] = gain / (peak[t] - 1.0) if peak[t] > 1.0 else np.nan
             row += 1

@@ -2,7 +2,7 @@
 
 The policy kernel leaves one exit per (policy, path) (`out_*[policy, path]`); `aggregate_policies`
 turns a chunk of them into the frontier's metrics per (policy, group) without a per-trade frame:
-the trade values (`nb.policy.trade_columns`' formulas, bit for bit), the means, and the median and
+the trade values (`nb.policy.trade_values`, as the trades compute them), the means, and the median and
 5 % quantile by selection instead of a sort. The frontier's numbers are those Polars gives for the
 same trades, bit for bit: a mean is a Kahan-compensated sum in row order divided by the count (what
 Polars' grouped mean computes), a quantile is linear between the two nearest order statistics.
@@ -16,8 +16,7 @@ import math
 import numba
 import numpy as np
 
-from quantlab_pipeline.core.nb.policy import NO_TRADE
-from quantlab_pipeline.core.policy_spec import BPS
+from quantlab_pipeline.core.nb.policy import NO_TRADE, trade_values
 
 # Columns of `aggregate_policies`' `stats[policy, group, :]`, in the order of `frontier._STAT_NAMES`.
 TRADES, AVG_RETURN, MEDIAN_RETURN, STOP_OUT_RATE, P95_MAE, AVG_TAIL, AVG_EXPOSED = range(7)
@@ -87,12 +86,8 @@ def aggregate_policies(
                 code = out_reason[p, t]
                 if code == NO_TRADE:
                     continue
-                px = p0[t]
-                gain = out_px[p, t] / px - 1.0
-                excursion = out_low[p, t] / px - 1.0
-                realized = gain * BPS - costs_bps
+                gain, realized, adverse[n] = trade_values(out_px[p, t], out_low[p, t], p0[t], costs_bps)
                 returns[n] = realized
-                adverse[n] = (excursion if excursion < 0.0 else 0.0) * BPS
                 n += 1
                 ret_sum, ret_carry = kahan_add(ret_sum, ret_carry, realized)
                 stop_sum, stop_carry = kahan_add(stop_sum, stop_carry, 1.0 if is_stop_out[code] else 0.0)
