@@ -89,13 +89,17 @@ Body = Callable[..., Iterator[Output | AssetCheckResult]]
 
 
 def checked_artifact_asset(
-    kinds: set[str], companions: Mapping[str, str] | None = None, ins: dict[str, AssetIn] | None = None
+    kinds: set[str],
+    companions: Mapping[str, str] | None = None,
+    ins: dict[str, AssetIn] | None = None,
+    op_tags: Mapping[str, str] | None = None,
 ) -> Callable[[Body], AssetsDefinition]:
     """`artifact_asset` for an artifact with checks (`checks.ARTIFACT_CHECKS`): the checks are
     declared on the asset and evaluated in its step. Subsettable, so a check can run alone.
 
     A step that writes several artifacts (`layout.STEP_ARTIFACTS`) has an asset for each; their
-    descriptions are `companions` (artifact: description)."""
+    descriptions are `companions` (artifact: description). `op_tags` are the step's (Dagster's
+    `dagster/priority` orders the steps that are ready at once)."""
 
     def decorate(body: Body) -> AssetsDefinition:
         name = body.__name__
@@ -119,6 +123,7 @@ def checked_artifact_asset(
             can_subset=True,
             partitions_def=run_month_partitions,
             ins=ins or {},
+            op_tags=op_tags,
         )(body)
 
     return decorate

@@ -41,7 +41,9 @@ from quantlab_pipeline.storage.run_dir import RunDirectory
 # How long a month waits for the month before it to be written by a live writer. Months are
 # claimed in order, so with `--parallel` the wait is at most one month's work (seconds to minutes).
 PREVIOUS_MONTH_WAIT_S = 3600.0
-POLL_S = 0.5
+# A poll reads the month's manifest (~0.1 ms); the month before usually completes within a second
+# of the wait starting, so a coarse poll would be most of the wait.
+POLL_S = 0.1
 # A Dagster run of the month before that has not written yet: queued, or starting up.
 _ON_ITS_WAY = [
     DagsterRunStatus.QUEUED,
@@ -58,7 +60,12 @@ COMPANIONS = {
 }
 
 
-@checked_artifact_asset(kinds={"numba", "parquet"}, companions=COMPANIONS)
+# Last among the month's ready steps: it may wait for the month before (`--parallel`), and the
+# summary and features need not wait with it (docs/portfolio.md, "What the launch modes do").
+LAST_STEP = {"dagster/priority": "-1"}
+
+
+@checked_artifact_asset(kinds={"numba", "parquet"}, companions=COMPANIONS, op_tags=LAST_STEP)
 def portfolio(
     context: AssetExecutionContext,
     alerts: LoadedArtifact,
