@@ -14,7 +14,7 @@ import pytest
 from quantlab_pipeline.core.errors import InputError, SpecError
 from quantlab_pipeline.core.inputs import ALERT_COLUMNS, clean_candles
 from quantlab_pipeline.sources.alerts import check_alerts_source, read_alerts
-from quantlab_pipeline.sources.candles import check_candles_source, read_candles
+from quantlab_pipeline.sources.candles import check_candles_source, kept_candle_buffers, read_candles
 
 JAN = 1_704_067_200_000  # 2024-01-01T00:00Z
 FEB = 1_706_745_600_000  # 2024-02-01T00:00Z
@@ -659,3 +659,27 @@ def test_large_grouped_source_matches_a_reference_grouping(tmp_path):
     # whose winner (the higher volume) has the same prices, so the series above is unchanged.
     assert sum(e.details["count"] for e in out.errors) == 50
     assert sum(e.details["conflicting"] for e in out.errors) == 50
+
+
+def test_a_worker_reads_each_month_into_the_month_befores_memory_once_that_is_gone(tmp_path, monkeypatch):
+    """`kept_candle_buffers` (a `--parallel` run worker): a read writes into the buffers of the read
+    before it only when nothing holds that read's candles any more; the results are a plain read's."""
+    monkeypatch.setenv("QUANTLAB_CANDLE_CACHE_GB", "0")  # every read from the source
+    rows = [bar("A", i, 1.0 + i, 2.0 + i, 0.5 + i, 1.5 + i) for i in range(6)]
+    rows += [bar("B", i, 10.0 + i, 11.0 + i, 9.0 + i, 10.5 + i) for i in range(3, -1, -1)]  # out of order
+    path = candles_db(tmp_path, rows)
+    plain = {mint: series(read(path).candles, mint) for mint in ("A", "B")}
+    with kept_candle_buffers():
+        first = read(path).candles
+        second = read(path, mints=["B"]).candles  # the first is alive: new memory
+        assert not np.shares_memory(first.ts, second.ts)
+        assert {mint: series(first, mint) for mint in ("A", "B")} == plain  # not written over
+        assert series(second, "B") == plain["B"]
+        kept = id(second.ts.base)
+        del second
+        third = read(path).candles  # the second is gone: its memory
+        assert id(third.ts.base) == kept
+        assert {mint: series(third, mint) for mint in ("A", "B")} == plain
+        assert not third.ts.flags.writeable
+    outside = read(path).candles  # outside the block: new memory
+    assert id(outside.ts.base) != kept and not np.shares_memory(outside.ts, third.ts)

@@ -214,6 +214,29 @@ def test_error_rows_of_other_phases_are_kept_and_empty_errors_remove_the_file(tm
     assert "errors" not in RunDirectory.read_manifest(rd.path)["artifacts"]
 
 
+def test_a_step_without_error_rows_leaves_the_errors_file_as_the_manifest_records_it(tmp_path):
+    """A phase with no rows before and none now does not rewrite errors.parquet (a write and an
+    fsync per artifact); a file that is not the one the manifest records is written again."""
+    spec = make_spec()
+    rd = RunDirectory(tmp_path, "2024-01", RUN_ID)
+    dup = ErrorRecord(level="warning", phase="inputs", reason="duplicate_call", message="dup", call_id="c")
+    a = write(rd, spec, "alerts", frame(3), errors=("inputs", [dup]))
+    errors_path = rd.path / "errors/errors.parquet"
+    before = errors_path.stat()
+    write(rd, spec, "paths", frame(2), inputs={"alerts": a["sha256"]}, errors=("truth", []))
+    after = errors_path.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    assert RunDirectory.read_manifest(rd.path)["artifacts"]["errors"]["sha256"] == sha(errors_path)
+    # the same rows in other bytes: not the recorded file, so it is written again and recorded
+    pl.read_parquet(errors_path).write_parquet(errors_path, compression="uncompressed")
+    write(rd, spec, "paths", frame(2), inputs={"alerts": a["sha256"]}, errors=("truth", []))
+    assert RunDirectory.read_manifest(rd.path)["artifacts"]["errors"]["sha256"] == sha(errors_path)
+    assert pl.read_parquet(errors_path).get_column("reason").to_list() == ["duplicate_call"]
+    errors_path.unlink()  # gone: the manifest's record goes too
+    write(rd, spec, "paths", frame(2), inputs={"alerts": a["sha256"]}, errors=("truth", []))
+    assert not errors_path.exists() and "errors" not in RunDirectory.read_manifest(rd.path)["artifacts"]
+
+
 def test_stdout_log_appends_lines(tmp_path):
     rd = RunDirectory(tmp_path, "2024-01", RUN_ID)
     rd.append_stdout(["one", "two"])

@@ -50,6 +50,7 @@ from quantlab_pipeline.orchestration.month_runs import (
     settle_worker_exit,
 )
 from quantlab_pipeline.orchestration.steps import check_label, check_outcomes, progress_logger
+from quantlab_pipeline.sources.candles import kept_candle_buffers
 from quantlab_pipeline.storage.paths import ProjectPaths
 from quantlab_pipeline.storage.specs import read_spec
 
@@ -435,6 +436,7 @@ def execute_worker(request: dict[str, Any]) -> None:
     with (
         dagster_adapter.run_worker_interrupts(),
         DagsterInstance.from_ref(cast(Any, deserialize_value(request["instance_ref"]))) as instance,
+        kept_candle_buffers(),  # each month's candles written where the month before's were
     ):
         for month, steps in request["plan"]:
             if not claim(claims, month):

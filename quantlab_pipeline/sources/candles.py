@@ -12,7 +12,9 @@ cache instead (`sources.candle_cache`).
 from __future__ import annotations
 
 import glob
-from collections.abc import Sequence
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +50,50 @@ _BATCH_ROWS = 1 << 17
 # DuckDB keeps every block it scanned cached up to its memory limit (default: 80 % of RAM). The
 # candle scan streams, so a small cache costs no time and keeps that second copy out of memory.
 _DUCKDB_CONFIG: DuckDBConfig = {"memory_limit": "128MB"}
+
+
+class CandleBuffers:
+    """The candle columns of one read, kept for the next read in the same process.
+
+    A month's candles are ~1.6 GB (docs/performance.md "A year in one command"): written into
+    fresh memory, every page is faulted in and zeroed by the kernel, and unmapped again when the
+    month is done — a second or more of a month's CPU. A process that reads month after month (a
+    `--parallel` run worker) writes each month into the memory the month before used instead. A
+    buffer is reused only when nothing references it any more (the month before's candles are
+    gone); otherwise, or when the read is larger, the read gets new memory as it would without."""
+
+    _DTYPES = (np.int64, np.float64, np.float64, np.float64, np.float64, np.float64)
+
+    def __init__(self) -> None:
+        self._kept: list[np.ndarray] = []
+
+    def columns(self, n: int) -> list[np.ndarray]:
+        """ts, open, high, low, close, volume: `n` rows each, uninitialized."""
+        free = all(sys.getrefcount(buffer) == 3 for buffer in self._kept)  # the list, the loop, the call
+        if not self._kept or not free or self._kept[0].shape[0] < n:
+            self._kept = []  # dropped before the new ones are allocated: peak memory as without
+            self._kept = [np.empty(n + n // 8, dtype=dtype) for dtype in self._DTYPES]  # room to grow
+        return [buffer[:n] for buffer in self._kept]
+
+
+_kept_buffers: CandleBuffers | None = None
+
+
+@contextmanager
+def kept_candle_buffers() -> Iterator[None]:
+    """Reads in this block write into `CandleBuffers` kept from one read to the next."""
+    global _kept_buffers
+    previous, _kept_buffers = _kept_buffers, CandleBuffers()
+    try:
+        yield
+    finally:
+        _kept_buffers = previous
+
+
+def _new_columns(n: int) -> list[np.ndarray]:
+    if _kept_buffers is not None:
+        return _kept_buffers.columns(n)
+    return [np.empty(n, dtype=dtype) for dtype in CandleBuffers._DTYPES]
 
 
 @dataclass(frozen=True)
@@ -189,9 +235,7 @@ def _read_source(source: str, wanted: list[str], *, interval: str, start_ms: int
         counts[per_mint["k"]] = per_mint["count_star()"]
         offsets = np.zeros(len(wanted) + 1, dtype=np.int64)
         np.cumsum(counts, out=offsets[1:])
-        n = int(offsets[-1])
-        ts = np.empty(n, dtype=np.int64)
-        op, hi, lo, cl, vol = (np.empty(n, dtype=np.float64) for _ in range(5))
+        ts, op, hi, lo, cl, vol = _new_columns(int(offsets[-1]))
         cursor = offsets[:-1].copy()
         reader = src.con.sql(
             f"""SELECT w.k, CAST(c.ts_ms AS BIGINT), CAST(c.open AS DOUBLE), CAST(c.high AS DOUBLE),

@@ -457,8 +457,22 @@ class RunDirectory:
         return rows
 
     def _replace_errors(self, manifest: dict[str, Any], phase: str, records: list[ErrorRecord]) -> None:
-        keep = without_phase(self._existing_errors(), phase)
+        existing = self._existing_errors()
+        keep = without_phase(existing, phase)
+        if not records and keep.num_rows == existing.num_rows and self._errors_file_recorded(manifest):
+            return  # the phase had no rows and has none: the file the manifest records stays (no rewrite)
         self._store_errors(manifest, pa.concat_tables([keep, error_rows(self.run_id, records)]))
+
+    def _errors_file_recorded(self, manifest: dict[str, Any]) -> bool:
+        """Whether errors.parquet is the file the manifest records, byte for byte (or both absent)."""
+        record = manifest["artifacts"].get("errors")
+        path = self.artifact_path("errors")
+        if record is None:
+            return not path.exists()
+        try:
+            return sha256_bytes(path.read_bytes()) == record["sha256"]
+        except FileNotFoundError:
+            return False
 
     def _append_errors(self, manifest: dict[str, Any], records: list[ErrorRecord]) -> None:
         self._store_errors(manifest, pa.concat_tables([self._existing_errors(), error_rows(self.run_id, records)]))
