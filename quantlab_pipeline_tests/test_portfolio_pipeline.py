@@ -20,9 +20,10 @@ from quantlab_pipeline.core.spec import RunSpec
 from quantlab_pipeline.core.spec_builder import SpecRequest
 from quantlab_pipeline.orchestration import portfolio as portfolio_step
 from quantlab_pipeline.orchestration.launch import create_run
+from quantlab_pipeline.orchestration.month_runner import MonthPlan, run_months
 from quantlab_pipeline.orchestration.month_runs import materialize_month
 from quantlab_pipeline.orchestration.steps import progress_logger
-from quantlab_pipeline.sources.candles import read_candles
+from quantlab_pipeline.sources.candles import CandleBuffers, read_candles
 from quantlab_pipeline.storage.layout import required_artifacts
 from quantlab_pipeline.storage.lifecycle import month_status, steps_to_finish
 from quantlab_pipeline.storage.paths import ProjectPaths
@@ -320,3 +321,33 @@ def test_backtest_policy_with_an_account_over_two_months(tmp_path, sample_db):
         assert (rd / "_SUCCESS").is_file()
         assert (rd / "portfolio" / "equity.parquet").is_file() and (rd / "results" / "portfolio.parquet").is_file()
     assert_last_month_is_one_pass(runs_dir, spec)
+
+
+def test_months_run_one_after_another_read_into_the_month_befores_candle_memory(
+    sample_db, runs_dir, dagster_instance, monkeypatch
+):
+    """The month runner keeps the candle columns from one month to the next (docs/performance.md):
+    by February's read nothing holds January's candles any more, so February writes into them."""
+    monkeypatch.setenv("QUANTLAB_CANDLE_CACHE_GB", "0")  # both months read from DuckDB
+    reads: list[tuple[int, int, int]] = []
+    columns = CandleBuffers.columns
+
+    def recorded(self: CandleBuffers, n: int) -> list:
+        out = columns(self, n)
+        reads.append((id(self), id(out[0].base), n))
+        return out
+
+    monkeypatch.setattr(CandleBuffers, "columns", recorded)
+    spec = policy_spec(sample_db)
+    create_run(spec, paths=ProjectPaths.of(runs_dir), instance=dagster_instance)
+    outcome = run_months(
+        spec,
+        [MonthPlan(month) for month in MONTHS],
+        paths=ProjectPaths.of(runs_dir),
+        instance=dagster_instance,
+        on_progress=lambda record: None,
+    )
+    assert [r.status for r in outcome.results] == ["completed", "completed"], [r.error for r in outcome.results]
+    (january, jan_memory, jan_rows), (february, feb_memory, feb_rows) = reads
+    assert february == january and 0 < feb_rows <= jan_rows + jan_rows // 8
+    assert feb_memory == jan_memory

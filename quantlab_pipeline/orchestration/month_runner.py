@@ -253,16 +253,17 @@ def _in_process(
     recording began, and the month would stay `running`); one that completed stays completed."""
     current: str | None = None
     try:
-        for item in plan:
-            if received():
-                return
-            current, started = item.month, time.perf_counter()
-            on_progress(MonthStarted(item.month, item.steps))
-            result = materialize_month(spec, item.month, paths=paths, instance=instance, steps=item.steps)
-            if received():  # its fate is reported with the interruption's
-                break
-            current, ended[item.month] = None, result
-            on_progress(MonthEnded(result, time.perf_counter() - started))
+        with kept_candle_buffers():  # each month's candles written where the month before's were
+            for item in plan:
+                if received():
+                    return
+                current, started = item.month, time.perf_counter()
+                on_progress(MonthStarted(item.month, item.steps))
+                result = materialize_month(spec, item.month, paths=paths, instance=instance, steps=item.steps)
+                if received():  # its fate is reported with the interruption's
+                    break
+                current, ended[item.month] = None, result
+                on_progress(MonthEnded(result, time.perf_counter() - started))
     except KeyboardInterrupt:
         if _stop_signal(received()) is None:  # raised, yet not seen on the wakeup fd
             received.seen.append(signal.SIGINT)
