@@ -9,6 +9,7 @@ import logging
 import shutil
 import threading
 import time
+import weakref
 
 import polars as pl
 import pytest
@@ -329,12 +330,12 @@ def test_months_run_one_after_another_read_into_the_month_befores_candle_memory(
     """The month runner keeps the candle columns from one month to the next (docs/performance.md):
     by February's read nothing holds January's candles any more, so February writes into them."""
     monkeypatch.setenv("QUANTLAB_CANDLE_CACHE_GB", "0")  # both months read from DuckDB
-    reads: list[tuple[int, int, int]] = []
+    reads: list[tuple[weakref.ref, weakref.ref, int]] = []  # weak: holding them would stop the reuse
     columns = CandleBuffers.columns
 
     def recorded(self: CandleBuffers, n: int) -> list:
         out = columns(self, n)
-        reads.append((id(self), id(out[0].base), n))
+        reads.append((weakref.ref(self), weakref.ref(out[0].base), n))
         return out
 
     monkeypatch.setattr(CandleBuffers, "columns", recorded)
@@ -349,5 +350,6 @@ def test_months_run_one_after_another_read_into_the_month_befores_candle_memory(
     )
     assert [r.status for r in outcome.results] == ["completed", "completed"], [r.error for r in outcome.results]
     (january, jan_memory, jan_rows), (february, feb_memory, feb_rows) = reads
-    assert february == january and 0 < feb_rows <= jan_rows + jan_rows // 8
-    assert feb_memory == jan_memory
+    assert 0 < feb_rows <= jan_rows + jan_rows // 8
+    # CPython hands out one weak reference per live object: the same one means the same object
+    assert february is january and feb_memory is jan_memory
