@@ -58,10 +58,11 @@ class CandleBuffers:
 
     A month's candles are ~1.6 GB (docs/performance.md "A year in one command"): written into
     fresh memory, every page is faulted in and zeroed by the kernel, and unmapped again when the
-    month is done — a second or more of a month's CPU. A process that reads month after month (a
-    `--parallel` run worker) writes each month into the memory the month before used instead. A
-    buffer is reused only when nothing references it any more (the month before's candles are
-    gone); otherwise, or when the read is larger, the read gets new memory as it would without."""
+    month is done — a second or more of a month's CPU. A process that runs month after month (the
+    month runner: a `--parallel` run worker, or the command itself with `--parallel 1`) writes each
+    month into the memory the month before used instead. A buffer is reused only when nothing
+    references it any more (the month before's candles, and every view of them, are gone);
+    otherwise, or when the read is larger, the read gets new memory as it would without."""
 
     _DTYPES = (np.int64, np.float64, np.float64, np.float64, np.float64, np.float64)
 
@@ -70,13 +71,20 @@ class CandleBuffers:
 
     def columns(self, n: int) -> list[np.ndarray]:
         """ts, open, high, low, close, volume: `n` rows each, uninitialized."""
-        free = all(sys.getrefcount(buffer) == 3 for buffer in self._kept)  # the list, the loop, the call
+        free = all(count == _UNREFERENCED for count in _refcounts(self._kept))
         if not self._kept or not free or self._kept[0].shape[0] < n:
             self._kept = []  # dropped before the new ones are allocated: peak memory as without
             self._kept = [np.empty(n + n // 8, dtype=dtype) for dtype in self._DTYPES]  # room to grow
         return [buffer[:n] for buffer in self._kept]
 
 
+def _refcounts(arrays: list[np.ndarray]) -> list[int]:
+    return [sys.getrefcount(array) for array in arrays]
+
+
+# What `_refcounts` gives for an array held by its list alone, measured the same way (the count
+# includes the references of the list, the loop and the call, which differ between interpreters).
+_UNREFERENCED = _refcounts([np.empty(0)])[0]
 _kept_buffers: CandleBuffers | None = None
 
 
