@@ -51,6 +51,7 @@ _BATCH_ROWS = 1 << 17
 # DuckDB keeps every block it scanned cached up to its memory limit (default: 80 % of RAM). The
 # candle scan streams, so a small cache costs no time and keeps that second copy out of memory.
 _DUCKDB_CONFIG: DuckDBConfig = {"memory_limit": "128MB"}
+_COLUMN_DTYPES = (np.int64, np.float64, np.float64, np.float64, np.float64, np.float64)  # ts, OHLCV
 
 
 class CandleBuffers:
@@ -64,8 +65,6 @@ class CandleBuffers:
     references it any more (the month before's candles, and every view of them, are gone);
     otherwise, or when the read is larger, the read gets new memory as it would without."""
 
-    _DTYPES = (np.int64, np.float64, np.float64, np.float64, np.float64, np.float64)
-
     def __init__(self) -> None:
         self._kept: list[np.ndarray] = []
 
@@ -74,7 +73,7 @@ class CandleBuffers:
         free = all(count == _UNREFERENCED for count in _refcounts(self._kept))
         if not self._kept or not free or self._kept[0].shape[0] < n:
             self._kept = []  # dropped before the new ones are allocated: peak memory as without
-            self._kept = [np.empty(n + n // 8, dtype=dtype) for dtype in self._DTYPES]  # room to grow
+            self._kept = [np.empty(n + n // 8, dtype=dtype) for dtype in _COLUMN_DTYPES]  # room to grow
         return [buffer[:n] for buffer in self._kept]
 
 
@@ -102,7 +101,7 @@ def kept_candle_buffers() -> Iterator[None]:
 def _new_columns(n: int) -> list[np.ndarray]:
     if _kept_buffers is not None:
         return _kept_buffers.columns(n)
-    return [np.empty(n, dtype=dtype) for dtype in CandleBuffers._DTYPES]
+    return [np.empty(n, dtype=dtype) for dtype in _COLUMN_DTYPES]
 
 
 @dataclass(frozen=True)

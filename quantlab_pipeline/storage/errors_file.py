@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 
 from quantlab_pipeline.core.errors import ErrorRecord, first_line
 from quantlab_pipeline.core.spec import utc_now_iso
+from quantlab_pipeline.storage.atomic import sha256_bytes
 
 ERRORS_SCHEMA = pa.schema(
     [
@@ -32,20 +33,22 @@ ERRORS_SCHEMA = pa.schema(
 )
 
 
-def read_error_rows(path: Path) -> tuple[pa.Table, Path | None, str | None]:
-    """The file's rows (none if it is absent). A file that does not parse is renamed to
-    `<name>.corrupt-<timestamp>` and read as empty: returns the new name and the parse error."""
+def read_error_rows(path: Path) -> tuple[pa.Table, str | None, Path | None, str | None]:
+    """The file's rows (none if it is absent) and the sha256 of the bytes they were read from (None
+    without a readable file). A file that does not parse is renamed to `<name>.corrupt-<timestamp>`
+    and read as empty: returns the new name and the parse error."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        return ERRORS_SCHEMA.empty_table(), None, None
+        return ERRORS_SCHEMA.empty_table(), None, None, None
     try:
-        return pq.read_table(pa.BufferReader(data)).select(ERRORS_SCHEMA.names).cast(ERRORS_SCHEMA), None, None
+        rows = pq.read_table(pa.BufferReader(data)).select(ERRORS_SCHEMA.names).cast(ERRORS_SCHEMA)
+        return rows, sha256_bytes(data), None, None
     except (pa.ArrowException, OSError, KeyError, ValueError) as exc:
         aside = path.with_name(f"{path.name}.corrupt-{utc_now_iso().replace(':', '')}")
         os.replace(path, aside)
         problem = first_line(exc)
-        return ERRORS_SCHEMA.empty_table(), aside, problem
+        return ERRORS_SCHEMA.empty_table(), None, aside, problem
 
 
 def error_rows(run_id: str, records: list[ErrorRecord]) -> pa.Table:

@@ -446,36 +446,27 @@ class RunDirectory:
             "sha256": sha256_bytes(data),
         }
 
-    def _existing_errors(self) -> pa.Table:
-        rows, aside, problem = read_error_rows(self.artifact_path("errors"))
+    def _existing_errors(self) -> tuple[pa.Table, str | None]:
+        """errors.parquet's rows and the sha256 of the file they were read from (None: no file)."""
+        rows, sha, aside, problem = read_error_rows(self.artifact_path("errors"))
         if aside is not None:
             self._append_text(
                 STDERR_LOG,
                 f"[{utc_now_iso()}] {ARTIFACT_PATHS['errors']} was unreadable ({problem}); "
                 f"moved aside to {aside.relative_to(self.path)}, its rows are not carried over\n",
             )
-        return rows
+        return rows, sha
 
     def _replace_errors(self, manifest: dict[str, Any], phase: str, records: list[ErrorRecord]) -> None:
-        existing = self._existing_errors()
+        existing, sha = self._existing_errors()
         keep = without_phase(existing, phase)
-        if not records and keep.num_rows == existing.num_rows and self._errors_file_recorded(manifest):
-            return  # the phase had no rows and has none: the file the manifest records stays (no rewrite)
+        recorded = (manifest["artifacts"].get("errors") or {}).get("sha256")
+        if not records and keep.num_rows == existing.num_rows and sha == recorded:
+            return  # the phase had no rows and has none, and the file is the one recorded (or none is)
         self._store_errors(manifest, pa.concat_tables([keep, error_rows(self.run_id, records)]))
 
-    def _errors_file_recorded(self, manifest: dict[str, Any]) -> bool:
-        """Whether errors.parquet is the file the manifest records, byte for byte (or both absent)."""
-        record = manifest["artifacts"].get("errors")
-        path = self.artifact_path("errors")
-        if record is None:
-            return not path.exists()
-        try:
-            return sha256_bytes(path.read_bytes()) == record["sha256"]
-        except FileNotFoundError:
-            return False
-
     def _append_errors(self, manifest: dict[str, Any], records: list[ErrorRecord]) -> None:
-        self._store_errors(manifest, pa.concat_tables([self._existing_errors(), error_rows(self.run_id, records)]))
+        self._store_errors(manifest, pa.concat_tables([self._existing_errors()[0], error_rows(self.run_id, records)]))
 
     def _store_errors(self, manifest: dict[str, Any], table: pa.Table) -> None:
         path = self.artifact_path("errors")
