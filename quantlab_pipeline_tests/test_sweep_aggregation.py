@@ -8,6 +8,7 @@ import numpy as np
 import polars as pl
 import pytest
 
+from quantlab_pipeline.core import frontier as frontier_module
 from quantlab_pipeline.core.candles import Candles
 from quantlab_pipeline.core.confidence import DAY_MS, INTERVAL_SCHEMA, return_intervals
 from quantlab_pipeline.core.errors import SpecError
@@ -21,8 +22,15 @@ from quantlab_pipeline.core.frontier import (
 )
 from quantlab_pipeline.core.inputs import DEFAULT_CALLER
 from quantlab_pipeline.core.nb.policy import NO_TRADE
-from quantlab_pipeline.core.nb.sweep import aggregate_policies, linear_quantile
-from quantlab_pipeline.core.policy import IS_STOP_OUT, simulate_policies, simulate_trades
+from quantlab_pipeline.core.nb.sweep import QUANTILE_SAMPLE, aggregate_policies, linear_quantile
+from quantlab_pipeline.core.policy import (
+    IS_STOP_OUT,
+    ExitBuffers,
+    compile_policies,
+    run_policies,
+    simulate_policies,
+    simulate_trades,
+)
 from quantlab_pipeline.core.policy_spec import policy_id_of
 from quantlab_pipeline.core.spec import Execution
 from quantlab_pipeline.core.summary import metric_exprs
@@ -157,11 +165,100 @@ def test_streamed_segments_give_the_same_results():
     assert np.array_equal(streamed.daily.sums, whole.daily.sums)
 
 
+def test_chunks_reuse_their_exits_memory_and_give_the_same_results(monkeypatch):
+    """Chunks of 4 policies (the last one short) write into the first chunk's arrays, paths
+    without candles included, and give the frontier and daily sums of one chunk."""
+    paths, candles = random_month(60, seed=13)
+    paths = paths.with_columns(
+        pl.when(pl.int_range(pl.len()) % 9 == 0).then(pl.lit("no candles")).otherwise("mint").alias("mint")
+    )
+    sweep = parse_sweep(GRID)
+    whole = sweep_month([(paths, candles)], sweep, **COMMON)
+    taken = []
+    original = ExitBuffers.take
+    monkeypatch.setattr(ExitBuffers, "take", lambda self, shape: taken.append(original(self, shape)) or taken[-1])
+    monkeypatch.setattr(frontier_module, "POLICY_CHUNK", 4)
+    chunked = sweep_month([(paths, candles)], sweep, **COMMON)
+    assert len(sweep.policies) % 4 and len(taken) == -(-len(sweep.policies) // 4)
+    assert all(np.shares_memory(out[0], taken[0][0]) for out in taken)  # one allocation for every chunk
+    assert chunked.frontier.equals(whole.frontier)
+    assert np.array_equal(chunked.daily.sums, whole.daily.sums)
+    assert np.array_equal(chunked.daily.counts, whole.daily.counts)
+
+
+def test_exit_buffers_clear_what_the_kernel_leaves_untouched():
+    """Written over by a kernel call, the arrays still hold the last call's exits; the paths whose
+    windows have no candle must read "no trade" again."""
+    paths, candles = random_month(30, seed=17)
+    policies = parse_sweep(GRID).policies
+    entry_ts = paths.get_column("entry_ts_ms").to_numpy()
+    p0 = paths.get_column("p0").to_numpy()
+    start, stop = candles.window_bounds(paths.get_column("mint"), entry_ts, entry_ts + N_CANDLES * DELTA)
+    stop[::4] = start[::4]  # windows without a candle
+    compiled = compile_policies(policies[:6])
+    fresh = run_policies(candles, start, stop, p0, entry_ts, DELTA, compiled, parallel=True)
+    buffers = ExitBuffers()
+    for array in buffers.take((8, paths.height)):
+        array.fill(7)  # what a bigger call before wrote
+    reused = run_policies(candles, start, stop, p0, entry_ts, DELTA, compiled, parallel=True, buffers=buffers)
+    assert all(np.shares_memory(a, b) for a, b in zip(reused, buffers.take((8, paths.height)), strict=True))
+    assert (reused[2][:, ::4] == NO_TRADE).all()
+    for a, b in zip(reused, fresh, strict=True):
+        assert a.shape == b.shape == (6, paths.height) and np.array_equal(a, b)
+    regrown = buffers.take((9, paths.height))
+    assert not any(np.shares_memory(a, b) for a, b in zip(regrown, reused, strict=True))
+    assert (regrown[2] == NO_TRADE).all()
+
+
+def quantile(values: np.ndarray, n: int, q: float) -> float:
+    """`linear_quantile` on a copy, with the scratch space it needs."""
+    return linear_quantile(values[:n].copy(), n, q, np.empty(n))
+
+
 def test_linear_quantile_by_hand():
     # sorted: 1, 2, 4, 8 → median at 1.5: 2 + 0.5 × (4 - 2) = 3; 5 % at 3 × 0.05: 1 + 0.15 × (2 - 1)
-    assert linear_quantile(np.array([8.0, 1.0, 4.0, 2.0]), 4, 0.5) == 3.0
-    assert linear_quantile(np.array([8.0, 1.0, 4.0, 2.0]), 4, 0.05) == 1.0 + (3 * 0.05) * 1.0
-    assert linear_quantile(np.array([5.0, -1.0, 9.0, 99.0]), 3, 0.5) == 5.0  # odd count: the middle one
+    assert quantile(np.array([8.0, 1.0, 4.0, 2.0]), 4, 0.5) == 3.0
+    assert quantile(np.array([8.0, 1.0, 4.0, 2.0]), 4, 0.05) == 1.0 + (3 * 0.05) * 1.0
+    assert quantile(np.array([5.0, -1.0, 9.0, 99.0]), 3, 0.5) == 5.0  # odd count: the middle one
+
+
+def sorted_quantile(values: np.ndarray, q: float) -> float:
+    """The linear quantile from a full sort: the order statistics `linear_quantile` selects."""
+    ordered = np.sort(values)
+    position = (len(values) - 1) * q
+    i, j = int(np.floor(position)), int(np.ceil(position))
+    return ordered[i] if i == j else (position - i) * (ordered[j] - ordered[i]) + ordered[i]
+
+
+def bracket_cases() -> dict[str, np.ndarray]:
+    """Arrays long enough for the sampled bracket (≥ 4 × `QUANTILE_SAMPLE`), including ones where
+    the evenly spaced sample misses the wanted order statistics, so every value is selected among."""
+    rng = np.random.default_rng(11)
+    n = 19_188
+    misleading = rng.normal(size=n)
+    misleading[:: n // QUANTILE_SAMPLE] = 1e9  # the sample sees only the largest values
+    return {
+        "normal": rng.normal(size=n),
+        "ties": rng.choice([-500.0, -500.0, 0.0, 120.5, 1000.0], size=n),  # stop-outs at one return
+        "one value": np.full(n, -275.0),
+        "ascending": np.sort(rng.normal(size=n)),
+        "descending": np.sort(rng.normal(size=n))[::-1].copy(),
+        "sample misleads": misleading,
+        "the smallest size": rng.normal(size=4 * QUANTILE_SAMPLE),
+        "one below it": rng.normal(size=4 * QUANTILE_SAMPLE - 1),
+    }
+
+
+@pytest.mark.parametrize("q", [0.0, 0.05, 0.5, 0.95, 1.0])
+@pytest.mark.parametrize("case", list(bracket_cases()))
+def test_linear_quantile_selects_within_the_sampled_bracket_or_among_all(case, q):
+    values = bracket_cases()[case]
+    assert quantile(values, len(values), q) == sorted_quantile(values, q)
+
+
+def test_linear_quantile_reads_only_the_first_n_values():
+    values = np.concatenate([np.random.default_rng(3).normal(size=5_000), np.full(3_000, -1e9)])
+    assert quantile(values, 5_000, 0.05) == sorted_quantile(values[:5_000], 0.05)
 
 
 def test_a_grid_is_limited_by_the_memory_it_needs():

@@ -23,6 +23,7 @@ from quantlab_pipeline.core.inputs import DEFAULT_CALLER
 from quantlab_pipeline.core.nb.sweep import aggregate_policies
 from quantlab_pipeline.core.policy import (
     IS_STOP_OUT,
+    ExitBuffers,
     PolicyExits,
     compile_policies,
     policy_exits,
@@ -141,12 +142,22 @@ def sweep_month(
     paths_of: _SweepPaths | None = None
     stats, sums, counts = [], [], []
     best = _Best(sweep) if intervals else None
+    buffers: dict[int, ExitBuffers] = {}  # per segment: its exits' memory, reused from chunk to chunk
     for lo in range(0, len(simulated), POLICY_CHUNK):
         compiled = compile_policies(simulated[lo : lo + POLICY_CHUNK])
         parts: list[PolicyExits] = []
         frames: list[pl.DataFrame] = []
-        for paths, candles in segments:
-            parts.append(policy_exits(paths, candles, compiled, interval_ms=interval_ms, horizon_ms=horizon_ms))
+        for k, (paths, candles) in enumerate(segments):
+            parts.append(
+                policy_exits(
+                    paths,
+                    candles,
+                    compiled,
+                    interval_ms=interval_ms,
+                    horizon_ms=horizon_ms,
+                    buffers=buffers.setdefault(k, ExitBuffers()),
+                )
+            )
             frames.append(paths)
             del candles  # a streamed part is freed before the next one is read
         if paths_of is None:

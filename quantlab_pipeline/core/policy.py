@@ -175,15 +175,24 @@ def run_policies(
     compiled: CompiledPolicies,
     *,
     parallel: bool,
+    buffers: ExitBuffers | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The policy kernel over prepared windows: `(exit_ts, exit_px, exit_reason, lowest_held)`,
-    each shaped (policies, trades); reason `NO_TRADE` where a window has no candle.
+    each shaped (policies, trades); reason `NO_TRADE` where a window has no candle. With `buffers`,
+    the outputs are written into its arrays (the previous call's outputs are overwritten).
 
     In parallel (a sweep's chunk), the first-passage policies (`first_passage_policies`) run in
     `nb.passage` (one pass per window for all of them, the same exits bit for bit) and the others
     in `nb.policy`, each into its rows (docs/performance.md, "First-passage sweeps")."""
     shape = (compiled.n_policies, start.shape[0])
-    outputs = _no_exits(shape)
+    if buffers is None:
+        outputs = _no_exits(shape)
+    else:  # the last call's values: what the kernels leave untouched, windows without candles, cleared
+        outputs = buffers.take(shape)
+        empty = start >= stop
+        if empty.any():
+            for out, value in zip(outputs, _NO_EXIT, strict=True):
+                out[:, empty] = value
     if not (shape[0] and shape[1]):
         return outputs
     if not parallel or not np.all(p0[start < stop] > 0.0):  # the passage's level order needs p0 > 0
@@ -201,14 +210,36 @@ def run_policies(
     return outputs
 
 
+# A (policy, path) without a trade: `(exit_ts, exit_px, exit_reason, lowest_held)`.
+_NO_EXIT = (0, 0.0, NO_TRADE, 0.0)
+
+
 def _no_exits(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The kernels' outputs before they run: every (policy, path) "no trade"."""
     return (
-        np.zeros(shape, dtype=np.int64),
-        np.zeros(shape, dtype=np.float64),
-        np.full(shape, NO_TRADE, dtype=np.int8),
-        np.zeros(shape, dtype=np.float64),
+        np.full(shape, _NO_EXIT[0], dtype=np.int64),
+        np.full(shape, _NO_EXIT[1], dtype=np.float64),
+        np.full(shape, _NO_EXIT[2], dtype=np.int8),
+        np.full(shape, _NO_EXIT[3], dtype=np.float64),
     )
+
+
+class ExitBuffers:
+    """The kernels' output arrays, reused from call to call by a sweep: a chunk of 128 policies over
+    the reference month writes 61 MB of exits, and writing them into fresh memory each chunk paid
+    its page faults again (docs/performance.md, "10,000-policy sweeps")."""
+
+    def __init__(self) -> None:
+        self._arrays: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
+
+    def take(self, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Outputs of `shape`: the first rows of the last arrays when they fit (policy-major, so
+        still contiguous), holding what the last call wrote; new "no trade" arrays otherwise."""
+        arrays = self._arrays
+        if arrays is None or arrays[0].shape[0] < shape[0] or arrays[0].shape[1] != shape[1]:
+            self._arrays = arrays = _no_exits(shape)
+        out_ts, out_px, out_reason, out_low = (a[: shape[0]] for a in arrays)
+        return out_ts, out_px, out_reason, out_low
 
 
 def _run_general(
@@ -341,8 +372,9 @@ def policy_exits(
     interval_ms: int,
     horizon_ms: int,
     parallel: bool = True,
+    buffers: ExitBuffers | None = None,
 ) -> PolicyExits:
-    """Every compiled policy over every path of `paths` in one kernel call."""
+    """Every compiled policy over every path of `paths` in one kernel call (into `buffers`, if given)."""
     n_paths = paths.height
     entry_ts = np.ascontiguousarray(paths.get_column("entry_ts_ms").to_numpy(), dtype=np.int64)
     p0 = np.ascontiguousarray(paths.get_column("p0").to_numpy(), dtype=np.float64)
@@ -350,7 +382,9 @@ def policy_exits(
     if n_paths and compiled.n_policies:
         hi_ts = paths.get_column("alert_ts_ms").to_numpy().astype(np.int64) + np.int64(horizon_ms)
         start, stop = candles.window_bounds(paths.get_column("mint"), entry_ts, hi_ts)
-    outputs = run_policies(candles, start, stop, p0, entry_ts, interval_ms, compiled, parallel=parallel)
+    outputs = run_policies(
+        candles, start, stop, p0, entry_ts, interval_ms, compiled, parallel=parallel, buffers=buffers
+    )
     return PolicyExits(entry_ts, p0, *outputs)
 
 
