@@ -210,17 +210,18 @@ def run_policies(
     return outputs
 
 
-# A (policy, path) without a trade: `(exit_ts, exit_px, exit_reason, lowest_held)`.
+# A (policy, path) without a trade, `(exit_ts, exit_px, exit_reason, lowest_held)`: what `_no_exits` holds.
 _NO_EXIT = (0, 0.0, NO_TRADE, 0.0)
 
 
 def _no_exits(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The kernels' outputs before they run: every (policy, path) "no trade"."""
+    """The kernels' outputs before they run: every (policy, path) "no trade" (zeros from
+    `np.zeros`, whose pages the system zeroes when first written, rather than a fill pass)."""
     return (
-        np.full(shape, _NO_EXIT[0], dtype=np.int64),
-        np.full(shape, _NO_EXIT[1], dtype=np.float64),
-        np.full(shape, _NO_EXIT[2], dtype=np.int8),
-        np.full(shape, _NO_EXIT[3], dtype=np.float64),
+        np.zeros(shape, dtype=np.int64),
+        np.zeros(shape, dtype=np.float64),
+        np.full(shape, NO_TRADE, dtype=np.int8),
+        np.zeros(shape, dtype=np.float64),
     )
 
 
