@@ -6,8 +6,9 @@ each back to the process's own stream with a `tail -F` and a Python watcher proc
 four processes per run, ~50 ms of CPU. A `--parallel` run worker's streams are /dev/null, so the
 mirror shows nothing to anyone; there the streams are only redirected into the same files. A run
 whose streams go somewhere (a terminal, a pod's log) is captured and mirrored as Dagster does,
-except that the mirror's processes start with SIGINT blocked: a Ctrl-C sent to the process group
-stops the step, not the mirror's watchers with a `KeyboardInterrupt` traceback each.
+except that the mirror's processes start with SIGINT blocked (a Ctrl-C sent to the process group
+stops the step, not the mirror's watchers with a `KeyboardInterrupt` traceback each) and SIGTERM at
+its default even where this process ignores it (Dagster stops the mirror with SIGTERM).
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ from quantlab_pipeline.orchestration.dagster_adapter import (
     CapturedLogContext,
     ComputeIOType,
     LocalComputeLogManager,
+    mirror_spawn_signals,
     redirect_to_file,
-    sigint_blocked,
 )
 
 
@@ -49,7 +50,7 @@ class DevNullAwareComputeLogManager(LocalComputeLogManager):
     def capture_logs(self, log_key: Sequence[str]) -> Iterator[CapturedLogContext]:
         if not (_is_devnull(sys.stdout) and _is_devnull(sys.stderr)):
             with ExitStack() as stack:
-                with sigint_blocked():  # a Ctrl-C meanwhile is raised on leaving, in the step
+                with mirror_spawn_signals():  # a Ctrl-C meanwhile is raised on leaving, in the step
                     context = stack.enter_context(super().capture_logs(log_key))
                 yield context
             return

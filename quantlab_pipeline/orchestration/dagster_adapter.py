@@ -308,15 +308,28 @@ def run_worker_interrupts() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def sigint_blocked() -> Iterator[None]:
-    """SIGINT held pending (delivered on leaving) while Dagster starts the compute log mirror's
-    `tail` and `watch_orphans.py`: they inherit the mask, so a Ctrl-C sent to the process group
-    reaches the step alone instead of printing a `KeyboardInterrupt` traceback per watcher."""
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+def mirror_spawn_signals() -> Iterator[None]:
+    """The signals the compute log mirror's `tail` and `watch_orphans.py` start with, while
+    Dagster starts them. SIGINT is held pending (delivered on leaving): they inherit the mask, so
+    a Ctrl-C sent to the process group reaches the step alone instead of printing a
+    `KeyboardInterrupt` traceback per watcher. SIGTERM, when this process ignores it (started by a
+    launcher that does), is handled by a no-op meanwhile: an ignored signal stays ignored across
+    exec, a handled one starts at its default, and Dagster stops the mirror with SIGTERM, waiting
+    30 s for each process that ignores it."""
+    previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    previous_term = None
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_IGN:
+        previous_term = signal.signal(signal.SIGTERM, _still_ignored)
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        if previous_term is not None:
+            signal.signal(signal.SIGTERM, previous_term)
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
+
+
+def _still_ignored(signum: int, frame: object) -> None:
+    """SIGTERM while `mirror_spawn_signals` stands in for this process's SIG_IGN: ignored."""
 
 
 # Dagster's busy timeout for its SQLite storages (seconds): the same wait for a locked database.
