@@ -14,6 +14,7 @@ the per-run fixed cost. Every figure is the median of `--repeat` runs with min a
     .venv/bin/python bench/run.py --scales 0.25,1,4    # 4× is ~110 M candles: ~8 min, ~8 GB RAM
     .venv/bin/python bench/run.py --quick              # tiny smoke run (the test suite's)
     .venv/bin/python bench/run.py --year-only --cache-dir /work/benchcache12   # the 12-month row (year.py)
+    .venv/bin/python bench/run.py --year-only --cache-dir /work/benchcache12 --year-candle-cache-gb 25   # a repeated year
     .venv/bin/python bench/run.py --docs docs/performance.md   # also rewrite the page's figures (make bench)
 """
 

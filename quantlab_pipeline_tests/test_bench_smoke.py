@@ -223,6 +223,7 @@ BENCH_MODULES = (
     "portfolio_peer",
     "report",
     "rusage_child",
+    "year",
 )
 
 
@@ -438,3 +439,43 @@ def test_the_year_row_has_a_block_of_its_own(tmp_path, monkeypatch):
         < text.index("<!-- make bench --year: end -->")
     )
     assert text.count("<!-- make bench: begin") == 1 and text.count("<!-- make bench --year: begin") == 1
+
+
+def test_the_year_warms_up_until_a_run_is_no_longer_much_faster(bench):
+    """The repeated year's warm-up (`year._until_steady`): at least two runs, then until one is no
+    more than 10 % faster than the one before, at most `WARMUP_MAX`."""
+    year = bench("year")
+    seconds = iter([37.2, 32.6, 24.6, 24.0, 99.0])
+    assert year._until_steady(lambda: next(seconds)) == [37.2, 32.6, 24.6, 24.0]
+    steady = iter([10.0, 10.5, 99.0])
+    assert year._until_steady(lambda: next(steady)) == [10.0, 10.5]
+    halving = iter([100 / 2**k for k in range(20)])
+    assert len(year._until_steady(lambda: next(halving))) == year.WARMUP_MAX
+
+
+def test_the_year_row_says_how_its_ratio_was_taken(bench):
+    from rich.console import Console
+
+    year = bench("year")
+    row = {
+        "months": list(year.MONTHS),
+        "alerts_per_month": 20_000,
+        "rows": 406_000_000,
+        "load_average_1m": {"start": 1.0, "end": 2.0},
+        "generation": {"wall_s": 560.0, "peak_rss_bytes": 1.1e9},
+        "bare_scan_s": _fig(20.0),
+        "parallel_2_wall_s": _fig(21.0),
+        "ratio_to_bare_scan": _fig(1.05),
+        "worker_peak_rss_bytes": _fig(2.2e9),
+        "worker_peak_rss_first_quarter_bytes": _fig(2.1e9),
+        "target": year.TARGET,
+    }
+    shown = {}
+    for gb, warmups in ((0.0, {}), (25.0, {"scan": [26.4, 16.0], "backtest": [37.2, 32.6, 24.6]})):
+        console = Console(record=True, width=200)
+        year.render({**row, "candle_cache_gb": gb, "first_run_s": 74.0 if gb else None, "warmup_s": warmups}, console)
+        shown[gb] = " ".join(console.export_text().split())  # the title wraps at the table's width
+    assert "pairs run back to back" in shown[0.0] and "candle cache off" in shown[0.0]
+    assert "warm-up" not in shown[0.0] and "filling the cache" not in shown[0.0]
+    assert "each run over the scans' median" in shown[25.0] and "each side warm" in shown[25.0]
+    assert "37.2, 32.6, 24.6" in shown[25.0] and "26.4, 16.0" in shown[25.0]
