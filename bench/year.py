@@ -155,10 +155,10 @@ def figure(db: Path, *, repeat: int, numba_cache: Path, work_dir: Path, candle_c
     memory. Without the candle cache, both read the database: they alternate, and the ratio is
     taken per pair. With it, one untimed run fills the cache, and each side is timed in its own
     steady state — the scans, then the backtests, each after untimed runs until they stop getting
-    faster (`_until_steady`) — each run's ratio taken to the scans' median: the
-    database's candle columns and the year's cache do not both fit in this machine's page cache,
-    so alternating would time each side reading from disk what the other just evicted, where a
-    researcher repeating a year reads the cache alone."""
+    faster (`_until_steady`) — each run's ratio taken to the scans' median: the database's candle
+    columns and the year's cache do not both fit in this machine's page cache, so alternating
+    would time each side reading from disk what the other just evicted, where a researcher
+    repeating a year reads the cache alone."""
     reads = [dataset.month_read(db, month) for month in MONTHS]
     scans: list[float] = []
     runs: list[tuple[float, dict]] = []
